@@ -1,0 +1,31 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   -> .venv, install, run the whole pipeline on the built-in demo data
+#   make test   -> .venv, install, run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test install benchmark clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/brainseg demo --out demo_output
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(BIN)/python scripts/benchmark.py --json benchmark.json
+
+clean:
+	rm -rf $(VENV) demo_output

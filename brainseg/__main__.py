@@ -1,0 +1,6 @@
+"""`python -m brainseg` is the `brainseg` command."""
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,248 @@
+"""Typed configuration: dataclasses loaded from YAML, overridable with ``key=value``.
+
+A config file holds any subset of the sections below; what it leaves out keeps the
+default. ``--set train.lr=0.003 --set model.levels=4`` overrides single fields; the
+value is parsed as YAML (``[96,96,96]``, ``true``, ``1e-3``). Unknown sections or
+fields are an error naming them, so a typo never passes silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .errors import BrainsegError
+
+
+@dataclass
+class DataConfig:
+    #: Voxel size (mm) everything is resampled to; null = the training set's median.
+    target_spacing: list[float] | None = None
+    #: Intensity normalisation per channel: "zscore" over the foreground (non-zero)
+    #: voxels of the whole volume, or "none".
+    normalization: str = "zscore"
+    #: Crop each case to the bounding box of its non-zero voxels before training/inference.
+    crop_to_nonzero: bool = True
+    #: Fraction of training cases held out for validation (at least one case).
+    val_fraction: float = 0.15
+    #: Where the preprocessed cache lives; null = RUN_DIR/cache.
+    cache_dir: str | None = None
+    #: Refuse files whose header claims more voxels than this.
+    max_voxels: int = 1024**3
+
+
+@dataclass
+class ModelConfig:
+    #: Resolution levels including the bottleneck (levels-1 downsamplings).
+    levels: int = 5
+    base_features: int = 32
+    max_features: int = 320
+    #: "instance", "batch", "group" or "none".
+    norm: str = "instance"
+    deep_supervision: bool = False
+    #: Cut every skip connection (the ablation that shows what they carry).
+    skip_connections: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    p_flip: float = 0.5
+    p_rotate: float = 0.2
+    rotate_degrees: float = 15.0
+    p_scale: float = 0.2
+    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.25])
+    p_gamma: float = 0.3
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    p_brightness: float = 0.15
+    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    p_contrast: float = 0.15
+    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    p_noise: float = 0.1
+    noise_std: float = 0.1
+    p_blur: float = 0.2
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    p_bias: float = 0.1
+    bias_strength: float = 0.3
+
+
+@dataclass
+class TrainConfig:
+    patch_size: list[int] = field(default_factory=lambda: [128, 128, 128])
+    batch_size: int = 2
+    epochs: int = 1000
+    iters_per_epoch: int = 250
+    #: "sgd" (Nesterov, nnU-Net's default) or "adamw".
+    optimizer: str = "sgd"
+    lr: float = 0.01
+    momentum: float = 0.99
+    weight_decay: float = 3e-5
+    #: "poly" (lr * (1 - epoch/epochs)^0.9) or "constant".
+    lr_schedule: str = "poly"
+    #: Fraction of patches centred on a foreground voxel of a random present class.
+    foreground_fraction: float = 0.33
+    #: Mixed precision on CUDA: "bf16", "fp16" or "none" (always fp32 on CPU).
+    amp: str = "bf16"
+    channels_last: bool = True
+    #: Validate (sliding-window Dice on held-out cases) every N epochs.
+    val_every: int = 10
+    #: Patch-loading worker processes (0 = in the main process).
+    num_workers: int = 2
+    seed: int = 0
+    #: CPU threads for torch in the training process (0 = torch's default).
+    threads: int = 0
+    #: Save the "last" checkpoint every N epochs (and always at the end).
+    checkpoint_every: int = 1
+
+
+@dataclass
+class InferConfig:
+    #: Fraction of a window shared with its neighbour (0.5 = half-patch steps).
+    overlap: float = 0.5
+    #: Windows per forward pass.
+    batch_windows: int = 4
+    #: Average over flips along each axis at test time (8x the compute).
+    mirror: bool = False
+    #: Gaussian importance sigma as a fraction of the patch size.
+    sigma_scale: float = 0.125
+    #: Mixed precision on CUDA: "bf16", "fp16" or "none".
+    amp: str = "bf16"
+
+
+@dataclass
+class PostprocessConfig:
+    #: Labels for which only the largest connected component is kept.
+    largest_component: list[int] = field(default_factory=list)
+    #: Labels whose holes are filled.
+    fill_holes: list[int] = field(default_factory=list)
+    #: Per label, components smaller than this many mm^3 are removed ({label: mm3}).
+    min_size_mm3: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check/convert a YAML value against a dataclass field annotation."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise BrainsegError(f"config {where}: expected true/false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise BrainsegError(f"config {where}: expected an integer, got {value!r}")
+        return int(value)
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BrainsegError(f"config {where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise BrainsegError(f"config {where}: expected a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise BrainsegError(f"config {where}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise BrainsegError(f"config {where}: expected a mapping, got {value!r}")
+        return {
+            _coerce(k, args[0], f"{where} key"): _coerce(v, args[1], f"{where}[{k}]")
+            for k, v in value.items()
+        }
+    return value
+
+
+def _section_from_dict(klass, values: dict, name: str):
+    if not isinstance(values, dict):
+        raise BrainsegError(f"config section '{name}' must be a mapping")
+    hints = typing.get_type_hints(klass)
+    known = {f.name for f in dataclasses.fields(klass)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BrainsegError(
+            f"config section '{name}': unknown field(s) {', '.join(unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+    return klass(**kwargs)
+
+
+def config_from_dict(values: dict | None) -> Config:
+    values = values or {}
+    if not isinstance(values, dict):
+        raise BrainsegError("a config must be a mapping of sections")
+    hints = typing.get_type_hints(Config)
+    unknown = sorted(set(values) - set(hints))
+    if unknown:
+        raise BrainsegError(
+            f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}"
+        )
+    sections = {k: _section_from_dict(hints[k], v or {}, k) for k, v in values.items()}
+    return Config(**sections)
+
+
+def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``section.field=value`` strings to a nested dict (values parsed as YAML)."""
+    values = {k: dict(v or {}) for k, v in (values or {}).items()}
+    for item in overrides or ():
+        if "=" not in item:
+            raise BrainsegError(f"--set {item!r}: expected section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        if len(parts) != 2:
+            raise BrainsegError(f"--set {item!r}: the key must be section.field, e.g. train.lr")
+        try:
+            parsed = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise BrainsegError(f"--set {item!r}: cannot parse value ({exc})") from None
+        values.setdefault(parts[0], {})[parts[1]] = parsed
+    return values
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Load a YAML config file (or the defaults) and apply ``--set`` overrides."""
+    values: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise BrainsegError(f"{path}: config file not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise BrainsegError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return config_from_dict(apply_overrides(values, overrides))
+    except BrainsegError as exc:
+        where = f"{path}: " if path is not None else ""
+        raise BrainsegError(f"{where}{exc}") from None
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)

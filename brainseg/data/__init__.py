@@ -1,0 +1,1 @@
+"""Data stage: finding cases, the demo data set, preprocessing, patches, augmentation."""
