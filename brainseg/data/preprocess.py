@@ -1,0 +1,244 @@
+"""Preprocessing shared by training and inference, recorded so it can be inverted.
+
+Steps, in order:
+
+1. **Reorient** the voxel array to the closest RAS axis order (a permutation and
+   flips only: no interpolation, the grid is kept, oblique scans stay oblique).
+2. **Resample** to the target spacing (trilinear for images; labels are resampled
+   as one-hot maps and re-argmaxed so thin structures survive).
+3. **Crop** to the bounding box of the non-zero voxels (any channel).
+4. **Normalise** each channel by z-score over the foreground (non-zero) voxels of
+   the *whole volume* (never per patch: that gives block artefacts); voxels outside
+   the foreground are set to 0.
+
+A :class:`PreprocessRecord` stores what was done. :func:`invert_to_original` takes
+class scores on the preprocessed grid back to the scan's own grid: un-crop, resample
+to the RAS-ordered original shape, undo the axis permutation and flips. The result
+has exactly the input's shape; written with the input's geometry it lines up voxel
+for voxel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..io import Geometry
+
+#: Relative spacing difference below which no resampling is done.
+SPACING_RTOL = 0.01
+
+
+@dataclass
+class PreprocessRecord:
+    """Everything needed to map the preprocessed grid back to the original one."""
+
+    original_shape: list[int]  # file voxel order
+    ornt: list[list[float]]  # nibabel orientation: file axes -> RAS axes
+    ras_shape: list[int]  # shape after reorientation
+    ras_spacing: list[float]  # spacing after reorientation
+    target_spacing: list[float]
+    resampled_shape: list[int]
+    bbox: list[list[int]]  # [[start, stop]] per axis in the resampled grid
+    norm_mean: list[float]
+    norm_std: list[float]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PreprocessRecord":
+        return cls(**values)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def ras_orientation(geometry: Geometry) -> np.ndarray:
+    """nibabel orientation array taking the file's axes to the closest RAS order."""
+    return nib.orientations.io_orientation(geometry.affine)
+
+
+def reorient_array(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Apply an orientation to the last three axes of ``data`` (a view when possible)."""
+    if data.ndim == 3:
+        return nib.orientations.apply_orientation(data, ornt)
+    return np.stack([nib.orientations.apply_orientation(c, ornt) for c in data])
+
+
+def undo_reorient_array(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`reorient_array` (last three axes)."""
+    inverse = _invert_ornt(np.asarray(ornt))
+    if data.ndim == 3:
+        return nib.orientations.apply_orientation(data, inverse)
+    return np.stack([nib.orientations.apply_orientation(c, inverse) for c in data])
+
+
+def _invert_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation that undoes ``ornt`` (a signed axis permutation)."""
+    inverse = np.zeros_like(ornt)
+    for in_axis, (out_axis, flip) in enumerate(ornt):
+        inverse[int(out_axis)] = [in_axis, flip]
+    return inverse
+
+
+def needs_resampling(spacing: Sequence[float], target: Sequence[float]) -> bool:
+    return any(abs(s - t) > SPACING_RTOL * t for s, t in zip(spacing, target))
+
+
+def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> list[int]:
+    if not needs_resampling(spacing, target):
+        return [int(s) for s in shape]
+    return [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target)]
+
+
+def resample_image(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Trilinear resampling of (C, X, Y, Z) float32 to ``shape`` (voxel centres aligned)."""
+    if list(data.shape[1:]) == list(shape):
+        return data
+    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
+    out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)
+    return out[0].numpy()
+
+
+def resample_labels(labels: np.ndarray, shape: Sequence[int], num_classes: int | None = None) -> np.ndarray:
+    """Resample an integer label map by interpolating each class's mask and re-argmaxing."""
+    if list(labels.shape) == list(shape):
+        return labels
+    values = np.unique(labels)
+    lab = torch.from_numpy(labels.astype(np.int64, copy=False))
+    best = torch.full(tuple(shape), -1.0)
+    out = torch.zeros(tuple(shape), dtype=torch.int16)
+    for v in values:
+        mask = (lab == int(v)).float()[None, None]
+        score = F.interpolate(mask, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0, 0]
+        better = score > best
+        best = torch.where(better, score, best)
+        out[better] = int(v)
+    return out.numpy()
+
+
+def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
+    """[start, stop) box of voxels non-zero in any channel of (C, X, Y, Z); whole volume if none."""
+    mask = np.any(data != 0, axis=0)
+    if not mask.any():
+        return [[0, int(s)] for s in mask.shape]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        box.append([int(hit[0]), int(hit[-1]) + 1])
+    return box
+
+
+def crop(data: np.ndarray, bbox: Sequence[Sequence[int]]) -> np.ndarray:
+    sl = tuple(slice(a, b) for a, b in bbox)
+    return data[(Ellipsis,) + sl]
+
+
+def zscore_foreground(data: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
+    """Z-score each channel over its non-zero voxels (whole volume); zero outside."""
+    out = np.empty_like(data, dtype=np.float32)
+    means, stds = [], []
+    for c in range(data.shape[0]):
+        ch = data[c]
+        mask = ch != 0
+        vals = ch[mask] if mask.any() else ch.ravel()
+        mean = float(vals.mean(dtype=np.float64)) if vals.size else 0.0
+        std = float(vals.std(dtype=np.float64)) if vals.size else 1.0
+        std = std if std > 1e-8 else 1.0
+        np.subtract(ch, mean, out=out[c])
+        out[c] /= std
+        out[c][~mask] = 0.0
+        means.append(mean)
+        stds.append(std)
+    return out, means, stds
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def preprocess(
+    data: np.ndarray,
+    geometry: Geometry,
+    target_spacing: Sequence[float],
+    label: np.ndarray | None = None,
+    normalization: str = "zscore",
+    crop_to_nonzero: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, PreprocessRecord]:
+    """Preprocess a (C, X, Y, Z) case (file voxel order) and its optional label map."""
+    if data.ndim == 3:
+        data = data[None]
+    ornt = ras_orientation(geometry)
+    ras = reorient_array(data, ornt)
+    # Spacing in RAS axis order: file axis i goes to RAS axis ornt[i, 0].
+    ras_spacing = [0.0, 0.0, 0.0]
+    for file_axis, (ras_axis, _) in enumerate(ornt):
+        ras_spacing[int(ras_axis)] = float(geometry.spacing[file_axis])
+    target = [float(t) for t in target_spacing]
+    new_shape = resampled_shape(ras.shape[1:], ras_spacing, target)
+    img = resample_image(ras, new_shape)
+    lab = None
+    if label is not None:
+        lab = resample_labels(reorient_array(label, ornt), new_shape)
+    bbox = nonzero_bbox(img) if crop_to_nonzero else [[0, int(s)] for s in new_shape]
+    img = crop(img, bbox)
+    if lab is not None:
+        lab = np.ascontiguousarray(crop(lab, bbox))
+    if normalization == "zscore":
+        img, means, stds = zscore_foreground(img)
+    elif normalization == "none":
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        means, stds = [0.0] * img.shape[0], [1.0] * img.shape[0]
+    else:
+        raise ValueError(f"unknown normalization {normalization!r}")
+    record = PreprocessRecord(
+        original_shape=[int(s) for s in data.shape[1:]],
+        ornt=np.asarray(ornt).tolist(),
+        ras_shape=[int(s) for s in ras.shape[1:]],
+        ras_spacing=ras_spacing,
+        target_spacing=target,
+        resampled_shape=[int(s) for s in new_shape],
+        bbox=bbox,
+        norm_mean=means,
+        norm_std=stds,
+    )
+    return img, lab, record
+
+
+# --------------------------------------------------------------------------- inverse
+
+
+def invert_to_original(scores: torch.Tensor, record: PreprocessRecord) -> torch.Tensor:
+    """Map class scores (C, x, y, z) on the preprocessed grid to the original grid.
+
+    Outside the cropped box the background class (index 0) gets all the probability.
+    Works on whatever device ``scores`` lives on; returns float32 (C, *original_shape).
+    """
+    scores = scores.float()
+    c = scores.shape[0]
+    full = torch.zeros((c, *record.resampled_shape), dtype=scores.dtype, device=scores.device)
+    full[0] = 1.0
+    sl = tuple(slice(a, b) for a, b in record.bbox)
+    full[(slice(None),) + sl] = scores
+    if list(record.resampled_shape) != list(record.ras_shape):
+        full = F.interpolate(full[None], size=tuple(record.ras_shape), mode="trilinear", align_corners=False)[0]
+    # Undo the reorientation: flips then permutation, inverse of nibabel's apply_orientation.
+    ornt = np.asarray(record.ornt)
+    inverse = _invert_ornt(ornt)
+    return _apply_ornt_torch(full, inverse)
+
+
+def _apply_ornt_torch(t: torch.Tensor, ornt: np.ndarray) -> torch.Tensor:
+    """nibabel.apply_orientation for the last three axes of a torch tensor."""
+    flips = [1 + i for i, (_, f) in enumerate(ornt) if f == -1]
+    if flips:
+        t = torch.flip(t, dims=flips)
+    perm = [0] + [1 + int(a) for a in np.argsort(ornt[:, 0])]
+    # apply_orientation: output axis ornt[i,0] takes input axis i, i.e. transpose by argsort.
+    return t.permute(*perm).contiguous()

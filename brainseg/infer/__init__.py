@@ -1,0 +1,1 @@
+"""Inference stage: sliding windows and batch prediction."""
