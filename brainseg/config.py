@@ -156,6 +156,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             raise BrainsegError(f"config {where}: expected an integer, got {value!r}")
         return int(value)
     if annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BrainsegError(f"config {where}: expected a number, got {value!r}")
         return float(value)

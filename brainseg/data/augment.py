@@ -1,0 +1,95 @@
+"""On-the-fly augmentation of training patches (nnU-Net-like), driven by one RNG.
+
+Spatial transforms (rotation, scaling) are not applied here: they are folded into
+patch extraction (:mod:`brainseg.data.patches`), which samples the rotated/scaled
+patch straight from the cached volume in one interpolation. This module does the
+rest on the extracted patch: flips, then intensity transforms (noise, blur,
+brightness, contrast, gamma, bias field). Each transform fires with its own
+probability; every random draw comes from the ``rng`` passed in, so a patch is a
+pure function of its index and the seed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import ndimage
+
+from ..config import AugmentConfig
+
+
+def spatial_matrix(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray | None:
+    """A 3x3 output->input matrix (rotation x scaling), or None when neither fires."""
+    rotate = cfg.enabled and rng.random() < cfg.p_rotate
+    scale = cfg.enabled and rng.random() < cfg.p_scale
+    if not (rotate or scale):
+        return None
+    m = np.eye(3)
+    if rotate:
+        limit = math.radians(cfg.rotate_degrees)
+        for axes in ((1, 2), (0, 2), (0, 1)):
+            a = rng.uniform(-limit, limit)
+            r = np.eye(3)
+            i, j = axes
+            r[i, i] = r[j, j] = math.cos(a)
+            r[i, j], r[j, i] = -math.sin(a), math.sin(a)
+            m = r @ m
+    if scale:
+        # A zoom factor s > 1 shows a larger field of view: sample input at s * offset.
+        m = m * rng.uniform(*cfg.scale_range)
+    return m
+
+
+def flip(image: np.ndarray, seg: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
+    if not cfg.enabled:
+        return image, seg
+    for axis in range(3):
+        if rng.random() < cfg.p_flip:
+            image = np.flip(image, axis=axis + 1)
+            seg = np.flip(seg, axis=axis)
+    return image, seg
+
+
+def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+    """Intensity augmentation of a (C, X, Y, Z) float32 patch (returns a new array)."""
+    image = np.array(image, dtype=np.float32, copy=True)
+    if not cfg.enabled:
+        return image
+    if rng.random() < cfg.p_noise:
+        std = rng.uniform(0, cfg.noise_std)
+        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
+    if rng.random() < cfg.p_blur:
+        for c in range(image.shape[0]):
+            sigma = rng.uniform(*cfg.blur_sigma)
+            image[c] = ndimage.gaussian_filter(image[c], sigma, mode="nearest", truncate=2.0)
+    if rng.random() < cfg.p_brightness:
+        image *= np.float32(rng.uniform(*cfg.brightness_range))
+    if rng.random() < cfg.p_contrast:
+        factor = np.float32(rng.uniform(*cfg.contrast_range))
+        for c in range(image.shape[0]):
+            lo, hi, mean = image[c].min(), image[c].max(), image[c].mean()
+            image[c] = np.clip((image[c] - mean) * factor + mean, lo, hi)
+    if rng.random() < cfg.p_gamma:
+        gamma = rng.uniform(*cfg.gamma_range)
+        for c in range(image.shape[0]):
+            lo, hi = image[c].min(), image[c].max()
+            if hi - lo > 1e-6:
+                mean, std = image[c].mean(), image[c].std()
+                x = ((image[c] - lo) / (hi - lo)) ** np.float32(gamma) * (hi - lo) + lo
+                # keep the patch's mean and spread, as nnU-Net's gamma transform does
+                x = (x - x.mean()) / max(float(x.std()), 1e-6) * std + mean
+                image[c] = x
+    if rng.random() < cfg.p_bias:
+        image *= _bias_field(image.shape[1:], rng, cfg.bias_strength)[None]
+    return image
+
+
+def _bias_field(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """A smooth multiplicative field: exp of a random 2nd-order polynomial."""
+    grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
+    x, y, z = grids
+    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
+    coeffs = rng.normal(0, strength / 3, len(terms)).astype(np.float32)
+    field = sum(c * t for c, t in zip(coeffs, terms))
+    return np.exp(np.broadcast_to(field, shape)).astype(np.float32)

@@ -1,0 +1,157 @@
+"""Preprocess every training case once and keep it as memory-mappable ``.npy``.
+
+Per case the cache holds ``ID.npy`` (C, X, Y, Z float32, preprocessed),
+``ID_seg.npy`` (uint8 labels), ``ID_locs.npz`` (a sample of voxel coordinates per
+foreground class, for foreground oversampling) and ``ID.json`` (the preprocessing
+record and a key over the source files and settings). A case whose key still matches
+is not decoded again, so epochs, resumed runs and later runs skip NIfTI entirely.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..errors import InputError
+from ..io import atomic_path, atomic_write_text, read_channels, read_geometry, read_label
+from .discovery import Case
+from .preprocess import PreprocessRecord, preprocess, ras_orientation
+
+#: Voxel coordinates stored per class for foreground sampling.
+MAX_LOCATIONS = 10_000
+
+
+@dataclass
+class CachedCase:
+    case_id: str
+    data_path: Path
+    seg_path: Path
+    locs_path: Path
+    record: PreprocessRecord
+    classes: list[int]  # foreground classes present
+
+    def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        mode = "r" if mmap else None
+        return np.load(self.data_path, mmap_mode=mode), np.load(self.seg_path, mmap_mode=mode)
+
+    def locations(self) -> dict[int, np.ndarray]:
+        with np.load(self.locs_path) as z:
+            return {int(k.split("_")[1]): z[k] for k in z.files}
+
+
+def ras_spacing(case: Case, max_voxels: int) -> list[float]:
+    """A case's voxel size in RAS axis order, from its first channel's header."""
+    geom = read_geometry(case.images[0], max_voxels=max_voxels)
+    ornt = ras_orientation(geom)
+    out = [0.0, 0.0, 0.0]
+    for file_axis, (ras_axis, _) in enumerate(ornt):
+        out[int(ras_axis)] = geom.spacing[file_axis]
+    return out
+
+
+def median_spacing(cases: Sequence[Case], max_voxels: int) -> list[float]:
+    """The data set's median voxel size per RAS axis (nnU-Net's default target)."""
+    spacings = np.array([ras_spacing(c, max_voxels) for c in cases])
+    return [round(float(v), 4) for v in np.median(spacings, axis=0)]
+
+
+def _cache_key(case: Case, settings: dict) -> str:
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    for p in list(case.images) + ([case.label] if case.label else []):
+        st = os.stat(p)
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:20]
+
+
+def _sample_locations(seg: np.ndarray, classes: Sequence[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    out = {}
+    for c in classes:
+        coords = np.argwhere(seg == c).astype(np.int32)
+        if len(coords) > MAX_LOCATIONS:
+            coords = coords[rng.choice(len(coords), MAX_LOCATIONS, replace=False)]
+        out[f"class_{c}"] = coords
+    return out
+
+
+def cache_case(
+    case: Case,
+    cache_dir: Path,
+    target_spacing: Sequence[float],
+    label_values: Sequence[int],
+    normalization: str = "zscore",
+    crop_to_nonzero: bool = True,
+    max_voxels: int = 1024**3,
+) -> CachedCase:
+    """Preprocess one labelled case into the cache (or reuse a matching entry)."""
+    settings = {
+        "spacing": [float(s) for s in target_spacing],
+        "normalization": normalization,
+        "crop": crop_to_nonzero,
+        "version": 1,
+    }
+    key = _cache_key(case, settings)
+    meta_path = cache_dir / f"{case.case_id}.json"
+    paths = dict(
+        data_path=cache_dir / f"{case.case_id}.npy",
+        seg_path=cache_dir / f"{case.case_id}_seg.npy",
+        locs_path=cache_dir / f"{case.case_id}_locs.npz",
+    )
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("key") == key and all(p.is_file() for p in paths.values()):
+            return CachedCase(case.case_id, record=PreprocessRecord.from_dict(meta["record"]), classes=meta["classes"], **paths)
+
+    data, geom = read_channels(case.images, max_voxels=max_voxels)
+    if case.label is None:
+        raise InputError(case.images[0], "training case has no label file")
+    label, lgeom = read_label(case.label, max_voxels=max_voxels)
+    if not geom.same_grid(lgeom):
+        raise InputError(case.label, f"label geometry ({lgeom.describe()}) differs from its image ({geom.describe()})")
+    present = np.unique(label)
+    unknown = sorted(set(int(v) for v in present) - set(int(v) for v in label_values))
+    if unknown:
+        raise InputError(case.label, f"label values {unknown} are not among the data set's labels {sorted(label_values)}")
+    img, seg, record = preprocess(
+        data, geom, target_spacing, label=label, normalization=normalization, crop_to_nonzero=crop_to_nonzero
+    )
+    seg = seg.astype(np.uint8 if max(label_values) < 256 else np.int16)
+    classes = [int(c) for c in np.unique(seg) if c != 0]
+    rng = np.random.default_rng(int(key[:8], 16))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(paths["data_path"]) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, img.astype(np.float32, copy=False))
+    with atomic_path(paths["seg_path"]) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, seg)
+    with atomic_path(paths["locs_path"]) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **_sample_locations(seg, classes, rng))
+    atomic_write_text(meta_path, json.dumps({"key": key, "record": record.to_dict(), "classes": classes}))
+    return CachedCase(case.case_id, record=record, classes=classes, **paths)
+
+
+def cache_cases(
+    cases: Sequence[Case],
+    cache_dir: Path,
+    target_spacing: Sequence[float],
+    label_values: Sequence[int],
+    normalization: str = "zscore",
+    crop_to_nonzero: bool = True,
+    max_voxels: int = 1024**3,
+    progress: bool = True,
+) -> list[CachedCase]:
+    """Cache every case; the first bad case raises an error naming its file."""
+    out = []
+    for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress, leave=False):
+        out.append(
+            cache_case(case, Path(cache_dir), target_spacing, label_values, normalization, crop_to_nonzero, max_voxels)
+        )
+    return out
