@@ -1,0 +1,403 @@
+"""The demo tissue-segmentation data set, made from the MNI ICBM152 2009a template.
+
+nilearn ships the template (T1 plus grey- and white-matter probability maps, 1 mm,
+197 x 233 x 189, skull-stripped) so the demo needs no download. Every subject is the
+template seen through its own random "scan":
+
+* a smooth random deformation (a coarse random displacement field of a few mm,
+  upsampled with cubic splines) and a small global size change;
+* its own voxel grid: anisotropic voxels of 1.3-2.2 mm, its own axis order and
+  flips (subject 0 is RAS, the others cycle through LAS, LPS, PIR, ASL, ...), and
+  every odd subject tilted by a few degrees (an oblique affine);
+* a multiplicative smooth bias field, a gamma change, noise inside the brain and an
+  intensity scale and offset. The background stays exactly 0 (skull-stripped data).
+
+Deformation and regridding are one trilinear resampling per map
+(:func:`scipy.ndimage.map_coordinates`) from the template grid to the subject grid.
+
+**Label convention** (used everywhere in brainseg for this data set): the T1, GM and
+WM maps scaled to [0, 1]; each voxel takes the argmax of ``[background, CSF, GM,
+WM]`` where background is 1 outside the brain and 0 inside, and CSF is
+``clip(1 - GM - WM, 0, 1)`` inside the brain and 0 outside; ties go to the lower
+label. Labels: 0 background, 1 CSF, 2 grey matter, 3 white matter. On the template
+the brain is ``T1 > 0`` (:func:`template_labels`); on a subject it is the resampled
+brain mask >= 0.5 (:func:`tissue_labels`).
+
+The output is an nnU-Net / Medical Segmentation Decathlon folder::
+
+    out/dataset.json
+    out/imagesTr/demo_000_0000.nii.gz   out/labelsTr/demo_000.nii.gz
+    out/imagesTs/demo_007_0000.nii.gz   out/labelsTs/demo_007.nii.gz
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+from scipy.interpolate import CubicSpline
+from scipy.ndimage import map_coordinates
+
+from ..errors import BrainsegError
+from ..io import Geometry, atomic_write_text, write_image
+
+#: Label values of the demo data set (nnU-Net v2 style: name -> value).
+LABELS: dict[str, int] = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
+
+DATASET_NAME = "brainseg-demo"
+CASE_PREFIX = "demo"
+TEMPLATE_FILES = {
+    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
+    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
+    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
+}
+#: Orientations of subjects 1, 2, 3, ... (cycled); subject 0 is RAS.
+ORIENTATIONS = ("LAS", "LPS", "PIR", "ASL", "RPI", "SLP", "IRA", "LIP")
+SPACING_RANGE = (1.3, 2.2)  # mm, drawn per axis
+OBLIQUE_DEGREES = (2.0, 7.0)  # tilt of odd-numbered subjects
+DISPLACEMENT_MM = (1.5, 3.0)  # std of the coarse displacement field
+COARSE_NODES = 5  # control points per axis of the displacement field
+SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+
+
+class Template(NamedTuple):
+    """The MNI ICBM152 2009a maps as float32 in [0, 1], with their 1 mm RAS affine."""
+
+    t1: np.ndarray
+    gm: np.ndarray
+    wm: np.ndarray
+    affine: np.ndarray
+
+
+@dataclass(frozen=True)
+class SubjectGrid:
+    """A subject's output voxel grid and its orientation label."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray  # voxel -> world (RAS mm), float32-exact
+    orientation: str
+    oblique_degrees: float
+
+
+# ----------------------------------------------------------------------------- template
+
+
+def template_dir() -> Path:
+    """nilearn's bundled data folder holding the ICBM152 maps (nilearn is not imported)."""
+    spec = importlib.util.find_spec("nilearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise BrainsegError(
+            "the demo data set is made from the MNI template that nilearn ships; "
+            "install it with: pip install brainseg[demo]"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
+    missing = [name for name in TEMPLATE_FILES.values() if not (folder / name).is_file()]
+    if missing:
+        raise BrainsegError(
+            f"{folder}: nilearn is installed but lacks the template files {', '.join(missing)}; "
+            "reinstall it with: pip install --force-reinstall brainseg[demo]"
+        )
+    return folder
+
+
+def load_template() -> Template:
+    """Load the T1, GM and WM template maps, scaled to [0, 1] (divided by 255)."""
+    folder = template_dir()
+    maps = {}
+    affine = None
+    for key, name in TEMPLATE_FILES.items():
+        img = nib.load(str(folder / name))
+        if affine is None:
+            affine = np.asarray(img.affine, dtype=np.float64)
+        elif img.shape != maps["t1"].shape or not np.allclose(img.affine, affine):
+            raise BrainsegError(f"{folder / name}: template map is not on the T1 template's grid")
+        maps[key] = np.asarray(img.dataobj, dtype=np.float32) / np.float32(255.0)
+    return Template(maps["t1"], maps["gm"], maps["wm"], affine)
+
+
+def tissue_labels(brain: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """Labels by the demo convention from a brain mask and GM/WM maps in [0, 1].
+
+    argmax over [background = not brain, CSF = clip(1 - GM - WM, 0, 1) in the brain,
+    GM, WM], ties to the lower label. Returns uint8 (0 bg, 1 CSF, 2 GM, 3 WM).
+    """
+    brain = np.asarray(brain, dtype=bool)
+    gm = np.asarray(gm, dtype=np.float32)
+    wm = np.asarray(wm, dtype=np.float32)
+    csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0).astype(np.float32)
+    labels = np.zeros(brain.shape, dtype=np.uint8)
+    best = (~brain).astype(np.float32)  # the background score
+    for value, score in ((1, csf), (2, gm), (3, wm)):
+        better = score > best  # strictly greater: the first maximum wins, as argmax
+        labels[better] = value
+        best = np.where(better, score, best)
+    return labels
+
+
+def template_labels(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
+    """Labels of the template itself: :func:`tissue_labels` with the brain = T1 > 0.
+
+    The maps must be scaled to [0, 1] as :func:`load_template` returns them.
+    """
+    for name, arr in (("t1", t1), ("gm", gm), ("wm", wm)):
+        if np.size(arr) and float(np.max(arr)) > 1.0 + 1e-6:
+            raise ValueError(f"{name} map exceeds 1; scale the template maps to [0, 1] (divide by 255)")
+    return tissue_labels(np.asarray(t1) > 0, gm, wm)
+
+
+# ----------------------------------------------------------------------------- random fields
+
+
+def _spline_matrix(n_out: int, n_nodes: int) -> np.ndarray:
+    """(n_out, n_nodes) weights that interpolate node values smoothly onto n_out points."""
+    nodes = np.arange(n_nodes, dtype=np.float64)
+    points = np.linspace(0.0, n_nodes - 1.0, n_out)
+    return CubicSpline(nodes, np.eye(n_nodes), axis=0)(points).astype(np.float32)
+
+
+def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], nodes: int, std: float) -> np.ndarray:
+    """A smooth random field: N(0, std) on a coarse grid, spline-upsampled to ``shape``."""
+    coarse = rng.normal(0.0, std, size=(nodes, nodes, nodes)).astype(np.float32)
+    wx, wy, wz = (_spline_matrix(s, nodes) for s in shape)
+    field = np.tensordot(wx, coarse, axes=(1, 0))  # (X, n, n)
+    field = np.tensordot(field, wy, axes=(1, 1))  # (X, n, Y)
+    field = np.tensordot(field, wz, axes=(1, 1))  # (X, Y, Z)
+    return np.ascontiguousarray(field, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------- subject grid
+
+
+def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
+    """Rotation matrix about a unit ``axis`` (Rodrigues)."""
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    theta = math.radians(degrees)
+    return np.eye(3) + math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
+
+
+def _orientation_matrix(code: str) -> np.ndarray:
+    """Signed permutation taking voxel axes to RAS world axes for an axis code like 'PIR'."""
+    ornt = nib.orientations.axcodes2ornt(tuple(code))
+    mat = np.zeros((3, 3))
+    for voxel_axis, (world_axis, flip) in enumerate(ornt):
+        mat[int(world_axis), voxel_axis] = flip
+    return mat
+
+
+def subject_grid(rng: np.random.Generator, index: int, world_lo: np.ndarray, world_hi: np.ndarray) -> SubjectGrid:
+    """The output grid of subject ``index``, covering the world box [world_lo, world_hi]."""
+    orientation = "RAS" if index == 0 else ORIENTATIONS[(index - 1) % len(ORIENTATIONS)]
+    spacing = rng.uniform(*SPACING_RANGE, size=3)
+    axis = rng.normal(size=3)
+    tilt = float(rng.uniform(*OBLIQUE_DEGREES)) if index % 2 == 1 else 0.0
+    direction = _rotation(axis, tilt) @ _orientation_matrix(orientation)
+    # Extent of the box along each (possibly tilted) voxel axis.
+    extent = np.abs(direction.T) @ (world_hi - world_lo)
+    shape = tuple(int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing))
+    linear = direction @ np.diag(spacing)
+    centre = (world_lo + world_hi) / 2.0
+    affine = np.eye(4)
+    affine[:3, :3] = linear
+    affine[:3, 3] = centre - linear @ ((np.array(shape) - 1) / 2.0)
+    # NIfTI stores the sform as float32: use exactly what the file will hold.
+    affine = affine.astype(np.float32).astype(np.float64)
+    return SubjectGrid(shape, affine, orientation, tilt)
+
+
+def nifti_geometry(grid: SubjectGrid) -> Geometry:
+    """A Geometry with a scanner-like NIfTI-1 header (qform and sform code 1, mm)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape(grid.shape)
+    header.set_data_dtype(np.float32)
+    header.set_qform(grid.affine, code=1)
+    header.set_sform(grid.affine, code=1)
+    header.set_xyzt_units("mm", "sec")
+    return Geometry(shape=grid.shape, affine=header.get_best_affine(), header=header)
+
+
+# ----------------------------------------------------------------------------- one subject
+
+
+def world_box(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """The world (mm) bounding box of the centres of a grid's corner voxels."""
+    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
+    world = affine[:3, :3] @ corners + affine[:3, 3:4]
+    return world.min(axis=1), world.max(axis=1)
+
+
+def template_coordinates(
+    rng: np.random.Generator, grid: SubjectGrid, template_affine: np.ndarray, centre: np.ndarray
+) -> np.ndarray:
+    """Template voxel coordinates (3, X, Y, Z) of every output voxel.
+
+    world = grid affine @ voxel; the inverse deformation adds a smooth displacement
+    and a global scale about ``centre``; then the template's inverse affine.
+    """
+    scale = rng.uniform(0.93, 1.07, size=3)
+    disp_std = float(rng.uniform(*DISPLACEMENT_MM))
+    inv = np.linalg.inv(template_affine)
+    axes = [np.arange(n, dtype=np.float32) for n in grid.shape]
+    world = []
+    for k in range(3):
+        w = (
+            np.float32(grid.affine[k, 0]) * axes[0][:, None, None]
+            + np.float32(grid.affine[k, 1]) * axes[1][None, :, None]
+            + np.float32(grid.affine[k, 2]) * axes[2][None, None, :]
+            + np.float32(grid.affine[k, 3] - centre[k])
+        )
+        w = w / np.float32(scale[k]) + np.float32(centre[k])
+        w += smooth_field(rng, grid.shape, COARSE_NODES, disp_std)
+        world.append(w)
+    coords = np.empty((3,) + grid.shape, dtype=np.float32)
+    for k in range(3):
+        coords[k] = (
+            np.float32(inv[k, 0]) * world[0]
+            + np.float32(inv[k, 1]) * world[1]
+            + np.float32(inv[k, 2]) * world[2]
+            + np.float32(inv[k, 3])
+        )
+    return coords
+
+
+def resample(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Trilinear sampling of ``volume`` at ``coords``; 0 outside the template."""
+    return map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32, prefilter=False)
+
+
+def synthesise_t1(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray) -> np.ndarray:
+    """Bias field, gamma, noise, scale and offset inside the brain; exactly 0 outside."""
+    bias = np.exp(smooth_field(rng, t1.shape, 4, float(rng.uniform(0.08, 0.15))))
+    gamma = np.float32(rng.uniform(0.75, 1.35))
+    noise_std = np.float32(rng.uniform(0.01, 0.04))
+    scale = np.float32(rng.uniform(150.0, 2500.0))
+    offset = np.float32(rng.uniform(0.0, 0.1)) * scale
+    inside = t1[brain] * bias[brain]
+    inside = np.power(np.maximum(inside, 0.0), gamma)
+    inside += rng.normal(0.0, noise_std, size=inside.shape).astype(np.float32)
+    out = np.zeros(t1.shape, dtype=np.float32)
+    out[brain] = np.maximum(inside * scale + offset, 0.0)
+    return out
+
+
+def make_subject(
+    template: Template, brain_map: np.ndarray, seed: int, index: int
+) -> tuple[np.ndarray, np.ndarray, Geometry, SubjectGrid]:
+    """One synthetic subject: (T1 float32, labels uint8, geometry, grid)."""
+    rng = np.random.default_rng([seed, index])
+    lo, hi = world_box(template.affine, template.t1.shape)
+    grid = subject_grid(rng, index, lo, hi)
+    coords = template_coordinates(rng, grid, template.affine, (lo + hi) / 2.0)
+    t1 = resample(template.t1, coords)
+    gm = resample(template.gm, coords)
+    wm = resample(template.wm, coords)
+    brain = resample(brain_map, coords) >= 0.5
+    del coords
+    labels = tissue_labels(brain, gm, wm)
+    image = synthesise_t1(rng, t1, brain)
+    return image, labels, nifti_geometry(grid), grid
+
+
+# ----------------------------------------------------------------------------- data set
+
+
+def _split_sizes(n: int, n_test: int | None, seed: int) -> tuple[int, int]:
+    """(n_train, n_test) after checking the arguments."""
+    if seed < 0:
+        raise BrainsegError(f"--seed must be 0 or larger (got {seed})")
+    if n < 2:
+        raise BrainsegError(f"the demo data set needs at least 2 subjects (got --n {n})")
+    if n_test is None:
+        n_test = max(1, math.ceil(n / 4))
+    if not 1 <= n_test < n:
+        raise BrainsegError(f"--n-test must be between 1 and {n - 1} for --n {n} (got {n_test})")
+    return n - n_test, n_test
+
+
+def _prepare_folder(out: Path) -> None:
+    """Create ``out``; refuse a non-empty folder that is not an earlier demo data set.
+
+    Files of an earlier demo run are removed so no stale case outlives dataset.json.
+    """
+    if out.exists() and not out.is_dir():
+        raise BrainsegError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        meta = out / "dataset.json"
+        try:
+            previous = json.loads(meta.read_text()).get("name")
+        except (OSError, ValueError, AttributeError):
+            previous = None
+        if previous != DATASET_NAME:
+            raise BrainsegError(f"{out}: folder is not empty and is not a brainseg demo data set; choose another")
+        for sub in SUBFOLDERS:
+            for stale in (out / sub).glob(f"{CASE_PREFIX}_*.nii.gz"):
+                stale.unlink()
+    for sub in SUBFOLDERS:
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+
+def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
+    def entry(case: str, split: str) -> dict:
+        return {"image": f"./images{split}/{case}_0000.nii.gz", "label": f"./labels{split}/{case}.nii.gz"}
+
+    return {
+        "name": DATASET_NAME,
+        "description": (
+            "Synthetic brain tissue segmentation (CSF, grey and white matter) made from the "
+            "MNI ICBM152 2009a template: random deformation, voxel grid, bias and noise "
+            f"per subject (seed {seed})."
+        ),
+        "reference": "Fonov et al., NeuroImage 2011 (MNI ICBM152 nonlinear symmetric 2009a)",
+        "licence": "see the MNI ICBM152 template licence",
+        "tensorImageSize": "3D",
+        "channel_names": {"0": "T1"},
+        "modality": {"0": "T1"},
+        "labels": dict(LABELS),
+        "numTraining": len(train_ids),
+        "numTest": len(test_ids),
+        "file_ending": ".nii.gz",
+        "training": [entry(c, "Tr") for c in train_ids],
+        "test": [entry(c, "Ts") for c in test_ids],
+    }
+
+
+def make_demo_dataset(
+    out: Path, n: int = 10, n_test: int | None = None, seed: int = 0, verbose: bool = True
+) -> Path:
+    """Write ``n`` synthetic subjects as an MSD / nnU-Net folder at ``out``; return ``out``.
+
+    The last ``n_test`` subjects (default: a quarter, at least one) go to imagesTs /
+    labelsTs. The same ``seed`` gives the same files.
+    """
+    out = Path(out)
+    n_train, n_test = _split_sizes(n, n_test, seed)
+    template = load_template()
+    brain_map = (template.t1 > 0).astype(np.float32)
+    _prepare_folder(out)
+    ids = [f"{CASE_PREFIX}_{i:03d}" for i in range(n)]
+    start = time.perf_counter()
+    for index, case in enumerate(ids):
+        split = "Tr" if index < n_train else "Ts"
+        image, labels, geometry, grid = make_subject(template, brain_map, seed, index)
+        write_image(out / f"images{split}" / f"{case}_0000.nii.gz", image, geometry, dtype=np.float32)
+        write_image(out / f"labels{split}" / f"{case}.nii.gz", labels, geometry, dtype=np.uint8)
+        if verbose:
+            sp = "x".join(f"{s:.2f}" for s in geometry.spacing)
+            tilt = f", tilted {grid.oblique_degrees:.1f} deg" if grid.oblique_degrees else ""
+            print(
+                f"demo-data [{index + 1}/{n}] {case} ({split}): {grid.orientation} {grid.shape} {sp} mm{tilt} "
+                f"({time.perf_counter() - start:.1f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+    meta = _dataset_json(ids[:n_train], ids[n_train:], seed)
+    atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
+    return out
