@@ -41,7 +41,7 @@ RUN_PREFERENCE = (CHECKPOINT_FINAL, CHECKPOINT_LAST, CHECKPOINT_BEST)
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"torch": torch.__version__}
+    out = {"torch": str(torch.__version__)}  # TorchVersion is not a weights_only-loadable type
     for name in ("brainseg", "monai", "nibabel", "numpy"):
         try:
             out[name] = version(name)
