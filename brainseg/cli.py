@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=10, help="number of demo subjects")
     p.add_argument("--config", type=Path, default=None, help="config (default: configs/demo.yaml settings)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--max-minutes", type=float, default=8.0, help="training budget in minutes")
+    p.add_argument("--max-minutes", type=float, default=10.0, help="training budget in minutes")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     return parser

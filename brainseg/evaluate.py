@@ -40,7 +40,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .errors import BrainsegError, InputError
-from .io import Geometry, atomic_write_text, is_image_file, read_label, strip_suffix
+from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, is_image_file, read_label, strip_suffix
 
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
@@ -230,17 +230,20 @@ def evaluate_case(
     ref_path: str | os.PathLike,
     labels: Iterable[int] | None = None,
     case: str | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> list[dict]:
     """Score one predicted label map against its reference; one row per label.
 
     Both files are read with :func:`~brainseg.io.read_label`. Their grids must match
     (same shape, affines equal within 1e-4), else :class:`InputError` names the
     prediction and both geometries. ``labels=None`` scores every non-zero label in
-    either map. ``case`` defaults to the reference's name without its suffix.
+    either map. ``case`` defaults to the reference's name without its suffix. A file
+    whose header claims more than ``max_voxels`` voxels is refused before any of it
+    is read (:data:`~brainseg.io.DEFAULT_MAX_VOXELS`, 1024³, by default).
     """
     pred_path, ref_path = Path(pred_path), Path(ref_path)
-    pred, pred_geom = read_label(pred_path)
-    ref, ref_geom = read_label(ref_path)
+    pred, pred_geom = read_label(pred_path, max_voxels=max_voxels)
+    ref, ref_geom = read_label(ref_path, max_voxels=max_voxels)
     if not pred_geom.same_grid(ref_geom):
         raise InputError(
             pred_path,
@@ -265,7 +268,9 @@ def _scan_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[dict]]:
         raise BrainsegError(f"{folder}: {role} folder not found")
     files: dict[str, Path] = {}
     clashes: list[dict] = []
-    for path in sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p)):
+    # Entries named like scans that are not regular files (a broken link, a folder
+    # called x.nii.gz) are kept: reading them reports the case instead of dropping it.
+    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
         cid = strip_suffix(path)
         if cid in files:
             clashes.append(

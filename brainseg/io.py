@@ -133,9 +133,13 @@ def read_geometry(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS)
 def _open(path: Path, max_voxels: int, allow_channels: bool):
     """Open ``path`` lazily: return its Geometry and a loader of its data."""
     if not path.exists():
+        if path.is_symlink():
+            raise InputError(path, f"is a broken symbolic link (its target {os.readlink(path)} does not exist)")
         raise InputError(path, "file not found")
+    if path.is_dir():
+        raise InputError(path, "is a folder, not a scan file")
     if not path.is_file():
-        raise InputError(path, "is not a file")
+        raise InputError(path, "is not a regular file")
     if not os.access(path, os.R_OK):
         raise InputError(path, "cannot be read (permission denied)")
     if path.stat().st_size == 0:
@@ -247,6 +251,8 @@ def read_channels(
     """Read one file per channel into a (C, X, Y, Z) float32 array.
 
     All channels must share the first channel's grid; the file that differs is named.
+    This is how scans (not label maps) are read, so a file whose voxels are all zero
+    (an empty or failed export: nothing to segment or learn from) is refused here.
     """
     if not paths:
         raise InputError(None, "no channel files given")
@@ -254,6 +260,8 @@ def read_channels(
     first: Geometry | None = None
     for p in paths:
         data, geom = read_image(p, max_voxels=max_voxels)
+        if not data.any():
+            raise InputError(p, "all voxels are zero (an empty scan)")
         if first is None:
             first = geom
         elif not first.same_grid(geom):
@@ -302,24 +310,35 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
     The temporary name keeps the target's suffix (nibabel picks the format from it)
     and starts with a dot, so discovery never mistakes it for a scan. On any error
-    the temporary file is removed and the target is untouched.
+    the temporary file is removed and the target is untouched; an :class:`OSError`
+    (disk full, file too large, permission denied, ...) is re-raised naming the
+    target, not the temporary file, so the user is told which output failed.
+    A process killed mid-write can leave the hidden temporary file behind (never a
+    partial target); such files are ignored everywhere and may be deleted.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = image_suffix(target) or target.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    tmp: Path | None = None
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        suffix = image_suffix(target) or target.suffix
+        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+        os.close(fd)
+        tmp = Path(name)
         yield tmp
         # mkstemp makes the file 0600; give it the mode any new file of the user gets.
         os.chmod(tmp, 0o666 & ~_current_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(exc, OSError) and (
+            exc.filename is None or Path(str(exc.filename)).name.startswith(f".{target.name}.")
+        ):
+            # A failed write of the temporary file is a failed write of the target.
+            raise OSError(exc.errno, f"cannot be written ({exc.strerror or exc})", str(target)) from exc
         raise
 
 

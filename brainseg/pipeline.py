@@ -35,7 +35,7 @@ def run_demo(
     n: int = 10,
     config: Path | None = None,
     overrides: list[str] | None = None,
-    max_minutes: float = 8.0,
+    max_minutes: float = 10.0,
     device: str = "auto",
     seed: int = 0,
 ) -> dict:

@@ -54,6 +54,33 @@ def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=0).astype(dtype)
 
 
+INPUT_MASK_MODES = ("none", "restrict", "fill")
+
+
+def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "none") -> np.ndarray:
+    """Class indices from probabilities, using where the input scan is non-zero.
+
+    ``mode`` (``postprocess.input_mask``):
+
+    * ``"none"``: plain argmax.
+    * ``"restrict"``: voxels where every input channel is exactly 0 are background
+      (skull-stripped or defaced inputs: nothing is ever found outside the head/brain).
+    * ``"fill"``: additionally every non-zero voxel takes its most likely *foreground*
+      class (skull-stripped tissue segmentation, where the brain mask is the input's
+      support: background exactly where the scan is 0).
+    """
+    if mode not in INPUT_MASK_MODES:
+        raise ValueError(f"postprocess.input_mask must be one of {INPUT_MASK_MODES}, got {mode!r}")
+    if mode == "fill" and probs.shape[0] > 1:
+        labels = probabilities_to_labels(probs[1:])
+        labels += 1
+    else:
+        labels = probabilities_to_labels(probs)
+    if mode != "none":
+        labels[~np.asarray(nonzero, dtype=bool)] = 0
+    return labels
+
+
 def _voxel_volume(spacing: Sequence[float]) -> float:
     spacing = tuple(float(s) for s in spacing)
     if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):

@@ -1,7 +1,7 @@
 """Preprocess every training case once and keep it as memory-mappable ``.npy``.
 
 Per case the cache holds ``ID.npy`` (C, X, Y, Z float32, preprocessed),
-``ID_seg.npy`` (uint8 labels), ``ID_locs.npz`` (a sample of voxel coordinates per
+``ID_seg.npy`` (uint8 class indices: the i-th smallest label value is class i), ``ID_locs.npz`` (a sample of voxel coordinates per
 foreground class, for foreground oversampling) and ``ID.json`` (the preprocessing
 record and a key over the source files and settings). A case whose key still matches
 is not decoded again, so epochs, resumed runs and later runs skip NIfTI entirely.
@@ -94,7 +94,7 @@ def cache_case(
         "spacing": [float(s) for s in target_spacing],
         "normalization": normalization,
         "crop": crop_to_nonzero,
-        "version": 1,
+        "version": 2,
     }
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"
@@ -121,7 +121,10 @@ def cache_case(
     img, seg, record = preprocess(
         data, geom, target_spacing, label=label, normalization=normalization, crop_to_nonzero=crop_to_nonzero
     )
-    seg = seg.astype(np.uint8 if max(label_values) < 256 else np.int16)
+    # Store class indices 0..K-1 (label values may have gaps, e.g. BraTS 0, 1, 2, 4).
+    lut = np.zeros(int(max(label_values)) + 1, dtype=np.int16)
+    lut[np.asarray(sorted(int(v) for v in label_values))] = np.arange(len(label_values), dtype=np.int16)
+    seg = lut[seg].astype(np.uint8 if len(label_values) <= 256 else np.int16)
     classes = [int(c) for c in np.unique(seg) if c != 0]
     rng = np.random.default_rng(int(key[:8], 16))
     cache_dir.mkdir(parents=True, exist_ok=True)

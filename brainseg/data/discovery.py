@@ -187,13 +187,18 @@ def _shower(root: Path | None) -> Show:
 
 
 def _list_images(folder: Path, problems: list[str], show: Show) -> list[Path]:
-    """The scan files directly in ``folder`` (hidden and non-image files skipped), by name."""
+    """The scan files directly in ``folder`` (hidden and non-image files skipped), by name.
+
+    An entry named like a scan that is not a readable regular file (a broken symbolic
+    link, a folder called ``x.nii.gz``) is kept, so that reading it later reports it by
+    name instead of the case silently going missing.
+    """
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except OSError as exc:
         problems.append(f"{show(folder)}: cannot be listed ({exc.strerror or exc})")
         return []
-    return [p for p in entries if is_image_file(p) and p.is_file()]
+    return [p for p in entries if is_image_file(p)]
 
 
 def _list_dirs(folder: Path) -> list[Path]:

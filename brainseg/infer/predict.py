@@ -46,9 +46,9 @@ from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, co
 from ..data.discovery import Case, discover_inputs
 from ..data.preprocess import PreprocessRecord, invert_to_original, preprocess
 from ..errors import BrainsegError, InputError
-from ..io import Geometry, read_channels, write_image
+from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
 from ..model.checkpoint import load_model
-from ..postprocess import label_volumes, postprocess_labels, probabilities_to_labels, write_volumes_csv
+from ..postprocess import label_volumes, labels_within_input, postprocess_labels, write_volumes_csv
 from .sliding_window import SlidingWindow
 
 MASK_SUFFIX = ".nii.gz"
@@ -133,8 +133,10 @@ class Predictor:
         postprocess: PostprocessConfig,
         device: str | torch.device = "cpu",
         log: Callable[[str], None] | None = None,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
     ):
         self.model = model.eval()
+        self.max_voxels = int(max_voxels)  # refuse scans whose header claims more (config data.max_voxels)
         self.card = card
         self.infer = infer
         self.postprocess = postprocess
@@ -153,6 +155,7 @@ class Predictor:
             mirror=infer.mirror,
             amp=infer.amp,
             device=self.device,
+            channels_last=infer.channels_last,
         )
 
     @property
@@ -172,7 +175,7 @@ class Predictor:
             raise BrainsegError(
                 f"the model expects {self.n_channels} channel(s) {list(self.card['channels'])}, got {len(images)} file(s)"
             )
-        data, geometry = read_channels(images)
+        data, geometry = read_channels(images, max_voxels=self.max_voxels)
         norm = self.card["normalization"]
         image, _, record = preprocess(
             data,
@@ -181,9 +184,10 @@ class Predictor:
             normalization=norm["scheme"],
             crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)),
         )
+        nonzero = np.any(data != 0, axis=0)
         del data
         probs = self._probabilities(image, record)
-        labels = self._to_label_values(probabilities_to_labels(probs))
+        labels = self._to_label_values(labels_within_input(probs, nonzero, self.postprocess.input_mask))
         labels = postprocess_labels(labels, geometry.spacing, self.postprocess)
         return labels, (probs if return_probabilities else None), geometry
 
@@ -407,7 +411,9 @@ def predict_from_cli(args: argparse.Namespace) -> int:
     cases = discover_inputs(args.input, n_channels=len(card["channels"]))
     mine = list(cases)[rank::world]
     progress = not args.no_progress and sys.stderr.isatty() and rank == 0
-    predictor = Predictor(model, card, config.infer, config.postprocess, device, log=_report_warning)
+    predictor = Predictor(
+        model, card, config.infer, config.postprocess, device, log=_report_warning, max_voxels=config.data.max_voxels
+    )
     summary = predict_cases(
         predictor,
         mine,

@@ -82,7 +82,7 @@ class SlidingWindow:
         self.mirror = mirror
         self.amp = amp
         self.device = torch.device(device)
-        self.channels_last = channels_last and self.device.type == "cuda"
+        self.channels_last = channels_last
         self.weight = gaussian_importance(self.patch, sigma_scale).to(self.device)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
