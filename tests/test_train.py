@@ -155,28 +155,32 @@ def test_patches_are_a_function_of_seed_and_index_and_oversample_foreground(demo
     assert all(v > 0 for v in centres), centres
 
 
-def test_tiny_net_overfits_one_real_volume(tmp_path):
-    """A small U-Net fits one real brain (template-derived, 4 mm) to mean Dice > 0.9 on CPU.
+def test_tiny_net_overfits_one_real_volume():
+    """A small U-Net fits one small real brain volume to Dice > 0.9 per tissue on CPU.
 
-    CSF is one or two voxels thick at 4 mm, so it alone is held to a lower bar.
+    The volume is a 32^3 block (3 mm voxels) from the middle of the MNI template,
+    with ventricles (CSF), deep and cortical grey matter and white matter in it.
     """
     from brainseg.data.demo import load_template, template_labels
     from brainseg.data.preprocess import resample_image, resample_labels, zscore_foreground
+    from brainseg.model import UNet3D
     from monai.losses import DiceCELoss
 
     tpl = load_template()
     labels = template_labels(tpl.t1, tpl.gm, tpl.wm)
-    shape = [int(round(s / 4)) for s in labels.shape]
-    image = resample_image(tpl.t1[None].astype(np.float32), shape)
-    image, _, _ = zscore_foreground(image)
+    shape = [int(round(s / 3)) for s in labels.shape]
+    image, _, _ = zscore_foreground(resample_image(tpl.t1[None].astype(np.float32), shape))
     seg = resample_labels(labels, shape)
-    x = torch.from_numpy(image)[None]
+    box = tuple(slice(s // 2 - 16, s // 2 + 16) for s in shape)
+    image, seg = image[(slice(None),) + box], seg[box]
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    x = torch.from_numpy(np.ascontiguousarray(image))[None]
     y = torch.from_numpy(seg.astype(np.int64))[None, None]
     torch.manual_seed(0)
-    net = brainseg.model.UNet3D(1, 4, levels=3, base_features=8, max_features=32)
+    net = UNet3D(1, 4, levels=3, base_features=8, max_features=32)
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3)
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True)
-    for _ in range(120):
+    for _ in range(90):
         opt.zero_grad()
         loss = loss_fn(net(x), y)
         loss.backward()
@@ -187,7 +191,7 @@ def test_tiny_net_overfits_one_real_volume(tmp_path):
     for c in (1, 2, 3):
         p, r = pred == c, seg == c
         dice.append(2 * (p & r).sum() / (p.sum() + r.sum()))
-    assert np.mean(dice) > 0.9 and min(dice) > 0.75, dice
+    assert min(dice) > 0.9, dice
 
 
 def test_torchrun_two_gloo_processes_train(demo_data, tmp_path):

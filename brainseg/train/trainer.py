@@ -374,9 +374,9 @@ class Trainer:
         scores: dict[int, list[float]] = {c: [] for c in classes}
         for case in self.val_cases:
             image, seg = case.load(mmap=False)
-            scores = sw(image).cpu().numpy()
+            logits = sw(image).cpu().numpy()
             nonzero = np.any(image != 0, axis=0)
-            pred = labels_within_input(scores, nonzero, self.cfg.postprocess.input_mask)
+            pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
             for c, d in dice_per_class(pred, seg, classes).items():
                 scores[c].append(d)
         self.model.train()
