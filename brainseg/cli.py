@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import BrainsegError
+from .errors import BrainsegError, one_line
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        print(f"brainseg: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        print(one_line(f"brainseg: error: {where}{exc.strerror or exc}"), file=sys.stderr)
         return 1
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from .errors import BrainsegError, InputError
+from .errors import BrainsegError, InputError, one_line
 from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, is_image_file, read_label, strip_suffix
 
 METRICS_NAME = "metrics.csv"
@@ -259,26 +259,32 @@ def evaluate_case(
 
 def _report(message: str) -> None:
     """One line on stderr that does not break a running progress bar."""
-    tqdm.write(f"brainseg: {message}", file=sys.stderr)
+    tqdm.write(one_line(f"brainseg: {message}"), file=sys.stderr)
 
 
 def _scan_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[dict]]:
-    """Image files of ``folder`` by case id, and the files whose id is taken twice."""
+    """Image files of ``folder`` by case id, and one problem per id taken by several files.
+
+    Such a case is not scored at all: which of the files is meant cannot be known.
+    """
     if not folder.is_dir():
         raise BrainsegError(f"{folder}: {role} folder not found")
-    files: dict[str, Path] = {}
-    clashes: list[dict] = []
+    by_id: dict[str, list[Path]] = {}
     # Entries named like scans that are not regular files (a broken link, a folder
     # called x.nii.gz) are kept: reading them reports the case instead of dropping it.
     for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
-        cid = strip_suffix(path)
-        if cid in files:
-            clashes.append(
-                {"case": cid, "file": str(path),
-                 "problem": f"same case id as {files[cid].name}; rename one of them"}
-            )
+        by_id.setdefault(strip_suffix(path), []).append(path)
+    files: dict[str, Path] = {}
+    clashes: list[dict] = []
+    for cid, paths in by_id.items():
+        if len(paths) == 1:
+            files[cid] = paths[0]
             continue
-        files[cid] = path
+        others = ", ".join(p.name for p in paths[1:])
+        clashes.append(
+            {"case": cid, "file": str(paths[0]),
+             "problem": f"same case id as {others}; the case is not scored until all but one are renamed"}
+        )
     return files, clashes
 
 
@@ -413,7 +419,8 @@ def evaluate_folders(
 
     Files pair by case id (file name without its image suffix; see
     :func:`pair_cases`). A reference without a prediction, a prediction without a
-    reference, and a case whose files cannot be read or do not line up are each
+    reference, a case id taken by several files of one folder (``x.nii`` and
+    ``x.nii.gz``), and a case whose files cannot be read or do not line up are each
     reported as one line ``brainseg: <file>: <problem>`` on stderr and listed in
     ``failed``; the other cases are still scored. ``labels=None`` scores every
     non-zero label found in the references of the scored cases.
@@ -435,6 +442,9 @@ def evaluate_folders(
     failed: list[dict] = ref_clashes + pred_clashes
     for item in failed:
         _report(f"{item['file']}: {item['problem']}")
+    clashing = {item["case"] for item in failed}  # already reported
+    lone_refs = {c: p for c, p in lone_refs.items() if c not in clashing}
+    lone_preds = {c: p for c, p in lone_preds.items() if c not in clashing}
     for cid, path in sorted(lone_refs.items()):
         failed.append({"case": cid, "file": str(path), "problem": f"no prediction in {pred_dir}"})
         _report(f"{path}: no prediction for case '{cid}' in {pred_dir}")

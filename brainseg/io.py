@@ -130,8 +130,13 @@ def read_geometry(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS)
     return geom
 
 
-def _open(path: Path, max_voxels: int, allow_channels: bool):
-    """Open ``path`` lazily: return its Geometry and a loader of its data."""
+def check_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is an existing, readable, non-empty regular file, else :class:`InputError`.
+
+    The message says what is wrong: not found, a broken symbolic link, a folder,
+    not a regular file, no read permission, empty.
+    """
+    path = Path(path)
     if not path.exists():
         if path.is_symlink():
             raise InputError(path, f"is a broken symbolic link (its target {os.readlink(path)} does not exist)")
@@ -144,6 +149,12 @@ def _open(path: Path, max_voxels: int, allow_channels: bool):
         raise InputError(path, "cannot be read (permission denied)")
     if path.stat().st_size == 0:
         raise InputError(path, "is an empty file")
+    return path
+
+
+def _open(path: Path, max_voxels: int, allow_channels: bool):
+    """Open ``path`` lazily: return its Geometry and a loader of its data."""
+    check_file(path)
     suffix = image_suffix(path)
     if suffix in NIFTI_SUFFIXES:
         return _open_nifti(path, max_voxels, allow_channels)

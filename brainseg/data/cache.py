@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import atomic_path, atomic_write_text, read_channels, read_geometry, read_label
+from ..io import atomic_path, atomic_write_text, check_file, read_channels, read_geometry, read_label
 from .discovery import Case
 from .preprocess import PreprocessRecord, preprocess, ras_orientation
 
@@ -65,7 +65,7 @@ def median_spacing(cases: Sequence[Case], max_voxels: int) -> list[float]:
 def _cache_key(case: Case, settings: dict) -> str:
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     for p in list(case.images) + ([case.label] if case.label else []):
-        st = os.stat(p)
+        st = os.stat(check_file(p))  # a broken link, a missing file, ...: named as such
         h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 

@@ -45,7 +45,7 @@ from tqdm import tqdm
 from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, config_from_dict, load_config
 from ..data.discovery import Case, discover_inputs
 from ..data.preprocess import PreprocessRecord, invert_to_original, preprocess
-from ..errors import BrainsegError, InputError
+from ..errors import BrainsegError, InputError, one_line
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
 from ..model.checkpoint import load_model
 from ..postprocess import label_volumes, labels_within_input, postprocess_labels, write_volumes_csv
@@ -265,7 +265,7 @@ def error_line(case: Case, exc: BaseException) -> str:
 
 
 def _report_error(line: str) -> None:
-    tqdm.write(f"brainseg: error: {line}", file=sys.stderr)
+    tqdm.write(one_line(f"brainseg: error: {line}"), file=sys.stderr)
 
 
 def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> dict[int, float]:

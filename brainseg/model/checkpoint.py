@@ -20,6 +20,7 @@ scaler states, the epoch, RNG states and a **model card**::
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 from pathlib import Path
@@ -51,10 +52,18 @@ def versions() -> dict[str, str]:
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` atomically: a kill mid-write never leaves a corrupt file."""
+    """Write ``state`` atomically: a kill mid-write never leaves a corrupt file.
+
+    The state is serialised in memory first and written with Python's own I/O: torch's
+    file writer reports a full disk as an opaque ``RuntimeError`` ("unexpected pos"),
+    this way it is an :class:`OSError` naming the checkpoint ("No space left on device").
+    """
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as fh:
+            fh.write(buffer.getbuffer())
     return path
 
 
