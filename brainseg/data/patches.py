@@ -67,21 +67,36 @@ def extract_patch(
         hi = [l + p for l, p in zip(lo, patch)]
         return read_box(image, lo, hi).astype(np.float32, copy=False), read_box(seg, lo, hi)
 
-    # Patch voxel offsets from its centre, mapped into case coordinates.
-    offsets = [torch.arange(p, dtype=torch.float32) - (p - 1) / 2.0 for p in patch]
-    grid = torch.stack(torch.meshgrid(*offsets, indexing="ij"), dim=-1)  # (*patch, 3)
-    m = torch.as_tensor(matrix, dtype=torch.float32)
-    coords = grid @ m.T + torch.as_tensor(center - 0.5, dtype=torch.float32)  # voxel-centre coords
-    corners = np.array([[o[0], o[-1]] for o in offsets])
-    corner_pts = np.array(np.meshgrid(*corners, indexing="ij")).reshape(3, -1).T @ np.asarray(matrix).T
-    lo = [int(np.floor(v)) - 1 for v in (corner_pts.min(0) + center - 0.5)]
-    hi = [int(np.ceil(v)) + 2 for v in (corner_pts.max(0) + center - 0.5)]
-    box_img = torch.from_numpy(read_box(image, lo, hi).astype(np.float32, copy=False))
+    # The sampling grid in one affine_grid call: output voxel o (patch index) reads the
+    # case at M @ (o - (p - 1) / 2) + centre - 0.5 (voxel-centre coordinates). Only the
+    # part of the transformed patch's bounding box that lies inside the case is read;
+    # grid_sample's zero padding supplies the outside (the same as reading zeros).
+    m = np.asarray(matrix, dtype=np.float64)
+    half = (np.asarray(patch, dtype=np.float64) - 1.0) / 2.0
+    origin = center - 0.5
+    corners = np.array(np.meshgrid(*[[-h, h] for h in half], indexing="ij")).reshape(3, -1).T @ m.T
+    spatial = image.shape[-3:]
+    lo = [int(np.floor(v)) - 1 for v in corners.min(0) + origin]
+    hi = [int(np.ceil(v)) + 2 for v in corners.max(0) + origin]
+    inside_lo = [max(v, 0) for v in lo]
+    inside_hi = [min(v, s) for v, s in zip(hi, spatial)]
+    if all(h - l >= 2 for l, h in zip(inside_lo, inside_hi)):  # else read the zero-padded box
+        lo, hi = inside_lo, inside_hi
+    box_img = torch.from_numpy(np.ascontiguousarray(read_box(image, lo, hi), dtype=np.float32))
     box_seg = torch.from_numpy(read_box(seg, lo, hi).astype(np.float32))
-    size = torch.tensor([h - l for l, h in zip(lo, hi)], dtype=torch.float32)
-    local = coords - torch.tensor(lo, dtype=torch.float32)
-    norm = 2.0 * local / (size - 1) - 1.0  # align_corners=True convention
-    norm = norm.flip(-1)[None]  # grid_sample wants (x=W, y=H, z=D) = our (Z, Y, X)
-    img = F.grid_sample(box_img[None], norm, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    lab = F.grid_sample(box_seg[None, None], norm, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
+    size = np.array([h - l for l, h in zip(lo, hi)], dtype=np.float64)
+    # normalised input coordinate (align_corners=True): n = 2 * index / (size - 1) - 1
+    scale = 2.0 / (size - 1.0)
+    a = scale[:, None] * m * half[None, :]  # acts on the output's normalised coordinate u = offset / half
+    b = scale * (origin - np.asarray(lo, dtype=np.float64)) - 1.0
+    # torch orders grid coordinates (x, y, z) = (W, H, D) = our (Z, Y, X): reverse the components.
+    # The grid is affine in each output axis, so it is built by broadcasting three 1-D ramps
+    # (one full-size pass; F.affine_grid's batched matmul is several times slower on the CPU).
+    a_t = torch.from_numpy(np.ascontiguousarray(a[::-1], dtype=np.float32))
+    b_t = torch.from_numpy(np.ascontiguousarray(b[::-1], dtype=np.float32))
+    u = [torch.linspace(-1.0, 1.0, p) for p in patch]
+    grid = u[0][:, None, None, None] * a_t[:, 0] + u[1][None, :, None, None] * a_t[:, 1]
+    grid = (grid + (u[2][None, None, :, None] * a_t[:, 2] + b_t))[None]
+    img = F.grid_sample(box_img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    lab = F.grid_sample(box_seg[None, None], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
     return img.numpy(), lab.numpy().astype(seg.dtype)
