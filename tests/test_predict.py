@@ -399,3 +399,39 @@ def test_oom_fallback_tries_one_window_then_cpu_output():
 
     with pytest.raises(torch.cuda.OutOfMemoryError):
         run_with_oom_fallback(always_oom, attempts)
+
+
+# ----------------------------------------------------------------------------- labels-only inversion
+
+
+@pytest.mark.parametrize("mode", ["none", "restrict", "fill"])
+def test_labels_only_inversion_matches_the_full_probability_path(mode: str):
+    """The fast path (only the crop box's region interpolated, argmax there) gives the labels
+    the full path (every class map un-cropped, resampled and reoriented) gives."""
+    from brainseg.data.preprocess import PreprocessRecord, invert_to_original
+    from brainseg.infer.predict import classes_in_original_grid
+    from brainseg.postprocess import labels_within_input
+
+    rng = np.random.default_rng(1)
+    ornts = ([[0, 1], [1, 1], [2, 1]], [[1, -1], [2, 1], [0, -1]], [[2, 1], [0, -1], [1, 1]])
+    for trial in range(12):
+        ras = [int(v) for v in rng.integers(6, 30, 3)]
+        res = list(ras) if trial % 4 == 0 else [max(2, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.4, 2.2, 3))]
+        bbox = [sorted(int(v) for v in rng.choice(np.arange(n + 1), 2, replace=False)) for n in res]
+        ornt = np.asarray(ornts[trial % 3], dtype=float)
+        original = [0, 0, 0]
+        for file_axis, (ras_axis, _) in enumerate(ornt):
+            original[file_axis] = ras[int(ras_axis)]
+        record = PreprocessRecord(
+            original_shape=original, ornt=ornt.tolist(), ras_shape=ras, ras_spacing=[1.0] * 3,
+            target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
+        )
+        probs = torch.softmax(3 * torch.randn(4, *[b - a for a, b in bbox]), dim=0)
+        nonzero = rng.random(original) < 0.7
+        full = invert_to_original(probs, record).numpy()
+        expected = labels_within_input(full, nonzero, mode)
+        got = classes_in_original_grid(probs, record, nonzero, mode)
+        assert got.shape == tuple(original) and got.dtype == expected.dtype
+        top2 = np.sort(full[1:] if mode == "fill" else full, axis=0)[-2:]
+        clear = (top2[1] - top2[0]) > 1e-4  # float rounding may only flip near-ties
+        assert np.array_equal(got[clear], expected[clear]), trial

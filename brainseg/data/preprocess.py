@@ -242,3 +242,67 @@ def _apply_ornt_torch(t: torch.Tensor, ornt: np.ndarray) -> torch.Tensor:
     perm = [0] + [1 + int(a) for a in np.argsort(ornt[:, 0])]
     # apply_orientation: output axis ornt[i,0] takes input axis i, i.e. transpose by argsort.
     return t.permute(*perm).contiguous()
+
+
+# --------------------------------------------------------------------------- inverse, labels only
+
+
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's 1-D linear interpolation (``align_corners=False``) from ``n_in`` to ``n_out`` samples.
+
+    For each output index: the two source indices and the weight of the second, as
+    ``F.interpolate(mode="trilinear")`` computes them per axis (source coordinate
+    ``(j + 0.5) * n_in / n_out - 0.5``, clamped at 0; the second tap stays inside).
+    """
+    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
+    x = np.maximum(x, 0.0)
+    i0 = np.minimum(x.astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = np.clip(x - i0, 0.0, 1.0)
+    return i0, i1, w
+
+
+def invert_region(scores: torch.Tensor, record: PreprocessRecord) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
+    """Class scores (C, x, y, z) on the cropped grid, taken to the region of the RAS-ordered
+    original grid that the crop box reaches; the same values :func:`invert_to_original`
+    gives there (before its reorientation), without building any full-size array.
+
+    Returns ``(region, slices)``: ``region`` is (X, Y, Z, C) float32 (classes last, so an
+    argmax over them reads contiguous memory) and ``slices`` locate it in the RAS grid.
+    Outside the region :func:`invert_to_original` gives exactly the background one-hot.
+    """
+    scores = scores.float()
+    c = scores.shape[0]
+    res, ras = [int(s) for s in record.resampled_shape], [int(s) for s in record.ras_shape]
+    bbox = [(int(a), int(b)) for a, b in record.bbox]
+    if res == ras:
+        slices = tuple(slice(a, b) for a, b in bbox)
+        return scores.permute(1, 2, 3, 0).contiguous(), slices  # type: ignore[return-value]
+    taps, slices, pad_lo = [], [], []
+    for (a, b), n_in, n_out in zip(bbox, res, ras):
+        i0, i1, w = linear_taps(n_in, n_out)
+        hit = np.flatnonzero((i1 >= a) & (i0 < b))  # outputs that read the box: a contiguous run
+        j0, j1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
+        lo = max(a - 1, 0)  # the block read below: the box plus one voxel of background
+        taps.append((i0[j0:j1] - lo, i1[j0:j1] - lo, w[j0:j1]))
+        slices.append(slice(j0, j1))
+        pad_lo.append(a - lo)
+    shape = [min(b + 1, n) - max(a - 1, 0) for (a, b), n in zip(bbox, res)]
+    block = torch.zeros((*shape, c), dtype=torch.float32, device=scores.device)
+    block[..., 0] = 1.0
+    inner = tuple(slice(p, p + (b - a)) for p, (a, b) in zip(pad_lo, bbox))
+    block[inner] = scores.permute(1, 2, 3, 0)
+    # Separable linear interpolation, one axis at a time (trilinear = the product of the three).
+    for axis, (i0, i1, w) in enumerate(taps):
+        if not len(w):
+            block = block.narrow(axis, 0, 0)
+            continue
+        view = [1, 1, 1, 1]
+        view[axis] = len(w)
+        wt = torch.from_numpy(w.astype(np.float32)).to(block.device).view(view)
+        first = block.index_select(axis, torch.from_numpy(i0).to(block.device))
+        second = block.index_select(axis, torch.from_numpy(i1).to(block.device))
+        del block
+        block = first.lerp_(second, wt)
+        del second
+    return block, tuple(slices)  # type: ignore[return-value]

@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, config_from_dict, load_config
 from ..data.discovery import Case, discover_inputs
-from ..data.preprocess import PreprocessRecord, invert_to_original, preprocess
+from ..data.preprocess import PreprocessRecord, invert_region, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError, InputError, one_line
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
 from ..model.checkpoint import load_model
@@ -186,10 +186,36 @@ class Predictor:
         )
         nonzero = np.any(data != 0, axis=0)
         del data
-        probs = self._probabilities(image, record)
-        labels = self._to_label_values(labels_within_input(probs, nonzero, self.postprocess.input_mask))
-        labels = postprocess_labels(labels, geometry.spacing, self.postprocess)
-        return labels, (probs if return_probabilities else None), geometry
+        if return_probabilities:
+            probs = self._probabilities(image, record)
+            classes = labels_within_input(probs, nonzero, self.postprocess.input_mask)
+        else:  # labels only: no full-size probability maps are built
+            probs = None
+            classes = self._classes(image, record, nonzero)
+        labels = postprocess_labels(self._to_label_values(classes), geometry.spacing, self.postprocess)
+        return labels, probs, geometry
+
+    def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray) -> np.ndarray:
+        """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
+        padded = [max(int(s), int(p)) for s, p in zip(image.shape[1:], self.window.patch)]
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, padded)
+        output_device = self.device if on_gpu else torch.device("cpu")
+        attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+        def step(batch_windows: int, device: torch.device) -> np.ndarray:
+            probs = torch.softmax(self._logits(tensor, batch_windows, device), dim=0)
+            return classes_in_original_grid(probs, record, nonzero, self.postprocess.input_mask)
+
+        return run_with_oom_fallback(step, attempts, self.log)
+
+    def _logits(self, image: torch.Tensor, batch_windows: int, output_device: torch.device) -> torch.Tensor:
+        configured = self.window.batch_windows
+        self.window.batch_windows = batch_windows
+        try:
+            return self.window(image, output_device=output_device)
+        finally:
+            self.window.batch_windows = configured
 
     def _probabilities(self, image: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         """Class probabilities (C, *original shape) on the CPU, with the OOM fallbacks."""
@@ -205,14 +231,7 @@ class Predictor:
     def _probabilities_once(
         self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
     ) -> np.ndarray:
-        configured = self.window.batch_windows
-        self.window.batch_windows = batch_windows
-        try:
-            logits = self.window(image, output_device=output_device)
-        finally:
-            self.window.batch_windows = configured
-        probs = torch.softmax(logits, dim=0)
-        del logits
+        probs = torch.softmax(self._logits(image, batch_windows, output_device), dim=0)
         return invert_to_original(probs, record).cpu().numpy()
 
     def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
@@ -220,6 +239,30 @@ class Predictor:
             return classes
         dtype = np.uint8 if max(self.label_values) <= 255 else np.int16
         return np.asarray(self.label_values, dtype=dtype)[classes]
+
+
+def classes_in_original_grid(
+    probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str
+) -> np.ndarray:
+    """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply.
+
+    Only the region of the original grid that the crop box reaches is interpolated
+    (:func:`~brainseg.data.preprocess.invert_region`) and reduced to class indices
+    there; outside it the probabilities are the background one-hot, whose label (per
+    ``nonzero`` and ``input_mask``) is filled in directly. The reorientation is undone
+    on the small integer map instead of the C float maps.
+    """
+    region, where = invert_region(probs, record)
+    ornt = np.asarray(record.ornt)
+    nonzero_ras = reorient_array(np.asarray(nonzero, dtype=bool), ornt)
+    # what labels_within_input gives a voxel whose probabilities are the background one-hot
+    onehot = np.zeros((probs.shape[0], 1, 1, 2), dtype=np.float32)
+    onehot[0] = 1.0
+    outside = labels_within_input(onehot, np.array([[[False, True]]]), input_mask)[0, 0]
+    classes = np.where(nonzero_ras, outside[1], outside[0]).astype(outside.dtype)
+    scores = region.cpu().numpy()  # (x, y, z, C): classes last, so the argmax reads contiguous memory
+    classes[where] = labels_within_input(np.moveaxis(scores, -1, 0), nonzero_ras[where], input_mask)
+    return np.ascontiguousarray(undo_reorient_array(classes, ornt))
 
 
 # ----------------------------------------------------------------------------- many cases
