@@ -67,11 +67,14 @@ def extract_patch(
         hi = [l + p for l, p in zip(lo, patch)]
         return read_box(image, lo, hi).astype(np.float32, copy=False), read_box(seg, lo, hi)
 
-    # The sampling grid in one affine_grid call: output voxel o (patch index) reads the
-    # case at M @ (o - (p - 1) / 2) + centre - 0.5 (voxel-centre coordinates). Only the
-    # part of the transformed patch's bounding box that lies inside the case is read;
-    # grid_sample's zero padding supplies the outside (the same as reading zeros).
     m = np.asarray(matrix, dtype=np.float64)
+    if not np.any(m - np.diag(np.diag(m))):  # scaling only: axis-aligned, separable
+        return _extract_scaled(image, seg, center, patch, np.diag(m))
+
+    # Output voxel o (patch index) reads the case at M @ (o - (p - 1) / 2) + centre - 0.5
+    # (voxel-centre coordinates). Only the part of the transformed patch's bounding box
+    # that lies inside the case is read; grid_sample's zero padding supplies the outside
+    # (the same as reading zeros).
     half = (np.asarray(patch, dtype=np.float64) - 1.0) / 2.0
     origin = center - 0.5
     corners = np.array(np.meshgrid(*[[-h, h] for h in half], indexing="ij")).reshape(3, -1).T @ m.T
@@ -100,3 +103,49 @@ def extract_patch(
     img = F.grid_sample(box_img[None], grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
     lab = F.grid_sample(box_seg[None, None], grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
     return img.numpy(), lab.numpy().astype(seg.dtype)
+
+
+def _extract_scaled(
+    image: np.ndarray, seg: np.ndarray, center: np.ndarray, patch: Sequence[int], scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`extract_patch` for a diagonal matrix, one axis at a time.
+
+    The same samples as the grid_sample path (trilinear is the product of three linear
+    interpolations; nearest rounds half to even like grid_sample; zero outside the case),
+    to float rounding, at a fraction of the cost: three 1-D passes instead of one 3-D
+    gather per voxel.
+    """
+    coords = [s * (np.arange(p, dtype=np.float64) - (p - 1) / 2.0) + c - 0.5 for s, p, c in zip(scale, patch, center)]
+    spatial = image.shape[-3:]
+    # the part of the case under the patch, framed by one voxel of zeros
+    lo = [max(int(np.floor(x.min())), 0) for x in coords]
+    hi = [min(int(np.floor(x.max())) + 2, n) for x, n in zip(coords, spatial)]
+    if any(h <= l for l, h in zip(lo, hi)):
+        lo, hi = [0, 0, 0], [0, 0, 0]
+    inner = (Ellipsis,) + tuple(slice(1, h - l + 1) for l, h in zip(lo, hi))
+    img = torch.zeros(image.shape[:-3] + tuple(h - l + 2 for l, h in zip(lo, hi)), dtype=torch.float32)
+    img[inner] = torch.from_numpy(np.ascontiguousarray(read_box(image, lo, hi), dtype=np.float32))
+    lab = np.zeros(tuple(h - l + 2 for l, h in zip(lo, hi)), dtype=seg.dtype)
+    lab[inner] = read_box(seg, lo, hi)
+    nearest = []
+    for axis, (x, l, h) in enumerate(zip(coords, lo, hi)):
+        size = h - l + 2  # box extent along this axis (padded)
+        local = x - (l - 1)  # index into the padded box
+        i0 = np.floor(local)
+        w = (local - i0).astype(np.float32)
+        i0 = i0.astype(np.int64)
+        i1 = i0 + 1
+        # taps outside the padded box read its zero border (index 0 or size - 1)
+        out0, out1 = (i0 < 0) | (i0 > size - 1), (i1 < 0) | (i1 > size - 1)
+        i0 = np.where(out0, 0, i0)
+        i1 = np.where(out1, 0, i1)
+        dim = axis + 1
+        first = img.index_select(dim, torch.from_numpy(i0))
+        second = img.index_select(dim, torch.from_numpy(i1))
+        view = [1, 1, 1, 1]
+        view[dim] = len(w)
+        img = first.lerp_(second, torch.from_numpy(w).view(view))
+        r = np.rint(local).astype(np.int64)
+        nearest.append(np.where((r < 0) | (r > size - 1), 0, r))
+    labels = lab[np.ix_(*nearest)]
+    return img.numpy(), labels
