@@ -78,7 +78,7 @@ QUICK = dict(
     scaling_sizes=[96, 128, 160], inference_cases=2, repeats=1, compile_variant=False,
 )
 FULL = dict(
-    n_subjects=12, n_test=6, train_minutes=4.0, loader_patches={64: 150, 128: 40}, loader_warmup=5,
+    n_subjects=12, n_test=6, train_minutes=5.0, loader_patches={64: 150, 128: 40}, loader_warmup=5,
     scaling_sizes=[128, 192, 256, 320], inference_cases=6, repeats=2, compile_variant=True,
 )
 MONAI_SW_BATCH = 4
@@ -314,6 +314,8 @@ def child_infer_brainseg(spec: dict) -> dict:
     device = torch.device(spec.get("device", "cpu"))
     model, card = load_model(spec["model"], device)
     config = inference_config(card, None, spec.get("overrides", []))
+    if spec.get("crop") is False:  # windows over the whole resampled volume (for the comparison only)
+        card = dict(card, normalization=dict(card["normalization"], crop_to_nonzero=False))
     predictor = Predictor(model, card, config.infer, config.postprocess, device, max_voxels=config.data.max_voxels)
     if spec.get("compile"):  # what the windows go through (with its CPU instance-norm fusion)
         predictor.window.net = torch.compile(predictor.window.net)
@@ -723,7 +725,6 @@ def _best(runs: list[dict], key: str) -> dict:
 
 def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repeats: int = 1,
                       compile_variant: bool = False, device: str = "cpu") -> dict:
-    from brainseg.io import read_image
     from brainseg.model.checkpoint import load_checkpoint
 
     images = sorted(str(p) for p in (data / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
@@ -745,34 +746,52 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
         except RuntimeError as exc:
             compiled = {"error": str(exc)[-600:]}
 
-    card = load_checkpoint(model)["card"]
-    values = sorted(int(k) for k in card["labels"])
+    values = sorted(int(k) for k in load_checkpoint(model)["card"]["labels"])
+    cmp = compare_masks(images, out_b, out_m, data, values)
+    no_crop = None
+    if compile_variant:  # the full run: how much of the difference the crop box makes
+        log("inference: brainseg without the crop box (windows over the whole volume, like MONAI)")
+        nc = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_nocrop"), crop=False), workdir)
+        c = compare_masks(images, workdir / "pred_nocrop", out_m, data, values)
+        no_crop = {"mvox_per_s": nc["mvox_per_s"], "ratio_vs_monai": nc["mvox_per_s"] / m["mvox_per_s"],
+                   **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")}}
+    return {
+        "brainseg": b,
+        "monai": m,
+        "brainseg_compiled": compiled,
+        "brainseg_no_crop": no_crop,
+        "ratio_vs_monai": b["mvox_per_s"] / m["mvox_per_s"],
+        "ratio_vs_monai_median_runs": float(np.median(b["mvox_per_s_runs"]) / np.median(m["mvox_per_s_runs"])),
+        **cmp,
+        "cases": [_case_id(i) for i in images],
+    }
+
+
+def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, values: Sequence[int]) -> dict:
+    """Masks of pipeline a (brainseg) against pipeline b (MONAI): agreement, Dice between them and vs the labels."""
+    import nibabel as nib
+
+    from brainseg.io import read_image
+
     fg = [v for v in values if v != 0]
     agreements, per_a, per_b = [], {v: [] for v in fg}, {v: [] for v in fg}
     geometry_ok = True
-    import nibabel as nib
-
     for image in images:
         cid = _case_id(image)
         src = nib.load(image)
-        pa, pm = nib.load(out_b / f"{cid}.nii.gz"), nib.load(out_m / f"{cid}.nii.gz")
-        geometry_ok &= pa.shape == src.shape[:3] == pm.shape and np.allclose(pa.affine, src.affine, atol=1e-4) \
-            and np.allclose(pm.affine, src.affine, atol=1e-4)
-        a, mm = np.asarray(pa.dataobj), np.asarray(pm.dataobj)
-        agreements.append(mask_agreement(a, mm, values))
+        pa, pb = nib.load(Path(out_a) / f"{cid}.nii.gz"), nib.load(Path(out_b) / f"{cid}.nii.gz")
+        geometry_ok &= pa.shape == src.shape[:3] == pb.shape and np.allclose(pa.affine, src.affine, atol=1e-4) \
+            and np.allclose(pb.affine, src.affine, atol=1e-4)
+        a, bb = np.asarray(pa.dataobj), np.asarray(pb.dataobj)
+        agreements.append(mask_agreement(a, bb, values))
         ref_path = data / "labelsTs" / f"{cid}.nii.gz"
         if ref_path.is_file():
             ref, _ = read_image(ref_path)
             for v in fg:
                 per_a[v].append(dice(a, ref, v))
-                per_b[v].append(dice(mm, ref, v))
+                per_b[v].append(dice(bb, ref, v))
     dd = dice_difference(per_a, per_b)
     return {
-        "brainseg": b,
-        "monai": m,
-        "brainseg_compiled": compiled,
-        "ratio_vs_monai": b["mvox_per_s"] / m["mvox_per_s"],
-        "ratio_vs_monai_median_runs": float(np.median(b["mvox_per_s_runs"]) / np.median(m["mvox_per_s_runs"])),
         "agreement": float(np.mean([a["agreement"] for a in agreements])),
         "agreement_min": float(np.min([a["agreement"] for a in agreements])),
         "agreement_foreground": float(np.mean([a["agreement_foreground"] for a in agreements])),
@@ -783,7 +802,6 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
         "dice_diff_max": dd["max"],  # largest |difference|
         "dice_diff_max_per_case": dd["max_per_case"],
         "geometry_identical": bool(geometry_ok),
-        "cases": [_case_id(i) for i in images],
     }
 
 
@@ -931,6 +949,11 @@ def report_tables(res: dict) -> str:
         if comp and "mvox_per_s" in comp:
             rows.append(["  same, brainseg windows through torch.compile (opt-in)", _f(comp["mvox_per_s"]), "",
                          f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)"])
+        nc = inf.get("brainseg_no_crop")
+        if nc:
+            rows.append(["  same, brainseg without the crop box (for the agreement check)", _f(nc["mvox_per_s"]), "",
+                         f"{nc['ratio_vs_monai']:.2f}x; voxels equal {nc['agreement'] * 100:.2f}%; Dice diff "
+                         + " / ".join(f"{v:+.4f}" for v in nc["dice_diff"].values())])
         rows.append(["inference peak RSS (MB, whole process)", f"{b['maxrss_mb']:.0f}", f"{mo['maxrss_mb']:.0f}", ""])
         rows.append(["masks: voxels equal (all / foreground of either)",
                      f"{inf['agreement'] * 100:.2f}% / {inf['agreement_foreground'] * 100:.2f}%", "",
