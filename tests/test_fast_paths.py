@@ -69,3 +69,25 @@ def test_fused_instance_norm_is_the_same_network_and_shares_its_weights():
     with torch.no_grad():
         model.encoder[0][0].weight.mul_(2.0)  # a later weight update is seen by the fused view
         torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_inversion_in_slabs_matches_the_full_inverse():
+    """Any slab size gives the values invert_to_original gives (background one-hot outside the region)."""
+    from brainseg.data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        ras = [int(v) for v in rng.integers(5, 25, 3)]
+        res = list(ras) if trial % 5 == 0 else [max(1, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.3, 2.5, 3))]
+        bbox = [sorted(int(v) for v in rng.choice(np.arange(n + 1), 2, replace=False)) for n in res]
+        scores = torch.softmax(torch.randn(3, *[b - a for a, b in bbox]), dim=0)
+        record = PreprocessRecord(
+            original_shape=ras, ornt=[[0, 1], [1, 1], [2, 1]], ras_shape=ras, ras_spacing=[1.0] * 3,
+            target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
+        )
+        expected = invert_to_original(scores, record).permute(1, 2, 3, 0)
+        got = torch.zeros_like(expected)
+        got[..., 0] = 1.0
+        for slab, where in invert_region_slabs(scores, record, max_elements=int(rng.integers(1, 2000))):
+            got[where] = slab
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)

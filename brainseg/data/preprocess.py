@@ -21,7 +21,7 @@ for voxel.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -270,39 +270,75 @@ def invert_region(scores: torch.Tensor, record: PreprocessRecord) -> tuple[torch
     Returns ``(region, slices)``: ``region`` is (X, Y, Z, C) float32 (classes last, so an
     argmax over them reads contiguous memory) and ``slices`` locate it in the RAS grid.
     Outside the region :func:`invert_to_original` gives exactly the background one-hot.
+    The region is assembled from :func:`invert_region_slabs`.
+    """
+    slabs = list(invert_region_slabs(scores, record))
+    first_slices = slabs[0][1]
+    region = torch.cat([s for s, _ in slabs], dim=0) if len(slabs) > 1 else slabs[0][0]
+    slices = (slice(first_slices[0].start, slabs[-1][1][0].stop), first_slices[1], first_slices[2])
+    return region, slices
+
+
+def invert_region_slabs(
+    scores: torch.Tensor, record: PreprocessRecord, max_elements: int = 2**21
+) -> Iterator[tuple[torch.Tensor, tuple[slice, slice, slice]]]:
+    """:func:`invert_region` in slabs along the first axis, each of at most about ``max_elements``
+    values: ``(slab (x, Y, Z, C) float32, its slices in the RAS grid)``, in order.
+
+    Peak memory is a few slabs whatever the volume's size (the whole region at once
+    took ~3 C-channel copies of it).
     """
     scores = scores.float()
     c = scores.shape[0]
     res, ras = [int(s) for s in record.resampled_shape], [int(s) for s in record.ras_shape]
     bbox = [(int(a), int(b)) for a, b in record.bbox]
-    if res == ras:
-        slices = tuple(slice(a, b) for a, b in bbox)
-        return scores.permute(1, 2, 3, 0).contiguous(), slices  # type: ignore[return-value]
-    taps, slices, pad_lo = [], [], []
+    if res == ras:  # no resampling: the region is the box itself
+        rows = max(1, max_elements // max(1, c * scores.shape[2] * scores.shape[3]))
+        for s in range(0, scores.shape[1], rows):
+            e = min(s + rows, scores.shape[1])
+            yield (
+                scores[:, s:e].permute(1, 2, 3, 0).contiguous(),
+                (slice(bbox[0][0] + s, bbox[0][0] + e), slice(*bbox[1]), slice(*bbox[2])),
+            )
+        return
+    taps, slices, lows = [], [], []
     for (a, b), n_in, n_out in zip(bbox, res, ras):
         i0, i1, w = linear_taps(n_in, n_out)
         hit = np.flatnonzero((i1 >= a) & (i0 < b))  # outputs that read the box: a contiguous run
         j0, j1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
-        lo = max(a - 1, 0)  # the block read below: the box plus one voxel of background
-        taps.append((i0[j0:j1] - lo, i1[j0:j1] - lo, w[j0:j1]))
+        taps.append((i0[j0:j1], i1[j0:j1], w[j0:j1]))  # resampled-grid indices
         slices.append(slice(j0, j1))
-        pad_lo.append(a - lo)
-    shape = [min(b + 1, n) - max(a - 1, 0) for (a, b), n in zip(bbox, res)]
-    block = torch.zeros((*shape, c), dtype=torch.float32, device=scores.device)
-    block[..., 0] = 1.0
-    inner = tuple(slice(p, p + (b - a)) for p, (a, b) in zip(pad_lo, bbox))
-    block[inner] = scores.permute(1, 2, 3, 0)
-    # Separable linear interpolation, one axis at a time (trilinear = the product of the three).
-    for axis, (i0, i1, w) in enumerate(taps):
-        if not len(w):
-            block = block.narrow(axis, 0, 0)
-            continue
-        view = [1, 1, 1, 1]
-        view[axis] = len(w)
-        wt = torch.from_numpy(w.astype(np.float32)).to(block.device).view(view)
-        first = block.index_select(axis, torch.from_numpy(i0).to(block.device))
-        second = block.index_select(axis, torch.from_numpy(i1).to(block.device))
-        del block
-        block = first.lerp_(second, wt)
-        del second
-    return block, tuple(slices)  # type: ignore[return-value]
+        lows.append(max(a - 1, 0))  # read from here: the box plus one voxel of background
+    highs = [min(b + 1, n) for (a, b), n in zip(bbox, res)]
+    n_out = [len(t[2]) for t in taps]
+    if not all(n_out):
+        yield torch.zeros((*n_out, c), dtype=torch.float32, device=scores.device), tuple(slices)  # type: ignore[misc]
+        return
+    rows = max(1, max_elements // max(1, c * n_out[1] * n_out[2]))
+    device = scores.device
+    for s in range(0, n_out[0], rows):
+        e = min(s + rows, n_out[0])
+        i0, i1, w = (t[s:e] for t in taps[0])
+        lo0, hi0 = int(i0.min()), int(i1.max()) + 1  # resampled rows this slab reads
+        block = torch.zeros((hi0 - lo0, highs[1] - lows[1], highs[2] - lows[2], c), dtype=torch.float32, device=device)
+        block[..., 0] = 1.0  # background one-hot outside the box
+        r0, r1 = max(lo0, bbox[0][0]), min(hi0, bbox[0][1])
+        if r1 > r0:
+            inner = (
+                slice(r0 - lo0, r1 - lo0),
+                slice(bbox[1][0] - lows[1], bbox[1][1] - lows[1]),
+                slice(bbox[2][0] - lows[2], bbox[2][1] - lows[2]),
+            )
+            block[inner] = scores[:, r0 - bbox[0][0] : r1 - bbox[0][0]].permute(1, 2, 3, 0)
+        # Separable linear interpolation, one axis at a time (trilinear = the product of the three).
+        axis_taps = [(i0 - lo0, i1 - lo0, w)] + [(t[0] - lo, t[1] - lo, t[2]) for t, lo in zip(taps[1:], lows[1:])]
+        for axis, (a0, a1, wa) in enumerate(axis_taps):
+            view = [1, 1, 1, 1]
+            view[axis] = len(wa)
+            wt = torch.from_numpy(wa.astype(np.float32)).to(device).view(view)
+            first = block.index_select(axis, torch.from_numpy(a0).to(device))
+            second = block.index_select(axis, torch.from_numpy(a1).to(device))
+            del block
+            block = first.lerp_(second, wt)
+            del second
+        yield block, (slice(slices[0].start + s, slices[0].start + e), slices[1], slices[2])

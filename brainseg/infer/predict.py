@@ -44,7 +44,7 @@ from tqdm import tqdm
 
 from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, config_from_dict, load_config
 from ..data.discovery import Case, discover_inputs
-from ..data.preprocess import PreprocessRecord, invert_region, invert_to_original, preprocess, reorient_array, undo_reorient_array
+from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError, InputError, one_line
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
 from ..model.checkpoint import load_model
@@ -204,7 +204,7 @@ class Predictor:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
         def step(batch_windows: int, device: torch.device) -> np.ndarray:
-            probs = torch.softmax(self._logits(tensor, batch_windows, device), dim=0)
+            probs = softmax_(self._logits(tensor, batch_windows, device))
             return classes_in_original_grid(probs, record, nonzero, self.postprocess.input_mask)
 
         return run_with_oom_fallback(step, attempts, self.log)
@@ -241,18 +241,26 @@ class Predictor:
         return np.asarray(self.label_values, dtype=dtype)[classes]
 
 
+@torch.inference_mode()  # the sliding window's output is an inference tensor
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(logits, dim=0)`` computed in the logits' own memory (no second C-channel volume)."""
+    logits -= logits.amax(dim=0, keepdim=True)
+    logits.exp_()
+    logits /= logits.sum(dim=0, keepdim=True)
+    return logits
+
+
 def classes_in_original_grid(
     probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str
 ) -> np.ndarray:
     """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply.
 
     Only the region of the original grid that the crop box reaches is interpolated
-    (:func:`~brainseg.data.preprocess.invert_region`) and reduced to class indices
+    (:func:`~brainseg.data.preprocess.invert_region_slabs`, a slab at a time) and reduced to class indices
     there; outside it the probabilities are the background one-hot, whose label (per
     ``nonzero`` and ``input_mask``) is filled in directly. The reorientation is undone
     on the small integer map instead of the C float maps.
     """
-    region, where = invert_region(probs, record)
     ornt = np.asarray(record.ornt)
     nonzero_ras = reorient_array(np.asarray(nonzero, dtype=bool), ornt)
     # what labels_within_input gives a voxel whose probabilities are the background one-hot
@@ -260,8 +268,9 @@ def classes_in_original_grid(
     onehot[0] = 1.0
     outside = labels_within_input(onehot, np.array([[[False, True]]]), input_mask)[0, 0]
     classes = np.where(nonzero_ras, outside[1], outside[0]).astype(outside.dtype)
-    scores = region.cpu().numpy()  # (x, y, z, C): classes last, so the argmax reads contiguous memory
-    classes[where] = labels_within_input(np.moveaxis(scores, -1, 0), nonzero_ras[where], input_mask)
+    for slab, where in invert_region_slabs(probs, record):  # a slab at a time: bounded memory
+        scores = slab.cpu().numpy()  # (x, y, z, C): classes last, so the argmax reads contiguous memory
+        classes[where] = labels_within_input(np.moveaxis(scores, -1, 0), nonzero_ras[where], input_mask)
     return np.ascontiguousarray(undo_reorient_array(classes, ornt))
 
 
