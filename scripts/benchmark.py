@@ -133,12 +133,16 @@ def dice_difference(scores_a: dict[int, list[float]], scores_b: dict[int, list[f
 def linearity(sizes_mvox: Sequence[float], values: Sequence[float]) -> dict[str, Any]:
     """Per-megavoxel figures and the ratio of the largest to the smallest (1.0 = perfectly linear)."""
     per = [v / s for v, s in zip(values, sizes_mvox)]
-    slope, intercept = np.polyfit(np.asarray(sizes_mvox), np.asarray(values), 1) if len(per) > 1 else (per[0], 0.0)
+    x, y = np.asarray(sizes_mvox, dtype=float), np.asarray(values, dtype=float)
+    slope, intercept = np.polyfit(x, y, 1) if len(per) > 1 else (per[0], 0.0)
+    residual = y - (slope * x + intercept)
+    total = float(((y - y.mean()) ** 2).sum())
     return {
         "per_mvox": per,
         "ratio_max_min_per_mvox": max(per) / min(per) if min(per) > 0 else math.inf,
         "fit_slope_per_mvox": float(slope),
         "fit_intercept": float(intercept),
+        "fit_r2": 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0,  # of value = slope * size + intercept
     }
 
 
@@ -984,10 +988,14 @@ def report_tables(res: dict) -> str:
                   _f(r["delta_rss_mb"] / r["mvox"], 1)] for r in sc["rows"]]
         parts.append(markdown_table(srows, ["volume", "MVox", "windows", "seconds", "s/MVox", "ms/window",
                                             "peak extra RSS MB", "MB/MVox"]))
+        t, mem = sc["time"], sc["memory"]
         parts.append(
             "Linearity, largest/smallest: s/MVox "
-            f"{sc['time']['ratio_max_min_per_mvox']:.2f}, s/window {sc['time_per_window']['ratio_max_min_per_mvox']:.2f}, "
-            f"MB/MVox {sc['memory']['ratio_max_min_per_mvox']:.2f}."
+            f"{t['ratio_max_min_per_mvox']:.2f}, s/window {sc['time_per_window']['ratio_max_min_per_mvox']:.2f}, "
+            f"MB/MVox {mem['ratio_max_min_per_mvox']:.2f}. Straight-line fits: time = "
+            f"{t['fit_slope_per_mvox']:.3f} s/MVox x size {t['fit_intercept']:+.2f} s (R² {t.get('fit_r2', float('nan')):.3f}), "
+            f"memory = {mem['fit_slope_per_mvox']:.1f} MB/MVox x size {mem['fit_intercept']:+.0f} MB "
+            f"(R² {mem.get('fit_r2', float('nan')):.3f})."
         )
     gpu = res.get("gpu", {})
     if not gpu.get("available"):
@@ -1011,8 +1019,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load to drop below this first")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for --max-load at most")
+    p.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json file and exit")
     p.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+
+    if args.report is not None:
+        print(report_tables(json.loads(args.report.read_text())))
+        return 0
 
     if args.child:
         kind, spec_path, out_path = args.child
