@@ -53,3 +53,37 @@ def test_agreement_and_dice_arithmetic():
 
     mix = bench.mix_corrected([1.0, 1.0, 3.0], [False, False, True], 0.5)
     assert mix["patches_per_s_at_config_mix"] == pytest.approx(1 / 2.0)
+
+
+def test_placement_range_arithmetic():
+    bench = _load()
+    r = bench.placement_range({1: [0.70, 0.72, 0.69], 2: [0.9, 0.9]})
+    assert r["range"] == {1: [0.69, 0.72], 2: [0.9, 0.9]} and r["spread_max"] == pytest.approx(0.03)
+    gap = bench.outside_range({1: 0.73, 2: 0.9, 3: 0.5}, {1: [0.69, 0.72], 2: [0.9, 0.9], 3: [0.55, 0.6]})
+    assert gap[1] == pytest.approx(0.01) and gap[2] == 0.0 and gap[3] == pytest.approx(0.05)
+
+
+def test_shifted_monai_reference_moves_only_the_windows(tmp_path: Path):
+    """The reference rerun with its window lattice shifted (to measure placement noise) must
+    be the same pipeline: with a voxel-wise network, where windows fall cannot matter, so
+    the masks are identical, and both lie on the scan's own grid."""
+    import nibabel as nib
+    import torch
+
+    bench = _load()
+    rng = np.random.default_rng(0)
+    affine = np.array([[-1.2, 0, 0, 40.0], [0, -1.0, 0, 30.0], [0, 0, 1.6, -20.0], [0, 0, 0, 1]])
+    image = tmp_path / "case_0000.nii.gz"
+    nib.save(nib.Nifti1Image(rng.normal(size=(37, 29, 23)).astype(np.float32) + 3.0, affine), image)
+    torch.manual_seed(0)
+    net = torch.nn.Conv3d(1, 3, 1).eval()
+    card = {"labels": {"0": "bg", "1": "a", "2": "b"}, "spacing": [1.0, 1.1, 1.3], "patch_size": [16, 16, 16]}
+    masks = []
+    for shift in ([0, 0, 0], [4, 5, 6]):
+        out = tmp_path / f"out_{shift[0]}"
+        bench.MonaiReference(net, card, "none", out, "cpu", shift=shift)(str(image), "case")
+        img = nib.load(out / "case.nii.gz")
+        assert img.shape == (37, 29, 23) and np.allclose(img.affine, affine, atol=1e-4)
+        masks.append(np.asarray(img.dataobj))
+    assert len(np.unique(masks[0])) >= 2
+    np.testing.assert_array_equal(masks[0], masks[1])

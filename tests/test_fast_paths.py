@@ -82,7 +82,7 @@ def test_inversion_in_slabs_matches_the_full_inverse():
         bbox = [sorted(int(v) for v in rng.choice(np.arange(n + 1), 2, replace=False)) for n in res]
         scores = torch.softmax(torch.randn(3, *[b - a for a, b in bbox]), dim=0)
         record = PreprocessRecord(
-            original_shape=ras, ornt=[[0, 1], [1, 1], [2, 1]], ras_shape=ras, ras_spacing=[1.0] * 3,
+            original_shape=ras, ornt=[[0, 1], [1, 1], [2, 1]], ras_shape=ras, ras_spacing=[n / r for n, r in zip(res, ras)],
             target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
         )
         expected = invert_to_original(scores, record).permute(1, 2, 3, 0)

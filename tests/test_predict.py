@@ -423,7 +423,7 @@ def test_labels_only_inversion_matches_the_full_probability_path(mode: str):
         for file_axis, (ras_axis, _) in enumerate(ornt):
             original[file_axis] = ras[int(ras_axis)]
         record = PreprocessRecord(
-            original_shape=original, ornt=ornt.tolist(), ras_shape=ras, ras_spacing=[1.0] * 3,
+            original_shape=original, ornt=ornt.tolist(), ras_shape=ras, ras_spacing=[n / r for n, r in zip(res, ras)],
             target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
         )
         probs = torch.softmax(3 * torch.randn(4, *[b - a for a, b in bbox]), dim=0)

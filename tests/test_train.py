@@ -169,8 +169,8 @@ def test_tiny_net_overfits_one_real_volume():
     tpl = load_template()
     labels = template_labels(tpl.t1, tpl.gm, tpl.wm)
     shape = [int(round(s / 3)) for s in labels.shape]
-    image, _, _ = zscore_foreground(resample_image(tpl.t1[None].astype(np.float32), shape))
-    seg = resample_labels(labels, shape)
+    image, _, _ = zscore_foreground(resample_image(tpl.t1[None].astype(np.float32), shape, [3.0] * 3))
+    seg = resample_labels(labels, shape, [3.0] * 3)
     box = tuple(slice(s // 2 - 16, s // 2 + 16) for s in shape)
     image, seg = image[(slice(None),) + box], seg[box]
     assert set(np.unique(seg)) == {0, 1, 2, 3}

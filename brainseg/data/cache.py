@@ -94,7 +94,7 @@ def cache_case(
         "spacing": [float(s) for s in target_spacing],
         "normalization": normalization,
         "crop": crop_to_nonzero,
-        "version": 2,
+        "version": 3,  # 3: resampling keeps the first voxel centre, exact target spacing
     }
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"

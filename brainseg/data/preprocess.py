@@ -5,7 +5,11 @@ Steps, in order:
 1. **Reorient** the voxel array to the closest RAS axis order (a permutation and
    flips only: no interpolation, the grid is kept, oblique scans stay oblique).
 2. **Resample** to the target spacing (trilinear for images; labels are resampled
-   as one-hot maps and re-argmaxed so thin structures survive).
+   as one-hot maps and re-argmaxed so thin structures survive). The new grid keeps
+   the first voxel's centre and has exactly the target spacing (the convention of
+   ITK/SimpleITK and MONAI's ``Spacing``): new voxel ``j`` lies at old voxel
+   coordinate ``j * target / spacing``; samples past the last old voxel take its
+   value.
 3. **Crop** to the bounding box of the non-zero voxels (any channel).
 4. **Normalise** each channel by z-score over the foreground (non-zero) voxels of
    the *whole volume* (never per patch: that gives block artefacts); voxels outside
@@ -26,7 +30,6 @@ from typing import Iterator, Sequence
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..io import Geometry
 
@@ -94,29 +97,63 @@ def needs_resampling(spacing: Sequence[float], target: Sequence[float]) -> bool:
 def resampled_shape(shape: Sequence[int], spacing: Sequence[float], target: Sequence[float]) -> list[int]:
     if not needs_resampling(spacing, target):
         return [int(s) for s in shape]
-    return [max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target)]
+    # The new voxel centres span the old ones' extent: (n - 1) old steps = (N - 1) new steps, rounded.
+    return [int(np.round((n - 1) * s / t)) + 1 for n, s, t in zip(shape, spacing, target)]
 
 
-def resample_image(data: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Trilinear resampling of (C, X, Y, Z) float32 to ``shape`` (voxel centres aligned)."""
-    if list(data.shape[1:]) == list(shape):
+def grid_taps(n_in: int, n_out: int, step: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D linear interpolation from ``n_in`` samples to ``n_out`` samples, output sample ``j``
+    at input coordinate ``j * step`` (first centres coincide; past the last input sample
+    its value is taken).
+
+    Returns, per output sample, the two input indices and the weight of the second.
+    """
+    x = np.clip(np.arange(n_out, dtype=np.float64) * float(step), 0.0, float(n_in - 1))
+    i0 = np.minimum(np.floor(x).astype(np.int64), n_in - 1)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    return i0, i1, x - i0
+
+
+def resample_steps(spacing: Sequence[float], target: Sequence[float]) -> list[float]:
+    """Per axis, how far one voxel of the ``target`` grid moves in voxels of the ``spacing`` grid."""
+    return [float(t) / float(s) for s, t in zip(spacing, target)]
+
+
+def resample_linear(t: torch.Tensor, shape: Sequence[int], steps: Sequence[float]) -> torch.Tensor:
+    """Separable (tri)linear resampling of the last three axes of ``t`` to ``shape``, output
+    voxel ``j`` read at input coordinate ``j * step`` per axis (:func:`grid_taps`)."""
+    for axis, (n_out, step) in enumerate(zip(shape, steps)):
+        dim = t.ndim - 3 + axis
+        n_in = t.shape[dim]
+        if n_in == n_out and step == 1.0:
+            continue
+        i0, i1, w = grid_taps(n_in, int(n_out), step)
+        first = t.index_select(dim, torch.from_numpy(i0).to(t.device))
+        second = t.index_select(dim, torch.from_numpy(i1).to(t.device))
+        view = [1] * t.ndim
+        view[dim] = len(w)
+        t = first.lerp_(second, torch.from_numpy(w.astype(np.float32)).to(t.device).view(view))
+    return t
+
+
+def resample_image(data: np.ndarray, shape: Sequence[int], steps: Sequence[float]) -> np.ndarray:
+    """Trilinear resampling of (C, X, Y, Z) float32 to ``shape`` (see :func:`resample_linear`)."""
+    if list(data.shape[1:]) == list(shape) and all(s == 1.0 for s in steps):
         return data
-    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))[None]
-    out = F.interpolate(t, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)
-    return out[0].numpy()
+    t = torch.from_numpy(np.ascontiguousarray(data, dtype=np.float32))
+    return resample_linear(t, shape, steps).numpy()
 
 
-def resample_labels(labels: np.ndarray, shape: Sequence[int], num_classes: int | None = None) -> np.ndarray:
+def resample_labels(labels: np.ndarray, shape: Sequence[int], steps: Sequence[float]) -> np.ndarray:
     """Resample an integer label map by interpolating each class's mask and re-argmaxing."""
-    if list(labels.shape) == list(shape):
+    if list(labels.shape) == list(shape) and all(s == 1.0 for s in steps):
         return labels
     values = np.unique(labels)
     lab = torch.from_numpy(labels.astype(np.int64, copy=False))
     best = torch.full(tuple(shape), -1.0)
     out = torch.zeros(tuple(shape), dtype=torch.int16)
     for v in values:
-        mask = (lab == int(v)).float()[None, None]
-        score = F.interpolate(mask, size=tuple(int(s) for s in shape), mode="trilinear", align_corners=False)[0, 0]
+        score = resample_linear((lab == int(v)).float(), shape, steps)
         better = score > best
         best = torch.where(better, score, best)
         out[better] = int(v)
@@ -182,10 +219,11 @@ def preprocess(
         ras_spacing[int(ras_axis)] = float(geometry.spacing[file_axis])
     target = [float(t) for t in target_spacing]
     new_shape = resampled_shape(ras.shape[1:], ras_spacing, target)
-    img = resample_image(ras, new_shape)
+    steps = resample_steps(ras_spacing, target) if list(new_shape) != list(ras.shape[1:]) else [1.0] * 3
+    img = resample_image(ras, new_shape, steps)
     lab = None
     if label is not None:
-        lab = resample_labels(reorient_array(label, ornt), new_shape)
+        lab = resample_labels(reorient_array(label, ornt), new_shape, steps)
     bbox = nonzero_bbox(img) if crop_to_nonzero else [[0, int(s)] for s in new_shape]
     img = crop(img, bbox)
     if lab is not None:
@@ -227,7 +265,7 @@ def invert_to_original(scores: torch.Tensor, record: PreprocessRecord) -> torch.
     sl = tuple(slice(a, b) for a, b in record.bbox)
     full[(slice(None),) + sl] = scores
     if list(record.resampled_shape) != list(record.ras_shape):
-        full = F.interpolate(full[None], size=tuple(record.ras_shape), mode="trilinear", align_corners=False)[0]
+        full = resample_linear(full, record.ras_shape, inverse_steps(record))
     # Undo the reorientation: flips then permutation, inverse of nibabel's apply_orientation.
     ornt = np.asarray(record.ornt)
     inverse = _invert_ornt(ornt)
@@ -247,19 +285,9 @@ def _apply_ornt_torch(t: torch.Tensor, ornt: np.ndarray) -> torch.Tensor:
 # --------------------------------------------------------------------------- inverse, labels only
 
 
-def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PyTorch's 1-D linear interpolation (``align_corners=False``) from ``n_in`` to ``n_out`` samples.
-
-    For each output index: the two source indices and the weight of the second, as
-    ``F.interpolate(mode="trilinear")`` computes them per axis (source coordinate
-    ``(j + 0.5) * n_in / n_out - 0.5``, clamped at 0; the second tap stays inside).
-    """
-    x = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
-    x = np.maximum(x, 0.0)
-    i0 = np.minimum(x.astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w = np.clip(x - i0, 0.0, 1.0)
-    return i0, i1, w
+def inverse_steps(record: PreprocessRecord) -> list[float]:
+    """:func:`resample_steps` from the resampled grid back to the RAS-ordered original one."""
+    return resample_steps(record.target_spacing, record.ras_spacing)
 
 
 def invert_region(scores: torch.Tensor, record: PreprocessRecord) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
@@ -302,8 +330,8 @@ def invert_region_slabs(
             )
         return
     taps, slices, lows = [], [], []
-    for (a, b), n_in, n_out in zip(bbox, res, ras):
-        i0, i1, w = linear_taps(n_in, n_out)
+    for (a, b), n_in, n_out, step in zip(bbox, res, ras, inverse_steps(record)):
+        i0, i1, w = grid_taps(n_in, n_out, step)
         hit = np.flatnonzero((i1 >= a) & (i0 < b))  # outputs that read the box: a contiguous run
         j0, j1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
         taps.append((i0[j0:j1], i1[j0:j1], w[j0:j1]))  # resampled-grid indices
