@@ -112,6 +112,10 @@ class InferConfig:
     mirror: bool = False
     #: Gaussian importance sigma as a fraction of the patch size.
     sigma_scale: float = 0.125
+    #: How far the windows reach past the volume (the non-zero box) on every side, as a
+    #: fraction of the patch size; the volume is zero-padded for them. 0 = the outer
+    #: windows may end flush on the brain's rim, where the network sees the least context.
+    margin: float = 0.125
     #: Mixed precision on CUDA: "bf16", "fp16" or "none".
     amp: str = "bf16"
     #: Channels-last (NDHWC) memory layout for the network's activations.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from brainseg.infer.sliding_window import SlidingWindow, window_locations, window_span, window_starts
+from brainseg.infer.sliding_window import SlidingWindow, window_locations, window_padding, window_span, window_starts
 
 
 @pytest.mark.parametrize("patch", [8, 48, 64])
@@ -35,6 +35,19 @@ def test_window_span_keeps_the_window_count_and_spaces_windows_one_step_apart(ov
         assert len(starts) == len(window_starts(max(size, patch), patch, overlap))
         if len(starts) > 1:
             assert np.all(np.abs(np.diff(starts) - step) <= 1.0)
+
+
+@pytest.mark.parametrize("margin", [0.0, 0.125, 0.25])
+def test_windows_reach_the_margin_past_the_volume_on_both_sides(margin: float):
+    patch, overlap = 48, 0.5
+    reach = math.ceil(margin * patch)
+    for size in range(1, 5 * patch):
+        pad = window_padding(size, patch, overlap, margin)
+        assert pad // 2 >= reach and pad - pad // 2 >= reach
+        starts = window_starts(size + pad, patch, overlap)
+        assert len(starts) == len(window_starts(max(size + 2 * reach, patch), patch, overlap))  # nothing more
+        if len(starts) > 1:
+            assert np.all(np.diff(starts) == patch * (1 - overlap))
 
 
 class Constant(nn.Module):
@@ -94,7 +107,7 @@ def test_border_voxels_are_not_at_a_window_edge_when_the_windows_have_room():
     voxels of zero padding before the volume instead of flush on its first voxel."""
     image = torch.arange(1, 40 * 24 * 24 + 1, dtype=torch.float32).reshape(1, 40, 24, 24)
     rec = Recorder()
-    SlidingWindow(rec, (24, 24, 24), 2, overlap=0.5, batch_windows=2)(image)
+    SlidingWindow(rec, (24, 24, 24), 2, overlap=0.5, batch_windows=2, margin=0.0)(image)
     firsts = {int(w[0, :, 0, 0].nonzero()[0]) for w in rec.seen if w[0, :, 0, 0].any()}
     # Span 48 for 40 voxels: 4 voxels of zeros before the volume in the first window.
     assert window_span(40, 24, 0.5) == 48

@@ -119,21 +119,48 @@ def resample_steps(spacing: Sequence[float], target: Sequence[float]) -> list[fl
     return [float(t) / float(s) for s, t in zip(spacing, target)]
 
 
-def resample_linear(t: torch.Tensor, shape: Sequence[int], steps: Sequence[float]) -> torch.Tensor:
+def _lerp_axis(t: torch.Tensor, dim: int, i0: np.ndarray, i1: np.ndarray, w: np.ndarray) -> torch.Tensor:
+    """Linear interpolation along one axis of ``t`` with the given taps (:func:`grid_taps`)."""
+    first = t.index_select(dim, torch.from_numpy(i0).to(t.device))
+    second = t.index_select(dim, torch.from_numpy(i1).to(t.device))
+    view = [1] * t.ndim
+    view[dim] = len(w)
+    return first.lerp_(second, torch.from_numpy(w.astype(np.float32)).to(t.device).view(view))
+
+
+def resample_linear(
+    t: torch.Tensor, shape: Sequence[int], steps: Sequence[float], max_elements: int = 2**22
+) -> torch.Tensor:
     """Separable (tri)linear resampling of the last three axes of ``t`` to ``shape``, output
-    voxel ``j`` read at input coordinate ``j * step`` per axis (:func:`grid_taps`)."""
-    for axis, (n_out, step) in enumerate(zip(shape, steps)):
-        dim = t.ndim - 3 + axis
-        n_in = t.shape[dim]
-        if n_in == n_out and step == 1.0:
-            continue
-        i0, i1, w = grid_taps(n_in, int(n_out), step)
-        first = t.index_select(dim, torch.from_numpy(i0).to(t.device))
-        second = t.index_select(dim, torch.from_numpy(i1).to(t.device))
-        view = [1] * t.ndim
-        view[dim] = len(w)
-        t = first.lerp_(second, torch.from_numpy(w.astype(np.float32)).to(t.device).view(view))
-    return t
+    voxel ``j`` read at input coordinate ``j * step`` per axis (:func:`grid_taps`).
+
+    Computed in slabs along the first of the three axes, each of about ``max_elements``
+    values: besides the input and the output only a slab's temporaries are held (one
+    axis after the other over the whole volume held two more copies of it).
+    """
+    lead = tuple(t.shape[:-3])
+    taps = []
+    for n_in, n_out, step in zip(t.shape[-3:], shape, steps):
+        identity = int(n_in) == int(n_out) and float(step) == 1.0
+        taps.append(None if identity else grid_taps(int(n_in), int(n_out), float(step)))
+    if all(tp is None for tp in taps):
+        return t
+    out = torch.empty(lead + tuple(int(v) for v in shape), dtype=t.dtype, device=t.device)
+    per_row = max(1, int(np.prod(lead, dtype=np.int64)) * int(shape[1]) * int(shape[2]))
+    rows = max(1, max_elements // per_row)
+    for s in range(0, int(shape[0]), rows):
+        e = min(s + rows, int(shape[0]))
+        if taps[0] is None:
+            block = t[..., s:e, :, :]
+        else:
+            i0, i1, w = (a[s:e] for a in taps[0])
+            lo, hi = int(i0.min()), int(i1.max()) + 1
+            block = _lerp_axis(t[..., lo:hi, :, :], -3, i0 - lo, i1 - lo, w)
+        for dim, tp in ((-2, taps[1]), (-1, taps[2])):
+            if tp is not None:
+                block = _lerp_axis(block, dim, *tp)
+        out[..., s:e, :, :] = block
+    return out
 
 
 def resample_image(data: np.ndarray, shape: Sequence[int], steps: Sequence[float]) -> np.ndarray:

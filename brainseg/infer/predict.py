@@ -152,6 +152,7 @@ class Predictor:
             overlap=infer.overlap,
             batch_windows=infer.batch_windows,
             sigma_scale=infer.sigma_scale,
+            margin=infer.margin,
             mirror=infer.mirror,
             amp=infer.amp,
             device=self.device,

@@ -365,6 +365,7 @@ class Trainer:
             overlap=self.cfg.infer.overlap,
             batch_windows=self.cfg.infer.batch_windows,
             sigma_scale=self.cfg.infer.sigma_scale,
+            margin=self.cfg.infer.margin,
             amp=self.amp,
             device=self.device,
             channels_last=self.channels_last,
