@@ -16,13 +16,14 @@ cropped off again. The windows then sit exactly one step apart and no voxel of t
 volume is within ``margin`` of the outer windows' edges, where a network sees the
 least context. This matters for a volume cropped to its non-zero box (the default):
 there the border is the brain's outer rim. Zero is the normalised background, so
-the padding shows the network what the uncropped volume has there. Measured on
-five demo models against MONAI tiling the whole volume (scripts/benchmark.py,
-same weights): windows flush on the rim gave CSF Dice 0.007-0.037 lower; padding
-only to the span (no extra windows) removed that bias but left differences of up
-to 0.016 either way; a margin of 1/8 patch brought all labels within 0.0051, for
-1.5-1.8x the windows of the flush box (still about half the whole volume's). A
-volume smaller than the patch is padded to the patch the same way.
+the padding shows the network what the uncropped volume has there. Measured
+against MONAI tiling the whole volume (scripts/benchmark.py, same weights): windows
+flush on the rim gave CSF Dice 0.007-0.037 below MONAI's (three demo models);
+padding only to the span (no extra windows) removed that bias but left differences
+of up to 0.016 either way; a margin of 1/8 patch brought every label within 0.0051
+(seven demo models), for 1.5-1.8x the windows of the flush box (still about half
+the whole volume's). A volume smaller than the patch is padded to the patch the
+same way.
 """
 
 from __future__ import annotations
