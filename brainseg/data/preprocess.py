@@ -388,12 +388,5 @@ def invert_region_slabs(
         # Separable linear interpolation, one axis at a time (trilinear = the product of the three).
         axis_taps = [(i0 - lo0, i1 - lo0, w)] + [(t[0] - lo, t[1] - lo, t[2]) for t, lo in zip(taps[1:], lows[1:])]
         for axis, (a0, a1, wa) in enumerate(axis_taps):
-            view = [1, 1, 1, 1]
-            view[axis] = len(wa)
-            wt = torch.from_numpy(wa.astype(np.float32)).to(device).view(view)
-            first = block.index_select(axis, torch.from_numpy(a0).to(device))
-            second = block.index_select(axis, torch.from_numpy(a1).to(device))
-            del block
-            block = first.lerp_(second, wt)
-            del second
+            block = _lerp_axis(block, axis, a0, a1, wa)
         yield block, (slice(slices[0].start + s, slices[0].start + e), slices[1], slices[2])
