@@ -86,11 +86,14 @@ if str(REPO) not in sys.path:
 QUICK = dict(
     n_subjects=6, n_test=2, train_minutes=0.6, loader_patches={64: 24, 128: 6}, loader_warmup=3,
     scaling_sizes=[96, 128, 160], inference_cases=2, repeats=1, compile_variant=False, reference_shifts=[0.5],
+    norm="batch",
 )
 FULL = dict(
     n_subjects=12, n_test=6, train_minutes=5.0, loader_patches={64: 150, 128: 40}, loader_warmup=5,
     scaling_sizes=[128, 192, 256, 320], inference_cases=6, repeats=2, compile_variant=True, reference_shifts=[0.5],
+    norm="batch",
 )
+NORMS = ("batch", "instance", "group", "none")
 MONAI_SW_BATCH = 4
 MONAI_OVERLAP = 0.5
 SCALING_SPACING_FACTOR = 0.9
@@ -718,6 +721,14 @@ CHILDREN = {
 # --------------------------------------------------------------------------- parent steps
 
 
+def network_info(model: Path) -> dict:
+    """The benchmarked network as its model card describes it (architecture and patch size)."""
+    from brainseg.model.checkpoint import load_checkpoint, resolve_checkpoint
+
+    card = load_checkpoint(resolve_checkpoint(model))["card"]
+    return dict(card["model"], patch_size=list(card["patch_size"]))
+
+
 def log(msg: str) -> None:
     print(f"[benchmark {time.strftime('%H:%M:%S')} load {load1():.2f}] {msg}", file=sys.stderr, flush=True)
 
@@ -728,9 +739,10 @@ def make_data(root: Path, n: int, n_test: int) -> Path:
     return make_demo_dataset(root / "data", n=n, n_test=n_test, seed=0, verbose=False)
 
 
-def train_section(data: Path, workdir: Path, minutes: float) -> dict:
+def train_section(data: Path, workdir: Path, minutes: float, norm: str) -> dict:
     run_dir = workdir / "run"
-    res = run_child("train", {"config": str(REPO / "configs" / "demo.yaml"), "data": str(data),
+    overrides = [f"model.norm={norm}"]
+    res = run_child("train", {"config": str(REPO / "configs" / "demo.yaml"), "data": str(data), "overrides": overrides,
                               "run_dir": str(run_dir), "minutes": minutes}, workdir)
     rows = res["metrics"]
     waits = [float(r["data_wait_fraction"]) for r in rows]
@@ -740,6 +752,8 @@ def train_section(data: Path, workdir: Path, minutes: float) -> dict:
     steps = int(rows[-1]["step"]) if rows else 0
     return {
         "run_dir": str(run_dir),
+        "config": "configs/demo.yaml",
+        "overrides": overrides,
         "minutes": minutes,
         "steps": steps,
         "seconds_per_step": sum(secs) / max(steps, 1),
@@ -1036,9 +1050,12 @@ def targets(res: dict) -> dict[str, bool | None]:
 def report_tables(res: dict) -> str:
     parts = []
     m = res["machine"]
+    net = res.get("network") or {}
+    net_text = (f"; network: U-Net {net.get('levels')} levels, {net.get('base_features')}-{net.get('max_features')} "
+                f"features, {net.get('norm')} norm, patch {net.get('patch_size')}") if net else ""
     parts.append(
         f"Machine: {m['cpu']}, {m['cores_usable']} cores, {m['memory_gb']} GB; torch {m['torch']}, "
-        f"MONAI {m['monai']}; mode {'quick' if res['quick'] else 'full'}; 1-min load at start "
+        f"MONAI {m['monai']}; mode {'quick' if res['quick'] else 'full'}{net_text}; 1-min load at start "
         f"{res['load_1min_start']}, at the end {res.get('load_1min_end', '?')} (our own runs included)."
     )
     rows = []
@@ -1088,7 +1105,8 @@ def report_tables(res: dict) -> str:
                          f"rotated/scaled {e['brainseg']['spatially_augmented']:.0%} / {e['monai']['spatially_augmented']:.0%})"])
     tr = res.get("training")
     if tr:
-        rows.append(["data wait, configs/demo.yaml training (share of epoch time)",
+        extra = " ".join(f"--set {o}" for o in tr.get("overrides", []))
+        rows.append([f"data wait, configs/demo.yaml {extra + ' ' if extra else ''}training (share of epoch time)",
                      f"{tr['data_wait_fraction'] * 100:.1f}% (first epoch {tr['data_wait_fraction_first_epoch'] * 100:.1f}%)",
                      "", f"{tr['steps']} steps, {tr['seconds_per_step']:.2f} s/step"])
     parts.append(markdown_table(rows, ["measurement", "brainseg", "MONAI reference", "ratio / note"]))
@@ -1134,6 +1152,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load to drop below this first")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for --max-load at most")
+    p.add_argument("--norm", choices=NORMS, default=None,
+                   help="normalisation of the benchmarked network (default batch: its output does not depend on "
+                        "where the windows fall; instance = configs/demo.yaml as it is)")
     p.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json file and exit")
     p.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -1148,7 +1169,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(out_path).write_text(json.dumps(result, default=str))
         return 0
 
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    if args.norm is not None:
+        settings["norm"] = args.norm
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     started = time.perf_counter()
     load_start = wait_for_quiet(args.max_load, args.max_wait)
@@ -1166,10 +1189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = make_data(workdir, settings["n_subjects"], settings["n_test"])
         model = args.model
         if "training" in sections or model is None:
-            log(f"training configs/demo.yaml for {settings['train_minutes']} min")
-            res["training"] = train_section(data, workdir, settings["train_minutes"])
+            log(f"training configs/demo.yaml (model.norm={settings['norm']}) for {settings['train_minutes']} min")
+            res["training"] = train_section(data, workdir, settings["train_minutes"], settings["norm"])
             if model is None:
                 model = Path(res["training"]["run_dir"])
+        res["network"] = network_info(model)
         if "inference" in sections:
             res["inference"] = inference_section(model, data, workdir, settings["inference_cases"],
                                                  settings["repeats"], settings["compile_variant"],

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from brainseg.data import augment, patches
-from brainseg.infer.sliding_window import InstanceNormLeakyReLU, fuse_instance_norm
+from brainseg.infer.sliding_window import InstanceNormLeakyReLU, fold_batch_norm, fuse_instance_norm
 from brainseg.model.unet import UNet3D
 
 
@@ -69,6 +69,29 @@ def test_fused_instance_norm_is_the_same_network_and_shares_its_weights():
     with torch.no_grad():
         model.encoder[0][0].weight.mul_(2.0)  # a later weight update is seen by the fused view
         torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_folded_batch_norm_is_the_same_network_in_eval_mode():
+    torch.manual_seed(0)
+    model = UNet3D(1, 3, levels=3, base_features=4, norm="batch")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(3):  # non-trivial running statistics and affine parameters
+        loss = model(torch.randn(2, 1, 16, 16, 16) * 3 + 1).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fold_batch_norm(model) is model  # training mode: batch statistics, nothing to fold
+    model.eval()
+    folded = fold_batch_norm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in folded.modules())
+    assert sum(isinstance(m, torch.nn.BatchNorm3d) for m in model.modules()) == 2 * (3 + 2)  # untouched
+    x = torch.randn(2, 1, 20, 16, 12) * 2 + 0.5
+    with torch.inference_mode():
+        for memory_format in (torch.contiguous_format, torch.channels_last_3d):
+            model.to(memory_format=memory_format)
+            view = fold_batch_norm(model)
+            xm = x.contiguous(memory_format=memory_format)
+            torch.testing.assert_close(view(xm), model(xm), atol=1e-4, rtol=1e-4)
 
 
 def test_inversion_in_slabs_matches_the_full_inverse():

@@ -128,6 +128,35 @@ def _plain_instance_norm(module: nn.Module) -> bool:
     return isinstance(module, nn.InstanceNorm3d) and not module.track_running_stats
 
 
+def _rewrite_pairs(model: nn.Module, rule) -> nn.Module:
+    """A shallow copy of ``model`` in which ``rule(child, next_child)`` may replace each child of a
+    ``Sequential`` (and its successor): ``rule`` returns ``None`` (keep the child), ``(module, False)``
+    (replace the child) or ``(module, True)`` (replace the child, the successor becomes Identity).
+    Unreplaced modules and their parameters are shared with ``model``, which is not modified."""
+
+    def rebuild(module: nn.Module) -> nn.Module:
+        clone = copy.copy(module)
+        children = list(module._modules.items())
+        new: dict[str, nn.Module | None] = {}
+        i = 0
+        while i < len(children):
+            name, child = children[i]
+            nxt = children[i + 1][1] if i + 1 < len(children) else None
+            done = rule(child, nxt) if isinstance(module, nn.Sequential) else None
+            if done is None:
+                new[name] = rebuild(child) if child is not None else None
+                i += 1
+                continue
+            new[name] = done[0]
+            if done[1]:
+                new[children[i + 1][0]] = nn.Identity()
+            i += 2 if done[1] else 1
+        clone._modules = new  # a new dict: the original's children are untouched
+        return clone
+
+    return rebuild(model)
+
+
 def fuse_instance_norm(model: nn.Module) -> nn.Module:
     """A view of ``model`` for inference with every ``InstanceNorm3d -> LeakyReLU`` pair of a
     ``Sequential`` computed by one :class:`InstanceNormLeakyReLU`.
@@ -139,28 +168,69 @@ def fuse_instance_norm(model: nn.Module) -> nn.Module:
     if not any(_plain_instance_norm(m) for m in model.modules()):
         return model
 
-    def rebuild(module: nn.Module) -> nn.Module:
-        clone = copy.copy(module)
-        children = list(module._modules.items())
-        new: dict[str, nn.Module | None] = {}
-        i = 0
-        while i < len(children):
-            name, child = children[i]
-            nxt = children[i + 1][1] if i + 1 < len(children) else None
-            if isinstance(module, nn.Sequential) and _plain_instance_norm(child) and isinstance(nxt, nn.LeakyReLU):
-                new[name] = InstanceNormLeakyReLU(child, nxt.negative_slope)
-                new[children[i + 1][0]] = nn.Identity()
-                i += 2
-                continue
-            if isinstance(module, nn.Sequential) and _plain_instance_norm(child):
-                new[name] = InstanceNormLeakyReLU(child, None)
-            else:
-                new[name] = rebuild(child) if child is not None else None
-            i += 1
-        clone._modules = new  # a new dict: the original's children are untouched
-        return clone
+    def rule(child: nn.Module, nxt: nn.Module | None):
+        if not _plain_instance_norm(child):
+            return None
+        if isinstance(nxt, nn.LeakyReLU):
+            return InstanceNormLeakyReLU(child, nxt.negative_slope), True
+        return InstanceNormLeakyReLU(child, None), False
 
-    return rebuild(model)
+    return _rewrite_pairs(model, rule)
+
+
+def _foldable_batch_norm(conv: nn.Module, norm: nn.Module | None) -> bool:
+    return (
+        type(conv) is nn.Conv3d
+        and isinstance(norm, nn.BatchNorm3d)
+        and norm.track_running_stats
+        and norm.running_mean is not None
+        and norm.running_var is not None
+        and norm.num_features == conv.out_channels
+    )
+
+
+@torch.no_grad()
+def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
+    """One ``Conv3d`` computing ``norm(conv(x))`` with the norm's running statistics (eval mode).
+
+    ``scale = gamma / sqrt(running_var + eps)`` multiplies each output channel's kernel;
+    the bias becomes ``(bias - running_mean) * scale + beta``. New tensors (a snapshot
+    of the current values), with the kernel's memory format."""
+    scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+    if norm.weight is not None:
+        scale = scale * norm.weight.float()
+    bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
+    bias = (bias - norm.running_mean.float()) * scale
+    if norm.bias is not None:
+        bias = bias + norm.bias.float()
+    out = nn.Conv3d(
+        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype,
+    )
+    fmt = torch.channels_last_3d if conv.weight.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+    weight = (conv.weight.float() * scale.view(-1, 1, 1, 1, 1)).to(conv.weight.dtype)
+    out.weight = nn.Parameter(weight.contiguous(memory_format=fmt), requires_grad=False)
+    out.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+    return out.eval()
+
+
+def fold_batch_norm(model: nn.Module) -> nn.Module:
+    """A view of ``model`` for inference in which every ``Conv3d -> BatchNorm3d`` pair of a
+    ``Sequential`` is one convolution (:func:`folded_conv`): the norm costs nothing.
+
+    Only for a model in eval mode (running statistics); a model in training mode, or one
+    without such pairs, is returned as it is. The folded convolutions are a snapshot:
+    build the view again after the weights change. Other modules are shared with
+    ``model``, which is not modified.
+    """
+    if model.training or not any(isinstance(m, nn.BatchNorm3d) for m in model.modules()):
+        return model
+
+    def rule(child: nn.Module, nxt: nn.Module | None):
+        return (folded_conv(child, nxt), True) if _foldable_batch_norm(child, nxt) else None
+
+    return _rewrite_pairs(model, rule)
 
 
 def _autocast(device: torch.device, amp: str):
@@ -204,10 +274,12 @@ class SlidingWindow:
             # Same values; the model is converted in place, as the trainer does.
             model.to(memory_format=torch.channels_last_3d)
         self.weight = gaussian_importance(self.patch, sigma_scale).to(self.device)
-        # What the windows go through: on the CPU, instance norms computed without layout
-        # copies (fuse_instance_norm; the parameters are the model's own). Elsewhere the
-        # model as it is (not measured on GPUs).
-        self.net = fuse_instance_norm(model) if self.device.type == "cpu" else model
+        # What the windows go through: batch norms folded into the convolutions before them
+        # (fold_batch_norm, eval mode: the same function, one pass less); on the CPU,
+        # instance norms computed without layout copies (fuse_instance_norm; the parameters
+        # are the model's own; not measured on GPUs, which get the model as it is).
+        net = fold_batch_norm(model)
+        self.net = fuse_instance_norm(net) if self.device.type == "cpu" else net
 
     def padding(self, shape: Sequence[int]) -> list[int]:
         """Zero voxels added per axis to a volume of ``shape`` (see the module docstring)."""
