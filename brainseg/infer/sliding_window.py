@@ -29,7 +29,7 @@ Those differences come from instance norm: each window is normalised by its own
 statistics, so a voxel's output depends on where its windows start (MONAI against
 itself with its windows moved half a step: CSF Dice 0.005-0.027 apart on demo
 models). A batch-norm network in eval mode applies fixed statistics; its output does
-not depend on the placement (same comparison: 0.0005-0.0012), and its norms are
+not depend on the placement (same comparison: at most 0.0015), and its norms are
 folded into the convolutions before them (:func:`fold_batch_norm`).
 """
 
