@@ -114,11 +114,8 @@ class InferConfig:
     sigma_scale: float = 0.125
     #: How far the windows reach past the volume (the non-zero box) on every side, as a
     #: fraction of the patch size; the volume is zero-padded for them. 0 = the outer
-    #: windows may end flush on the brain's rim (the fewest windows). None = by the
-    #: network's norm: 1/8 for instance/group norm (each window normalised by its own
-    #: statistics, the rim must not sit at a window edge), 0 for batch norm or none
-    #: (the output does not depend on where the windows fall).
-    margin: float | None = None
+    #: windows may end flush on the brain's rim, where the network sees the least context.
+    margin: float = 0.125
     #: Mixed precision on CUDA: "bf16", "fp16" or "none".
     amp: str = "bf16"
     #: Channels-last (NDHWC) memory layout for the network's activations.

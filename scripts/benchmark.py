@@ -28,16 +28,9 @@ before timing, several cases or patches timed):
   lattice can be from itself): the same pipeline, weights and preprocessing, only
   the windows elsewhere. ``reference_placement`` gives MONAI's Dice range over the
   two placements, how many voxels change, and how far brainseg's Dice lies outside
-  that range. brainseg tiles the non-zero box (plus ``infer.margin``), so its
-  windows sit elsewhere than MONAI's.
-* **the network**: ``configs/demo.yaml`` with ``model.norm=batch`` (``--norm``). In
-  eval mode a batch norm is a fixed per-channel affine map, so a voxel's output
-  depends on what its windows see, not on where they start: the comparison then
-  measures the two pipelines. With instance norm (``--norm instance``, the demo
-  config as it is) every window is normalised by its own statistics and placement
-  alone moves the CSF Dice: MONAI against itself moved half a step, 0.005-0.027
-  with a 0.6-minute model and 0.017 with a 5-minute one (measured), more than the
-  0.005 the issue allows between the two pipelines.
+  that range. With the few-minute demo models placement alone moves MONAI's CSF
+  Dice by 0.01-0.02; brainseg tiles the non-zero box (plus ``infer.margin``), so
+  its windows sit elsewhere than MONAI's.
 * **targets**: each target of the benchmark issue, as measured (``targets`` in the
   JSON, and the line under the table).
 * **loader**: augmented training patches per second at 64³ and 128³ with
@@ -49,9 +42,8 @@ before timing, several cases or patches timed):
   RandBiasFieldd at the probabilities of our config. Both in the main process
   (0 workers) with one torch thread: the work, not the parallelism.
 * **training**: ``data_wait_fraction`` (share of an epoch's wall time spent waiting
-  for the next batch) of a short ``configs/demo.yaml`` training run (with the
-  ``--norm`` override; the data pipeline is the config's); the same run provides
-  the weights benchmarked above.
+  for the next batch) of a short ``configs/demo.yaml`` training run; the same run
+  provides the weights benchmarked above.
 * **scaling**: brainseg inference time and peak memory against volume size (one
   demo subject resampled to N³ voxels, LPS, voxels 0.9 x the card spacing, so every
   step runs: reorientation, resampling, cropping, windows, inversion).
@@ -375,7 +367,6 @@ def child_infer_brainseg(spec: dict) -> dict:
         "seconds": seconds, "voxels": voxels, "cases": len(cases), "mvox_per_s": voxels / 1e6 / seconds,
         "maxrss_mb": _maxrss_mb(), "maxrss_after_warmup_mb": rss_warm, "warmup_seconds": warmup_seconds,
         "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
-        "margin": predictor.window.margin,  # infer.margin as used (None in the config: by the network's norm)
         "torch_threads": torch.get_num_threads(),
     }
 
@@ -839,15 +830,14 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
             "brainseg_outside_range": gap,  # per label: how far brainseg's Dice lies outside that range
             "brainseg_outside_range_max": max(gap.values(), default=0.0),
         }
-    other_margin = None
-    if compile_variant:  # the full run: what infer.margin costs and buys (the other choice than the default's)
-        margin = 0.125 if not b.get("margin") else 0.0
-        log(f"inference: brainseg with infer.margin={margin} (default for this network: {b.get('margin')})")
-        nm = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_margin"),
-                                              overrides=[f"infer.margin={margin}"]), workdir)
-        c = compare_masks(images, workdir / "pred_margin", out_m, data, values)
-        other_margin = {"margin": margin, "mvox_per_s": nm["mvox_per_s"], "ratio_vs_monai": nm["mvox_per_s"] / m["mvox_per_s"],
-                        **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")}}
+    no_margin = None
+    if compile_variant:  # the full run: what infer.margin costs and buys
+        log("inference: brainseg with infer.margin=0 (outer windows flush on the non-zero box)")
+        nm = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_margin0"), overrides=["infer.margin=0"]),
+                       workdir)
+        c = compare_masks(images, workdir / "pred_margin0", out_m, data, values)
+        no_margin = {"mvox_per_s": nm["mvox_per_s"], "ratio_vs_monai": nm["mvox_per_s"] / m["mvox_per_s"],
+                     **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")}}
     no_crop = None
     if compile_variant:  # the full run: how much of the difference the crop box makes
         log("inference: brainseg without the crop box and margin (windows over the whole volume, like MONAI)")
@@ -872,7 +862,7 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
         },
         "brainseg_compiled": compiled,
         "brainseg_no_crop": no_crop,
-        "brainseg_other_margin": other_margin,
+        "brainseg_margin_0": no_margin,
         "ratio_vs_monai": ratio,
         "ratio_vs_monai_median_runs": float(np.median(b["mvox_per_s_runs"]) / np.median(m["mvox_per_s_runs"])),
         **cmp,
@@ -1078,10 +1068,9 @@ def report_tables(res: dict) -> str:
         if comp and "mvox_per_s" in comp:
             rows.append(["  same, brainseg windows through torch.compile (opt-in)", _f(comp["mvox_per_s"]), "",
                          f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)"])
-        nm = inf.get("brainseg_other_margin")
+        nm = inf.get("brainseg_margin_0")
         if nm:
-            what = "fewest windows" if not nm["margin"] else "windows reach 1/8 patch past the non-zero box"
-            rows.append([f"  same, brainseg with infer.margin={nm['margin']:g} ({what})", _f(nm["mvox_per_s"]), "",
+            rows.append(["  same, brainseg with infer.margin=0 (fewest windows)", _f(nm["mvox_per_s"]), "",
                          f"{nm['ratio_vs_monai']:.2f}x; voxels equal {nm['agreement'] * 100:.2f}%; Dice diff "
                          + " / ".join(f"{v:+.4f}" for v in nm["dice_diff"].values())])
         nc = inf.get("brainseg_no_crop")

@@ -28,7 +28,6 @@ from brainseg.infer.predict import (
     Predictor,
     check_output_folder,
     inference_attempts,
-    inference_config,
     run_with_oom_fallback,
 )
 from brainseg.model.checkpoint import load_model
@@ -436,30 +435,3 @@ def test_labels_only_inversion_matches_the_full_probability_path(mode: str):
         top2 = np.sort(full[1:] if mode == "fill" else full, axis=0)[-2:]
         clear = (top2[1] - top2[0]) > 1e-4  # float rounding may only flip near-ties
         assert np.array_equal(got[clear], expected[clear]), trial
-
-
-@pytest.mark.parametrize("norm, margin", [("instance", 0.125), ("group", 0.125), ("batch", 0.0), ("none", 0.0)])
-def test_margin_left_to_the_network_follows_its_norm(tmp_path: Path, norm: str, margin: float):
-    """``infer.margin: null`` (the shipped configs): windows reach past the box only for
-    networks that normalise each window by its own statistics; an explicit value wins."""
-    from brainseg.model.checkpoint import save_checkpoint
-    from brainseg.model.unet import UNet3D
-
-    model = UNet3D(1, 3, levels=2, base_features=4, norm=norm).eval()
-    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-    assert config.infer.margin is None
-    card = {
-        "format": 1, "model": dict(model.hparams), "labels": {"0": "bg", "1": "a", "2": "b"}, "channels": ["T1"],
-        "spacing": [1.0, 1.0, 1.0], "patch_size": [16, 16, 16],
-        "normalization": {"scheme": "zscore", "mask": "nonzero", "crop_to_nonzero": True},
-        "config": config.to_dict(), "versions": {},
-    }
-    path = save_checkpoint(tmp_path / "checkpoint_final.pt", {"model": model.state_dict(), "card": card})
-    model, card = load_model(path)
-    for overrides, expected in (([], margin), (["infer.margin=0.25"], 0.25)):
-        cfg = inference_config(card, None, overrides)
-        predictor = Predictor(model, card, cfg.infer, cfg.postprocess, "cpu")
-        assert predictor.window.margin == expected
-        scan = save_nifti(tmp_path / "s.nii.gz", head_phantom(BASE_SHAPE), np.diag([*LPS_SPACING, 1.0]))
-        labels, _, geometry = predictor.predict_case([scan])
-        assert labels.shape == BASE_SHAPE

@@ -49,7 +49,7 @@ from ..errors import BrainsegError, InputError, one_line
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
 from ..model.checkpoint import load_model
 from ..postprocess import label_volumes, labels_within_input, postprocess_labels, write_volumes_csv
-from .sliding_window import SlidingWindow, resolve_margin
+from .sliding_window import SlidingWindow
 
 MASK_SUFFIX = ".nii.gz"
 PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
@@ -152,7 +152,7 @@ class Predictor:
             overlap=infer.overlap,
             batch_windows=infer.batch_windows,
             sigma_scale=infer.sigma_scale,
-            margin=resolve_margin(infer.margin, card["model"].get("norm", "instance")),
+            margin=infer.margin,
             mirror=infer.mirror,
             amp=infer.amp,
             device=self.device,

@@ -39,7 +39,7 @@ from ..data.cache import CachedCase, cache_cases, median_spacing
 from ..data.discovery import Case, discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..errors import BrainsegError
-from ..infer.sliding_window import SlidingWindow, resolve_margin
+from ..infer.sliding_window import SlidingWindow
 from ..io import atomic_write_text, read_label
 from ..model.checkpoint import (
     CHECKPOINT_BEST,
@@ -365,7 +365,7 @@ class Trainer:
             overlap=self.cfg.infer.overlap,
             batch_windows=self.cfg.infer.batch_windows,
             sigma_scale=self.cfg.infer.sigma_scale,
-            margin=resolve_margin(self.cfg.infer.margin, self.cfg.model.norm),
+            margin=self.cfg.infer.margin,
             amp=self.amp,
             device=self.device,
             channels_last=self.channels_last,
