@@ -93,7 +93,6 @@ FULL = dict(
     scaling_sizes=[128, 192, 256, 320], inference_cases=6, repeats=2, compile_variant=True, reference_shifts=[0.5],
     norm="batch",
 )
-NORMS = ("batch", "instance", "group", "none")
 MONAI_SW_BATCH = 4
 MONAI_OVERLAP = 0.5
 SCALING_SPACING_FACTOR = 0.9
@@ -723,9 +722,9 @@ CHILDREN = {
 
 def network_info(model: Path) -> dict:
     """The benchmarked network as its model card describes it (architecture and patch size)."""
-    from brainseg.model.checkpoint import load_checkpoint, resolve_checkpoint
+    from brainseg.model.checkpoint import load_checkpoint
 
-    card = load_checkpoint(resolve_checkpoint(model))["card"]
+    card = load_checkpoint(model)["card"]
     return dict(card["model"], patch_size=list(card["patch_size"]))
 
 
@@ -1152,6 +1151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="comma-separated sections to run (default: all)")
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load to drop below this first")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for --max-load at most")
+    from brainseg.model.unet import NORMS
+
     p.add_argument("--norm", choices=NORMS, default=None,
                    help="normalisation of the benchmarked network (default batch: its output does not depend on "
                         "where the windows fall; instance = configs/demo.yaml as it is)")

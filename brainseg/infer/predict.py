@@ -198,8 +198,7 @@ class Predictor:
 
     def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray) -> np.ndarray:
         """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
-        padded = [int(s) + d for s, d in zip(image.shape[1:], self.window.padding(image.shape[1:]))]
-        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, padded)
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
         output_device = self.device if on_gpu else torch.device("cpu")
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
@@ -220,8 +219,7 @@ class Predictor:
 
     def _probabilities(self, image: np.ndarray, record: PreprocessRecord) -> np.ndarray:
         """Class probabilities (C, *original shape) on the CPU, with the OOM fallbacks."""
-        padded = [int(s) + d for s, d in zip(image.shape[1:], self.window.padding(image.shape[1:]))]
-        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, padded)
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
         output_device = self.device if on_gpu else torch.device("cpu")
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))

@@ -295,10 +295,13 @@ class SlidingWindow:
         """Zero voxels added per axis to a volume of ``shape`` (see the module docstring)."""
         return [window_padding(int(s), p, self.overlap, self.margin) for s, p in zip(shape, self.patch)]
 
+    def padded_shape(self, shape: Sequence[int]) -> list[int]:
+        """The shape the windows tile (and the accumulators have) for a volume of ``shape``."""
+        return [int(s) + d for s, d in zip(shape, self.padding(shape))]
+
     def locations(self, shape: Sequence[int]) -> list[tuple[int, int, int]]:
         """The window corners for a volume of ``shape``, in its padded frame."""
-        padded = [int(s) + d for s, d in zip(shape, self.padding(shape))]
-        return window_locations(padded, self.patch, self.overlap)
+        return window_locations(self.padded_shape(shape), self.patch, self.overlap)
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -337,7 +340,7 @@ class SlidingWindow:
         weights = torch.zeros(padded, dtype=torch.float32, device=out_device)
         weight = self.weight.to(out_device)
         image = image.to(self.device, non_blocking=True)
-        locations = self.locations(shape)
+        locations = window_locations(padded, self.patch, self.overlap)
         # On the CPU a batch of one window takes PyTorch's slow (non-oneDNN) Conv3d path,
         # 3-5x slower per window than a batch of two (measured): batches have at least two
         # windows there, and a short last batch is filled up with copies of its last window

@@ -29,6 +29,10 @@ def feature_list(levels: int, base_features: int, max_features: int) -> list[int
     return [min(base_features * 2**i, max_features) for i in range(levels)]
 
 
+#: The normalisations ``model.norm`` may name.
+NORMS = ("instance", "batch", "group", "none")
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True, eps=1e-5)
@@ -38,7 +42,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
         return nn.GroupNorm(min(8, channels), channels)
     if kind == "none":
         return nn.Identity()
-    raise BrainsegError(f"model.norm must be instance, batch, group or none, got {kind!r}")
+    raise BrainsegError(f"model.norm must be one of {', '.join(NORMS)}, got {kind!r}")
 
 
 class ConvBlock(nn.Sequential):
