@@ -48,6 +48,10 @@ class ModelConfig:
     deep_supervision: bool = False
     #: Cut every skip connection (the ablation that shows what they carry).
     skip_connections: bool = True
+    #: What a skip is: "concat" (the U-Net), "none" (cut), "add" (added, not concatenated) or
+    #: "lowpass" (concatenated after pooling to the bottleneck's grid and upsampling back);
+    #: skip_connections: false means "none". See docs/skip_connections.md.
+    skip_mode: str = "concat"
 
 
 @dataclass
@@ -59,7 +63,7 @@ class AugmentConfig:
     p_scale: float = 0.2
     scale_range: list[float] = field(default_factory=lambda: [0.85, 1.25])
     p_gamma: float = 0.3
-    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
+    gamma_range: list[float] = field(default_factory=lambda: [0.6, 1.6])
     p_brightness: float = 0.15
     brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
     p_contrast: float = 0.15
@@ -68,8 +72,15 @@ class AugmentConfig:
     noise_std: float = 0.1
     p_blur: float = 0.2
     blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
-    p_bias: float = 0.1
-    bias_strength: float = 0.3
+    p_bias: float = 0.3
+    bias_strength: float = 0.5
+    #: Rician noise over an exact-zero background (skull-stripped cases only), so the network
+    #: also knows scans whose background is noise; std in normalised units.
+    p_background_noise: float = 0.3
+    background_noise_std: list[float] = field(default_factory=lambda: [0.02, 0.3])
+    #: Low-resolution simulation: down-sample by a factor per axis (area), then back up (trilinear).
+    p_lowres: float = 0.25
+    lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])
 
 
 @dataclass

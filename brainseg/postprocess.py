@@ -219,8 +219,12 @@ def write_volumes_csv(
     path: str | os.PathLike,
     volumes: Mapping[str, Mapping[int, float]],
     label_names: Mapping[int, str] | None = None,
+    extra: Mapping[str, Mapping[str, str]] | None = None,
 ) -> Path:
     """Write one row per case: ``case,<name or label_v>_mm3,...`` (atomic write).
+
+    ``extra`` adds text columns after the volumes: {column: {case: text}} (an empty
+    cell where a case has none).
 
     ``volumes`` maps case id -> {label: mm³} (as :func:`label_volumes` returns). The
     columns are the union of all cases' labels in ascending order; a label missing
@@ -230,11 +234,13 @@ def write_volumes_csv(
     path = Path(path)
     all_labels = sorted({int(v) for vols in volumes.values() for v in vols})
     columns = volume_columns(all_labels, label_names)
+    extra = dict(extra or {})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case", *columns])
+    writer.writerow(["case", *columns, *extra])
     for case, vols in volumes.items():
         vols = {int(k): v for k, v in vols.items()}
-        writer.writerow([case, *(_format_volume(vols[v]) if v in vols else "" for v in all_labels)])
+        cells = [_format_volume(vols[v]) if v in vols else "" for v in all_labels]
+        writer.writerow([case, *cells, *(str(col.get(case, "")) for col in extra.values())])
     atomic_write_text(path, buf.getvalue())
     return path

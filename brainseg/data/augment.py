@@ -3,8 +3,8 @@
 Spatial transforms (rotation, scaling) are not applied here: they are folded into
 patch extraction (:mod:`brainseg.data.patches`), which samples the rotated/scaled
 patch straight from the cached volume in one interpolation. This module does the
-rest on the extracted patch: flips, then intensity transforms (noise, blur,
-brightness, contrast, gamma, bias field). Each transform fires with its own
+rest on the extracted patch: flips, then intensity transforms (background noise,
+low-resolution simulation, noise, blur, brightness, contrast, gamma, bias field). Each transform fires with its own
 probability; every random draw comes from the ``rng`` passed in, so a patch is a
 pure function of its index and the seed.
 """
@@ -52,11 +52,22 @@ def flip(image: np.ndarray, seg: np.ndarray, rng: np.random.Generator, cfg: Augm
     return image, seg
 
 
-def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Intensity augmentation of a (C, X, Y, Z) float32 patch (returns a new array)."""
+def intensity(
+    image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, background: list[float] | None = None
+) -> np.ndarray:
+    """Intensity augmentation of a (C, X, Y, Z) float32 patch (returns a new array).
+
+    ``background``: per channel, the value of an exact-zero background after
+    normalisation (None when the case's background is noise already); voxels with
+    exactly that value may get Rician background noise.
+    """
     image = np.array(image, dtype=np.float32, copy=True)
     if not cfg.enabled:
         return image
+    if background is not None and rng.random() < cfg.p_background_noise:
+        add_background_noise(image, background, float(rng.uniform(*cfg.background_noise_std)), rng)
+    if rng.random() < cfg.p_lowres:
+        image = simulate_low_resolution(image, rng.uniform(*cfg.lowres_zoom, size=3))
     if rng.random() < cfg.p_noise:
         std = rng.uniform(0, cfg.noise_std)
         image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
@@ -84,6 +95,30 @@ def intensity(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -
     if rng.random() < cfg.p_bias:
         image *= _bias_field(image.shape[1:], rng, cfg.bias_strength)[None]
     return image
+
+
+def add_background_noise(image: np.ndarray, background: list[float], sigma: float, rng: np.random.Generator) -> None:
+    """In place: where channel c equals ``background[c]`` exactly, add the magnitude of complex
+    Gaussian noise (Rayleigh, sigma * sqrt(chi2 with 2 degrees of freedom)) - what an MR
+    magnitude image shows where there is no signal."""
+    for c, value in enumerate(background):
+        where = image[c] == np.float32(value)
+        n = int(np.count_nonzero(where))
+        if n:
+            noise = np.sqrt(rng.standard_normal(n, dtype=np.float32) ** 2 + rng.standard_normal(n, dtype=np.float32) ** 2)
+            image[c][where] += noise * np.float32(sigma)
+
+
+def simulate_low_resolution(image: np.ndarray, zoom) -> np.ndarray:
+    """A (C, X, Y, Z) patch seen at a coarser resolution: each axis down-sampled by its ``zoom``
+    factor (<= 1) by averaging (partial volume), then trilinearly up-sampled to its size again."""
+    shape = image.shape[1:]
+    small = [max(1, int(round(s * float(z)))) for s, z in zip(shape, zoom)]
+    if list(small) == list(shape):
+        return image
+    t = torch.from_numpy(np.ascontiguousarray(image))[None]
+    t = F.interpolate(F.adaptive_avg_pool3d(t, small), size=tuple(shape), mode="trilinear", align_corners=False)
+    return t[0].numpy()
 
 
 def gaussian_kernel(sigma: float, truncate: float = 2.0) -> np.ndarray:

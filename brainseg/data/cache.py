@@ -94,7 +94,9 @@ def cache_case(
         "spacing": [float(s) for s in target_spacing],
         "normalization": normalization,
         "crop": crop_to_nonzero,
-        "version": 3,  # 3: resampling keeps the first voxel centre, exact target spacing
+        # 3: resampling keeps the first voxel centre, exact target spacing;
+        # 4: foreground per background kind, every voxel normalised, background value recorded
+        "version": 4,
     }
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"

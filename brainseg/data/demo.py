@@ -6,11 +6,15 @@ template seen through its own random "scan":
 
 * a smooth random deformation (a coarse random displacement field of a few mm,
   upsampled with cubic splines) and a small global size change;
-* its own voxel grid: anisotropic voxels of 1.3-2.2 mm, its own axis order and
+* its own voxel grid: anisotropic voxels of 1.0-2.2 mm, its own axis order and
   flips (subject 0 is RAS, the others cycle through LAS, LPS, PIR, ASL, ...), and
   every odd subject tilted by a few degrees (an oblique affine);
-* a multiplicative smooth bias field, a gamma change, noise inside the brain and an
-  intensity scale and offset. The background stays exactly 0 (skull-stripped data).
+* its own appearance: a multiplicative smooth bias field, a gamma change and a
+  random monotone tissue-contrast curve, an intensity scale (log-uniform, x1 to
+  x3000) and an offset. Every third subject (0, 3, 6, ...) is skull-stripped: noise
+  inside the brain, the background exactly 0. The others are seen as an MR
+  magnitude image: Rician noise over the whole field of view (the background is
+  never exactly 0) and the offset everywhere.
 
 Deformation and regridding are one trilinear resampling per map
 (:func:`scipy.ndimage.map_coordinates`) from the template grid to the subject grid.
@@ -61,7 +65,9 @@ TEMPLATE_FILES = {
 }
 #: Orientations of subjects 1, 2, 3, ... (cycled); subject 0 is RAS.
 ORIENTATIONS = ("LAS", "LPS", "PIR", "ASL", "RPI", "SLP", "IRA", "LIP")
-SPACING_RANGE = (1.3, 2.2)  # mm, drawn per axis
+SPACING_RANGE = (1.0, 2.2)  # mm, drawn per axis
+#: Every this-many-th subject (0, 3, ...) is skull-stripped (exact-zero background); the rest have noise everywhere.
+SKULL_STRIPPED_EVERY = 3
 OBLIQUE_DEGREES = (2.0, 7.0)  # tilt of odd-numbered subjects
 DISPLACEMENT_MM = (1.5, 3.0)  # std of the coarse displacement field
 COARSE_NODES = 5  # control points per axis of the displacement field
@@ -273,16 +279,34 @@ def resample(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32, prefilter=False)
 
 
-def synthesise_t1(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray) -> np.ndarray:
-    """Bias field, gamma, noise, scale and offset inside the brain; exactly 0 outside."""
-    bias = np.exp(smooth_field(rng, t1.shape, 4, float(rng.uniform(0.08, 0.15))))
-    gamma = np.float32(rng.uniform(0.75, 1.35))
-    noise_std = np.float32(rng.uniform(0.01, 0.04))
-    scale = np.float32(rng.uniform(150.0, 2500.0))
+def contrast_curve(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
+    """A random monotone map of [0, 1] onto itself (knots at 1/3 and 2/3 moved by up to 0.08)."""
+    knots = np.array([0.0, 1 / 3, 2 / 3, 1.0])
+    values = knots + np.concatenate([[0.0], rng.uniform(-0.08, 0.08, 2), [0.0]])
+    return np.interp(x, knots, values).astype(np.float32)
+
+
+def synthesise_t1(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray, noisy_background: bool = False) -> np.ndarray:
+    """One subject's T1 from the warped template T1 in [0, 1].
+
+    Bias field, gamma and contrast curve on the signal; then either noise inside the
+    brain and exactly 0 outside (``noisy_background=False``, skull-stripped), or Rician
+    noise over the whole field of view (``|signal + n1 + i n2|``, the signal 0 outside
+    the brain); then an intensity scale and offset (inside the brain only for the
+    skull-stripped kind, everywhere for the other).
+    """
+    bias = np.exp(smooth_field(rng, t1.shape, 4, float(rng.uniform(0.08, 0.25))))
+    gamma = np.float32(rng.uniform(0.6, 1.6))
+    scale = np.float32(np.exp(rng.uniform(0.0, np.log(3000.0))))
     offset = np.float32(rng.uniform(0.0, 0.1)) * scale
-    inside = t1[brain] * bias[brain]
-    inside = np.power(np.maximum(inside, 0.0), gamma)
-    inside += rng.normal(0.0, noise_std, size=inside.shape).astype(np.float32)
+    signal = contrast_curve(rng, np.clip(np.power(np.maximum(t1 * bias, 0.0), gamma), 0.0, 1.0))
+    if noisy_background:
+        sigma = np.float32(rng.uniform(0.01, 0.05))
+        real = signal + rng.normal(0.0, sigma, size=t1.shape).astype(np.float32)
+        imag = rng.normal(0.0, sigma, size=t1.shape).astype(np.float32)
+        return (np.sqrt(real * real + imag * imag) * scale + offset).astype(np.float32)
+    noise_std = np.float32(rng.uniform(0.01, 0.04))
+    inside = signal[brain] + rng.normal(0.0, noise_std, size=int(brain.sum())).astype(np.float32)
     out = np.zeros(t1.shape, dtype=np.float32)
     out[brain] = np.maximum(inside * scale + offset, 0.0)
     return out
@@ -302,7 +326,7 @@ def make_subject(
     brain = resample(brain_map, coords) >= 0.5
     del coords
     labels = tissue_labels(brain, gm, wm)
-    image = synthesise_t1(rng, t1, brain)
+    image = synthesise_t1(rng, t1, brain, noisy_background=index % SKULL_STRIPPED_EVERY != 0)
     return image, labels, nifti_geometry(grid), grid
 
 
@@ -352,8 +376,8 @@ def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
         "name": DATASET_NAME,
         "description": (
             "Synthetic brain tissue segmentation (CSF, grey and white matter) made from the "
-            "MNI ICBM152 2009a template: random deformation, voxel grid, bias and noise "
-            f"per subject (seed {seed})."
+            "MNI ICBM152 2009a template: random deformation, voxel grid, bias, contrast, "
+            f"scale and noise per subject, a third skull-stripped, the rest with noise over the field of view (seed {seed})."
         ),
         "reference": "Fonov et al., NeuroImage 2011 (MNI ICBM152 nonlinear symmetric 2009a)",
         "licence": "see the MNI ICBM152 template licence",
@@ -392,6 +416,7 @@ def make_demo_dataset(
         if verbose:
             sp = "x".join(f"{s:.2f}" for s in geometry.spacing)
             tilt = f", tilted {grid.oblique_degrees:.1f} deg" if grid.oblique_degrees else ""
+            tilt += ", skull-stripped" if index % SKULL_STRIPPED_EVERY == 0 else ", noise over the field of view"
             print(
                 f"demo-data [{index + 1}/{n}] {case} ({split}): {grid.orientation} {grid.shape} {sp} mm{tilt} "
                 f"({time.perf_counter() - start:.1f} s)",

@@ -65,10 +65,12 @@ class PatchDataset(Dataset):
         center = foreground_center(locations, rng) if self.wants_foreground(index) else None
         if center is None:
             center = random_center(seg.shape, self.patch, rng)
+        record = self.cases[k].record
+        fill = record.pad_values()
         matrix = augment.spatial_matrix(rng, self.aug)
-        img, lab = extract_patch(image, seg, center, self.patch, matrix)
+        img, lab = extract_patch(image, seg, center, self.patch, matrix, fill)
         img, lab = augment.flip(img, lab, rng, self.aug)
-        img = augment.intensity(img, rng, self.aug)
+        img = augment.intensity(img, rng, self.aug, fill if record.zero_background else None)
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
 
 

@@ -10,10 +10,17 @@ Steps, in order:
    ITK/SimpleITK and MONAI's ``Spacing``): new voxel ``j`` lies at old voxel
    coordinate ``j * target / spacing``; samples past the last old voxel take its
    value.
-3. **Crop** to the bounding box of the non-zero voxels (any channel).
-4. **Normalise** each channel by z-score over the foreground (non-zero) voxels of
-   the *whole volume* (never per patch: that gives block artefacts); voxels outside
-   the foreground are set to 0.
+3. **Foreground** (:mod:`brainseg.data.foreground`): decided per case whether the
+   background is exactly 0 (skull-stripped) or noise (a raw magnitude image); the
+   foreground is then the non-zero voxels or a robust threshold mask.
+   **Crop** to the foreground's bounding box (grown by ``CROP_MARGIN_MM`` when the
+   background is noise, so a dim rim the threshold missed stays inside).
+4. **Normalise** each channel by z-score with the mean and standard deviation of
+   its foreground voxels in the *whole volume* (never per patch: that gives block
+   artefacts), applied to every voxel: background voxels are normalised the same
+   way in training and inference (an exact-zero background becomes one constant,
+   ``record.background``, which is also what patches and sliding windows are padded
+   with beyond the crop box).
 
 A :class:`PreprocessRecord` stores what was done. :func:`invert_to_original` takes
 class scores on the preprocessed grid back to the scan's own grid: un-crop, resample
@@ -24,7 +31,7 @@ for voxel.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Iterator, Sequence
 
 import nibabel as nib
@@ -32,9 +39,12 @@ import numpy as np
 import torch
 
 from ..io import Geometry
+from .foreground import background_values, has_zero_background, mask_bbox, threshold_mask, zero_voxels, zscore_foreground
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_RTOL = 0.01
+#: How far the crop box reaches past a threshold foreground (noisy background), in mm.
+CROP_MARGIN_MM = 5.0
 
 
 @dataclass
@@ -50,6 +60,14 @@ class PreprocessRecord:
     bbox: list[list[int]]  # [[start, stop]] per axis in the resampled grid
     norm_mean: list[float]
     norm_std: list[float]
+    #: Whether the case's background is exactly 0 (decides the input-mask rule).
+    zero_background: bool = True
+    #: Per channel, the normalised value of the background: the padding value.
+    background: list[float] = field(default_factory=list)
+
+    def pad_values(self) -> list[float]:
+        """Per channel, what lies beyond the crop box in normalised units (0 for old records)."""
+        return list(self.background) or [0.0] * len(self.norm_mean)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -187,41 +205,9 @@ def resample_labels(labels: np.ndarray, shape: Sequence[int], steps: Sequence[fl
     return out.numpy()
 
 
-def nonzero_bbox(data: np.ndarray) -> list[list[int]]:
-    """[start, stop) box of voxels non-zero in any channel of (C, X, Y, Z); whole volume if none."""
-    mask = np.any(data != 0, axis=0)
-    if not mask.any():
-        return [[0, int(s)] for s in mask.shape]
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        box.append([int(hit[0]), int(hit[-1]) + 1])
-    return box
-
-
 def crop(data: np.ndarray, bbox: Sequence[Sequence[int]]) -> np.ndarray:
     sl = tuple(slice(a, b) for a, b in bbox)
     return data[(Ellipsis,) + sl]
-
-
-def zscore_foreground(data: np.ndarray) -> tuple[np.ndarray, list[float], list[float]]:
-    """Z-score each channel over its non-zero voxels (whole volume); zero outside."""
-    out = np.empty_like(data, dtype=np.float32)
-    means, stds = [], []
-    for c in range(data.shape[0]):
-        ch = data[c]
-        mask = ch != 0
-        vals = ch[mask] if mask.any() else ch.ravel()
-        mean = float(vals.mean(dtype=np.float64)) if vals.size else 0.0
-        std = float(vals.std(dtype=np.float64)) if vals.size else 1.0
-        std = std if std > 1e-8 else 1.0
-        np.subtract(ch, mean, out=out[c])
-        out[c] /= std
-        out[c][~mask] = 0.0
-        means.append(mean)
-        stds.append(std)
-    return out, means, stds
 
 
 # --------------------------------------------------------------------------- forward
@@ -251,17 +237,27 @@ def preprocess(
     lab = None
     if label is not None:
         lab = resample_labels(reorient_array(label, ornt), new_shape, steps)
-    bbox = nonzero_bbox(img) if crop_to_nonzero else [[0, int(s)] for s in new_shape]
-    img = crop(img, bbox)
+    zero_bg = has_zero_background(data)
+    if zero_bg:  # crop to every non-zero voxel; statistics over those mostly inside the original non-zero region
+        inside = resample_image((~zero_voxels(ras))[None].astype(np.float32), new_shape, steps)[0]
+        fg, box, margin = inside >= 0.5, inside > 0, 0
+    else:
+        fg = box = threshold_mask(img)
+        margin = int(np.ceil(CROP_MARGIN_MM / min(target)))
+    bbox = mask_bbox(box, margin) if crop_to_nonzero else [[0, int(s)] for s in new_shape]
+    img, fg = crop(img, bbox), crop(fg, bbox)
     if lab is not None:
         lab = np.ascontiguousarray(crop(lab, bbox))
     if normalization == "zscore":
-        img, means, stds = zscore_foreground(img)
+        img, means, stds = zscore_foreground(img, fg)
+        raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
     elif normalization == "none":
         img = np.ascontiguousarray(img, dtype=np.float32)
         means, stds = [0.0] * img.shape[0], [1.0] * img.shape[0]
+        raw_zero = np.float32(0.0)
     else:
         raise ValueError(f"unknown normalization {normalization!r}")
+    background = background_values(img, raw_zero, fg, zero_bg)
     record = PreprocessRecord(
         original_shape=[int(s) for s in data.shape[1:]],
         ornt=np.asarray(ornt).tolist(),
@@ -272,6 +268,8 @@ def preprocess(
         bbox=bbox,
         norm_mean=means,
         norm_std=stds,
+        zero_background=bool(zero_bg),
+        background=background,
     )
     return img, lab, record
 
@@ -317,28 +315,13 @@ def inverse_steps(record: PreprocessRecord) -> list[float]:
     return resample_steps(record.target_spacing, record.ras_spacing)
 
 
-def invert_region(scores: torch.Tensor, record: PreprocessRecord) -> tuple[torch.Tensor, tuple[slice, slice, slice]]:
-    """Class scores (C, x, y, z) on the cropped grid, taken to the region of the RAS-ordered
-    original grid that the crop box reaches; the same values :func:`invert_to_original`
-    gives there (before its reorientation), without building any full-size array.
-
-    Returns ``(region, slices)``: ``region`` is (X, Y, Z, C) float32 (classes last, so an
-    argmax over them reads contiguous memory) and ``slices`` locate it in the RAS grid.
-    Outside the region :func:`invert_to_original` gives exactly the background one-hot.
-    The region is assembled from :func:`invert_region_slabs`.
-    """
-    slabs = list(invert_region_slabs(scores, record))
-    first_slices = slabs[0][1]
-    region = torch.cat([s for s, _ in slabs], dim=0) if len(slabs) > 1 else slabs[0][0]
-    slices = (slice(first_slices[0].start, slabs[-1][1][0].stop), first_slices[1], first_slices[2])
-    return region, slices
-
-
 def invert_region_slabs(
     scores: torch.Tensor, record: PreprocessRecord, max_elements: int = 2**21
 ) -> Iterator[tuple[torch.Tensor, tuple[slice, slice, slice]]]:
-    """:func:`invert_region` in slabs along the first axis, each of at most about ``max_elements``
-    values: ``(slab (x, Y, Z, C) float32, its slices in the RAS grid)``, in order.
+    """Class scores (C, x, y, z) on the cropped grid, taken to the region of the RAS-ordered
+    original grid that the crop box reaches (the values :func:`invert_to_original` gives there,
+    before its reorientation; outside it that is the background one-hot), in slabs along the
+    first axis, each of at most about ``max_elements`` values: ``(slab (x, Y, Z, C) float32, its slices in the RAS grid)``, in order.
 
     Peak memory is a few slabs whatever the volume's size (the whole region at once
     took ~3 C-channel copies of it).

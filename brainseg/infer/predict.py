@@ -172,6 +172,13 @@ class Predictor:
         of the card) and, if asked for, probabilities (float32, (C, X, Y, Z)), both in
         the first file's own voxel grid, which ``geometry`` describes.
         """
+        labels, probs, geometry, _ = self.predict_case_record(images, return_probabilities)
+        return labels, probs, geometry
+
+    def predict_case_record(
+        self, images: Sequence[str | os.PathLike], return_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, Geometry, PreprocessRecord]:
+        """:meth:`predict_case` plus the case's preprocessing record (its background kind, crop box, ...)."""
         if len(images) != self.n_channels:
             raise BrainsegError(
                 f"the model expects {self.n_channels} channel(s) {list(self.card['channels'])}, got {len(images)} file(s)"
@@ -187,16 +194,22 @@ class Predictor:
         )
         nonzero = np.any(data != 0, axis=0)
         del data
+        input_mask = self.input_mask_rule(record)
         if return_probabilities:
             probs = self._probabilities(image, record)
-            classes = labels_within_input(probs, nonzero, self.postprocess.input_mask)
+            classes = labels_within_input(probs, nonzero, input_mask)
         else:  # labels only: no full-size probability maps are built
             probs = None
-            classes = self._classes(image, record, nonzero)
+            classes = self._classes(image, record, nonzero, input_mask)
         labels = postprocess_labels(self._to_label_values(classes), geometry.spacing, self.postprocess)
-        return labels, probs, geometry
+        return labels, probs, geometry, record
 
-    def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray) -> np.ndarray:
+    def input_mask_rule(self, record: PreprocessRecord) -> str:
+        """The ``postprocess.input_mask`` rule for this case: as configured where the case's
+        background is exactly 0, else ``"none"`` (on a noisy background "non-zero" is everywhere)."""
+        return self.postprocess.input_mask if record.zero_background else "none"
+
+    def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str) -> np.ndarray:
         """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
         on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
         output_device = self.device if on_gpu else torch.device("cpu")
@@ -204,16 +217,18 @@ class Predictor:
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
         def step(batch_windows: int, device: torch.device) -> np.ndarray:
-            probs = softmax_(self._logits(tensor, batch_windows, device))
-            return classes_in_original_grid(probs, record, nonzero, self.postprocess.input_mask)
+            probs = softmax_(self._logits(tensor, record, batch_windows, device))
+            return classes_in_original_grid(probs, record, nonzero, input_mask)
 
         return run_with_oom_fallback(step, attempts, self.log)
 
-    def _logits(self, image: torch.Tensor, batch_windows: int, output_device: torch.device) -> torch.Tensor:
+    def _logits(
+        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
+    ) -> torch.Tensor:
         configured = self.window.batch_windows
         self.window.batch_windows = batch_windows
         try:
-            return self.window(image, output_device=output_device)
+            return self.window(image, output_device=output_device, pad_value=record.pad_values())
         finally:
             self.window.batch_windows = configured
 
@@ -230,7 +245,7 @@ class Predictor:
     def _probabilities_once(
         self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
     ) -> np.ndarray:
-        probs = torch.softmax(self._logits(image, batch_windows, output_device), dim=0)
+        probs = torch.softmax(self._logits(image, record, batch_windows, output_device), dim=0)
         return invert_to_original(probs, record).cpu().numpy()
 
     def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
@@ -285,6 +300,9 @@ class PredictionSummary:
     failed: list[tuple[str, str]] = field(default_factory=list)
     #: mm³ per label for each case written in this run.
     volumes: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: Per case written: its background ("zero": exactly 0, the input-mask rule applied;
+    #: "noise": the rule not applied), the ``background`` column of volumes.csv.
+    backgrounds: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
@@ -319,14 +337,15 @@ def _report_error(line: str) -> None:
     tqdm.write(one_line(f"brainseg: error: {line}"), file=sys.stderr)
 
 
-def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> dict[int, float]:
-    """Segment one case, write its files; return its label volumes (mm³, background left out)."""
-    labels, probs, geometry = predictor.predict_case(list(case.images), "probabilities" in outputs)
+def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str]:
+    """Segment one case, write its files; return its label volumes (mm³, background left out)
+    and its background kind ("zero" or "noise")."""
+    labels, probs, geometry, record = predictor.predict_case_record(list(case.images), "probabilities" in outputs)
     if probs is not None:
         write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.float32)
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
-    return label_volumes(labels, geometry.spacing, foreground)
+    return label_volumes(labels, geometry.spacing, foreground), "zero" if record.zero_background else "noise"
 
 
 def predict_cases(
@@ -354,7 +373,7 @@ def predict_cases(
             summary.skipped.append(case.case_id)
             continue
         try:
-            summary.volumes[case.case_id] = predict_one(predictor, case, outputs)
+            summary.volumes[case.case_id], summary.backgrounds[case.case_id] = predict_one(predictor, case, outputs)
         except (BrainsegError, OSError, torch.cuda.OutOfMemoryError) as exc:
             if debug:
                 traceback.print_exc(file=sys.stderr)
@@ -373,10 +392,11 @@ def write_volumes(
     if not summary.volumes:
         return None
     name = VOLUMES_CSV if world == 1 else f"volumes_rank{rank}.csv"
+    extra = {"background": summary.backgrounds}
     try:
-        return write_volumes_csv(output_dir / name, summary.volumes, label_names)
+        return write_volumes_csv(output_dir / name, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
-        return write_volumes_csv(output_dir / name, summary.volumes, None)
+        return write_volumes_csv(output_dir / name, summary.volumes, None, extra)
 
 
 # ----------------------------------------------------------------------------- command line

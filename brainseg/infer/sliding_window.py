@@ -8,15 +8,16 @@ at the border. Each window's logits are weighted by a Gaussian importance map
 accumulated; the sum is divided by the accumulated weights at the end. Several
 windows go through the network per forward pass.
 
-Before the windows are laid, the volume is zero-padded (centred) per axis so the
+Before the windows are laid, the volume is padded (centred) per axis so the
 windows reach ``margin`` (a fraction of the patch, default 1/8 = the Gaussian's
 sigma) past it on both sides, and further to the length those windows span anyway
 (:func:`window_span`: ``patch + (n - 1) * step`` for ``n`` windows); the padding is
 cropped off again. The windows then sit exactly one step apart and no voxel of the
 volume is within ``margin`` of the outer windows' edges, where a network sees the
 least context. This matters for a volume cropped to its non-zero box (the default):
-there the border is the brain's outer rim. Zero is the normalised background, so
-the padding shows the network what the uncropped volume has there. Measured
+there the border is the brain's outer rim. The padding takes the case's normalised
+background value (``pad_value``, per channel; :class:`~brainseg.data.preprocess.PreprocessRecord`),
+so it shows the network what the uncropped volume has there, as training patches do. Measured
 against MONAI tiling the whole volume (scripts/benchmark.py, same weights): windows
 flush on the rim gave CSF Dice 0.007-0.037 below MONAI's (three demo models);
 padding only to the span (no extra windows) removed that bias but left differences
@@ -70,7 +71,7 @@ def window_span(size: int, patch: int, overlap: float) -> int:
 
 
 def window_padding(size: int, patch: int, overlap: float, margin: float) -> int:
-    """Zero voxels to add to an axis of ``size`` (split in front and behind) so the windows
+    """Padding voxels to add to an axis of ``size`` (split in front and behind) so the windows
     reach ``margin * patch`` past it on both sides and sit exactly one step apart."""
     reach = int(math.ceil(max(0.0, margin) * patch - 1e-9))
     return window_span(size + 2 * reach, patch, overlap) - size
@@ -292,7 +293,7 @@ class SlidingWindow:
         self.net = fuse_instance_norm(net) if self.device.type == "cpu" else net
 
     def padding(self, shape: Sequence[int]) -> list[int]:
-        """Zero voxels added per axis to a volume of ``shape`` (see the module docstring)."""
+        """Padding voxels added per axis to a volume of ``shape`` (see the module docstring)."""
         return [window_padding(int(s), p, self.overlap, self.margin) for s, p in zip(shape, self.patch)]
 
     def padded_shape(self, shape: Sequence[int]) -> list[int]:
@@ -318,10 +319,17 @@ class SlidingWindow:
         return out.float()
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor | np.ndarray, output_device: str | torch.device | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        image: torch.Tensor | np.ndarray,
+        output_device: str | torch.device | None = None,
+        pad_value: Sequence[float] | None = None,
+    ) -> torch.Tensor:
         """Logits (num_classes, X, Y, Z) for a (C, X, Y, Z) image.
 
-        The accumulators live on ``output_device`` (default: the model's device).
+        The accumulators live on ``output_device`` (default: the model's device). The
+        padding around the volume takes ``pad_value`` (one value per channel, default 0:
+        the case's normalised background, as training patches are padded).
         """
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
@@ -334,7 +342,11 @@ class SlidingWindow:
             pads: list[int] = []
             for d in reversed(pad):
                 pads += [d // 2, d - d // 2]
-            image = F.pad(image, pads)
+            if pad_value is None or not any(pad_value):
+                image = F.pad(image, pads)
+            else:
+                fill = torch.as_tensor(list(pad_value), dtype=image.dtype).view(-1, 1, 1, 1)
+                image = F.pad(image - fill, pads) + fill
         padded = tuple(image.shape[1:])
         logits = torch.zeros((self.num_classes, *padded), dtype=torch.float32, device=out_device)
         weights = torch.zeros(padded, dtype=torch.float32, device=out_device)

@@ -239,6 +239,7 @@ class Trainer:
             norm=m.norm,
             deep_supervision=m.deep_supervision,
             skip_connections=m.skip_connections,
+            skip_mode=m.skip_mode,
         )
         self.model.check_patch_size(cfg.train.patch_size)
         self.model.to(self.device)
@@ -282,7 +283,7 @@ class Trainer:
             "patch_size": [int(p) for p in self.cfg.train.patch_size],
             "normalization": {
                 "scheme": self.cfg.data.normalization,
-                "mask": "nonzero",
+                "mask": "foreground",  # non-zero voxels, or a threshold mask on a noisy background
                 "crop_to_nonzero": self.cfg.data.crop_to_nonzero,
             },
             "config": self.cfg.to_dict(),
@@ -375,9 +376,14 @@ class Trainer:
         scores: dict[int, list[float]] = {c: [] for c in classes}
         for case in self.val_cases:
             image, seg = case.load(mmap=False)
-            logits = sw(image).cpu().numpy()
-            nonzero = np.any(image != 0, axis=0)
-            pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
+            background = case.record.pad_values()
+            logits = sw(image, pad_value=background).cpu().numpy()
+            if case.record.zero_background:  # the input-mask rule, as predict applies it
+                fill = np.asarray(background, dtype=np.float32).reshape(-1, 1, 1, 1)
+                nonzero = np.any(image != fill, axis=0)
+                pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
+            else:
+                pred = labels_within_input(logits, None, "none")
             for c, d in dice_per_class(pred, seg, classes).items():
                 scores[c].append(d)
         self.model.train()
