@@ -117,16 +117,16 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     return spacing
 
 
-def hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Symmetric 95th-percentile Hausdorff distance (mm) between two masks' surfaces.
+def surface_distances(
+    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Distances (mm) from every surface voxel of each mask to the other mask's surface.
 
-    Surface = mask minus its erosion (6-connected cross; outside the array counts as
-    background). For each direction, the Euclidean distance from every surface voxel
-    of one mask to the nearest surface voxel of the other
-    (``distance_transform_edt(..., sampling=spacing)``), its 95th percentile with
-    linear interpolation; the result is the larger of the two (MONAI's definition).
-
-    Empty masks: both empty -> 0.0; exactly one empty -> ``inf``.
+    Returns ``(pred_to_ref, ref_to_pred)``, or ``None`` when either mask is empty (there
+    is no surface to measure against). Surface = mask minus its erosion (6-connected
+    cross; outside the array counts as background); Euclidean distances with the voxel
+    spacing applied (``distance_transform_edt(..., sampling=spacing)``). HD95 and the
+    surface Dice of scripts/skip_ablation.py are both computed from these.
 
     The distance transforms run on the bounding box of both masks plus a one-voxel
     margin, not the whole volume; this is exact because every surface voxel, and
@@ -137,15 +137,27 @@ def hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) 
     if pred.shape != ref.shape:
         raise ValueError(f"mask shapes differ: {pred.shape} vs {ref.shape}")
     spacing = _check_spacing(spacing, pred.ndim)
-    has_pred, has_ref = bool(pred.any()), bool(ref.any())
-    if not has_pred and not has_ref:
-        return 0.0
-    if not (has_pred and has_ref):
-        return math.inf
+    if not (pred.any() and ref.any()):
+        return None
     box = _bbox(pred | ref, margin=1)
     surf_pred, surf_ref = _surface(pred[box]), _surface(ref[box])
-    pred_to_ref = _surface_distances(surf_pred, surf_ref, spacing)
-    ref_to_pred = _surface_distances(surf_ref, surf_pred, spacing)
+    return _surface_distances(surf_pred, surf_ref, spacing), _surface_distances(surf_ref, surf_pred, spacing)
+
+
+def hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Symmetric 95th-percentile Hausdorff distance (mm) between two masks' surfaces.
+
+    For each direction, the distances from every surface voxel of one mask to the
+    nearest surface voxel of the other (:func:`surface_distances`), their 95th
+    percentile with linear interpolation; the result is the larger of the two
+    (MONAI's definition).
+
+    Empty masks: both empty -> 0.0; exactly one empty -> ``inf``.
+    """
+    distances = surface_distances(pred_mask, ref_mask, spacing)
+    if distances is None:
+        return 0.0 if not (np.any(pred_mask) or np.any(ref_mask)) else math.inf
+    pred_to_ref, ref_to_pred = distances
     return float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
 
 

@@ -7,6 +7,14 @@ strided convolution, the decoder upsamples with a transposed convolution, pads o
 crops to the skip's exact size (odd shapes work) and concatenates the skip.
 ``skip_connections=False`` cuts every skip (the decoder then sees only the
 upsampled coarse features), the ablation that shows what the skips carry.
+
+``skip_mode`` chooses what a skip is (:data:`SKIP_MODES`): ``concat`` (the U-Net),
+``none`` (cut, the same as ``skip_connections=False``), ``add`` (the skip is added to
+the upsampled features, ResNet/LinkNet style, no extra decoder channels) or
+``lowpass`` (concatenated after average pooling to the bottleneck's resolution and
+trilinear upsampling back: the short path from encoder to decoder stays, the detail
+finer than the bottleneck's grid is gone, so the decoder sees no finer spatial
+information than a cut network does). See docs/skip_connections.md.
 """
 
 from __future__ import annotations
@@ -28,6 +36,9 @@ def feature_list(levels: int, base_features: int, max_features: int) -> list[int
         raise BrainsegError(f"model.base_features must be >= 1, got {base_features}")
     return [min(base_features * 2**i, max_features) for i in range(levels)]
 
+
+#: What ``model.skip_mode`` may name.
+SKIP_MODES = ("concat", "none", "add", "lowpass")
 
 #: The normalisations ``model.norm`` may name.
 NORMS = ("instance", "batch", "group", "none")
@@ -71,6 +82,12 @@ def _match_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.pad(x, pad)
 
 
+def _low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average-pool by ``factor`` (partial blocks at the far edges average what they hold) and upsample back."""
+    coarse = F.avg_pool3d(x, factor, ceil_mode=True)
+    return F.interpolate(coarse, size=x.shape[2:], mode="trilinear", align_corners=False)
+
+
 class UNet3D(nn.Module):
     """3D U-Net. ``forward`` returns logits ``(N, num_classes, X, Y, Z)``.
 
@@ -88,8 +105,15 @@ class UNet3D(nn.Module):
         norm: str = "instance",
         deep_supervision: bool = False,
         skip_connections: bool = True,
+        skip_mode: str = "concat",
     ):
         super().__init__()
+        if skip_mode not in SKIP_MODES:
+            raise BrainsegError(f"model.skip_mode must be one of {', '.join(SKIP_MODES)}, got {skip_mode!r}")
+        if not skip_connections:  # the older switch: false cuts the skips whatever the mode
+            if skip_mode not in ("concat", "none"):
+                raise BrainsegError(f"model.skip_connections: false contradicts model.skip_mode: {skip_mode}")
+            skip_mode = "none"
         if in_channels < 1 or num_classes < 2:
             raise BrainsegError(
                 f"a model needs >= 1 input channel and >= 2 classes, got {in_channels} and {num_classes}"
@@ -97,7 +121,8 @@ class UNet3D(nn.Module):
         self.features = feature_list(levels, base_features, max_features)
         self.levels = levels
         self.deep_supervision = deep_supervision
-        self.skip_connections = skip_connections
+        self.skip_mode = skip_mode
+        self.skip_connections = skip_connections = skip_mode != "none"
         self.hparams = dict(
             in_channels=in_channels,
             num_classes=num_classes,
@@ -107,6 +132,7 @@ class UNet3D(nn.Module):
             norm=norm,
             deep_supervision=deep_supervision,
             skip_connections=skip_connections,
+            skip_mode=skip_mode,
         )
 
         f = self.features
@@ -120,7 +146,7 @@ class UNet3D(nn.Module):
             for i in range(levels - 1)
         )
         self.decoder = nn.ModuleList(
-            ConvBlock(f[i] * (2 if skip_connections else 1), f[i], norm) for i in range(levels - 1)
+            ConvBlock(f[i] * (2 if skip_mode in ("concat", "lowpass") else 1), f[i], norm) for i in range(levels - 1)
         )
         heads = range(levels - 1) if deep_supervision else range(min(1, levels - 1))
         self.heads = nn.ModuleList(nn.Conv3d(f[i], num_classes, 1) for i in heads)
@@ -150,7 +176,11 @@ class UNet3D(nn.Module):
         for i in reversed(range(self.levels - 1)):
             skip = skips.pop()
             x = _match_size(self.upsample[i](x), skip.shape[2:])
-            if self.skip_connections:
+            if self.skip_mode == "add":
+                x = x + skip
+            elif self.skip_mode != "none":
+                if self.skip_mode == "lowpass":
+                    skip = _low_pass(skip, 2 ** (self.levels - 1 - i))
                 x = torch.cat([skip, x], dim=1)
             x = self.decoder[i](x)
             if self.deep_supervision and self.training:
