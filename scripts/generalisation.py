@@ -1,0 +1,237 @@
+#!/usr/bin/env python
+"""Generalisation check: trained on the demo data, scored on the demo's own held-out subjects
+and on shifted scans the demo never shows, brainseg beside a MONAI reference.
+
+    python scripts/generalisation.py --out gen/                  # 10 demo subjects, 10-min trainings, 6 scans
+    python scripts/generalisation.py --out gen/ --quick          # < 5 min on 2 cores
+    python scripts/generalisation.py --out gen/ --model runs/x   # score a trained brainseg run (MONAI still trains)
+
+Steps (each a subprocess, so every pipeline runs as a user would run it):
+
+1. demo training data: ``brainseg demo-data OUT/demo --n 10`` (or ``--data DIR``), kept when present;
+2. the shifted set ``OUT/shifted`` (images/, labels/, manifest.json) from this script's own
+   generator, scripts/_generalisation_shifted.py: Rician noise over the whole field of view,
+   its own warp, bias, gamma, intensity scale and offset, grids from 1 mm RAS to a 12-degree
+   oblique one (one case in six skull-stripped); settings outside the demo's ranges;
+3. ``brainseg train --data OUT/demo --out OUT/brainseg_run --config configs/demo.yaml
+   --max-minutes M`` (or ``--model``), then ``brainseg predict`` and ``brainseg evaluate``
+   on the demo's imagesTs/labelsTs and on the shifted set;
+4. the MONAI-tutorial reference (scripts/_generalisation_monai.py), trained on the same
+   demo data for the same minutes, segmenting the same scans, scored by ``brainseg evaluate``;
+5. OUT/report.json (and ``--json PATH``), OUT/report.md: Dice per label per set per pipeline,
+   each shifted case's Dice with its settings, training steps, whether every mask has
+   its scan's exact shape and affine, and how many voxels the two pipelines' masks share.
+   The exit status is 1 when some mask is not on its scan's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+SCRIPTS = Path(__file__).resolve().parent
+REPO = SCRIPTS.parent
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+import _generalisation_report as report_mod  # noqa: E402
+import benchmark  # noqa: E402  (its machine_info; it also puts the repo on sys.path)
+from _generalisation_shifted import DEFAULT_SEED, make_shifted_set  # noqa: E402
+
+FULL = dict(minutes=10.0, n_demo=10, n_shifted=6)
+QUICK = dict(minutes=1.0, n_demo=4, n_shifted=3)
+CONFIG = REPO / "configs" / "demo.yaml"
+
+
+def log(msg: str) -> None:
+    print(f"[generalisation {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(cmd: Sequence[str], log_file: Path) -> None:
+    """Run ``cmd`` (from the repo root), its output into ``log_file``; stop with its last lines on failure."""
+    log(" ".join(str(c) for c in cmd))
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
+    with open(log_file, "w") as fh:
+        code = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
+    if code != 0:
+        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-25:])
+        raise SystemExit(f"generalisation: command failed (exit {code}), see {log_file}:\n{tail}")
+
+
+def brainseg_cmd(*args: Any) -> list[str]:
+    return [sys.executable, "-m", "brainseg", *[str(a) for a in args]]
+
+
+def fresh(folder: Path) -> Path:
+    """An empty ``folder`` (what an earlier run of this script left there is removed)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def ensure_demo(out: Path, given: Path | None, n: int) -> Path:
+    if given is not None:
+        if not (given / "dataset.json").is_file():
+            raise SystemExit(f"generalisation: --data {given}: no dataset.json (make one with brainseg demo-data)")
+        return given
+    demo = out / "demo"
+    try:
+        meta = json.loads((demo / "dataset.json").read_text())
+        if meta["numTraining"] + meta["numTest"] == n:
+            log(f"demo data: reusing {demo} ({n} subjects)")
+            return demo
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    run(brainseg_cmd("demo-data", demo, "--n", n, "--seed", 0), out / "logs" / "demo_data.log")
+    return demo
+
+
+def brainseg_training(run_dir: Path) -> dict[str, Any]:
+    """Steps and minutes from a brainseg run folder's metrics.csv."""
+    import csv
+
+    folder = run_dir if run_dir.is_dir() else run_dir.parent
+    try:
+        with open(folder / "metrics.csv", newline="") as fh:
+            last = list(csv.DictReader(fh))[-1]
+    except (OSError, IndexError):
+        return {"run": str(run_dir), "steps": None, "note": f"{run_dir} (no metrics.csv: steps unknown)"}
+    steps, minutes = int(last["step"]), float(last["elapsed_minutes"])
+    return {"run": str(run_dir), "steps": steps, "minutes": minutes,
+            "note": f"configs/demo.yaml, {steps} steps in {minutes:.1f} min ({run_dir})"}
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return res.stdout.strip() if res.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(git("status", "--porcelain").splitlines())}
+
+
+def score(pipeline: str, sets: dict[str, tuple[Path, Path]], masks: Path, out: Path) -> dict[str, Any]:
+    """``brainseg evaluate`` of each set's masks, the scores read back and the masks' geometry checked."""
+    results = {}
+    for key, (images, labels) in sets.items():
+        eval_dir = fresh(out / "evaluation" / pipeline / key)
+        run(brainseg_cmd("evaluate", "--pred", masks / key, "--ref", labels, "--out", eval_dir, "--labels", "1,2,3"),
+            out / "logs" / f"evaluate_{pipeline}_{key}.log")
+        results[key] = report_mod.read_scores(eval_dir)
+        results[key]["geometry"] = report_mod.mask_geometry(images, masks / key)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="working folder: data, runs, masks, report")
+    p.add_argument("--minutes", type=float, default=None, help="training budget of each pipeline (default 10; 1 with --quick)")
+    p.add_argument("--quick", action="store_true", help="1-minute trainings, 4 demo subjects, 3 shifted scans (< 5 min)")
+    p.add_argument("--data", type=Path, default=None, help="demo data set to train on (default: OUT/demo, made if absent)")
+    p.add_argument("--model", type=Path, default=None, help="score this brainseg run folder instead of training one")
+    p.add_argument("--monai-model", type=Path, default=None, help="reuse a MONAI reference run folder (model.pt, train.json)")
+    p.add_argument("--skip-monai", action="store_true", help="brainseg only")
+    p.add_argument("--n-shifted", type=int, default=None, help="shifted scans (default 6; 3 with --quick)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shifted scans")
+    p.add_argument("--json", type=Path, default=None, help="also write report.json here")
+    args = p.parse_args(argv)
+
+    settings = dict(QUICK if args.quick else FULL)
+    if args.minutes is not None:
+        settings["minutes"] = args.minutes
+    if args.n_shifted is not None:
+        settings["n_shifted"] = args.n_shifted
+    if settings["n_shifted"] < 1 or settings["minutes"] <= 0:
+        p.error("--n-shifted must be >= 1 and --minutes > 0")
+    started = time.perf_counter()
+    load_start = benchmark.load1()
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def lap(name: str, t0: float) -> None:
+        timings[name] = round(time.perf_counter() - t0, 1)
+
+    t0 = time.perf_counter()
+    demo = ensure_demo(out, args.data.resolve() if args.data else None, settings["n_demo"])
+    manifest = make_shifted_set(out / "shifted", settings["n_shifted"], args.seed, log=log)
+    lap("data", t0)
+    sets = {"demo_heldout": (demo / "imagesTs", demo / "labelsTs"),
+            "shifted": (out / "shifted" / "images", out / "shifted" / "labels")}
+
+    t0 = time.perf_counter()
+    model = args.model.resolve() if args.model else out / "brainseg_run"
+    if args.model is None:
+        fresh(model)
+        run(brainseg_cmd("train", "--data", demo, "--out", model, "--config", CONFIG, "--max-minutes",
+                         settings["minutes"], "--no-progress"), out / "logs" / "brainseg_train.log")
+    lap("brainseg_train", t0)
+    t0 = time.perf_counter()
+    masks_b = out / "masks" / "brainseg"
+    for key, (images, _) in sets.items():
+        run(brainseg_cmd("predict", "--model", model, "--input", images, "--output", fresh(masks_b / key),
+                         "--no-progress"), out / "logs" / f"predict_brainseg_{key}.log")
+    lap("brainseg_predict", t0)
+    results = {"brainseg": score("brainseg", sets, masks_b, out)}
+    training: dict[str, Any] = {"brainseg": brainseg_training(model)}
+
+    agree = {}
+    if not args.skip_monai:
+        monai = SCRIPTS / "_generalisation_monai.py"
+        t0 = time.perf_counter()
+        monai_run = args.monai_model.resolve() if args.monai_model else out / "monai_run"
+        if args.monai_model is None:
+            run([sys.executable, monai, "train", "--data", demo, "--out", fresh(monai_run), "--minutes",
+                 settings["minutes"]], out / "logs" / "monai_train.log")
+        lap("monai_train", t0)
+        t0 = time.perf_counter()
+        masks_m = out / "masks" / "monai"
+        jobs = [a for key, (images, _) in sets.items() for a in ("--job", images, fresh(masks_m / key))]
+        run([sys.executable, monai, "predict", "--model", monai_run, *jobs], out / "logs" / "predict_monai.log")
+        lap("monai_predict", t0)
+        results["monai"] = score("monai", sets, masks_m, out)
+        training["monai"] = json.loads((monai_run / "train.json").read_text())
+        agree = report_mod.agreement(masks_b / "shifted", masks_m / "shifted",
+                                     [c["case_id"] for c in manifest["cases"]])
+
+    report = {
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "settings": {**settings, "quick": args.quick, "seed": args.seed, "demo_data": str(demo),
+                     "config": str(CONFIG.relative_to(REPO))},
+        "machine": benchmark.machine_info(),
+        "git": git_state(),
+        "training": training,
+        "results": results,
+        "shifted_cases": manifest["cases"],
+        "agreement_shifted": agree,
+        "timings_s": timings,
+        "load_1min": {"start": load_start, "end": benchmark.load1()},  # the machine may be shared
+        "total_seconds": round(time.perf_counter() - started, 1),
+    }
+    text = report_mod.tables(report)
+    for path in [out / "report.json", *([args.json] if args.json else [])]:
+        Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    (out / "report.md").write_text(
+        f"# Generalisation check\n\n`{report['command']}` ({report['total_seconds']:.0f} s; "
+        f"{report['machine']['cores_usable']} cores, torch {report['machine']['torch']}, "
+        f"MONAI {report['machine']['monai']}, 1-min load {load_start} at the start, {report['load_1min']['end']} "
+        f"at the end, commit {report['git']['commit'][:10]}"
+        f"{' + uncommitted changes' if report['git']['dirty_files'] else ''})\n\n{text}\n")
+    print(text)
+    print(f"\n(total {report['total_seconds']:.0f} s; report in {out / 'report.md'} and {out / 'report.json'})")
+    off_grid = [f"{k}/{s}" for k, r in results.items() for s, v in r.items() if not v["geometry"]["ok"]]
+    if off_grid:
+        print(f"generalisation: masks not on their scans' grids: {', '.join(off_grid)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

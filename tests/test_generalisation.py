@@ -1,0 +1,170 @@
+"""scripts/generalisation.py: its shifted scans are what their settings say, and the whole check runs.
+
+The shifted set is written to real files once per module (the six scans of the issue and
+one drawn seventh, ~25 s on one core) and read back with nibabel; the end-to-end run
+(``slow``) trains both pipelines for a few seconds on a 3-subject demo set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+if str(SCRIPTS) not in sys.path:
+    sys.path.insert(0, str(SCRIPTS))
+
+import _generalisation_shifted as shifted  # noqa: E402
+
+from brainseg.data.demo import _orientation_matrix  # noqa: E402
+
+N_SCANS = 7  # the six fixed scans and one drawn from the ranges
+SEED = 4321
+
+
+@pytest.fixture(scope="module")
+def shifted_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("shifted")
+    manifest = shifted.make_shifted_set(out, N_SCANS, SEED, log=lambda msg: None)
+    return out, manifest
+
+
+def _load(folder: Path, case: dict) -> tuple[nib.Nifti1Image, np.ndarray, nib.Nifti1Image, np.ndarray]:
+    img = nib.load(str(folder / "images" / f"{case['case_id']}_0000.nii.gz"))
+    lab = nib.load(str(folder / "labels" / f"{case['case_id']}.nii.gz"))
+    return img, np.asarray(img.dataobj, dtype=np.float32), lab, np.asarray(lab.dataobj)
+
+
+def test_settings_lie_outside_the_demo_ranges():
+    cases = [shifted.scan_settings(0, i) for i in range(6)]
+    assert {c.scale for c in cases} == {1.0, 400.0, 2500.0}
+    assert {c.orientation for c in cases} >= {"RAS", "ASL", "LPS", "LAS", "PIR"}
+    assert {tuple(c.spacing) for c in cases} >= {(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (1.5, 1.5, 1.5),
+                                                 (1.2, 1.0, 2.0), (1.4, 1.4, 1.4)}
+    assert max(c.tilt_degrees for c in cases) == 12.0  # the demo tilts 2-7 degrees
+    assert sum(c.skull_stripped for c in cases) == 1  # most backgrounds are noise
+    assert all(0.6 <= c.gamma <= 1.6 and c.bias_std >= 0.2 and c.noise > 0 for c in cases)
+    assert min(c.gamma for c in cases) < 0.75 and max(c.gamma for c in cases) > 1.35  # beyond the demo's gamma
+    drawn = [shifted.scan_settings(0, i) for i in range(6, 12)]
+    assert all(0.6 <= c.gamma <= 1.6 and 1.0 <= min(c.spacing) and max(c.spacing) <= 2.0 for c in drawn)
+    assert shifted.scan_settings(0, 8) == shifted.scan_settings(0, 8) != shifted.scan_settings(1, 8)
+
+
+def test_each_scan_has_the_grid_its_settings_say(shifted_set):
+    folder, manifest = shifted_set
+    assert len(manifest["cases"]) == N_SCANS and manifest["seed"] == SEED
+    for case in manifest["cases"]:
+        img, _, lab, _ = _load(folder, case)
+        assert img.shape == tuple(case["shape"]) == lab.shape
+        assert np.array_equal(img.affine, lab.affine)
+        assert "".join(nib.aff2axcodes(img.affine)) == case["orientation"], case["case_id"]
+        assert np.allclose(img.header.get_zooms()[:3], case["spacing"], atol=1e-4), case["case_id"]
+        assert np.allclose(np.linalg.norm(img.affine[:3, :3], axis=0), case["spacing"], atol=1e-4)
+        assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
+        # The tilt: the rotation between the grid's axes and the plain orientation's.
+        direction = img.affine[:3, :3] / np.asarray(case["spacing"])[None, :]
+        rot = direction @ _orientation_matrix(case["orientation"]).T
+        skew = rot - rot.T
+        sine = np.linalg.norm([skew[2, 1], skew[0, 2], skew[1, 0]]) / 2
+        angle = math.degrees(math.atan2(sine, (np.trace(rot) - 1) / 2))
+        assert angle == pytest.approx(case["tilt_degrees"], abs=0.01), case["case_id"]
+        # The field of view holds the whole brain: no label on the outer faces.
+        labels = np.asarray(lab.dataobj)
+        faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
+        assert not any(f.any() for f in faces), case["case_id"]
+    assert {c["tilt_degrees"] for c in manifest["cases"]} >= {0.0, 12.0}
+
+
+def test_labels_are_the_demo_classes_with_brain_sized_volumes(shifted_set):
+    folder, manifest = shifted_set
+    for case in manifest["cases"]:
+        img, _, _, labels = _load(folder, case)
+        assert labels.dtype == np.uint8 and set(np.unique(labels).tolist()) == {0, 1, 2, 3}, case["case_id"]
+        ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        litres = {v: float((labels == v).sum()) * ml / 1000.0 for v in (1, 2, 3)}
+        assert 1.0 <= sum(litres.values()) <= 1.9, (case["case_id"], litres)
+        assert 0.05 <= litres[1] <= 0.4 and 0.5 <= litres[2] <= 1.1 and 0.3 <= litres[3] <= 0.8, litres
+        assert sum(litres.values()) == pytest.approx(case["brain_litres"], abs=1e-3)
+
+
+def test_backgrounds_are_noise_except_the_skull_stripped_case(shifted_set):
+    folder, manifest = shifted_set
+    kinds = [case["skull_stripped"] for case in manifest["cases"]]
+    assert kinds.count(False) >= len(kinds) - 2 and True in kinds
+    for case in manifest["cases"]:
+        _, image, _, labels = _load(folder, case)
+        outside = labels == 0
+        zeros = image == 0
+        if case["skull_stripped"]:
+            assert np.array_equal(zeros, outside), case["case_id"]  # exactly 0 outside the brain, never inside
+            continue
+        assert zeros.mean() < 0.01, case["case_id"]
+        # Rician noise where there is no signal is Rayleigh: median sigma * sqrt(2 ln 2), above the offset.
+        sigma, offset = case["noise_sigma"], case["offset"] * case["scale"]
+        far = image[_far_from_brain(labels)]
+        assert np.median(far) - offset == pytest.approx(sigma * math.sqrt(2 * math.log(2)), rel=0.1), case["case_id"]
+        # The noise is the settings' share of white matter, which is where the scale puts it.
+        wm = float(np.median(image[labels == 3]))
+        assert wm == pytest.approx(case["white_matter_median"], rel=1e-5)
+        assert sigma / (wm - offset) == pytest.approx(case["noise"], rel=0.1), case["case_id"]
+        assert 0.2 * case["scale"] <= wm - offset <= 2.0 * case["scale"]
+
+
+def _far_from_brain(labels: np.ndarray, voxels: int = 4) -> np.ndarray:
+    """The background more than ``voxels`` from any brain voxel (no partial-volume signal)."""
+    from scipy.ndimage import binary_dilation
+
+    return ~binary_dilation(labels > 0, iterations=voxels)
+
+
+def test_a_matching_set_is_reused(shifted_set):
+    folder, manifest = shifted_set
+    first = folder / "images" / f"{manifest['cases'][0]['case_id']}_0000.nii.gz"
+    stamp = first.stat().st_mtime_ns
+    messages = []
+    again = shifted.make_shifted_set(folder, N_SCANS, SEED, log=messages.append)
+    assert again == manifest and first.stat().st_mtime_ns == stamp and "reusing" in messages[0]
+
+
+@pytest.mark.slow
+def test_the_check_runs_end_to_end(tmp_path: Path):
+    demo = tmp_path / "demo"
+    subprocess.run([sys.executable, "-m", "brainseg", "demo-data", str(demo), "--n", "3", "--n-test", "1"],
+                   check=True, capture_output=True, timeout=300)
+    out, extra_json = tmp_path / "run", tmp_path / "extra.json"
+    res = subprocess.run(
+        [sys.executable, str(SCRIPTS / "generalisation.py"), "--out", str(out), "--data", str(demo),
+         "--minutes", "0.15", "--n-shifted", "2", "--json", str(extra_json)],
+        capture_output=True, text=True, timeout=1500,
+    )
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    assert json.loads(extra_json.read_text()) == report
+    assert "| shifted scans | MONAI reference |" in res.stdout and (out / "report.md").is_file()
+    for pipeline in ("brainseg", "monai"):
+        assert report["training"][pipeline]["steps"] >= 1
+        for key, n_cases in (("demo_heldout", 1), ("shifted", 2)):
+            r = report["results"][pipeline][key]
+            assert r["n_cases"] == n_cases and not r["failed"]
+            values = [*r["dice"].values(), r["mean"], *(c["mean"] for c in r["per_case"].values())]
+            assert set(r["dice"]) == {"CSF", "grey matter", "white matter"} and len(r["per_case"]) == n_cases
+            assert all(0.0 <= v <= 1.0 for v in values), (pipeline, key, values)
+            assert r["geometry"]["ok"], r["geometry"]
+    # Independently of the report: every mask has its scan's shape and affine.
+    for key, images in (("demo_heldout", demo / "imagesTs"), ("shifted", out / "shifted" / "images")):
+        scans = sorted(images.glob("*_0000.nii.gz"))
+        assert len(scans) == (1 if key == "demo_heldout" else 2)
+        for scan in scans:
+            src = nib.load(str(scan))
+            for pipeline in ("brainseg", "monai"):
+                mask = nib.load(str(out / "masks" / pipeline / key / scan.name.replace("_0000", "")))
+                assert mask.shape == src.shape and np.allclose(mask.affine, src.affine, atol=1e-5), (pipeline, scan)
+    assert [c["case_id"] for c in report["shifted_cases"]] == ["shifted_000", "shifted_001"]
+    assert all(0.0 <= v <= 1.0 for v in report["agreement_shifted"].values())
