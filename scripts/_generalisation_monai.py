@@ -20,8 +20,8 @@ steps as fit in ``--minutes`` of the training loop's wall clock (caching exclude
 ``brainseg train --max-minutes`` excludes its preprocessing). Torch threads:
 ``OMP_NUM_THREADS`` when set, else ``os.cpu_count()``.
 
-Inference is scripts/benchmark.py's :class:`MonaiReference` (the same pre-transforms
-without randomness, ``sliding_window_inference`` roi 64³, overlap 0.5, gaussian, softmax,
+Inference is scripts/benchmark.py's :class:`MonaiReference` with ``normalization="monai"``
+(the same pre-transforms as training, without randomness: NormalizeIntensityd(nonzero), ``sliding_window_inference`` roi 64³, overlap 0.5, gaussian, softmax,
 Invertd back to the scan's own grid, argmax, SaveImage): ``OUT_DIR/ID.nii.gz`` per
 ``IMAGES_DIR/ID_0000.nii.gz``.
 """
@@ -154,7 +154,7 @@ def predict(model_dir: Path, jobs: Sequence[tuple[Path, Path]]) -> dict:
     result = {}
     for images, out in jobs:
         t0 = time.perf_counter()
-        ref = benchmark.MonaiReference(net, card, "none", Path(out), "cpu")
+        ref = benchmark.MonaiReference(net, card, "none", Path(out), "cpu", normalization="monai")
         cases = sorted(Path(images).glob("*_0000.nii.gz"))
         for image in cases:
             ref(str(image), benchmark._case_id(image))

@@ -14,9 +14,12 @@ before timing, several cases or patches timed):
   mask. brainseg = :class:`~brainseg.infer.predict.Predictor` + ``write_image``
   through :func:`~brainseg.infer.predict.predict_cases` (what ``brainseg predict``
   does). MONAI reference = LoadImaged, EnsureChannelFirstd, Orientationd("RAS"),
-  Spacingd(card spacing), NormalizeIntensityd(nonzero, channel_wise),
-  ``sliding_window_inference`` (roi = card patch, overlap 0.5, gaussian,
-  sw_batch_size 4), softmax, Invertd to the original grid, argmax, SaveImage,
+  Spacingd(card spacing), a z-score per channel with brainseg's foreground statistics
+  (:func:`foreground_zscore`: the non-zero voxels of an exact-zero-background scan,
+  the threshold mask of a noisy one; every voxel normalised, as brainseg does, where
+  NormalizeIntensityd(nonzero) would leave the zeros at 0 and average a noisy
+  background in), ``sliding_window_inference`` (roi = card patch, overlap 0.5,
+  gaussian, sw_batch_size 4, padded with the background value), softmax, Invertd to the original grid, argmax, SaveImage,
   driving the same network with the same weights (``brainseg.load_model``). When
   the model card's ``postprocess.input_mask`` is ``fill``/``restrict`` the MONAI side
   applies the same rule after its argmax (one ``torch.where``), so both produce the
@@ -377,10 +380,34 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def foreground_zscore(data: dict) -> dict:
+    """The MONAI pipeline's normalisation step: brainseg's rule (background kind decided on the
+    raw scan, statistics over the foreground, every voxel normalised), in place on the MetaTensor
+    so Invertd still sees every spatial transform. Adds ``zero_background`` and ``background``
+    (the value of a raw 0 after normalisation, or the noisy background's median)."""
+    import torch
+
+    from brainseg.data.foreground import background_values, has_zero_background, threshold_mask, zscore_foreground
+
+    image = data["image"]
+    arr = image.detach().cpu().numpy().astype(np.float32, copy=False)
+    zero_bg = has_zero_background(data["raw"].detach().cpu().numpy())
+    fg = np.any(arr != 0, axis=0) if zero_bg else threshold_mask(arr)
+    out, means, stds = zscore_foreground(arr, fg)
+    raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
+    image[...] = torch.from_numpy(out)
+    data["zero_background"] = zero_bg
+    data["background"] = background_values(out, raw_zero, fg, zero_bg)[0]  # sliding_window_inference takes one cval
+    return data
+
+
 class MonaiReference:
     """The MONAI reference inference pipeline for one model card (see the module docstring)."""
 
-    def __init__(self, model, card: dict, input_mask: str, out_dir: Path, device, shift: Sequence[int] = (0, 0, 0)):
+    def __init__(
+        self, model, card: dict, input_mask: str, out_dir: Path, device, shift: Sequence[int] = (0, 0, 0),
+        normalization: str = "brainseg",
+    ):
         import torch
         from monai import transforms as T
 
@@ -391,14 +418,14 @@ class MonaiReference:
         self.shift = [int(v) for v in shift]
         self.input_mask = input_mask
         self.values = sorted(int(k) for k in card["labels"])
-        keep_raw = input_mask in ("fill", "restrict")
         steps = [T.LoadImaged(keys="image", image_only=True), T.EnsureChannelFirstd(keys="image")]
-        if keep_raw:
-            steps.append(T.CopyItemsd(keys="image", times=1, names="raw"))
+        steps.append(T.CopyItemsd(keys="image", times=1, names="raw"))
         steps += [
             T.Orientationd(keys="image", axcodes="RAS"),
             T.Spacingd(keys="image", pixdim=card["spacing"], mode="bilinear"),
-            T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+            # "monai": the tutorials' NormalizeIntensityd(nonzero) for a network trained with it
+            # (scripts/_generalisation_monai.py); "brainseg": the rule brainseg's networks learnt
+            foreground_zscore if normalization == "brainseg" else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
         ]
         self.pre = T.Compose(steps)
         self.post = T.Compose([
@@ -424,14 +451,16 @@ class MonaiReference:
         with torch.no_grad():
             logits = sliding_window_inference(
                 image, roi_size=self.card["patch_size"], sw_batch_size=MONAI_SW_BATCH,
-                predictor=self.model, overlap=MONAI_OVERLAP, mode="gaussian",
+                predictor=self.model, overlap=MONAI_OVERLAP, mode="gaussian", cval=data.get("background", 0.0),
             )
         if any(self.shift):
             logits = logits[(Ellipsis,) + tuple(slice(k, None) for k in self.shift)]
         data["pred"] = logits[0].cpu()
         data = self.post(data)
         pred = data["pred"]
-        if self.input_mask == "fill":  # the same rule as brainseg.postprocess.labels_within_input
+        if not data.get("zero_background", True):  # brainseg applies the input-mask rule only there
+            cls = self.argmax(pred)
+        elif self.input_mask == "fill":  # the same rule as brainseg.postprocess.labels_within_input
             nonzero = (data["raw"] != 0).any(0, keepdim=True)
             cls = torch.where(nonzero, pred[1:].argmax(0, keepdim=True) + 1, 0)
         elif self.input_mask == "restrict":

@@ -69,7 +69,7 @@ SPACING_RANGE = (1.0, 2.2)  # mm, drawn per axis
 #: Every this-many-th subject (0, 3, ...) is skull-stripped (exact-zero background); the rest have noise everywhere.
 SKULL_STRIPPED_EVERY = 3
 OBLIQUE_DEGREES = (2.0, 7.0)  # tilt of odd-numbered subjects
-DISPLACEMENT_MM = (1.5, 3.0)  # std of the coarse displacement field
+DISPLACEMENT_MM = (1.5, 4.0)  # std of the coarse displacement field
 COARSE_NODES = 5  # control points per axis of the displacement field
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
@@ -248,7 +248,7 @@ def template_coordinates(
     world = grid affine @ voxel; the inverse deformation adds a smooth displacement
     and a global scale about ``centre``; then the template's inverse affine.
     """
-    scale = rng.uniform(0.93, 1.07, size=3)
+    scale = rng.uniform(0.88, 1.08, size=3)
     disp_std = float(rng.uniform(*DISPLACEMENT_MM))
     inv = np.linalg.inv(template_affine)
     axes = [np.arange(n, dtype=np.float32) for n in grid.shape]
