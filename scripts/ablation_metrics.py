@@ -151,4 +151,6 @@ def case_scores(
         "surface_dice": {float(t): dict(zip(labels, by_label)) for t, by_label in zip(tolerances_mm, zip(*surface))},
         "counts": boundary_counts(pred, ref, bins, labels, len(edges)),
         "voxels_per_bin": np.bincount(bins[ref != 0], minlength=len(edges))[: len(edges)],
+        # tissue predicted in the background beyond the brain's rim: not a boundary error
+        "far_false_positives": int(np.count_nonzero((bins < 0) & (pred != 0))),
     }

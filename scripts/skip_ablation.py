@@ -5,8 +5,8 @@ Trains the same network (``configs/demo.yaml``) in several arms that differ only
 what the skips are (``model.skip_mode``, see :mod:`brainseg.model.unet`), with the same
 time budget and the same seeds, then scores every arm on held-out subjects::
 
-    python scripts/skip_ablation.py --out ablation/                   # full run (~25 min on 2 cores)
-    python scripts/skip_ablation.py --quick --out ablation_quick/     # 3 arms x 1 seed x 2 min (~9 min)
+    python scripts/skip_ablation.py --out ablation/                   # 3 arms x 2 seeds x 2.5 min (~25 min on 2 cores)
+    python scripts/skip_ablation.py --quick --out ablation_quick/     # 3 arms x 1 seed x 2 min (~10 min)
     python scripts/skip_ablation.py --minutes 5 --seeds 3 --out DIR   # more budget, more seeds
     python scripts/skip_ablation.py --data MSD_ROOT --out DIR         # own data (imagesTs + labelsTs held out)
 
@@ -24,7 +24,9 @@ Arms (``--arms``, default ``concat,none,lowpass``):
 
 Per arm and seed, on the held-out subjects (each in its own voxel grid): Dice, HD95,
 surface Dice at 1 mm (and 2 mm) tolerance, Dice per distance-to-boundary bin
-(:mod:`ablation_metrics`), and the same network's Dice on its own training subjects
+(:mod:`ablation_metrics`; pooled over the tissues and the held-out subjects: all tissue
+voxels at that distance, so a tissue absent from a bin does not move the curve), and
+the same network's Dice on its own training subjects
 (the train - held-out gap tests the regulariser hypothesis). Everything goes to
 ``OUT/report.json``, ``OUT/report.md`` and ``OUT/*.png`` (:mod:`ablation_report`);
 runs, masks and data stay under ``OUT/work/`` (a finished run is reused on a rerun).
@@ -60,9 +62,10 @@ ARMS = {
     "add": (["model.skip_mode=add"], "additive skips: encoder features added to the upsampled ones"),
 }
 QUICK = {"minutes": 2.0, "seeds": 1, "n": 8}
-FULL = {"minutes": 3.0, "seeds": 2, "n": 10}
+FULL = {"minutes": 2.5, "seeds": 2, "n": 10}
 TOLERANCES_MM = (1.0, 2.0)
-SCALARS = ("dice", "heldout_dice", "train_dice", "gap", "hd95", "surface_dice", "surface_dice_2mm", "steps")
+SCALARS = ("dice", "heldout_dice", "train_dice", "gap", "hd95", "hd95_n_inf", "surface_dice", "surface_dice_2mm",
+           "far_false_positives", "steps")
 
 
 def log(msg: str) -> None:
@@ -115,11 +118,12 @@ def train_arm(arm: str, seed: int, data: Path, work: Path, minutes: float, devic
     info_path = run_dir / "ablation_run.json"
     if (run_dir / "checkpoint_final.pt").is_file() and info_path.is_file():
         log(f"{arm} seed {seed}: finished run found in {run_dir}, reused")
-        return json.loads(info_path.read_text())
+        return {**json.loads(info_path.read_text()), "reused": True}
     if run_dir.exists():
         shutil.rmtree(run_dir)  # an unfinished run of this script: start it again
     log(f"{arm} seed {seed}: training {minutes:g} min ({' '.join(overrides[:-1])})")
     load_before = os.getloadavg()[0]
+    started = time.perf_counter()
     summary = train(data, run_dir, cfg, device=device, max_minutes=minutes, progress=False)
     info = {
         "run_dir": str(run_dir),
@@ -129,8 +133,10 @@ def train_arm(arm: str, seed: int, data: Path, work: Path, minutes: float, devic
         "seconds_per_step": 60.0 * float(summary["minutes"]) / max(int(summary["steps"]), 1),
         "load_1min_before": load_before,
         "load_1min_after": os.getloadavg()[0],
+        "train_wall_seconds": time.perf_counter() - started,
     }
     info_path.write_text(json.dumps(info, indent=1))
+    info["reused"] = False
     log(f"{arm} seed {seed}: {info['steps']} steps ({info['seconds_per_step']:.2f} s/step)")
     return info
 
@@ -155,7 +161,7 @@ def evaluate_arm(run_dir: Path, train_cases, heldout, labels, device: str) -> di
             write_image(masks / f"{case.case_id}.nii.gz", pred, geometry)
         return case_scores(pred, ref, ref_geometry.spacing, labels, TOLERANCES_MM, DISTANCE_EDGES_MM, boundaries)
 
-    held = [score(c, True) for c in heldout]
+    held = {c.case_id: score(c, True) for c in heldout}
     trained = [score(c, False) for c in train_cases if c.case_id in trained_ids]
     return summarise_run(held, trained, labels)
 
@@ -168,8 +174,9 @@ def _case_mean(scores: list[dict], key: str, tolerance: float | None = None) -> 
     return float(np.mean(values))
 
 
-def summarise_run(held: list[dict], trained: list[dict], labels) -> dict:
-    """One run's numbers: means over cases of the mean over foreground labels."""
+def summarise_run(by_case: dict[str, dict], trained: list[dict], labels) -> dict:
+    """One run's numbers: means over cases of the mean over foreground labels, and each held-out case's."""
+    held = list(by_case.values())
     heldout_dice = _case_mean(held, "dice")
     train_dice = _case_mean(trained, "dice") if trained else float("nan")
     hd = [v for s in held for v in s["hd95"].values()]
@@ -189,9 +196,19 @@ def summarise_run(held: list[dict], trained: list[dict], labels) -> dict:
         "dice_per_label": {str(v): float(np.mean([s["dice"][v] for s in held])) for v in labels},
         "train_dice_per_label": {str(v): float(np.mean([s["dice"][v] for s in trained])) for v in labels}
         if trained else {},
-        "boundary_dice": [float(x) for x in np.nanmean(by_bin, axis=0)],
+        "boundary_dice": [float(x) for x in dice_by_distance(counts.sum(axis=0))],  # pooled over tissues too
         "boundary_dice_per_label": {str(v): [float(x) for x in row] for v, row in zip(labels, by_bin)},
         "boundary_voxel_share": [float(x) for x in voxels / max(voxels.sum(), 1)],
+        "far_false_positives": float(np.mean([s["far_false_positives"] for s in held])),
+        "cases": {
+            cid: {
+                "dice": {str(v): s["dice"][v] for v in labels},
+                "hd95": {str(v): s["hd95"][v] for v in labels},
+                "surface_dice": {str(v): s["surface_dice"][1.0][v] for v in labels},
+                "far_false_positives": s["far_false_positives"],
+            }
+            for cid, s in by_case.items()
+        },
         "n_heldout": len(held),
         "n_train": len(trained),
     }
@@ -317,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         "arms": results,
     }
     report["figures"] = write_figures(report, out, heldout[0])
-    report["wall_seconds"] = time.perf_counter() - started
+    report["wall_seconds"] = time.perf_counter() - started  # this invocation (reused runs were trained before)
+    report["runs_reused"] = sum(r["reused"] for a in results.values() for r in a["per_seed"])
     report = _finite(report)
     (out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
     write_markdown(report, out / "report.md")

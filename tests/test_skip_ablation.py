@@ -246,6 +246,8 @@ def test_script_runs_end_to_end_on_tiny_settings(tmp_path):
         assert run["steps"] > 0 and len(run["boundary_dice"]) == n_bins
         assert res_arm["mean"]["dice"] == pytest.approx(run["dice"]) and res_arm["std"]["dice"] is None
         assert (Path(run["run_dir"]) / "heldout_masks" / "demo_002.nii.gz").is_file()
+        assert set(run["cases"]) == {"demo_002"} and set(run["cases"]["demo_002"]["dice"]) == {"1", "2", "3"}
+    assert report["runs_reused"] == 0
     assert "vs_concat" in report["arms"]["none"] and "vs_concat" not in report["arms"]["concat"]
     for name in ("dice_vs_distance.png", "train_vs_heldout.png", "slices.png", "report.md"):
         assert (out / name).stat().st_size > 1000, name
