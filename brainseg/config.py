@@ -24,8 +24,9 @@ from .errors import BrainsegError
 class DataConfig:
     #: Voxel size (mm) everything is resampled to; null = the training set's median.
     target_spacing: list[float] | None = None
-    #: Intensity normalisation per channel: "zscore" over the foreground (non-zero)
-    #: voxels of the whole volume, or "none".
+    #: Intensity normalisation per channel, with the foreground's statistics over the whole
+    #: volume: "zscore" (mean, std), "quantile" (percentiles mapped onto a standard normal's:
+    #: unchanged by scale, offset, gamma or contrast changes) or "none".
     normalization: str = "zscore"
     #: Crop each case to the bounding box of its non-zero voxels before training/inference.
     crop_to_nonzero: bool = True

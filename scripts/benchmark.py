@@ -64,6 +64,7 @@ figure. ``--max-load`` waits (up to ``--max-wait`` s) for a quiet machine first.
 from __future__ import annotations
 
 import argparse
+import functools
 import csv
 import json
 import math
@@ -380,21 +381,20 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def foreground_zscore(data: dict) -> dict:
+def foreground_zscore(data: dict, scheme: str = "zscore") -> dict:
     """The MONAI pipeline's normalisation step: brainseg's rule (background kind decided on the
     raw scan, statistics over the foreground, every voxel normalised), in place on the MetaTensor
     so Invertd still sees every spatial transform. Adds ``zero_background`` and ``background``
     (the value of a raw 0 after normalisation, or the noisy background's median)."""
     import torch
 
-    from brainseg.data.foreground import background_values, has_zero_background, threshold_mask, zscore_foreground
+    from brainseg.data.foreground import background_values, has_zero_background, normalise, threshold_mask
 
     image = data["image"]
     arr = image.detach().cpu().numpy().astype(np.float32, copy=False)
     zero_bg = has_zero_background(data["raw"].detach().cpu().numpy())
     fg = np.any(arr != 0, axis=0) if zero_bg else threshold_mask(arr)
-    out, means, stds = zscore_foreground(arr, fg)
-    raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
+    out, _, _, raw_zero = normalise(arr, fg, scheme)
     image[...] = torch.from_numpy(out)
     data["zero_background"] = zero_bg
     data["background"] = background_values(out, raw_zero, fg, zero_bg)[0]  # sliding_window_inference takes one cval
@@ -425,7 +425,8 @@ class MonaiReference:
             T.Spacingd(keys="image", pixdim=card["spacing"], mode="bilinear"),
             # "monai": the tutorials' NormalizeIntensityd(nonzero) for a network trained with it
             # (scripts/_generalisation_monai.py); "brainseg": the rule brainseg's networks learnt
-            foreground_zscore if normalization == "brainseg" else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+            functools.partial(foreground_zscore, scheme=card.get("normalization", {}).get("scheme", "zscore"))
+            if normalization == "brainseg" else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
         ]
         self.pre = T.Compose(steps)
         self.post = T.Compose([

@@ -16,7 +16,7 @@ import torch
 
 from brainseg.config import AugmentConfig, load_config
 from brainseg.data import augment
-from brainseg.data.foreground import foreground_mask, has_zero_background, threshold_mask
+from brainseg.data.foreground import far_background, foreground_mask, has_zero_background, threshold_mask
 from brainseg.data.patches import extract_patch
 from brainseg.data.preprocess import preprocess
 from brainseg.infer.sliding_window import SlidingWindow
@@ -79,6 +79,12 @@ def test_normalisation_is_the_same_with_and_without_background_noise(subjects):
     assert np.all(b[0][lab_b == 0][:100] == np.float32(rec_b.background[0]))
     assert rec_b.background[0] < -1.0  # below the brain's mean, as raw 0 is
     assert rec_a.background[0] < -1.0 and np.std(a[0][lab_a == 0]) > 0.01  # noise stays noise
+    # noise farther than the margin from the foreground is one constant (the recorded
+    # background), found again by far_background, and never within the brain
+    far = far_background(a, rec_a.background, rec_a.zero_background)
+    assert 0.05 < far.mean() < 0.9 and not far[lab_a > 0].any()
+    assert np.all(a[0][far] == np.float32(rec_a.background[0]))
+    assert far_background(b, rec_b.background, rec_b.zero_background) is None
     # the crop keeps the whole brain with a margin on the noisy scan
     for axis, (lo, hi) in enumerate(rec_a.bbox):
         brain_ras = lab_a > 0
@@ -155,3 +161,24 @@ def test_input_mask_rule_applies_only_to_zero_background_scans(subjects, tiny_ch
 def test_config_has_the_new_augmentations():
     cfg = load_config(None, ["augment.p_lowres=0.5", "augment.background_noise_std=[0.1, 0.2]"])
     assert cfg.augment.p_lowres == 0.5 and cfg.augment.background_noise_std == [0.1, 0.2]
+
+
+def test_quantile_normalisation_undoes_monotone_intensity_changes(subjects):
+    """The rank-based z-score gives (nearly) the same brain whatever scale, offset and gamma
+    the scan has; the plain z-score does not undo a gamma."""
+    from brainseg.data.foreground import normalise
+
+    image, labels, *_ = subjects[0]
+    brain = labels > 0
+    changed = (np.power(image / image.max(), 1.5) * 900.0 + 40.0) * brain
+    ref, *_ = normalise(image[None], brain, "quantile")
+    out, _, _, raw_zero = normalise(changed[None].astype(np.float32), brain, "quantile")
+    q_err = np.abs(out[0][brain] - ref[0][brain]).mean()
+    z_ref, *_ = normalise(image[None], brain, "zscore")
+    z_out, *_ = normalise(changed[None].astype(np.float32), brain, "zscore")
+    z_err = np.abs(z_out[0][brain] - z_ref[0][brain]).mean()
+    assert q_err < 0.02 and q_err < 0.5 * z_err, (q_err, z_err)
+    # a raw 0 becomes exactly the value of the volume's zeros (patch padding, background noise)
+    assert np.all(out[0][~brain] == raw_zero[0]) and raw_zero[0] < -2.0
+    with pytest.raises(ValueError, match="unknown normalization"):
+        normalise(image[None], brain, "minmax")

@@ -16,6 +16,7 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
 
 from ..config import AugmentConfig
 
@@ -97,12 +98,21 @@ def intensity(
     return image
 
 
+#: Background noise reaches this many voxels from the subject (preprocessing keeps a noisy
+#: scan's noise within 5 mm of its foreground, about 3 voxels, and makes the rest constant).
+BACKGROUND_NOISE_REACH = 3
+
+
 def add_background_noise(image: np.ndarray, background: list[float], sigma: float, rng: np.random.Generator) -> None:
-    """In place: where channel c equals ``background[c]`` exactly, add the magnitude of complex
-    Gaussian noise (Rayleigh, sigma * sqrt(chi2 with 2 degrees of freedom)) - what an MR
-    magnitude image shows where there is no signal."""
+    """In place: where channel c equals ``background[c]`` exactly and lies within
+    ``BACKGROUND_NOISE_REACH`` voxels of the subject, add the magnitude of complex Gaussian
+    noise (Rayleigh, sigma * sqrt(chi2 with 2 degrees of freedom)) - what an MR magnitude
+    image shows there, as preprocessing leaves a noisy scan."""
     for c, value in enumerate(background):
         where = image[c] == np.float32(value)
+        if where.all():
+            continue
+        where &= ndimage.binary_dilation(~where, iterations=BACKGROUND_NOISE_REACH)
         n = int(np.count_nonzero(where))
         if n:
             noise = np.sqrt(rng.standard_normal(n, dtype=np.float32) ** 2 + rng.standard_normal(n, dtype=np.float32) ** 2)

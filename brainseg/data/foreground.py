@@ -101,6 +101,23 @@ def foreground_mask(data: np.ndarray, zero_background: bool) -> np.ndarray:
     return threshold_mask(data)
 
 
+def beyond_margin(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
+    """Voxels farther than ``margin_mm`` (Euclidean, in mm) from every voxel of ``mask``."""
+    if not mask.any():
+        return np.zeros(mask.shape, dtype=bool)
+    return ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing]) > float(margin_mm)
+
+
+def far_background(image: np.ndarray, background, zero_background: bool) -> np.ndarray | None:
+    """On a preprocessed noisy-background (C, X, Y, Z) case, the voxels preprocessing set to the
+    background constant (farther than the margin from the foreground): background by
+    construction. None for an exact-zero background (its input-mask rule works on the scan)."""
+    if zero_background:
+        return None
+    fill = np.asarray(background, dtype=np.float32).reshape(-1, 1, 1, 1)
+    return np.all(np.asarray(image) == fill, axis=0)
+
+
 def mask_bbox(mask: np.ndarray, margin: int = 0) -> list[list[int]]:
     """[start, stop) box of a boolean (X, Y, Z) mask grown by ``margin`` voxels (inside the
     volume); the whole volume if the mask is empty."""
@@ -131,6 +148,58 @@ def zscore_foreground(data: np.ndarray, mask: np.ndarray | None = None) -> tuple
         means.append(mean)
         stds.append(std)
     return out, means, stds
+
+
+#: Percentile levels of the ``quantile`` scheme's landmarks.
+QUANTILE_LEVELS = (0.5, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 98.0, 99.5)
+NORMALIZATIONS = ("zscore", "quantile", "none")
+
+
+def _quantile_map(x: np.ndarray, landmarks: np.ndarray, targets: np.ndarray, std: float) -> np.ndarray:
+    """Piecewise-linear map of ``x`` through (landmarks -> targets); beyond the end landmarks
+    the z-score slope 1/std continues the line. float32 in, float32 out."""
+    out = np.interp(x, landmarks, targets).astype(np.float32)
+    low, high = x < landmarks[0], x > landmarks[-1]
+    out[low] = (targets[0] + (x[low] - landmarks[0]) / std).astype(np.float32)
+    out[high] = (targets[-1] + (x[high] - landmarks[-1]) / std).astype(np.float32)
+    return out
+
+
+def normalise(
+    data: np.ndarray, mask: np.ndarray, scheme: str
+) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
+    """Normalise every voxel of (C, X, Y, Z) with statistics of the voxels in ``mask``.
+
+    ``zscore``: (x - mean) / std (nnU-Net's MR scheme). ``quantile``: a rank-based z-score,
+    the foreground's percentiles (``QUANTILE_LEVELS``) mapped piecewise linearly onto those
+    of a standard normal distribution (the same as ``zscore`` for Gaussian intensities, and
+    unchanged by any monotone intensity change: scale, offset, gamma, a contrast curve;
+    Nyul-Udupa-style histogram standardisation). ``none``: unchanged. Returns
+    ``(normalised, means, stds, raw_zero)`` with ``raw_zero`` (C,) the value a raw 0 becomes,
+    bit for bit as in the volume.
+    """
+    from scipy.special import ndtri
+
+    if scheme not in NORMALIZATIONS:
+        raise ValueError(f"unknown normalization {scheme!r}; known: {', '.join(NORMALIZATIONS)}")
+    if scheme == "none":
+        c = data.shape[0]
+        return np.ascontiguousarray(data, dtype=np.float32), [0.0] * c, [1.0] * c, np.zeros(c, np.float32)
+    out, means, stds = zscore_foreground(data, mask)
+    raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
+    if scheme == "quantile":
+        targets = ndtri(np.asarray(QUANTILE_LEVELS) / 100.0)
+        raw_zero = np.empty(data.shape[0], dtype=np.float32)
+        for c in range(data.shape[0]):
+            vals = data[c][mask] if mask.any() else data[c].ravel()
+            if vals.size > SAMPLE:
+                vals = vals[:: int(np.ceil(vals.size / SAMPLE))]
+            landmarks = np.percentile(vals, QUANTILE_LEVELS).astype(np.float64)
+            # strictly increasing landmarks (ties, e.g. a flat histogram, get tiny steps)
+            landmarks = np.maximum.accumulate(landmarks) + np.arange(len(landmarks)) * 1e-6 * max(stds[c], 1e-6)
+            out[c] = _quantile_map(data[c].astype(np.float32, copy=False), landmarks, targets, stds[c])
+            raw_zero[c] = _quantile_map(np.zeros(1, dtype=np.float32), landmarks, targets, stds[c])[0]
+    return out, means, stds, raw_zero
 
 
 def background_values(img: np.ndarray, raw_zero: float | np.ndarray, fg: np.ndarray, zero_background: bool) -> list[float]:

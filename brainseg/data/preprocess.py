@@ -14,13 +14,19 @@ Steps, in order:
    background is exactly 0 (skull-stripped) or noise (a raw magnitude image); the
    foreground is then the non-zero voxels or a robust threshold mask.
    **Crop** to the foreground's bounding box (grown by ``CROP_MARGIN_MM`` when the
-   background is noise, so a dim rim the threshold missed stays inside).
-4. **Normalise** each channel by z-score with the mean and standard deviation of
-   its foreground voxels in the *whole volume* (never per patch: that gives block
-   artefacts), applied to every voxel: background voxels are normalised the same
-   way in training and inference (an exact-zero background becomes one constant,
-   ``record.background``, which is also what patches and sliding windows are padded
-   with beyond the crop box).
+   background is noise, so a dim rim the threshold missed stays inside). On a noisy
+   scan the noise farther than that margin from the foreground is replaced by the
+   background's median: what lies far from the subject looks the same on every scan
+   (one constant), and a window entirely outside the subject is never pure noise,
+   which instance norm would blow up to unit variance.
+4. **Normalise** each channel with statistics of its foreground voxels in the *whole
+   volume* (never per patch: that gives block artefacts), applied to every voxel
+   (:func:`~brainseg.data.foreground.normalise`): ``zscore`` (mean and std) or
+   ``quantile`` (the foreground's percentiles mapped onto a standard normal's: a z-score
+   that no monotone intensity change - scale, offset, gamma, contrast - moves).
+   Background voxels are normalised the same way in training and inference (an
+   exact-zero background becomes one constant, ``record.background``, which is also
+   what patches and sliding windows are padded with beyond the crop box).
 
 A :class:`PreprocessRecord` stores what was done. :func:`invert_to_original` takes
 class scores on the preprocessed grid back to the scan's own grid: un-crop, resample
@@ -39,7 +45,8 @@ import numpy as np
 import torch
 
 from ..io import Geometry
-from .foreground import background_values, has_zero_background, mask_bbox, threshold_mask, zero_voxels, zscore_foreground
+from .foreground import background_values, beyond_margin, has_zero_background, mask_bbox, normalise, threshold_mask, zero_voxels
+from .foreground import zscore_foreground  # noqa: F401  (re-exported)
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_RTOL = 0.01
@@ -248,16 +255,11 @@ def preprocess(
     img, fg = crop(img, bbox), crop(fg, bbox)
     if lab is not None:
         lab = np.ascontiguousarray(crop(lab, bbox))
-    if normalization == "zscore":
-        img, means, stds = zscore_foreground(img, fg)
-        raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
-    elif normalization == "none":
-        img = np.ascontiguousarray(img, dtype=np.float32)
-        means, stds = [0.0] * img.shape[0], [1.0] * img.shape[0]
-        raw_zero = np.float32(0.0)
-    else:
-        raise ValueError(f"unknown normalization {normalization!r}")
+    img, means, stds, raw_zero = normalise(img, fg, normalization)
     background = background_values(img, raw_zero, fg, zero_bg)
+    if not zero_bg:  # noise farther than the margin from the subject becomes its median: one constant
+        far = beyond_margin(fg, target, CROP_MARGIN_MM)
+        img[:, far] = np.asarray(background, dtype=np.float32)[:, None]
     record = PreprocessRecord(
         original_shape=[int(s) for s in data.shape[1:]],
         ornt=np.asarray(ornt).tolist(),

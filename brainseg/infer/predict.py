@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, config_from_dict, load_config
 from ..data.discovery import Case, discover_inputs
+from ..data.foreground import far_background
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError, InputError, one_line
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, write_image
@@ -216,8 +217,10 @@ class Predictor:
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
+        far = far_background(image, record.pad_values(), record.zero_background)
+
         def step(batch_windows: int, device: torch.device) -> np.ndarray:
-            probs = softmax_(self._logits(tensor, record, batch_windows, device))
+            probs = force_background_(softmax_(self._logits(tensor, record, batch_windows, device)), far)
             return classes_in_original_grid(probs, record, nonzero, input_mask)
 
         return run_with_oom_fallback(step, attempts, self.log)
@@ -238,14 +241,16 @@ class Predictor:
         output_device = self.device if on_gpu else torch.device("cpu")
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        far = far_background(image, record.pad_values(), record.zero_background)
         return run_with_oom_fallback(
-            lambda bw, dev: self._probabilities_once(tensor, record, bw, dev), attempts, self.log
+            lambda bw, dev: self._probabilities_once(tensor, record, bw, dev, far), attempts, self.log
         )
 
     def _probabilities_once(
-        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
+        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device,
+        far: np.ndarray | None,
     ) -> np.ndarray:
-        probs = torch.softmax(self._logits(image, record, batch_windows, output_device), dim=0)
+        probs = force_background_(torch.softmax(self._logits(image, record, batch_windows, output_device), dim=0), far)
         return invert_to_original(probs, record).cpu().numpy()
 
     def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
@@ -262,6 +267,17 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     logits.exp_()
     logits /= logits.sum(dim=0, keepdim=True)
     return logits
+
+
+@torch.inference_mode()  # the sliding window's output is an inference tensor
+def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
+    """In place: the background one-hot where ``far`` (a noisy scan's far background, see
+    :func:`~brainseg.data.foreground.far_background`); ``probs`` is (C, x, y, z)."""
+    if far is not None and far.any():
+        where = torch.from_numpy(far).to(probs.device)
+        probs[:, where] = 0.0
+        probs[0, where] = 1.0
+    return probs
 
 
 def classes_in_original_grid(

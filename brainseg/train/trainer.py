@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from ..config import Config, dump_config, load_config
 from ..data.cache import CachedCase, cache_cases, median_spacing
 from ..data.discovery import Case, discover_dataset
+from ..data.foreground import far_background
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..errors import BrainsegError
 from ..infer.sliding_window import SlidingWindow
@@ -382,8 +383,9 @@ class Trainer:
                 fill = np.asarray(background, dtype=np.float32).reshape(-1, 1, 1, 1)
                 nonzero = np.any(image != fill, axis=0)
                 pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
-            else:
+            else:  # and, as predict does, the far background is background
                 pred = labels_within_input(logits, None, "none")
+                pred[far_background(image, background, False)] = 0
             for c, d in dice_per_class(pred, seg, classes).items():
                 scores[c].append(d)
         self.model.train()
