@@ -81,10 +81,10 @@ def test_normalisation_is_the_same_with_and_without_background_noise(subjects):
     assert rec_a.background[0] < -1.0 and np.std(a[0][lab_a == 0]) > 0.01  # noise stays noise
     # noise farther than the margin from the foreground is one constant (the recorded
     # background), found again by far_background, and never within the brain
-    far = far_background(a, rec_a.background, rec_a.zero_background)
+    far = far_background(a, rec_a.background, rec_a.far_constant)
     assert 0.05 < far.mean() < 0.9 and not far[lab_a > 0].any()
     assert np.all(a[0][far] == np.float32(rec_a.background[0]))
-    assert far_background(b, rec_b.background, rec_b.zero_background) is None
+    assert far_background(b, rec_b.background, rec_b.far_constant) is None
     # the crop keeps the whole brain with a margin on the noisy scan
     for axis, (lo, hi) in enumerate(rec_a.bbox):
         brain_ras = lab_a > 0

@@ -95,8 +95,9 @@ def cache_case(
         "normalization": normalization,
         "crop": crop_to_nonzero,
         # 3: resampling keeps the first voxel centre, exact target spacing;
-        # 4: foreground per background kind, every voxel normalised, background value recorded
-        "version": 4,
+        # 4: foreground per background kind, every voxel normalised, background value recorded;
+        # 5: far noise set to the background constant (record.far_constant)
+        "version": 5,
     }
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"

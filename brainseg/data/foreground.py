@@ -108,11 +108,11 @@ def beyond_margin(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
     return ndimage.distance_transform_edt(~mask, sampling=[float(s) for s in spacing]) > float(margin_mm)
 
 
-def far_background(image: np.ndarray, background, zero_background: bool) -> np.ndarray | None:
-    """On a preprocessed noisy-background (C, X, Y, Z) case, the voxels preprocessing set to the
-    background constant (farther than the margin from the foreground): background by
-    construction. None for an exact-zero background (its input-mask rule works on the scan)."""
-    if zero_background:
+def far_background(image: np.ndarray, background, far_constant: bool) -> np.ndarray | None:
+    """On a preprocessed noisy-background (C, X, Y, Z) case whose far noise was set to the
+    background constant (``record.far_constant``), those voxels: background by construction.
+    None otherwise (an exact-zero background's input-mask rule works on the scan itself)."""
+    if not far_constant:
         return None
     fill = np.asarray(background, dtype=np.float32).reshape(-1, 1, 1, 1)
     return np.all(np.asarray(image) == fill, axis=0)

@@ -15,7 +15,7 @@ Steps, in order:
    foreground is then the non-zero voxels or a robust threshold mask.
    **Crop** to the foreground's bounding box (grown by ``CROP_MARGIN_MM`` when the
    background is noise, so a dim rim the threshold missed stays inside). On a noisy
-   scan the noise farther than that margin from the foreground is replaced by the
+   scan (when cropping) the noise farther than that margin from the foreground is replaced by the
    background's median: what lies far from the subject looks the same on every scan
    (one constant), and a window entirely outside the subject is never pure noise,
    which instance norm would blow up to unit variance.
@@ -71,6 +71,9 @@ class PreprocessRecord:
     zero_background: bool = True
     #: Per channel, the normalised value of the background: the padding value.
     background: list[float] = field(default_factory=list)
+    #: Whether noise farther than CROP_MARGIN_MM from the foreground was set to the background
+    #: (noisy scans, when cropping): those voxels are background by construction.
+    far_constant: bool = False
 
     def pad_values(self) -> list[float]:
         """Per channel, what lies beyond the crop box in normalised units (0 for old records)."""
@@ -257,7 +260,8 @@ def preprocess(
         lab = np.ascontiguousarray(crop(lab, bbox))
     img, means, stds, raw_zero = normalise(img, fg, normalization)
     background = background_values(img, raw_zero, fg, zero_bg)
-    if not zero_bg:  # noise farther than the margin from the subject becomes its median: one constant
+    far_constant = not zero_bg and crop_to_nonzero
+    if far_constant:  # noise farther than the margin from the subject becomes its median: one constant
         far = beyond_margin(fg, target, CROP_MARGIN_MM)
         img[:, far] = np.asarray(background, dtype=np.float32)[:, None]
     record = PreprocessRecord(
@@ -272,6 +276,7 @@ def preprocess(
         norm_std=stds,
         zero_background=bool(zero_bg),
         background=background,
+        far_constant=bool(far_constant),
     )
     return img, lab, record
 

@@ -217,7 +217,7 @@ class Predictor:
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
 
-        far = far_background(image, record.pad_values(), record.zero_background)
+        far = far_background(image, record.pad_values(), record.far_constant)
 
         def step(batch_windows: int, device: torch.device) -> np.ndarray:
             probs = force_background_(softmax_(self._logits(tensor, record, batch_windows, device)), far)
@@ -241,7 +241,7 @@ class Predictor:
         output_device = self.device if on_gpu else torch.device("cpu")
         attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
         tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        far = far_background(image, record.pad_values(), record.zero_background)
+        far = far_background(image, record.pad_values(), record.far_constant)
         return run_with_oom_fallback(
             lambda bw, dev: self._probabilities_once(tensor, record, bw, dev, far), attempts, self.log
         )

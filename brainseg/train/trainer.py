@@ -385,7 +385,9 @@ class Trainer:
                 pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
             else:  # and, as predict does, the far background is background
                 pred = labels_within_input(logits, None, "none")
-                pred[far_background(image, background, False)] = 0
+                far = far_background(image, background, case.record.far_constant)
+                if far is not None:
+                    pred[far] = 0
             for c, d in dice_per_class(pred, seg, classes).items():
                 scores[c].append(d)
         self.model.train()
