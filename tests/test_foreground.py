@@ -16,7 +16,7 @@ import torch
 
 from brainseg.config import AugmentConfig, load_config
 from brainseg.data import augment
-from brainseg.data.foreground import far_background, foreground_mask, has_zero_background, threshold_mask
+from brainseg.data.foreground import far_background, has_zero_background, threshold_mask
 from brainseg.data.patches import extract_patch
 from brainseg.data.preprocess import preprocess
 from brainseg.infer.sliding_window import SlidingWindow
@@ -46,7 +46,7 @@ def test_background_kind_is_decided_per_case(subjects):
 def test_threshold_foreground_is_the_brain_whatever_the_scale_and_offset(subjects):
     for image, labels, *_ in subjects[1:]:
         brain = labels > 0
-        mask = foreground_mask(image[None], zero_background=False)
+        mask = threshold_mask(image[None])
         assert _dice(mask, brain) > 0.98
         rescaled = threshold_mask((image * 731.0 + 55.0)[None])
         assert _dice(rescaled, mask) > 0.999

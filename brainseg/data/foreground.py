@@ -9,9 +9,9 @@ Two kinds of scan reach brainseg:
   exactly 0, and "non-zero" means the whole field of view.
 
 :func:`has_zero_background` decides which kind a case is (per case, recorded in its
-preprocessing record), and :func:`foreground_mask` returns the foreground used for
-cropping and for the normalisation statistics: the non-zero voxels for the first
-kind; for the second a robust intensity threshold (20 % of the way from the 2nd to
+preprocessing record); the foreground used for cropping and for the normalisation
+statistics is the non-zero voxels for the first kind (see preprocess, which resamples
+them first) and :func:`threshold_mask` for the second: a robust intensity threshold (20 % of the way from the 2nd to
 the 98th percentile, per channel, union over channels; FSL BET uses 10 %, which the
 tail of a strong Rician background crosses), an opening, the largest connected
 component, a small closing and the holes filled (as nnU-Net fills the holes of its
@@ -89,16 +89,6 @@ def threshold_mask(data: np.ndarray) -> np.ndarray:
     mask = _largest_component(mask)
     mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
     return ndimage.binary_fill_holes(mask)
-
-
-def foreground_mask(data: np.ndarray, zero_background: bool) -> np.ndarray:
-    """Boolean (X, Y, Z) foreground of a (C, X, Y, Z) case on its own grid; the whole volume if
-    it would be empty. (Preprocessing, which resamples, takes the non-zero region's resampled
-    mask >= 0.5 for an exact-zero background instead, so the interpolated rim stays out.)"""
-    if zero_background:
-        mask = ~zero_voxels(data)
-        return mask if mask.any() else np.ones(mask.shape, dtype=bool)
-    return threshold_mask(data)
 
 
 def beyond_margin(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:
