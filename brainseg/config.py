@@ -57,30 +57,43 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
+    """Training-patch augmentation: ``p_*`` is the probability that a patch gets one, the
+    second block their strengths. Flips (each axis on its own), rotation (uniform in
+    +-``rotate_degrees`` about each axis), isotropic zoom (``scale_range``), gamma over
+    each channel's [min, max] keeping the patch's mean and std (as nnU-Net), brightness
+    (multiplicative), contrast about the patch mean (clipped to its range), Gaussian noise
+    (std up to ``noise_std``, normalised units), Gaussian blur (sigma in voxels), a smooth
+    multiplicative bias field (log-amplitude up to ``bias_strength``), Rician noise over an
+    exact-zero background (skull-stripped cases only, so the network also knows scans
+    whose background is noise; normalised units) and a low-resolution simulation
+    (down-sampled by ``lowres_zoom`` per axis by averaging, then trilinearly back up).
+    """
+
     enabled: bool = True
-    p_flip: float = 0.5
+    # how often: spatial
+    p_flip: float = 0.5  # each axis on its own
     p_rotate: float = 0.2
-    rotate_degrees: float = 15.0
     p_scale: float = 0.2
-    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.25])
-    p_gamma: float = 0.3
-    gamma_range: list[float] = field(default_factory=lambda: [0.6, 1.6])
+    # intensity
+    p_gamma: float = 0.3  # of each channel
     p_brightness: float = 0.15
-    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
     p_contrast: float = 0.15
-    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
-    p_noise: float = 0.1
-    noise_std: float = 0.1
+    # acquisition
+    p_noise: float = 0.1  # Gaussian, additive
     p_blur: float = 0.2
-    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
     p_bias: float = 0.3
-    bias_strength: float = 0.5
-    #: Rician noise over an exact-zero background (skull-stripped cases only), so the network
-    #: also knows scans whose background is noise; std in normalised units.
     p_background_noise: float = 0.3
-    background_noise_std: list[float] = field(default_factory=lambda: [0.02, 0.3])
-    #: Low-resolution simulation: down-sample by a factor per axis (area), then back up (trilinear).
     p_lowres: float = 0.25
+    # how strong
+    rotate_degrees: float = 15.0
+    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.25])
+    gamma_range: list[float] = field(default_factory=lambda: [0.6, 1.6])
+    brightness_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    contrast_range: list[float] = field(default_factory=lambda: [0.75, 1.25])
+    noise_std: float = 0.1
+    blur_sigma: list[float] = field(default_factory=lambda: [0.5, 1.0])
+    bias_strength: float = 0.5
+    background_noise_std: list[float] = field(default_factory=lambda: [0.02, 0.3])
     lowres_zoom: list[float] = field(default_factory=lambda: [0.5, 1.0])
 
 
@@ -207,6 +220,39 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+#: The allowed values of every enum-like field, checked when a config is loaded.
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("data", "normalization"): ("zscore", "quantile", "none"),
+    ("model", "norm"): ("instance", "batch", "group", "none"),
+    ("model", "skip_mode"): ("concat", "none", "add", "lowpass"),
+    ("train", "optimizer"): ("sgd", "adamw"),
+    ("train", "lr_schedule"): ("poly", "constant"),
+    ("train", "amp"): ("bf16", "fp16", "none"),
+    ("infer", "amp"): ("bf16", "fp16", "none"),
+    ("postprocess", "input_mask"): ("none", "restrict", "fill"),
+}
+
+
+def _check_values(name: str, kwargs: dict[str, Any]) -> None:
+    """One line naming the field and what it may be, for a value outside its range."""
+    for key, value in kwargs.items():
+        allowed = CHOICES.get((name, key))
+        if allowed is not None and value not in allowed:
+            raise BrainsegError(f"config {name}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    for key in ("patch_size",):
+        if key in kwargs and (len(kwargs[key]) != 3 or min(kwargs[key]) < 1):
+            raise BrainsegError(f"config {name}.{key}: expected 3 positive integers, got {kwargs[key]}")
+    for key in ("batch_size", "epochs", "iters_per_epoch", "val_every", "batch_windows", "levels", "base_features"):
+        if key in kwargs and kwargs[key] < 1:
+            raise BrainsegError(f"config {name}.{key}: must be at least 1, got {kwargs[key]}")
+    if name == "infer" and "overlap" in kwargs and not 0.0 <= kwargs["overlap"] < 1.0:
+        raise BrainsegError(f"config infer.overlap: must be in [0, 1), got {kwargs['overlap']}")
+    if name == "data" and kwargs.get("target_spacing") is not None:
+        spacing = kwargs["target_spacing"]
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise BrainsegError(f"config data.target_spacing: expected 3 positive numbers or null, got {spacing}")
+
+
 def _section_from_dict(klass, values: dict, name: str):
     if not isinstance(values, dict):
         raise BrainsegError(f"config section '{name}' must be a mapping")
@@ -219,6 +265,7 @@ def _section_from_dict(klass, values: dict, name: str):
             f"known: {', '.join(sorted(known))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
+    _check_values(name, kwargs)
     return klass(**kwargs)
 
 

@@ -42,11 +42,8 @@ def overlay_png(
     Both files are shown in RAS orientation with their true voxel aspect ratio, cut
     through the centre of the labelled region.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
     from matplotlib.patches import Patch
 
     image, zooms = _canonical(Path(image_path))
@@ -65,7 +62,8 @@ def overlay_png(
         ("coronal", image[:, centre[1], :], labels[:, centre[1], :], zooms[2] / zooms[0]),
         ("sagittal", image[centre[0], :, :], labels[centre[0], :, :], zooms[2] / zooms[1]),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6))
+    fig = Figure(figsize=(12, 4.6))
+    axes = fig.subplots(1, 3)
     for ax, (name, img2d, lab2d, aspect) in zip(axes, views):
         ax.imshow(img2d.T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         ax.imshow(lab2d.T, cmap=cmap, origin="lower", vmin=0, vmax=n, aspect=aspect, interpolation="nearest")
@@ -81,5 +79,4 @@ def overlay_png(
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
     return out_path

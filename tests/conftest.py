@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from brainseg.config import load_config
-from brainseg.model.checkpoint import save_checkpoint, versions
+from brainseg.card import ModelCard, Network, Normalization, package_versions
+from brainseg.data.preprocess import PREPROCESS_VERSION
+from brainseg.model.checkpoint import save_checkpoint
 from brainseg.model.unet import UNet3D
 
 TINY_LABELS = {"0": "background", "1": "a", "2": "b"}
@@ -43,17 +45,17 @@ def make_tiny_checkpoint(
     with torch.no_grad():
         model.heads[0].weight.mul_(20.0)
         model.heads[0].bias.zero_()
-    card = {
-        "format": 1,
-        "model": dict(model.hparams),
-        "labels": labels,
-        "channels": list(channels),
-        "spacing": list(TINY_SPACING),
-        "patch_size": list(TINY_PATCH),
-        "normalization": {"scheme": "zscore", "mask": "nonzero", "crop_to_nonzero": True},
-        "config": load_config().to_dict(),
-        "versions": versions(),
-    }
+    card = ModelCard(
+        network=Network.from_kwargs(model.hparams),
+        labels={int(k): v for k, v in labels.items()},
+        channels=tuple(channels),
+        spacing=tuple(TINY_SPACING),
+        patch_size=tuple(TINY_PATCH),
+        normalization=Normalization(scheme="zscore", mask="foreground", crop_to_nonzero=True),
+        preprocess_version=PREPROCESS_VERSION,
+        config=load_config().to_dict(),
+        versions=package_versions(),
+    ).to_dict()
     return save_checkpoint(path, {"model": model.state_dict(), "card": card})
 
 

@@ -12,7 +12,7 @@ import torch
 from scipy import ndimage
 
 from brainseg.data import augment, patches
-from brainseg.infer.sliding_window import InstanceNormLeakyReLU, fold_batch_norm, fuse_instance_norm
+from brainseg.model.fast_paths import InstanceNormLeakyReLU, fold_batch_norm, fuse_instance_norm
 from brainseg.model.unet import UNet3D
 
 

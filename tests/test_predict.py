@@ -24,9 +24,9 @@ import torch
 
 from brainseg.config import PostprocessConfig, load_config
 from brainseg.errors import BrainsegError
-from brainseg.infer.predict import (
+from brainseg.infer.batch import check_output_folder
+from brainseg.infer.predictor import (
     Predictor,
-    check_output_folder,
     inference_attempts,
     run_with_oom_fallback,
 )
@@ -409,7 +409,7 @@ def test_labels_only_inversion_matches_the_full_probability_path(mode: str):
     """The fast path (only the crop box's region interpolated, argmax there) gives the labels
     the full path (every class map un-cropped, resampled and reoriented) gives."""
     from brainseg.data.preprocess import PreprocessRecord, invert_to_original
-    from brainseg.infer.predict import classes_in_original_grid
+    from brainseg.infer.predictor import classes_in_original_grid
     from brainseg.postprocess import labels_within_input
 
     rng = np.random.default_rng(1)

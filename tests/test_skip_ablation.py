@@ -205,7 +205,12 @@ def test_old_cards_without_skip_mode_still_load(tmp_path):
         net = UNet3D(1, 2, levels=2, base_features=4, skip_connections=skips)
         hparams = dict(net.hparams)
         del hparams["skip_mode"]
-        path = save_checkpoint(tmp_path / f"old_{skips}.pt", {"model": net.state_dict(), "card": {"model": hparams}})
+        card = {  # format 1: the network under "model", no preprocess_version
+            "format": 1, "model": hparams, "labels": {"0": "background", "1": "a"}, "channels": ["T1"],
+            "spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8],
+            "normalization": {"scheme": "zscore", "mask": "nonzero", "crop_to_nonzero": True},
+        }
+        path = save_checkpoint(tmp_path / f"old_{skips}.pt", {"model": net.state_dict(), "card": card})
         model, _ = load_model(path)
         assert model.skip_mode == mode
         x = torch.randn(2, 1, 8, 8, 8)

@@ -18,6 +18,8 @@ import brainseg
 from brainseg.data.demo import make_demo_dataset
 from brainseg.data.loader import PatchDataset
 from brainseg.config import AugmentConfig
+from brainseg.card import CARD_FORMAT, ModelCard
+from brainseg.data.preprocess import PREPROCESS_VERSION
 from brainseg.model.checkpoint import CHECKPOINT_LAST
 
 # A network and schedule small enough for seconds per epoch on 2 CPU cores.
@@ -80,11 +82,15 @@ def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
     assert card["normalization"]["scheme"] == "zscore"
     assert card["config"]["model"]["levels"] == 3
     assert {"torch", "monai", "brainseg"} <= set(card["versions"])
+    assert card["format"] == CARD_FORMAT and card["preprocess_version"] == PREPROCESS_VERSION
+    assert card["network"]["levels"] == 3 and card["network"]["num_classes"] == 4
     assert state["epoch"] == 2 and state["step"] == 6
 
     model, card2 = brainseg.load_model(run_dir)
     assert isinstance(model, torch.nn.Module) and not model.training
-    assert card2["labels"] == card["labels"]
+    assert isinstance(card2, ModelCard) and card2 == ModelCard.from_dict(card)
+    assert card2.labels == {0: "background", 1: "CSF", 2: "grey matter", 3: "white matter"}
+    assert card2.to_dict() == card
     out = model(torch.zeros(1, 1, 32, 32, 32))
     assert out.shape == (1, 4, 32, 32, 32)
 
@@ -162,7 +168,8 @@ def test_tiny_net_overfits_one_real_volume():
     with ventricles (CSF), deep and cortical grey matter and white matter in it.
     """
     from brainseg.data.demo import load_template, template_labels
-    from brainseg.data.preprocess import resample_image, resample_labels, zscore_foreground
+    from brainseg.data.foreground import zscore_foreground
+    from brainseg.data.preprocess import resample_image, resample_labels
     from brainseg.model import UNet3D
     from monai.losses import DiceCELoss
 

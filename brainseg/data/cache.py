@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..io import atomic_path, atomic_write_text, check_file, read_channels, read_geometry, read_label
 from .discovery import Case
-from .preprocess import PreprocessRecord, preprocess, ras_orientation
+from .preprocess import PREPROCESS_VERSION, PreprocessRecord, preprocess, ras_orientation
 
 #: Voxel coordinates stored per class for foreground sampling.
 MAX_LOCATIONS = 10_000
@@ -94,10 +94,7 @@ def cache_case(
         "spacing": [float(s) for s in target_spacing],
         "normalization": normalization,
         "crop": crop_to_nonzero,
-        # 3: resampling keeps the first voxel centre, exact target spacing;
-        # 4: foreground per background kind, every voxel normalised, background value recorded;
-        # 5: far noise set to the background constant (record.far_constant)
-        "version": 5,
+        "version": PREPROCESS_VERSION,
     }
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"
@@ -144,20 +141,10 @@ def cache_case(
     return CachedCase(case.case_id, record=record, classes=classes, **paths)
 
 
-def cache_cases(
-    cases: Sequence[Case],
-    cache_dir: Path,
-    target_spacing: Sequence[float],
-    label_values: Sequence[int],
-    normalization: str = "zscore",
-    crop_to_nonzero: bool = True,
-    max_voxels: int = 1024**3,
-    progress: bool = True,
-) -> list[CachedCase]:
-    """Cache every case; the first bad case raises an error naming its file."""
-    out = []
-    for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress, leave=False):
-        out.append(
-            cache_case(case, Path(cache_dir), target_spacing, label_values, normalization, crop_to_nonzero, max_voxels)
-        )
-    return out
+def cache_cases(cases: Sequence[Case], cache_dir: Path, *settings, progress: bool = True, **named) -> list[CachedCase]:
+    """:func:`cache_case` for every case, with its settings (``target_spacing``, ``label_values``, ...);
+    the first bad case raises an error naming its file."""
+    return [
+        cache_case(case, Path(cache_dir), *settings, **named)
+        for case in tqdm(cases, desc="preprocessing", unit="case", disable=not progress, leave=False)
+    ]

@@ -46,10 +46,14 @@ import torch
 
 from ..io import Geometry
 from .foreground import background_values, beyond_margin, has_zero_background, mask_bbox, normalise, threshold_mask, zero_voxels
-from .foreground import zscore_foreground  # noqa: F401  (re-exported)
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_RTOL = 0.01
+#: The preprocessing convention (cache entries and model cards record it):
+#: 3: resampling keeps the first voxel centre, exact target spacing;
+#: 4: foreground per background kind, every voxel normalised, background value recorded;
+#: 5: far noise set to the background constant (record.far_constant).
+PREPROCESS_VERSION = 5
 #: How far the crop box reaches past a threshold foreground (noisy background), in mm.
 CROP_MARGIN_MM = 5.0
 

@@ -3,19 +3,8 @@
 A checkpoint is a plain dict of tensors and primitive containers, so it loads with
 ``torch.load(..., weights_only=True)``: a file whose pickle carries code is refused
 and the code never runs. Besides the weights it holds the optimizer, schedule and
-scaler states, the epoch, RNG states and a **model card**::
-
-    card = {
-        "format": 1,
-        "model": {"in_channels": 1, "num_classes": 4, "levels": 4, ...},  # UNet3D kwargs
-        "labels": {"0": "background", "1": "CSF", ...},
-        "channels": ["T1"],
-        "spacing": [1.75, 1.75, 1.75],          # target spacing (mm, RAS order)
-        "patch_size": [64, 64, 64],
-        "normalization": {"scheme": "zscore", "mask": "nonzero", "crop_to_nonzero": true},
-        "config": {...},                          # the whole run config
-        "versions": {"brainseg": ..., "torch": ..., "monai": ...},
-    }
+scaler states, the epoch, RNG states and a **model card**
+(:class:`~brainseg.card.ModelCard`, stored as its ``to_dict()``).
 """
 
 from __future__ import annotations
@@ -28,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..card import ModelCard
 from ..errors import BrainsegError
 from ..io import atomic_path
 from .unet import UNet3D, build_model
@@ -37,18 +27,6 @@ CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
 #: Which checkpoint of a run folder :func:`load_model` takes, in order of preference.
 RUN_PREFERENCE = (CHECKPOINT_FINAL, CHECKPOINT_LAST, CHECKPOINT_BEST)
-
-
-def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"torch": str(torch.__version__)}  # TorchVersion is not a weights_only-loadable type
-    for name in ("brainseg", "monai", "nibabel", "numpy"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = "unknown"
-    return out
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -98,22 +76,29 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return state
 
 
-def model_from_state(state: dict[str, Any]) -> UNet3D:
-    card = state["card"]
-    model = build_model(**card["model"])
+def card_from_state(state: dict[str, Any], source: object = "checkpoint") -> ModelCard:
+    """The checkpoint's validated model card (one clear line naming ``source`` if it is unusable)."""
+    return ModelCard.from_dict(state.get("card"), source=source)
+
+
+def model_from_state(state: dict[str, Any], card: ModelCard) -> UNet3D:
+    model = build_model(**card.network.kwargs())
     model.load_state_dict(state["model"])
     return model
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet3D, ModelCard]:
     """Load a trained model for inference from a run folder or a checkpoint file.
 
-    Returns ``(model in eval mode on device, model card)``.
+    Returns ``(a new model in eval mode on device, its model card)``.
     """
-    state = load_checkpoint(path, map_location="cpu")
+    source = resolve_checkpoint(path)
+    state = load_checkpoint(source, map_location="cpu")
+    card = card_from_state(state, source)
     try:
-        model = model_from_state(state)
+        model = model_from_state(state, card)
     except (KeyError, TypeError, RuntimeError) as exc:
-        raise BrainsegError(f"{resolve_checkpoint(path)}: checkpoint does not match its model card ({exc})") from None
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise BrainsegError(f"{source}: checkpoint does not match its model card ({first})") from None
     model.to(device).eval()
-    return model, state["card"]
+    return model, card

@@ -27,14 +27,12 @@ def write_metrics_csv(path: Path, history: Sequence[dict]) -> None:
 
 def plot_curves(path: Path, history: Sequence[dict], label_names: dict[int, str]) -> None:
     """Training loss and validation Dice against epoch, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     epochs = [r["epoch"] for r in history]
     loss = [r["train_loss"] for r in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax1, ax2 = fig.subplots(1, 2)
     ax1.plot(epochs, loss, color="tab:blue")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("training loss (Dice + CE)")
@@ -57,7 +55,6 @@ def plot_curves(path: Path, history: Sequence[dict], label_names: dict[int, str]
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
 
 
 class TensorBoard:

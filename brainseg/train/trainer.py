@@ -21,128 +21,31 @@ time-limited run still anneals to the end of its budget.
 from __future__ import annotations
 
 import json
-import os
-import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from monai.losses import DiceCELoss
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from ..config import Config, dump_config, load_config
-from ..data.cache import CachedCase, cache_cases, median_spacing
-from ..data.discovery import Case, discover_dataset
-from ..data.foreground import far_background
+from ..card import ModelCard, Network, Normalization, package_versions
+from ..config import Config, dump_config
+from ..data.cache import cache_cases, median_spacing
+from ..data.discovery import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
+from ..data.preprocess import PREPROCESS_VERSION
 from ..errors import BrainsegError
-from ..infer.sliding_window import SlidingWindow
+from ..infer.predictor import Predictor
 from ..io import atomic_write_text, read_label
-from ..model.checkpoint import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_FINAL,
-    CHECKPOINT_LAST,
-    load_checkpoint,
-    save_checkpoint,
-    versions,
-)
+from ..metrics import dice
+from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, save_checkpoint
 from ..model.unet import UNet3D, build_model
-from ..postprocess import labels_within_input
+from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
 from . import distributed as ddp
+from .recipe import SegLoss, label_table, make_optimizer, poly_lr, split_cases
 from .monitor import TensorBoard, plot_curves, write_metrics_csv
-
-
-# --------------------------------------------------------------------------- data
-
-
-def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: int) -> dict[int, str]:
-    """The data set's labels; read from the label files when dataset.json gives none."""
-    if dataset_labels:
-        labels = {int(k): str(v) for k, v in dataset_labels.items()}
-    else:
-        values: set[int] = set()
-        for case in cases:
-            lab, _ = read_label(case.label, max_voxels=max_voxels)
-            values.update(int(v) for v in np.unique(lab))
-        labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(values | {0})}
-    if 0 not in labels:
-        labels[0] = "background"
-    if len(labels) < 2:
-        raise BrainsegError("the data set has no foreground label")
-    return dict(sorted(labels.items()))
-
-
-def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """Deterministic train/validation split (at least one of each when possible)."""
-    if len(cases) < 2:
-        return list(cases), list(cases)  # validate on the only case rather than not at all
-    order = np.random.default_rng(seed).permutation(len(cases))
-    n_val = min(len(cases) - 1, max(1, int(round(val_fraction * len(cases)))))
-    val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.case_id)
-    train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.case_id)
-    return train, val
-
-
-# --------------------------------------------------------------------------- model / loss
-
-
-class SegLoss(torch.nn.Module):
-    """Dice + cross-entropy (MONAI's DiceCELoss), with optional deep supervision."""
-
-    def __init__(self):
-        super().__init__()
-        self.loss = DiceCELoss(
-            include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
-        )
-
-    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
-        target = target[:, None]
-        if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs.float(), target)
-        weights = [0.5**i for i in range(len(outputs))]
-        if len(weights) > 1:
-            weights[-1] = 0.0  # nnU-Net ignores the coarsest output
-        total = sum(weights)
-        loss = 0.0
-        for w, out in zip(weights, outputs):
-            if w == 0:
-                continue
-            t = target if out.shape[2:] == target.shape[2:] else F.interpolate(
-                target.float(), size=out.shape[2:], mode="nearest"
-            ).long()
-            loss = loss + (w / total) * self.loss(out.float(), t)
-        return loss
-
-
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
-        )
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise BrainsegError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
-
-
-def poly_lr(lr0: float, progress: float, schedule: str) -> float:
-    if schedule == "constant":
-        return lr0
-    if schedule == "poly":
-        return lr0 * (1.0 - min(max(progress, 0.0), 1.0)) ** 0.9
-    raise BrainsegError(f"train.lr_schedule must be poly or constant, got {schedule!r}")
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> dict[int, float]:
-    out = {}
-    for c in classes:
-        p, r = pred == c, ref == c
-        denom = int(p.sum()) + int(r.sum())
-        out[c] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denom
-    return out
 
 
 # --------------------------------------------------------------------------- trainer
@@ -174,10 +77,7 @@ class Trainer:
         self.max_seconds = None if max_minutes is None else max(0.0, float(max_minutes)) * 60.0
         self.resume = resume
         self.progress = progress
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = ddp.resolve_device(device, local_rank)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise BrainsegError(f"--device {device}: CUDA is not available on this machine")
+        self.device = resolve_device(device, torchrun_env().local_rank)
         self.dist = ddp.init_distributed(self.device)
         self.state = RunState()
 
@@ -194,9 +94,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         self._check_run_dir()
-        torch.manual_seed(cfg.train.seed)
-        random.seed(cfg.train.seed)
-        np.random.seed(cfg.train.seed % 2**32)
+        seed_everything(cfg.train.seed)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
 
@@ -228,20 +126,10 @@ class Trainer:
         ddp.barrier(self.dist)
         cached = {c.case_id: c for c in cache_cases(ds.train, cache_dir, progress=False, **common)}
         self.train_cases = [cached[c.case_id] for c in train_cases]
-        self.val_cases = [cached[c.case_id] for c in val_cases]
+        self.val_sources = list(val_cases)  # validated from their files, as predict reads them
+        self._val_prepared: list | None = None
 
-        m = cfg.model
-        self.model: UNet3D = build_model(
-            in_channels=len(self.channels),
-            num_classes=len(self.labels),
-            levels=m.levels,
-            base_features=m.base_features,
-            max_features=m.max_features,
-            norm=m.norm,
-            deep_supervision=m.deep_supervision,
-            skip_connections=m.skip_connections,
-            skip_mode=m.skip_mode,
-        )
+        self.model: UNet3D = build_model(len(self.channels), len(self.labels), **asdict(cfg.model))
         self.model.check_patch_size(cfg.train.patch_size)
         self.model.to(self.device)
         # channels-last (NDHWC) is faster for Conv3d on CUDA and, measured, on CPU (oneDNN) too
@@ -274,22 +162,22 @@ class Trainer:
         self.tb = TensorBoard(self.run_dir / "tensorboard" if self.dist.is_main else None)
 
     # ----------------------------------------------------------------- checkpoints
-    def card(self) -> dict:
-        return {
-            "format": 1,
-            "model": dict(self.model.hparams),
-            "labels": {str(k): v for k, v in self.labels.items()},
-            "channels": self.channels,
-            "spacing": self.spacing,
-            "patch_size": [int(p) for p in self.cfg.train.patch_size],
-            "normalization": {
-                "scheme": self.cfg.data.normalization,
-                "mask": "foreground",  # non-zero voxels, or a threshold mask on a noisy background
-                "crop_to_nonzero": self.cfg.data.crop_to_nonzero,
-            },
-            "config": self.cfg.to_dict(),
-            "versions": versions(),
-        }
+    def card(self) -> ModelCard:
+        return ModelCard(
+            network=Network.from_kwargs(self.model.hparams),
+            labels=dict(self.labels),
+            channels=tuple(self.channels),
+            spacing=tuple(self.spacing),
+            patch_size=tuple(int(p) for p in self.cfg.train.patch_size),
+            normalization=Normalization(
+                scheme=self.cfg.data.normalization,
+                mask="foreground",  # non-zero voxels, or a threshold mask on a noisy background
+                crop_to_nonzero=self.cfg.data.crop_to_nonzero,
+            ),
+            preprocess_version=PREPROCESS_VERSION,
+            config=self.cfg.to_dict(),
+            versions=package_versions(),
+        )
 
     def _state_dict(self) -> dict:
         s = self.state
@@ -302,8 +190,8 @@ class Trainer:
             "elapsed": s.elapsed,
             "best_dice": s.best_dice,
             "history": s.history,
-            "rng": {"torch": torch.get_rng_state(), "numpy": _numpy_state(), "python": list(random.getstate()[1])},
-            "card": self.card(),
+            "rng": rng_states(),
+            "card": self.card().to_dict(),
         }
 
     def _load_state(self, path: Path) -> None:
@@ -319,18 +207,13 @@ class Trainer:
             best_dice=float(st["best_dice"]),
             history=list(st["history"]),
         )
-        torch.set_rng_state(st["rng"]["torch"])
+        restore_rng_states(st.get("rng") or {})
 
     def _save(self, name: str) -> None:
         if self.dist.is_main:
             save_checkpoint(self.run_dir / name, self._state_dict())
 
     # ----------------------------------------------------------------- loop
-    def _autocast(self):
-        if self.amp in ("bf16", "fp16"):
-            return torch.autocast("cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
-        return torch.autocast("cpu", enabled=False)
-
     def _progress(self, started: float) -> float:
         cfg = self.cfg.train
         frac = self.state.step / max(1, cfg.epochs * cfg.iters_per_epoch)
@@ -347,7 +230,7 @@ class Trainer:
         if self.channels_last:
             image = image.contiguous(memory_format=torch.channels_last_3d)
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with autocast(self.device, self.amp):
             out = self.net(image)
         loss = self.loss_fn(out, target)
         self.scaler.scale(loss).backward()
@@ -358,40 +241,24 @@ class Trainer:
         return float(loss.detach())
 
     def validate(self) -> dict[int, float]:
-        """Sliding-window Dice per foreground label value on the validation cases."""
-        self.model.eval()
-        sw = SlidingWindow(
-            self.model,
-            self.cfg.train.patch_size,
-            num_classes=len(self.labels),
-            overlap=self.cfg.infer.overlap,
-            batch_windows=self.cfg.infer.batch_windows,
-            sigma_scale=self.cfg.infer.sigma_scale,
-            margin=self.cfg.infer.margin,
-            amp=self.amp,
-            device=self.device,
-            channels_last=self.channels_last,
+        """Dice per foreground label value on the validation cases, computed as ``brainseg predict``
+        then ``brainseg evaluate`` compute it: the same :class:`Predictor` (windows, input-mask
+        rule, far background, postprocessing) on the cases' own files, scored in their own grids
+        against their label files."""
+        predictor = Predictor(
+            self.model, self.card(), self.cfg.infer, self.cfg.postprocess, self.device,
+            max_voxels=self.cfg.data.max_voxels,
         )
-        values = sorted(self.labels)  # class index i <-> i-th smallest label value
-        classes = list(range(1, len(values)))
-        scores: dict[int, list[float]] = {c: [] for c in classes}
-        for case in self.val_cases:
-            image, seg = case.load(mmap=False)
-            background = case.record.pad_values()
-            logits = sw(image, pad_value=background).cpu().numpy()
-            if case.record.zero_background:  # the input-mask rule, as predict applies it
-                fill = np.asarray(background, dtype=np.float32).reshape(-1, 1, 1, 1)
-                nonzero = np.any(image != fill, axis=0)
-                pred = labels_within_input(logits, nonzero, self.cfg.postprocess.input_mask)
-            else:  # and, as predict does, the far background is background
-                pred = labels_within_input(logits, None, "none")
-                far = far_background(image, background, case.record.far_constant)
-                if far is not None:
-                    pred[far] = 0
-            for c, d in dice_per_class(pred, seg, classes).items():
-                scores[c].append(d)
-        self.model.train()
-        return {values[c]: float(np.mean(v)) for c, v in scores.items()}
+        if self._val_prepared is None:  # read and preprocessed once, segmented at every validation
+            self._val_prepared = [predictor.prepare(list(c.images)) for c in self.val_sources]
+        values = [v for v in sorted(self.labels) if v != 0]
+        scores: dict[int, list[float]] = {v: [] for v in values}
+        for source, case in zip(self.val_sources, self._val_prepared):
+            pred, _ = predictor.segment(case)
+            ref, _ = read_label(source.label, max_voxels=self.cfg.data.max_voxels)
+            for v in values:
+                scores[v].append(dice(pred == v, ref == v))
+        return {v: float(np.mean(d)) for v, d in scores.items()}
 
     def fit(self) -> dict:
         cfg = self.cfg.train
@@ -483,52 +350,13 @@ class Trainer:
         }
 
 
-def _numpy_state() -> dict:
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos)}
+def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
+    """Train a model; returns a small summary (run folder, epochs, last validation Dice).
 
-
-def train(
-    data_dir: Path,
-    run_dir: Path,
-    config: Config,
-    device: str = "auto",
-    max_minutes: float | None = None,
-    resume: bool = False,
-    progress: bool = True,
-) -> dict:
-    """Train a model; returns a small summary (run folder, epochs, last validation Dice)."""
-    trainer = Trainer(data_dir, run_dir, config, device, max_minutes, resume, progress)
+    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``."""
+    trainer = Trainer(data_dir, run_dir, config, **options)
     try:
         trainer.setup()
         return trainer.fit()
     finally:
         ddp.cleanup(trainer.dist)
-
-
-def train_from_cli(args) -> int:
-    overrides = list(args.overrides)
-    if args.epochs is not None:
-        overrides.append(f"train.epochs={args.epochs}")
-    config_path = args.config
-    if args.resume and config_path is None and (args.out / "config.yaml").is_file():
-        config_path = args.out / "config.yaml"
-    config = load_config(config_path, overrides)
-    summary = train(
-        args.data,
-        args.out,
-        config,
-        device=args.device,
-        max_minutes=args.max_minutes,
-        resume=args.resume,
-        progress=not args.no_progress,
-    )
-    if int(os.environ.get("RANK", "0")) == 0:
-        dice = summary["val_dice_mean"]
-        print(
-            f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min)"
-            + (", stopped at the time budget" if summary["stopped_by_time"] else "")
-            + (f"; validation Dice {dice:.3f}" if dice is not None else "")
-            + f"; run folder: {summary['run_dir']}"
-        )
-    return 0

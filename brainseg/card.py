@@ -1,0 +1,213 @@
+"""The model card: what a checkpoint says about the model it holds.
+
+Every checkpoint carries one (``state["card"]``, a plain dict so the file loads with
+``torch.load(weights_only=True)``). :class:`ModelCard` is its one typed form: the
+trainer builds it, :func:`~brainseg.model.checkpoint.load_model` returns it, the
+predictor, the benchmark and the tests read it, and nobody writes a card dict by hand.
+
+Stored form (format 2)::
+
+    {"format": 2,
+     "network": {"in_channels": 1, "num_classes": 4, "levels": 4, ...},   # UNet3D kwargs
+     "labels": {"0": "background", "1": "CSF", ...},
+     "channels": ["T1"],
+     "spacing": [1.5, 1.5, 1.5],          # target spacing (mm, RAS order)
+     "patch_size": [48, 48, 48],
+     "normalization": {"scheme": "zscore", "mask": "foreground", "crop_to_nonzero": true},
+     "preprocess_version": 5,             # brainseg.data.preprocess.PREPROCESS_VERSION
+     "config": {...},                     # the whole run config
+     "versions": {"brainseg": ..., "torch": ..., ...}}
+
+Format 1 (brainseg before the typed card) is read too: its network sits under
+``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
+last format-1 release). :meth:`ModelCard.from_dict` checks every key and type and
+raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+from .config import ModelConfig, config_from_dict
+from .errors import BrainsegError
+
+#: The format this brainseg writes; :data:`READABLE_FORMATS` are those it reads.
+CARD_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+#: What a format-1 card's preprocessing was (it did not say).
+FORMAT1_PREPROCESS_VERSION = 4
+NORMALIZATION_SCHEMES = ("zscore", "quantile", "none")
+
+
+@dataclass(frozen=True)
+class Network:
+    """The U-Net: its input channels and classes, and the ``model`` config section it was built from."""
+
+    in_channels: int
+    num_classes: int
+    architecture: ModelConfig = field(default_factory=ModelConfig)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`~brainseg.model.unet.build_model` (the stored form)."""
+        return {"in_channels": self.in_channels, "num_classes": self.num_classes, **asdict(self.architecture)}
+
+    @classmethod
+    def from_kwargs(cls, raw: Mapping[str, Any]) -> "Network":
+        """From ``build_model`` keyword arguments (a model's ``hparams``); the architecture is
+        checked as a config's ``model`` section is."""
+        rest = dict(raw)
+        try:
+            in_channels, num_classes = int(rest.pop("in_channels")), int(rest.pop("num_classes"))
+        except KeyError as exc:
+            raise ValueError(f"no {exc.args[0]!r}") from None
+        return cls(in_channels, num_classes, config_from_dict({"model": rest}).model)
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """How intensities were normalised: ``scheme`` over the ``mask`` voxels' statistics."""
+
+    scheme: str = "zscore"
+    mask: str = "foreground"
+    crop_to_nonzero: bool = True
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    network: Network
+    #: label value -> name, background (0) included.
+    labels: dict[int, str]
+    channels: tuple[str, ...]
+    spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    normalization: Normalization
+    preprocess_version: int
+    #: The whole run config (``Config.to_dict()``); predict takes ``infer``/``postprocess`` from it.
+    config: dict[str, Any] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    format: int = CARD_FORMAT
+
+    # ------------------------------------------------------------------ views
+    @property
+    def label_values(self) -> list[int]:
+        """Label value of each class index: the label values in ascending order."""
+        return sorted(self.labels)
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.num_classes
+
+    # ------------------------------------------------------------------ stored form
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": CARD_FORMAT,
+            "network": self.network.kwargs(),
+            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "channels": list(self.channels),
+            "spacing": [float(s) for s in self.spacing],
+            "patch_size": [int(p) for p in self.patch_size],
+            "normalization": asdict(self.normalization),
+            "preprocess_version": int(self.preprocess_version),
+            "config": dict(self.config),
+            "versions": dict(self.versions),
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Any, source: object = "model card") -> "ModelCard":
+        """A validated card; any problem is one :class:`BrainsegError` line starting with ``source``."""
+
+        def fail(problem: str) -> BrainsegError:
+            written = raw.get("versions", {}).get("brainseg") if isinstance(raw, Mapping) else None
+            by = f" (written by brainseg {written})" if isinstance(written, str) else ""
+            return BrainsegError(f"{source}: model card {problem}{by}")
+
+        if not isinstance(raw, Mapping):
+            raise BrainsegError(f"{source}: model card is not a mapping but {type(raw).__name__}")
+        fmt = raw.get("format")
+        if fmt not in READABLE_FORMATS:
+            newer = _newer_brainseg(raw)
+            hint = f"; it was written by a newer brainseg ({newer}): upgrade brainseg" if newer else ""
+            raise fail(f"has format {fmt!r}, this brainseg reads formats {', '.join(map(str, READABLE_FORMATS))}{hint}")
+        net_key = "model" if fmt == 1 else "network"
+        required = [net_key, "labels", "channels", "spacing", "patch_size", "normalization"]
+        required += ["preprocess_version"] if fmt >= 2 else []
+        missing = [k for k in required if k not in raw]
+        if missing:
+            raise fail(f"has no {', '.join(repr(k) for k in missing)}")
+        try:
+            network = Network.from_kwargs(raw[net_key])
+            labels = {int(k): str(v) for k, v in dict(raw["labels"]).items()}
+            channels = tuple(str(c) for c in raw["channels"])
+            spacing = tuple(float(s) for s in raw["spacing"])
+            patch = tuple(int(p) for p in raw["patch_size"])
+            norm = dict(raw["normalization"])
+            normalization = Normalization(
+                scheme=str(norm.get("scheme", "zscore")),
+                mask=str(norm.get("mask", "foreground")),
+                crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)),
+            )
+            preprocess_version = int(raw.get("preprocess_version", FORMAT1_PREPROCESS_VERSION))
+        except (TypeError, ValueError, AttributeError, BrainsegError) as exc:
+            raise fail(f"has a malformed field ({exc})") from None
+        if len(spacing) != 3 or min(spacing) <= 0:
+            raise fail(f"'spacing' must be 3 positive numbers, got {list(spacing)}")
+        if len(patch) != 3 or min(patch) < 1:
+            raise fail(f"'patch_size' must be 3 positive integers, got {list(patch)}")
+        if not channels or len(channels) != network.in_channels:
+            raise fail(f"lists {len(channels)} channel(s) {list(channels)} but the network takes {network.in_channels}")
+        if len(labels) != network.num_classes or 0 not in labels:
+            raise fail(
+                f"lists labels {sorted(labels)} but the network has {network.num_classes} classes "
+                "(the labels must be one per class, background 0 included)"
+            )
+        if normalization.scheme not in NORMALIZATION_SCHEMES:
+            raise fail(f"has normalization scheme {normalization.scheme!r} (known: {', '.join(NORMALIZATION_SCHEMES)})")
+        config = raw.get("config") or {}
+        versions = raw.get("versions") or {}
+        if not isinstance(config, Mapping) or not isinstance(versions, Mapping):
+            raise fail("has a malformed 'config' or 'versions' (expected mappings)")
+        return cls(
+            network=network,
+            labels=dict(sorted(labels.items())),
+            channels=channels,
+            spacing=spacing,  # type: ignore[arg-type]
+            patch_size=patch,  # type: ignore[arg-type]
+            normalization=normalization,
+            preprocess_version=preprocess_version,
+            config=dict(config),
+            versions={str(k): str(v) for k, v in versions.items()},
+            format=int(fmt),
+        )
+
+
+def package_versions() -> dict[str, str]:
+    """The versions of torch and the packages a card records (``"unknown"`` where not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    out = {"torch": str(torch.__version__)}  # TorchVersion is not a weights_only-loadable type
+    for name in ("brainseg", "monai", "nibabel", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out
+
+
+def _newer_brainseg(raw: Mapping) -> str | None:
+    """The card's brainseg version when it is newer than this one, else None."""
+    from ._version import __version__
+
+    written = (raw.get("versions") or {}).get("brainseg") if isinstance(raw.get("versions"), Mapping) else None
+    if not isinstance(written, str):
+        return None
+    try:
+        return written if _version_tuple(written) > _version_tuple(__version__) else None
+    except ValueError:
+        return None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("+")[0].split(".")[:3])

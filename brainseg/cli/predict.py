@@ -1,0 +1,44 @@
+"""``brainseg predict``: segment scans with a trained model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..infer.batch import predict
+from .common import add_config_args, add_device_arg
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("predict", help="segment scans with a trained model")
+    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument("--input", type=Path, nargs="+", required=True, help="folders and/or scan files")
+    p.add_argument("--output", type=Path, required=True, help="output folder for ID.nii.gz masks")
+    p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
+    p.add_argument("--save-probabilities", action="store_true", help="also write ID_probabilities.nii.gz (4D float)")
+    add_device_arg(p)
+    add_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """0 when every case was written or skipped, 1 if any failed."""
+    result = predict(
+        args.model,
+        args.input,
+        args.output,
+        device=args.device,
+        config_path=args.config,
+        overrides=args.overrides,
+        overwrite=args.overwrite,
+        save_probabilities=args.save_probabilities,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        debug=args.debug,
+    )
+    where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
+    print(f"brainseg predict: {where}{result.summary.report()}")
+    if result.volumes_csv is not None:
+        print(f"masks in {args.output}, volumes in {result.volumes_csv}")
+    return 1 if result.summary.failed else 0

@@ -1,0 +1,52 @@
+"""``brainseg train``: a scan directory in, a run folder out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import load_config
+from ..runtime import check_device_spec, torchrun_env
+from ..train.trainer import train
+from .common import add_config_args, add_device_arg
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train a model on a scan directory")
+    p.add_argument("--data", type=Path, required=True, help="data set folder (MSD, BraTS or images/labels layout)")
+    p.add_argument("--out", type=Path, required=True, help="run folder (checkpoints, logs, curves)")
+    add_config_args(p)
+    add_device_arg(p)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
+    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    config_path = args.config
+    if args.resume and config_path is None and (args.out / "config.yaml").is_file():
+        config_path = args.out / "config.yaml"
+    config = load_config(config_path, overrides)
+    summary = train(
+        args.data,
+        args.out,
+        config,
+        device=check_device_spec(args.device),
+        max_minutes=args.max_minutes,
+        resume=args.resume,
+        progress=not args.no_progress,
+    )
+    if torchrun_env().is_main:
+        dice = summary["val_dice_mean"]
+        print(
+            f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min)"
+            + (", stopped at the time budget" if summary["stopped_by_time"] else "")
+            + (f"; validation Dice {dice:.3f}" if dice is not None else "")
+            + f"; run folder: {summary['run_dir']}"
+        )
+    return 0

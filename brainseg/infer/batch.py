@@ -1,0 +1,236 @@
+"""Batch inference: many cases in, one mask per case (and ``volumes.csv``) out.
+
+:func:`predict` is what ``brainseg predict`` runs: it loads the model, discovers the
+cases, takes this rank's share under torchrun and runs :func:`predict_cases`, which
+goes SynthSeg-style: a case whose file is unusable is logged as one error line and
+the others still finish.
+
+Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
+``ID.nii.gz`` (uint8/int16 labels) and, with ``save_probabilities``,
+``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry). The
+probabilities are written before the mask, so an existing mask means a finished case.
+``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
+predicted *in this run* (skipped cases are not re-measured; when no case was
+predicted the file is left as it was).
+
+Several GPUs: start the command under ``torchrun --nproc-per-node N``. Each rank
+takes ``cases[rank::world]`` (no process group is needed), uses ``cuda:LOCAL_RANK``
+with device ``auto``/``cuda``, and writes its own ``volumes_rank{rank}.csv`` instead
+of ``volumes.csv``; concatenate them (minus the repeated header) if one table is wanted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..card import ModelCard
+from ..config import Config, apply_overrides, config_from_dict, load_config
+from ..data.discovery import Case, discover_inputs
+from ..errors import BrainsegError, InputError
+from ..io import write_image
+from ..model.checkpoint import load_model
+from ..postprocess import label_volumes, write_volumes_csv
+from ..runtime import resolve_device, torchrun_env
+from .predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+MASK_SUFFIX = ".nii.gz"
+PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+VOLUMES_CSV = "volumes.csv"
+
+
+@dataclass
+class PredictionSummary:
+    """What a batch run did: case ids written, skipped and failed (with the error line)."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    #: mm³ per label for each case written in this run.
+    volumes: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: Per case written: its background ("zero": exactly 0, the input-mask rule applied;
+    #: "noise": the rule not applied), the ``background`` column of volumes.csv.
+    backgrounds: dict[str, str] = field(default_factory=dict)
+
+    def report(self) -> str:
+        text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        if self.skipped:
+            text += f"\n{len(self.skipped)} case(s) skipped because their output exists (--overwrite redoes them)"
+        if self.failed:
+            text += "\nfailed cases: " + ", ".join(case for case, _ in self.failed)
+        return text
+
+
+def output_paths(output_dir: Path, case_id: str, save_probabilities: bool) -> dict[str, Path]:
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities``."""
+    paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
+    if save_probabilities:
+        paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
+    return paths
+
+
+def error_line(case: Case, exc: BaseException) -> str:
+    """One line ``<file>: <problem>`` (or ``case ID: <problem>``) for a failed case."""
+    if isinstance(exc, InputError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        where = exc.filename or f"case {case.case_id}"
+        return f"{where}: {exc.strerror or exc}"
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return f"case {case.case_id}: out of GPU memory even with batch_windows=1 and the output on the CPU"
+    return f"case {case.case_id}: {exc}"
+
+
+def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str]:
+    """Segment one case, write its files; return its label volumes (mm³, background left out)
+    and its background kind ("zero" or "noise")."""
+    labels, probs, geometry, record = predictor.predict_case_record(list(case.images), "probabilities" in outputs)
+    if probs is not None:
+        write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.float32)
+    write_image(outputs["mask"], labels, geometry)
+    foreground = [v for v in predictor.label_values if v != 0]
+    return label_volumes(labels, geometry.spacing, foreground), "zero" if record.zero_background else "noise"
+
+
+def predict_cases(
+    predictor: Predictor,
+    cases: Sequence[Case],
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: bool = False,
+    debug: bool = False,
+) -> PredictionSummary:
+    """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir``.
+
+    A case whose outputs all exist is skipped unless ``overwrite``. A case that fails
+    on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after every
+    fallback) is logged as one error line (with the traceback if ``debug``) and
+    the run goes on; anything else is a bug and propagates.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    summary = PredictionSummary()
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        outputs = output_paths(output_dir, case.case_id, save_probabilities)
+        if not overwrite and all(p.exists() for p in outputs.values()):
+            summary.skipped.append(case.case_id)
+            continue
+        try:
+            summary.volumes[case.case_id], summary.backgrounds[case.case_id] = predict_one(predictor, case, outputs)
+        except (BrainsegError, OSError, torch.cuda.OutOfMemoryError) as exc:
+            line = error_line(case, exc)
+            log.error(line, exc_info=debug)
+            summary.failed.append((case.case_id, line))
+            continue
+        summary.written.append(case.case_id)
+    return summary
+
+
+def write_volumes(
+    output_dir: Path, summary: PredictionSummary, label_names: dict[int, str], rank: int = 0, world: int = 1
+) -> Path | None:
+    """Write this run's volumes (``volumes.csv``, or ``volumes_rank{r}.csv`` under torchrun)."""
+    if not summary.volumes:
+        return None
+    name = VOLUMES_CSV if world == 1 else f"volumes_rank{rank}.csv"
+    extra = {"background": summary.backgrounds}
+    try:
+        return write_volumes_csv(output_dir / name, summary.volumes, label_names, extra)
+    except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
+        return write_volumes_csv(output_dir / name, summary.volumes, None, extra)
+
+
+def inference_config(card: ModelCard, config_path: Path | None, overrides: Sequence[str]) -> Config:
+    """The config to predict with.
+
+    With ``--config`` that file (plus ``--set``); otherwise the ``infer`` and
+    ``postprocess`` sections stored in the model card (plus ``--set``), so a model
+    predicts the way it was configured at training time.
+    """
+    if config_path is not None:
+        return load_config(config_path, overrides)
+    stored = card.config
+    sections = {k: stored[k] for k in ("infer", "postprocess") if k in stored}
+    try:
+        return config_from_dict(apply_overrides(sections, overrides))
+    except BrainsegError as exc:
+        raise BrainsegError(f"model card config: {exc}") from None
+
+
+def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is an input folder or inside one (inputs are never written)."""
+    out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise BrainsegError(f"{output}: the output exists and is not a folder")
+    for item in inputs:
+        src = Path(item).resolve()
+        if not src.exists():
+            continue  # discovery reports it
+        folder = src if src.is_dir() else src.parent
+        if out == folder:
+            raise BrainsegError(
+                f"{output}: refusing to write into the input folder {item}; choose another output folder"
+            )
+        if src.is_dir() and out.is_relative_to(src):
+            raise BrainsegError(
+                f"{output}: refusing to write inside the input folder {item}; choose a folder outside the data"
+            )
+
+
+@dataclass
+class BatchResult:
+    """:func:`predict`'s outcome: the per-case summary and where the volumes went."""
+
+    summary: PredictionSummary
+    volumes_csv: Path | None
+    rank: int = 0
+    world_size: int = 1
+
+
+def predict(
+    model_path: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
+    *,
+    device: str = "auto",
+    config_path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+    overwrite: bool = False,
+    save_probabilities: bool = False,
+    progress: bool = False,
+    debug: bool = False,
+) -> BatchResult:
+    """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun)."""
+    inputs = [Path(p) for p in inputs]
+    output = Path(output)
+    check_output_folder(output, inputs)
+    env = torchrun_env()
+    dev = resolve_device(device, env.local_rank)
+    model, card = load_model(model_path, dev)
+    config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
+    cases = discover_inputs(inputs, n_channels=len(card.channels))
+    mine = list(cases)[env.rank :: env.world_size]
+    predictor = Predictor(
+        model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
+    )
+    summary = predict_cases(
+        predictor,
+        mine,
+        output,
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        progress=progress and env.is_main,
+        debug=debug,
+    )
+    volumes = write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
+    return BatchResult(summary, volumes, env.rank, env.world_size)

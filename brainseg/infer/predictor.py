@@ -1,0 +1,283 @@
+"""One case through a trained model: scan files in, a label mask in the scan's own grid out.
+
+:class:`Predictor` holds a copy of the model (the caller's is never changed) and one
+:class:`~brainseg.infer.sliding_window.SlidingWindow`; a case goes::
+
+    read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
+    -> sliding window (logits) -> softmax -> invert_to_original (the file's own grid)
+    -> argmax -> class index to label value -> postprocess_labels
+
+so the mask has exactly the input's shape and affine. :meth:`Predictor.prepare` does the
+reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
+prepares its cases once and segments them with the same code ``brainseg predict`` runs.
+The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.batch`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from ..card import ModelCard
+from ..config import InferConfig, PostprocessConfig
+from ..data.foreground import far_background
+from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
+from ..errors import BrainsegError
+from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
+from ..postprocess import labels_within_input, postprocess_labels
+from .sliding_window import SlidingWindow
+
+T = TypeVar("T")
+#: One inference attempt: (windows per forward pass, device of the accumulators).
+Attempt = tuple[int, torch.device]
+
+
+@dataclass
+class PreparedCase:
+    """A case read and preprocessed: what :meth:`Predictor.segment` needs."""
+
+    #: The network's input, (C, x, y, z) in the card's spacing (RAS, cropped, normalised).
+    image: np.ndarray
+    record: PreprocessRecord
+    #: The first file's own grid, which the mask is written in.
+    geometry: Geometry
+    #: Voxels of the original grid where some channel is not 0 (the input-mask rule's mask).
+    nonzero: np.ndarray
+
+
+def accumulators_fit_on_gpu(device: torch.device, num_classes: int, padded_shape: Sequence[int]) -> bool:
+    """Whether sliding-window accumulators of this size belong on ``device`` (a GPU).
+
+    Estimate: classes x padded voxels x 4 bytes x 2 (scores and their softmax / the
+    inverted copy) must stay under half of the GPU's free memory.
+    """
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    needed = num_classes * math.prod(int(s) for s in padded_shape) * 4 * 2
+    return needed < free / 2
+
+
+def inference_attempts(device: torch.device, batch_windows: int, output_device: torch.device) -> list[Attempt]:
+    """What to try, in order: as configured; on a CUDA OOM one window per pass; then output on the CPU."""
+    if device.type != "cuda":
+        return [(batch_windows, output_device)]
+    cpu = torch.device("cpu")
+    attempts: list[Attempt] = []
+    for attempt in ((batch_windows, output_device), (1, output_device), (1, cpu)):
+        if attempt not in attempts:
+            attempts.append(attempt)
+    return attempts
+
+
+def run_with_oom_fallback(
+    step: Callable[[int, torch.device], T],
+    attempts: Sequence[Attempt],
+    log: Callable[[str], None] | None = None,
+) -> T:
+    """Run ``step(batch_windows, output_device)`` for each attempt until one does not run out of GPU memory.
+
+    The last attempt's ``torch.cuda.OutOfMemoryError`` propagates.
+    """
+    for i, (batch_windows, output_device) in enumerate(attempts):
+        try:
+            return step(batch_windows, output_device)
+        except torch.cuda.OutOfMemoryError:
+            if i == len(attempts) - 1:
+                raise
+        # Outside the except block, so the failed attempt's tensors can be freed.
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if log is not None:
+            nxt_bw, nxt_dev = attempts[i + 1]
+            log(f"out of GPU memory; retrying with batch_windows={nxt_bw}, output on {nxt_dev}")
+    raise ValueError("no inference attempts given")
+
+
+class Predictor:
+    """A trained model ready to segment cases: one :class:`SlidingWindow`, reused."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        infer: InferConfig,
+        postprocess: PostprocessConfig,
+        device: str | torch.device = "cpu",
+        log: Callable[[str], None] | None = None,
+        max_voxels: int = DEFAULT_MAX_VOXELS,
+    ):
+        if not isinstance(card, ModelCard):
+            raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
+        self.device = torch.device(device)
+        # A copy: evaluation mode and the channels-last layout are set on it, not on the caller's model.
+        self.model = copy.deepcopy(model).to(self.device).eval()
+        self.max_voxels = int(max_voxels)  # refuse scans whose header claims more (config data.max_voxels)
+        self.card = card
+        self.infer = infer
+        self.postprocess = postprocess
+        self.log = log
+        self.num_classes = card.num_classes
+        self.label_values = card.label_values
+        self.n_channels = len(card.channels)
+        self.window = SlidingWindow.from_config(self.model, card.patch_size, self.num_classes, infer, self.device)
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return dict(self.card.labels)
+
+    def prepare(self, images: Sequence[str | os.PathLike]) -> PreparedCase:
+        """Read one case (one file per channel, in the card's channel order) and preprocess it."""
+        if len(images) != self.n_channels:
+            raise BrainsegError(
+                f"the model expects {self.n_channels} channel(s) {list(self.card.channels)}, got {len(images)} file(s)"
+            )
+        data, geometry = read_channels(images, max_voxels=self.max_voxels)
+        norm = self.card.normalization
+        image, _, record = preprocess(
+            data,
+            geometry,
+            target_spacing=self.card.spacing,
+            normalization=norm.scheme,
+            crop_to_nonzero=norm.crop_to_nonzero,
+        )
+        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=np.any(data != 0, axis=0))
+
+    def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(labels, probabilities or None)`` of a prepared case, in its original grid.
+
+        Labels are the card's label values (uint8/int16) after postprocessing;
+        probabilities (float32, (C, X, Y, Z)) only if asked for."""
+        input_mask = self.input_mask_rule(case.record)
+        if return_probabilities:
+            probs = self._probabilities(case.image, case.record)
+            classes = labels_within_input(probs, case.nonzero, input_mask)
+        else:  # labels only: no full-size probability maps are built
+            probs = None
+            classes = self._classes(case.image, case.record, case.nonzero, input_mask)
+        labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess)
+        return labels, probs
+
+    def predict_case(
+        self, images: Sequence[str | os.PathLike], return_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, Geometry]:
+        """Segment one case given one file per channel (in the card's channel order).
+
+        Returns ``(labels, probabilities, geometry)``: labels (uint8/int16, label values
+        of the card) and, if asked for, probabilities (float32, (C, X, Y, Z)), both in
+        the first file's own voxel grid, which ``geometry`` describes.
+        """
+        labels, probs, geometry, _ = self.predict_case_record(images, return_probabilities)
+        return labels, probs, geometry
+
+    def predict_case_record(
+        self, images: Sequence[str | os.PathLike], return_probabilities: bool = False
+    ) -> tuple[np.ndarray, np.ndarray | None, Geometry, PreprocessRecord]:
+        """:meth:`predict_case` plus the case's preprocessing record (its background kind, crop box, ...)."""
+        case = self.prepare(images)
+        labels, probs = self.segment(case, return_probabilities)
+        return labels, probs, case.geometry, case.record
+
+    def input_mask_rule(self, record: PreprocessRecord) -> str:
+        """The ``postprocess.input_mask`` rule for this case: as configured where the case's
+        background is exactly 0, else ``"none"`` (on a noisy background "non-zero" is everywhere)."""
+        return self.postprocess.input_mask if record.zero_background else "none"
+
+    def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str) -> np.ndarray:
+        """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
+        output_device = self.device if on_gpu else torch.device("cpu")
+        attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+
+        far = far_background(image, record.pad_values(), record.far_constant)
+
+        def step(batch_windows: int, device: torch.device) -> np.ndarray:
+            probs = force_background_(softmax_(self._logits(tensor, record, batch_windows, device)), far)
+            return classes_in_original_grid(probs, record, nonzero, input_mask)
+
+        return run_with_oom_fallback(step, attempts, self.log)
+
+    def _logits(
+        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
+    ) -> torch.Tensor:
+        configured = self.window.batch_windows
+        self.window.batch_windows = batch_windows
+        try:
+            return self.window(image, output_device=output_device, pad_value=record.pad_values())
+        finally:
+            self.window.batch_windows = configured
+
+    def _probabilities(self, image: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+        """Class probabilities (C, *original shape) on the CPU, with the OOM fallbacks."""
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
+        output_device = self.device if on_gpu else torch.device("cpu")
+        attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+        far = far_background(image, record.pad_values(), record.far_constant)
+        return run_with_oom_fallback(
+            lambda bw, dev: self._probabilities_once(tensor, record, bw, dev, far), attempts, self.log
+        )
+
+    def _probabilities_once(
+        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device,
+        far: np.ndarray | None,
+    ) -> np.ndarray:
+        probs = force_background_(torch.softmax(self._logits(image, record, batch_windows, output_device), dim=0), far)
+        return invert_to_original(probs, record).cpu().numpy()
+
+    def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
+        if self.label_values == list(range(self.num_classes)):
+            return classes
+        dtype = np.uint8 if max(self.label_values) <= 255 else np.int16
+        return np.asarray(self.label_values, dtype=dtype)[classes]
+
+
+@torch.inference_mode()  # the sliding window's output is an inference tensor
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """``torch.softmax(logits, dim=0)`` computed in the logits' own memory (no second C-channel volume)."""
+    logits -= logits.amax(dim=0, keepdim=True)
+    logits.exp_()
+    logits /= logits.sum(dim=0, keepdim=True)
+    return logits
+
+
+@torch.inference_mode()  # the sliding window's output is an inference tensor
+def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
+    """In place: the background one-hot where ``far`` (a noisy scan's far background, see
+    :func:`~brainseg.data.foreground.far_background`); ``probs`` is (C, x, y, z)."""
+    if far is not None and far.any():
+        where = torch.from_numpy(far).to(probs.device)
+        probs[:, where] = 0.0
+        probs[0, where] = 1.0
+    return probs
+
+
+def classes_in_original_grid(
+    probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str
+) -> np.ndarray:
+    """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply.
+
+    Only the region of the original grid that the crop box reaches is interpolated
+    (:func:`~brainseg.data.preprocess.invert_region_slabs`, a slab at a time) and reduced to class indices
+    there; outside it the probabilities are the background one-hot, whose label (per
+    ``nonzero`` and ``input_mask``) is filled in directly. The reorientation is undone
+    on the small integer map instead of the C float maps.
+    """
+    ornt = np.asarray(record.ornt)
+    nonzero_ras = reorient_array(np.asarray(nonzero, dtype=bool), ornt)
+    # what labels_within_input gives a voxel whose probabilities are the background one-hot
+    onehot = np.zeros((probs.shape[0], 1, 1, 2), dtype=np.float32)
+    onehot[0] = 1.0
+    outside = labels_within_input(onehot, np.array([[[False, True]]]), input_mask)[0, 0]
+    classes = np.where(nonzero_ras, outside[1], outside[0]).astype(outside.dtype)
+    for slab, where in invert_region_slabs(probs, record):  # a slab at a time: bounded memory
+        scores = slab.cpu().numpy()  # (x, y, z, C): classes last, so the argmax reads contiguous memory
+        classes[where] = labels_within_input(np.moveaxis(scores, -1, 0), nonzero_ras[where], input_mask)
+    return np.ascontiguousarray(undo_reorient_array(classes, ornt))

@@ -1,0 +1,117 @@
+"""Where the work runs: torchrun's environment, the device, mixed precision, seeds.
+
+The one place that reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``, turns a ``--device``
+string into a :class:`torch.device`, opens an autocast context and seeds the RNGs;
+training, inference and the benchmark all call these.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .errors import BrainsegError
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+AMP_CHOICES = ("none", "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among torchrun's processes ((0, 1, 0) without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def torchrun_env() -> DistInfo:
+    """``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` as torchrun sets them, checked."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", "0"))
+        local = int(os.environ.get("LOCAL_RANK", str(rank)))
+    except ValueError:
+        raise BrainsegError("WORLD_SIZE, RANK and LOCAL_RANK must be integers") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise BrainsegError(f"invalid torchrun environment: RANK={rank}, WORLD_SIZE={world}, LOCAL_RANK={local}")
+    return DistInfo(rank=rank, world_size=world, local_rank=local)
+
+
+def check_device_spec(spec: str) -> str:
+    """``spec`` when it names a device brainseg can use (``auto``, ``cpu``, ``cuda``, ``cuda:N``), else one clear error."""
+    text = str(spec).strip()
+    if text in ("auto", "cpu", "cuda"):
+        return text
+    if text.startswith("cuda:") and text[5:].isdigit():
+        return text
+    raise BrainsegError(f"device {spec!r}: expected {DEVICE_CHOICES}")
+
+
+def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> the local GPU if there is one, else the CPU; ``cuda`` -> ``cuda:LOCAL_RANK``."""
+    spec = check_device_spec(spec)
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise BrainsegError(f"device {spec}: CUDA is not available on this machine")
+    count = torch.cuda.device_count()
+    index = device.index if device.index is not None else local_rank % count
+    if index >= count:
+        raise BrainsegError(f"device {spec}: only {count} GPU(s) visible")
+    return torch.device("cuda", index)
+
+
+def autocast(device: torch.device, amp: str):
+    """Mixed precision on a GPU (``bf16``/``fp16``); on the CPU, or with ``none``, full float32."""
+    if device.type == "cuda" and amp in ("bf16", "fp16"):
+        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (the trainer's start; workers seed their own)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict:
+    """Python's, NumPy's and torch's global generator states, as weights-only-loadable data."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
+    }
+
+
+def restore_rng_states(rng: dict) -> None:
+    """Undo :func:`rng_states` (checkpoints from before the Python/NumPy states restore torch's only)."""
+    if "torch" in rng:
+        torch.set_rng_state(rng["torch"])
+    state = rng.get("numpy")
+    if isinstance(state, dict) and "has_gauss" in state:
+        keys = state["keys"].numpy().astype(np.uint32)
+        np.random.set_state(("MT19937", keys, int(state["pos"]), int(state["has_gauss"]), float(state["cached"])))
+    state = rng.get("python")
+    if isinstance(state, dict):
+        random.setstate((int(state["version"]), tuple(int(v) for v in state["internal"]), state["gauss"]))

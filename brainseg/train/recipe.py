@@ -1,0 +1,93 @@
+"""What training optimises and how: the data split, the label table, the loss, the optimizer
+and the learning-rate schedule (the trainer's loop is :mod:`brainseg.train.trainer`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+
+from ..data.discovery import Case
+from ..errors import BrainsegError
+from ..io import read_label
+
+
+# --------------------------------------------------------------------------- data
+
+
+def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: int) -> dict[int, str]:
+    """The data set's labels; read from the label files when dataset.json gives none."""
+    if dataset_labels:
+        labels = {int(k): str(v) for k, v in dataset_labels.items()}
+    else:
+        values: set[int] = set()
+        for case in cases:
+            lab, _ = read_label(case.label, max_voxels=max_voxels)
+            values.update(int(v) for v in np.unique(lab))
+        labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(values | {0})}
+    if 0 not in labels:
+        labels[0] = "background"
+    if len(labels) < 2:
+        raise BrainsegError("the data set has no foreground label")
+    return dict(sorted(labels.items()))
+
+
+def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
+    """Deterministic train/validation split (at least one of each when possible)."""
+    if len(cases) < 2:
+        return list(cases), list(cases)  # validate on the only case rather than not at all
+    order = np.random.default_rng(seed).permutation(len(cases))
+    n_val = min(len(cases) - 1, max(1, int(round(val_fraction * len(cases)))))
+    val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.case_id)
+    train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.case_id)
+    return train, val
+
+
+# --------------------------------------------------------------------------- model / loss
+
+
+class SegLoss(torch.nn.Module):
+    """Dice + cross-entropy (MONAI's DiceCELoss), with optional deep supervision."""
+
+    def __init__(self):
+        super().__init__()
+        self.loss = DiceCELoss(
+            include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
+        )
+
+    def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
+        target = target[:, None]
+        if isinstance(outputs, torch.Tensor):
+            return self.loss(outputs.float(), target)
+        weights = [0.5**i for i in range(len(outputs))]
+        if len(weights) > 1:
+            weights[-1] = 0.0  # nnU-Net ignores the coarsest output
+        total = sum(weights)
+        loss = 0.0
+        for w, out in zip(weights, outputs):
+            if w == 0:
+                continue
+            t = target if out.shape[2:] == target.shape[2:] else F.interpolate(
+                target.float(), size=out.shape[2:], mode="nearest"
+            ).long()
+            loss = loss + (w / total) * self.loss(out.float(), t)
+        return loss
+
+
+def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise BrainsegError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+
+
+def poly_lr(lr0: float, progress: float, schedule: str) -> float:
+    if schedule == "constant":
+        return lr0
+    if schedule == "poly":
+        return lr0 * (1.0 - min(max(progress, 0.0), 1.0)) ** 0.9
+    raise BrainsegError(f"train.lr_schedule must be poly or constant, got {schedule!r}")
