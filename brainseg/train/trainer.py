@@ -42,6 +42,7 @@ from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..errors import BrainsegError
 from ..infer.sliding_window import SlidingWindow
 from ..io import atomic_write_text, read_label
+from ..metrics import dice_per_class
 from ..model.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
@@ -134,15 +135,6 @@ def poly_lr(lr0: float, progress: float, schedule: str) -> float:
     if schedule == "poly":
         return lr0 * (1.0 - min(max(progress, 0.0), 1.0)) ** 0.9
     raise BrainsegError(f"train.lr_schedule must be poly or constant, got {schedule!r}")
-
-
-def dice_per_class(pred: np.ndarray, ref: np.ndarray, classes: list[int]) -> dict[int, float]:
-    out = {}
-    for c in classes:
-        p, r = pred == c, ref == c
-        denom = int(p.sum()) + int(r.sum())
-        out[c] = 1.0 if denom == 0 else 2.0 * int(np.logical_and(p, r).sum()) / denom
-    return out
 
 
 # --------------------------------------------------------------------------- trainer
