@@ -7,16 +7,11 @@ its own case: it is reported as one line and the others are still scored.
 
 Conventions (also written into summary.json as ``"conventions"``):
 
-* Dice: both masks empty -> 1.0 (nothing to find, nothing found); exactly one empty
-  -> 0.0. This equals MONAI's ``DiceMetric(ignore_empty=False)``; MONAI's default
-  (``ignore_empty=True``) returns NaN for an empty reference instead.
-* HD95 (mm): for each surface voxel of one mask, the Euclidean distance (voxel
-  spacing applied) to the nearest surface voxel of the other; the 95th percentile
-  (linear interpolation) of each direction; the larger of the two. The surface of a
-  mask is the mask minus its erosion by the 6-connected cross (image border counts
-  as outside). This is MONAI's ``compute_hausdorff_distance(percentile=95)``. Both
-  empty -> 0.0; exactly one empty -> inf, written as ``inf`` in metrics.csv.
-  summary.json statistics of HD95 are over the finite values only, with ``n_inf``
+* Dice and HD95 (mm) as :mod:`brainseg.metrics` defines them (MONAI's
+  ``DiceMetric(ignore_empty=False)`` and ``compute_hausdorff_distance(percentile=95)``).
+  Dice: both masks empty -> 1.0, exactly one empty -> 0.0. HD95: both empty -> 0.0,
+  exactly one empty -> inf, written as ``inf`` in metrics.csv.
+* summary.json statistics of HD95 are over the finite values only, with ``n_inf``
   counting the cases left out; a statistic with no value is ``null`` (the JSON is
   strict: no NaN/Infinity tokens).
 * std is the population standard deviation (ddof=0).
@@ -30,7 +25,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -40,7 +34,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .errors import BrainsegError, InputError, one_line
-from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, is_image_file, read_label, strip_suffix
+from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, read_label, strip_suffix
+from .metrics import check_spacing, dice, hd95
+from .pairing import drop_probability_maps, pair_cases, scan_folder
 
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
@@ -55,111 +51,6 @@ CONVENTIONS = (
     "summary hd95_mm statistics are over finite values only; n_inf counts the others. "
     "std is the population std (ddof=0); null = no value."
 )
-
-# An nnU-Net channel suffix on an image-derived name: ID_0000.
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
-_PROBABILITIES_SUFFIX = "_probabilities"
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
-    """Dice overlap 2|P∩R| / (|P| + |R|) of two boolean masks of the same shape.
-
-    Empty masks: both empty -> 1.0 (nothing to find and nothing found); exactly one
-    empty -> 0.0. MONAI's ``DiceMetric`` by default (``ignore_empty=True``) returns
-    NaN when the reference is empty, so such cases drop out of its means; we score
-    them instead, as MONAI does with ``ignore_empty=False``.
-    """
-    pred = np.asarray(pred_mask, dtype=bool)
-    ref = np.asarray(ref_mask, dtype=bool)
-    if pred.shape != ref.shape:
-        raise ValueError(f"mask shapes differ: {pred.shape} vs {ref.shape}")
-    n_pred = int(np.count_nonzero(pred))
-    n_ref = int(np.count_nonzero(ref))
-    if n_pred + n_ref == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(pred & ref)) / (n_pred + n_ref)
-
-
-def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
-    """Bounding box of a boolean mask, grown by ``margin`` and clipped to the array."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        lo = max(int(hit[0]) - margin, 0)
-        hi = min(int(hit[-1]) + 1 + margin, mask.shape[axis])
-        slices.append(slice(lo, hi))
-    return tuple(slices)
-
-
-def _surface(mask: np.ndarray) -> np.ndarray:
-    """Mask voxels with a face neighbour outside the mask (or on the array border)."""
-    return mask & ~ndimage.binary_erosion(mask)
-
-
-def _surface_distances(
-    from_surface: np.ndarray, to_surface: np.ndarray, spacing: Sequence[float]
-) -> np.ndarray:
-    """Distance (mm) from each voxel of ``from_surface`` to the nearest of ``to_surface``."""
-    distance_map = ndimage.distance_transform_edt(~to_surface, sampling=spacing)
-    return distance_map[from_surface]
-
-
-def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != ndim or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be {ndim} positive numbers (mm), got {spacing}")
-    return spacing
-
-
-def surface_distances(
-    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]
-) -> tuple[np.ndarray, np.ndarray] | None:
-    """Distances (mm) from every surface voxel of each mask to the other mask's surface.
-
-    Returns ``(pred_to_ref, ref_to_pred)``, or ``None`` when either mask is empty (there
-    is no surface to measure against). Surface = mask minus its erosion (6-connected
-    cross; outside the array counts as background); Euclidean distances with the voxel
-    spacing applied (``distance_transform_edt(..., sampling=spacing)``). HD95 and the
-    surface Dice of scripts/skip_ablation.py are both computed from these.
-
-    The distance transforms run on the bounding box of both masks plus a one-voxel
-    margin, not the whole volume; this is exact because every surface voxel, and
-    hence every nearest surface voxel, lies inside that box.
-    """
-    pred = np.asarray(pred_mask, dtype=bool)
-    ref = np.asarray(ref_mask, dtype=bool)
-    if pred.shape != ref.shape:
-        raise ValueError(f"mask shapes differ: {pred.shape} vs {ref.shape}")
-    spacing = _check_spacing(spacing, pred.ndim)
-    if not (pred.any() and ref.any()):
-        return None
-    box = _bbox(pred | ref, margin=1)
-    surf_pred, surf_ref = _surface(pred[box]), _surface(ref[box])
-    return _surface_distances(surf_pred, surf_ref, spacing), _surface_distances(surf_ref, surf_pred, spacing)
-
-
-def hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Symmetric 95th-percentile Hausdorff distance (mm) between two masks' surfaces.
-
-    For each direction, the distances from every surface voxel of one mask to the
-    nearest surface voxel of the other (:func:`surface_distances`), their 95th
-    percentile with linear interpolation; the result is the larger of the two
-    (MONAI's definition).
-
-    Empty masks: both empty -> 0.0; exactly one empty -> ``inf``.
-    """
-    distances = surface_distances(pred_mask, ref_mask, spacing)
-    if distances is None:
-        return 0.0 if not (np.any(pred_mask) or np.any(ref_mask)) else math.inf
-    pred_to_ref, ref_to_pred = distances
-    return float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
-
 
 # ----------------------------------------------------------------------------- one case
 
@@ -211,7 +102,7 @@ def score_labels(
     """
     if pred.shape != ref.shape:
         raise ValueError(f"label map shapes differ: {pred.shape} vs {ref.shape}")
-    spacing = _check_spacing(spacing, pred.ndim)
+    spacing = check_spacing(spacing, pred.ndim)
     voxel_mm3 = float(np.prod(spacing))
     pred_boxes, ref_boxes = _label_boxes(pred), _label_boxes(ref)
     if labels is None:
@@ -272,76 +163,6 @@ def evaluate_case(
 def _report(message: str) -> None:
     """One line on stderr that does not break a running progress bar."""
     tqdm.write(one_line(f"brainseg: {message}"), file=sys.stderr)
-
-
-def _scan_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[dict]]:
-    """Image files of ``folder`` by case id, and one problem per id taken by several files.
-
-    Such a case is not scored at all: which of the files is meant cannot be known.
-    """
-    if not folder.is_dir():
-        raise BrainsegError(f"{folder}: {role} folder not found")
-    by_id: dict[str, list[Path]] = {}
-    # Entries named like scans that are not regular files (a broken link, a folder
-    # called x.nii.gz) are kept: reading them reports the case instead of dropping it.
-    for path in sorted(p for p in folder.iterdir() if is_image_file(p)):
-        by_id.setdefault(strip_suffix(path), []).append(path)
-    files: dict[str, Path] = {}
-    clashes: list[dict] = []
-    for cid, paths in by_id.items():
-        if len(paths) == 1:
-            files[cid] = paths[0]
-            continue
-        others = ", ".join(p.name for p in paths[1:])
-        clashes.append(
-            {"case": cid, "file": str(paths[0]),
-             "problem": f"same case id as {others}; the case is not scored until all but one are renamed"}
-        )
-    return files, clashes
-
-
-def _drop_probability_maps(preds: dict[str, Path]) -> dict[str, Path]:
-    """Leave out ``ID_probabilities`` files written beside a prediction ``ID``."""
-    return {
-        cid: path
-        for cid, path in preds.items()
-        if not (cid.endswith(_PROBABILITIES_SUFFIX) and cid[: -len(_PROBABILITIES_SUFFIX)] in preds)
-    }
-
-
-def _base_id(cid: str) -> str:
-    return _CHANNEL_SUFFIX.sub("", cid)
-
-
-def pair_cases(
-    preds: dict[str, Path], refs: dict[str, Path]
-) -> tuple[list[tuple[str, Path, Path]], dict[str, Path], dict[str, Path]]:
-    """Pair predictions and references by case id.
-
-    Exact ids pair first. What is left pairs when the ids agree once an nnU-Net
-    channel suffix (``_0000``) is removed from either, e.g. prediction
-    ``case7_0000.nii.gz`` with reference ``case7.nii.gz`` (only one-to-one matches).
-    Returns (pairs as (case, prediction, reference), references without a
-    prediction, predictions without a reference).
-    """
-    pairs = [(cid, preds[cid], ref) for cid, ref in refs.items() if cid in preds]
-    paired = {cid for cid, _, _ in pairs}
-    rest_refs = {c: p for c, p in refs.items() if c not in paired}
-    rest_preds = {c: p for c, p in preds.items() if c not in paired}
-
-    def by_base(files: dict[str, Path]) -> dict[str, list[str]]:
-        groups: dict[str, list[str]] = {}
-        for cid in files:
-            groups.setdefault(_base_id(cid), []).append(cid)
-        return groups
-
-    ref_groups, pred_groups = by_base(rest_refs), by_base(rest_preds)
-    for base in sorted(set(ref_groups) & set(pred_groups)):
-        if len(ref_groups[base]) == 1 and len(pred_groups[base]) == 1:
-            rid, pid = ref_groups[base][0], pred_groups[base][0]
-            pairs.append((base, rest_preds.pop(pid), rest_refs.pop(rid)))
-    pairs.sort(key=lambda item: item[0])
-    return pairs, rest_refs, rest_preds
 
 
 def _stats(values: Sequence[float], count_inf: bool = False) -> dict:
@@ -444,11 +265,11 @@ def evaluate_folders(
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if labels is not None:
         labels = _check_labels(labels)
-    refs, ref_clashes = _scan_folder(ref_dir, "reference")
-    preds, pred_clashes = _scan_folder(pred_dir, "prediction")
+    refs, ref_clashes = scan_folder(ref_dir, "reference")
+    preds, pred_clashes = scan_folder(pred_dir, "prediction")
     if not refs:
         raise BrainsegError(f"{ref_dir}: no reference masks (.nii.gz, .nii, .mha, .mhd, .nrrd)")
-    preds = _drop_probability_maps(preds)
+    preds = drop_probability_maps(preds)
     pairs, lone_refs, lone_preds = pair_cases(preds, refs)
 
     failed: list[dict] = ref_clashes + pred_clashes

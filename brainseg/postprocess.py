@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .arrays import bounding_box
 from .config import PostprocessConfig
 from .io import atomic_write_text
 
@@ -88,18 +89,6 @@ def _voxel_volume(spacing: Sequence[float]) -> float:
     return spacing[0] * spacing[1] * spacing[2]
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of a boolean mask as slices, or None when it is empty."""
-    slices = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return None
-        slices.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(slices)
-
-
 def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """26-connected components of ``mask``: (component map, voxel count per id; id 0 unused)."""
     components, _ = ndimage.label(mask, structure=COMPONENT_STRUCTURE)
@@ -113,7 +102,7 @@ def _clean_label(
 
     Everything is done inside the label's bounding box, which holds all its components.
     """
-    box = _bbox(out == value)
+    box = bounding_box(out == value)
     if box is None:
         return
     crop = out[box]  # a view: writing into it writes into ``out``
@@ -134,7 +123,7 @@ def _fill_label(out: np.ndarray, value: int) -> None:
     their label. Working in the bounding box is exact: background on the box's border
     always reaches the volume border without entering the mask.
     """
-    box = _bbox(out == value)
+    box = bounding_box(out == value)
     if box is None:
         return
     crop = out[box]

@@ -29,7 +29,10 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from brainseg.evaluate import _bbox, _check_spacing, dice, score_labels, surface_distances
+from brainseg.arrays import bounding_box as _bbox
+from brainseg.evaluate import score_labels
+from brainseg.metrics import check_spacing as _check_spacing
+from brainseg.metrics import dice, surface_distances
 
 #: Distance bins (mm, lower edges; the last is open): about one voxel layer each on
 #: the demo data's 1.0-2.2 mm voxels (the first bin is the boundary layer itself), then

@@ -19,12 +19,11 @@ from brainseg.errors import BrainsegError, InputError
 from brainseg.evaluate import (
     METRICS_NAME,
     SUMMARY_NAME,
-    dice,
     evaluate_case,
     evaluate_folders,
-    hd95,
     parse_labels,
 )
+from brainseg.metrics import dice, hd95
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -108,19 +108,6 @@ def far_background(image: np.ndarray, background, far_constant: bool) -> np.ndar
     return np.all(np.asarray(image) == fill, axis=0)
 
 
-def mask_bbox(mask: np.ndarray, margin: int = 0) -> list[list[int]]:
-    """[start, stop) box of a boolean (X, Y, Z) mask grown by ``margin`` voxels (inside the
-    volume); the whole volume if the mask is empty."""
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        if hit.size == 0:
-            return [[0, int(s)] for s in mask.shape]
-        box.append([max(int(hit[0]) - margin, 0), min(int(hit[-1]) + 1 + margin, int(mask.shape[axis]))])
-    return box
-
-
 def zscore_foreground(data: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, list[float], list[float]]:
     """Z-score each channel of (C, X, Y, Z) with the mean and std of its voxels in ``mask``
     (default: its non-zero voxels), applied to every voxel."""

@@ -44,8 +44,9 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from ..arrays import bounding_box
 from ..io import Geometry
-from .foreground import background_values, beyond_margin, has_zero_background, mask_bbox, normalise, threshold_mask, zero_voxels
+from .foreground import background_values, beyond_margin, has_zero_background, normalise, threshold_mask, zero_voxels
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_RTOL = 0.01
@@ -258,7 +259,8 @@ def preprocess(
     else:
         fg = box = threshold_mask(img)
         margin = int(np.ceil(CROP_MARGIN_MM / min(target)))
-    bbox = mask_bbox(box, margin) if crop_to_nonzero else [[0, int(s)] for s in new_shape]
+    found = bounding_box(box, margin) if crop_to_nonzero else None  # the whole volume when not cropping or empty
+    bbox = [[s.start, s.stop] for s in found] if found is not None else [[0, int(s)] for s in new_shape]
     img, fg = crop(img, bbox), crop(fg, bbox)
     if lab is not None:
         lab = np.ascontiguousarray(crop(lab, bbox))
