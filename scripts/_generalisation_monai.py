@@ -40,7 +40,8 @@ SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-import benchmark  # noqa: E402  (scripts/benchmark.py: MonaiReference, _case_id; it puts the repo on sys.path)
+import _bench_harness  # noqa: E402,F401  (scripts/benchmark.py's harness: it puts the repo on sys.path)
+from _bench_monai import MonaiReference, _case_id  # noqa: E402  (scripts/benchmark.py's MONAI reference)
 
 FEATURES = (16, 16, 32, 64, 128, 16)
 PATCH = (64, 64, 64)
@@ -154,10 +155,10 @@ def predict(model_dir: Path, jobs: Sequence[tuple[Path, Path]]) -> dict:
     result = {}
     for images, out in jobs:
         t0 = time.perf_counter()
-        ref = benchmark.MonaiReference(net, card, "none", Path(out), "cpu", normalization="monai")
+        ref = MonaiReference(net, card, "none", Path(out), "cpu", normalization="monai")
         cases = sorted(Path(images).glob("*_0000.nii.gz"))
         for image in cases:
-            ref(str(image), benchmark._case_id(image))
+            ref(str(image), _case_id(image))
         result[str(out)] = {"cases": len(cases), "seconds": time.perf_counter() - t0}
     return result
 

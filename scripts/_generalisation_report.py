@@ -10,7 +10,8 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from benchmark import _case_id, markdown_table, mask_agreement
+from _bench_compare import markdown_table, mask_agreement
+from _bench_monai import _case_id
 
 #: Foreground labels scored (value -> name), the demo's convention.
 LABEL_NAMES = {1: "CSF", 2: "grey matter", 3: "white matter"}

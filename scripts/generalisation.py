@@ -42,7 +42,7 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 import _generalisation_report as report_mod  # noqa: E402
-import benchmark  # noqa: E402  (its machine_info; it also puts the repo on sys.path)
+from _bench_harness import load1, machine_info  # noqa: E402  (scripts/benchmark.py's; it also puts the repo on sys.path)
 from _generalisation_shifted import DEFAULT_SEED, make_shifted_set  # noqa: E402
 
 FULL = dict(minutes=10.0, n_demo=10, n_shifted=6)
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings["n_shifted"] < 1 or settings["minutes"] <= 0:
         p.error("--n-shifted must be >= 1 and --minutes > 0")
     started = time.perf_counter()
-    load_start = benchmark.load1()
+    load_start = load1()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -205,14 +205,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
         "settings": {**settings, "quick": args.quick, "seed": args.seed, "demo_data": str(demo),
                      "config": str(CONFIG.relative_to(REPO))},
-        "machine": benchmark.machine_info(),
+        "machine": machine_info(),
         "git": git_state(),
         "training": training,
         "results": results,
         "shifted_cases": manifest["cases"],
         "agreement_shifted": agree,
         "timings_s": timings,
-        "load_1min": {"start": load_start, "end": benchmark.load1()},  # the machine may be shared
+        "load_1min": {"start": load_start, "end": load1()},  # the machine may be shared
         "total_seconds": round(time.perf_counter() - started, 1),
     }
     text = report_mod.tables(report)

@@ -1,0 +1,271 @@
+"""What each child process of scripts/benchmark.py measures (``benchmark.py --child KIND``).
+
+One function per kind in :data:`CHILDREN`: a spec dict in, a result dict out (JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+from _bench_compare import mix_corrected
+from _bench_harness import _maxrss_mb, _reset_peak_rss, _spatial_voxels, _sync
+from _bench_monai import MonaiReference, _case_id, monai_train_transforms
+
+
+# ----- training
+
+
+def child_train(spec: dict) -> dict:
+    """A demo-config training run; the metrics.csv rows come back."""
+    from brainseg.config import load_config
+    from brainseg.train import trainer as trainer_mod
+
+    config = load_config(spec["config"], spec.get("overrides", []))
+    summary = trainer_mod.train(
+        Path(spec["data"]), Path(spec["run_dir"]), config, device=spec.get("device", "cpu"),
+        max_minutes=spec["minutes"], progress=False,
+    )
+    with open(Path(spec["run_dir"]) / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return {"summary": summary, "metrics": rows, "maxrss_mb": _maxrss_mb()}
+
+
+# ----- inference
+
+
+def child_infer_brainseg(spec: dict) -> dict:
+    import torch
+
+    from brainseg.data.discovery import discover_inputs
+    from brainseg.infer.predict import Predictor, inference_config, predict_cases
+    from brainseg.model.checkpoint import load_model
+
+    device = torch.device(spec.get("device", "cpu"))
+    model, card = load_model(spec["model"], device)
+    config = inference_config(card, None, spec.get("overrides", []))
+    if spec.get("crop") is False:  # windows over the whole resampled volume (for the comparison only)
+        card = dict(card, normalization=dict(card["normalization"], crop_to_nonzero=False))
+    predictor = Predictor(model, card, config.infer, config.postprocess, device, max_voxels=config.data.max_voxels)
+    if spec.get("compile"):  # what the windows go through (with its CPU instance-norm fusion)
+        predictor.window.net = torch.compile(predictor.window.net)
+    n_ch = len(card["channels"])
+    out = Path(spec["out"])
+    warm = discover_inputs([Path(spec["warmup"])], n_channels=n_ch)
+    t_warm = time.perf_counter()
+    predict_cases(predictor, warm, out / "warmup", overwrite=True)
+    _sync(device)
+    warmup_seconds = time.perf_counter() - t_warm
+    rss_warm = _maxrss_mb()
+    cases = discover_inputs([Path(p) for p in spec["images"]], n_channels=n_ch)
+    t0 = time.perf_counter()
+    summary = predict_cases(predictor, cases, out, overwrite=True)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    if summary.failed:
+        raise RuntimeError(f"cases failed: {summary.failed}")
+    voxels = sum(_spatial_voxels(c.images[0]) for c in cases)
+    return {
+        "seconds": seconds, "voxels": voxels, "cases": len(cases), "mvox_per_s": voxels / 1e6 / seconds,
+        "maxrss_mb": _maxrss_mb(), "maxrss_after_warmup_mb": rss_warm, "warmup_seconds": warmup_seconds,
+        "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def child_infer_monai(spec: dict) -> dict:
+    import torch
+
+    from brainseg.infer.predict import inference_config
+    from brainseg.model.checkpoint import load_model
+
+    device = torch.device(spec.get("device", "cpu"))
+    model, card = load_model(spec["model"], device)
+    config = inference_config(card, None, spec.get("overrides", []))
+    out = Path(spec["out"])
+    ref = MonaiReference(model, card, config.postprocess.input_mask, out / "warmup", device)
+    ref(spec["warmup"], _case_id(spec["warmup"]))
+    _sync(device)
+    rss_warm = _maxrss_mb()
+    ref = MonaiReference(model, card, config.postprocess.input_mask, out, device)
+    t0 = time.perf_counter()
+    for image in spec["images"]:
+        ref(image, _case_id(image))
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    voxels = sum(_spatial_voxels(p) for p in spec["images"])
+    result = {
+        "seconds": seconds, "voxels": voxels, "cases": len(spec["images"]), "mvox_per_s": voxels / 1e6 / seconds,
+        "maxrss_mb": _maxrss_mb(), "maxrss_after_warmup_mb": rss_warm, "torch_threads": torch.get_num_threads(),
+        "input_mask": config.postprocess.input_mask,
+    }
+    shifted = {}
+    for shift in spec.get("shifts", []):  # after the timing: the reference's own placement noise
+        folder = out / ("shift_" + "_".join(str(v) for v in shift))
+        ref = MonaiReference(model, card, config.postprocess.input_mask, folder, device, shift=shift)
+        for image in spec["images"]:
+            ref(image, _case_id(image))
+        shifted[str(folder)] = list(shift)
+    result["shifted"] = shifted
+    return result
+
+
+# ----- loader
+
+
+def _cached_cases(cache_dir: Path):
+    from brainseg.data.cache import CachedCase
+    from brainseg.data.preprocess import PreprocessRecord
+
+    out = []
+    for meta_path in sorted(cache_dir.glob("*.json")):
+        meta = json.loads(meta_path.read_text())
+        cid = meta_path.stem
+        out.append(CachedCase(
+            cid, cache_dir / f"{cid}.npy", cache_dir / f"{cid}_seg.npy", cache_dir / f"{cid}_locs.npz",
+            PreprocessRecord.from_dict(meta["record"]), meta["classes"],
+        ))
+    return out
+
+
+def child_loader_brainseg(spec: dict) -> dict:
+    import torch
+
+    from brainseg.config import AugmentConfig
+    from brainseg.data.loader import PatchDataset
+
+    torch.set_num_threads(spec.get("threads", 1))
+    cases = _cached_cases(Path(spec["cache"]))
+    patch = [spec["patch"]] * 3
+    # batch of 3 with one foreground-centred patch = MONAI's pos=1, neg=2
+    from brainseg.data import loader as loader_mod
+
+    ds = PatchDataset(cases, patch, batch_size=3, foreground_fraction=1 / 3, augment_cfg=AugmentConfig(), seed=0)
+    for i in range(spec["warmup"]):
+        ds[i]
+    rss_warm = _maxrss_mb()
+    n = spec["n"]
+    spatial = _count_spatial(loader_mod)
+    times, flags = [], []
+    t0 = time.perf_counter()
+    for i in range(spec["warmup"], spec["warmup"] + n):
+        before, t = spatial["n"], time.perf_counter()
+        img, lab = ds[i]
+        times.append(time.perf_counter() - t)
+        flags.append(spatial["n"] > before)
+    seconds = time.perf_counter() - t0
+    assert tuple(img.shape[1:]) == tuple(patch) and tuple(lab.shape) == tuple(patch)
+    return {"seconds": seconds, "patches": n, "patches_per_s": n / seconds, "maxrss_mb": _maxrss_mb(),
+            "maxrss_after_warmup_mb": rss_warm, "spatially_augmented": spatial["n"] / n,
+            **mix_corrected(times, flags, _p_spatial())}
+
+
+def _p_spatial() -> float:
+    """Probability that a patch is rotated and/or scaled (our config; the MONAI chain uses the same two)."""
+    from brainseg.config import AugmentConfig
+
+    a = AugmentConfig()
+    return 1.0 - (1.0 - a.p_rotate) * (1.0 - a.p_scale)
+
+
+def _count_spatial(loader_mod) -> dict:
+    """Count the patches that get a rotation/scaling (the costly part) from here on."""
+    counter = {"n": 0}
+    original = loader_mod.augment.spatial_matrix
+
+    def counted(rng, cfg):
+        m = original(rng, cfg)
+        counter["n"] += m is not None
+        return m
+
+    loader_mod.augment.spatial_matrix = counted
+    return counter
+
+
+def child_loader_monai(spec: dict) -> dict:
+    import torch
+    from monai.data import CacheDataset
+    from monai.transforms import Compose
+    from monai.utils import set_determinism
+
+    torch.set_num_threads(spec.get("threads", 1))
+    set_determinism(seed=0)
+    cases = _cached_cases(Path(spec["cache"]))
+    patch = [spec["patch"]] * 3
+    cached, rand = monai_train_transforms(patch)
+    items = [{"image": str(c.data_path), "label": str(c.seg_path)} for c in cases]
+    ds = CacheDataset(items, transform=Compose([*cached.transforms, *rand.transforms]), cache_rate=1.0,
+                      num_workers=0, progress=False)
+    for i in range(spec["warmup"]):
+        ds[i % len(ds)]
+    rss_warm = _maxrss_mb()
+    n = spec["n"]
+    spatial_transforms = [t for t in ds.transform.transforms if type(t).__name__ in ("RandRotated", "RandZoomd")]
+    times, flags = [], []
+    t0 = time.perf_counter()
+    for i in range(n):
+        t = time.perf_counter()
+        sample = ds[i % len(ds)][0]
+        times.append(time.perf_counter() - t)
+        flags.append(any(t._do_transform for t in spatial_transforms))  # (bookkeeping, negligible)
+    seconds = time.perf_counter() - t0
+    assert tuple(sample["image"].shape[1:]) == tuple(patch)
+    return {"seconds": seconds, "patches": n, "patches_per_s": n / seconds, "maxrss_mb": _maxrss_mb(),
+            "maxrss_after_warmup_mb": rss_warm, "spatially_augmented": sum(flags) / n,
+            **mix_corrected(times, flags, _p_spatial())}
+
+
+# ----- scaling
+
+
+def child_scale(spec: dict) -> dict:
+    import torch
+
+    from brainseg.data.discovery import discover_inputs
+    from brainseg.infer.predict import Predictor, inference_config, output_paths, predict_one
+    from brainseg.model.checkpoint import load_model
+
+    model, card = load_model(spec["model"], "cpu")
+    config = inference_config(card, None, spec.get("overrides", []))
+    predictor = Predictor(model, card, config.infer, config.postprocess, "cpu", max_voxels=config.data.max_voxels)
+    out = Path(spec["out"])
+    warm = discover_inputs([Path(spec["warmup"])], n_channels=1)[0]
+    predict_one(predictor, warm, output_paths(out / "warmup", warm.case_id, False))
+    peak_warm = _maxrss_mb()
+    import gc
+
+    gc.collect()
+    rss_base = _reset_peak_rss()  # from here on, the peak is this case's
+    if rss_base is None:
+        rss_base = peak_warm
+    case = discover_inputs([Path(spec["image"])], n_channels=1)[0]
+    t0 = time.perf_counter()
+    predict_one(predictor, case, output_paths(out, case.case_id, False))
+    seconds = time.perf_counter() - t0
+    return {"seconds": seconds, "voxels": _spatial_voxels(spec["image"]), "maxrss_mb": _maxrss_mb(),
+            "maxrss_base_mb": rss_base, "maxrss_warmup_mb": peak_warm, "torch_threads": torch.get_num_threads(),
+            "windows": predictor_windows(predictor, case)}
+
+
+def predictor_windows(predictor, case) -> int:
+    """How many sliding windows a case takes (its preprocessed, cropped shape; header + data read again)."""
+    from brainseg.data.preprocess import preprocess
+    from brainseg.io import read_channels
+
+    data, geom = read_channels(list(case.images))
+    norm = predictor.card["normalization"]
+    image, _, _ = preprocess(data, geom, predictor.card["spacing"], normalization=norm["scheme"],
+                             crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)))
+    return len(predictor.window.locations(image.shape[1:]))
+
+
+CHILDREN = {
+    "train": child_train,
+    "infer_brainseg": child_infer_brainseg,
+    "infer_monai": child_infer_monai,
+    "loader_brainseg": child_loader_brainseg,
+    "loader_monai": child_loader_monai,
+    "scale": child_scale,
+}
