@@ -19,10 +19,10 @@ Conventions (also written into summary.json as ``"conventions"``):
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
+import logging
 import math
 import os
 import sys
@@ -33,10 +33,12 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from .errors import BrainsegError, InputError, one_line
+from .errors import BrainsegError, InputError
 from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, read_label, strip_suffix
 from .metrics import check_spacing, dice, hd95
 from .pairing import drop_probability_maps, pair_cases, scan_folder
+
+log = logging.getLogger(__name__)
 
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
@@ -161,8 +163,8 @@ def evaluate_case(
 
 
 def _report(message: str) -> None:
-    """One line on stderr that does not break a running progress bar."""
-    tqdm.write(one_line(f"brainseg: {message}"), file=sys.stderr)
+    """A case that could not be scored: one error line (the CLI's handler keeps it off the progress bar)."""
+    log.error(message)
 
 
 def _stats(values: Sequence[float], count_inf: bool = False) -> dict:
@@ -349,18 +351,3 @@ def format_table(summary: dict) -> str:
             hd += f" ({stats['hd95_mm']['n_inf']} inf)"
         lines.append(f"{name:>8}  {_cell(stats['dice'], 4):>9}  {hd:>14}")
     return "\n".join(lines)
-
-
-def evaluate_from_cli(args: argparse.Namespace) -> int:
-    """``brainseg evaluate``: 0 when every case was scored, 1 if any failed or none was."""
-    labels = parse_labels(args.labels)
-    summary = evaluate_folders(args.pred, args.ref, args.out, labels=labels, progress=True)
-    if summary["labels"]:
-        print(format_table(summary))
-    print(f"{summary['n_cases']} case(s) scored, {len(summary['failed'])} failed")
-    for name in (METRICS_NAME, SUMMARY_NAME):
-        print(f"wrote {Path(args.out) / name}")
-    if summary["n_cases"] == 0 or not summary["labels"]:
-        print("brainseg: nothing was evaluated", file=sys.stderr)
-        return 1
-    return 1 if summary["failed"] else 0

@@ -6,13 +6,14 @@ One function per kind in :data:`CHILDREN`: a spec dict in, a result dict out (JS
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
 
 from _bench_compare import mix_corrected
 from _bench_harness import _maxrss_mb, _reset_peak_rss, _spatial_voxels, _sync
-from _bench_monai import MonaiReference, _case_id, monai_train_transforms
+from _bench_monai import MonaiReference, ReferenceSpec, _case_id, monai_train_transforms
 
 
 # ----- training
@@ -40,18 +41,19 @@ def child_infer_brainseg(spec: dict) -> dict:
     import torch
 
     from brainseg.data.discovery import discover_inputs
-    from brainseg.infer.predict import Predictor, inference_config, predict_cases
+    from brainseg.infer.batch import inference_config, predict_cases
+    from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
 
     device = torch.device(spec.get("device", "cpu"))
     model, card = load_model(spec["model"], device)
     config = inference_config(card, None, spec.get("overrides", []))
     if spec.get("crop") is False:  # windows over the whole resampled volume (for the comparison only)
-        card = dict(card, normalization=dict(card["normalization"], crop_to_nonzero=False))
+        card = dataclasses.replace(card, normalization=dataclasses.replace(card.normalization, crop_to_nonzero=False))
     predictor = Predictor(model, card, config.infer, config.postprocess, device, max_voxels=config.data.max_voxels)
     if spec.get("compile"):  # what the windows go through (with its CPU instance-norm fusion)
         predictor.window.net = torch.compile(predictor.window.net)
-    n_ch = len(card["channels"])
+    n_ch = len(card.channels)
     out = Path(spec["out"])
     warm = discover_inputs([Path(spec["warmup"])], n_channels=n_ch)
     t_warm = time.perf_counter()
@@ -78,18 +80,18 @@ def child_infer_brainseg(spec: dict) -> dict:
 def child_infer_monai(spec: dict) -> dict:
     import torch
 
-    from brainseg.infer.predict import inference_config
+    from brainseg.infer.batch import inference_config
     from brainseg.model.checkpoint import load_model
 
     device = torch.device(spec.get("device", "cpu"))
     model, card = load_model(spec["model"], device)
     config = inference_config(card, None, spec.get("overrides", []))
     out = Path(spec["out"])
-    ref = MonaiReference(model, card, config.postprocess.input_mask, out / "warmup", device)
+    ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, out / "warmup", device)
     ref(spec["warmup"], _case_id(spec["warmup"]))
     _sync(device)
     rss_warm = _maxrss_mb()
-    ref = MonaiReference(model, card, config.postprocess.input_mask, out, device)
+    ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, out, device)
     t0 = time.perf_counter()
     for image in spec["images"]:
         ref(image, _case_id(image))
@@ -104,7 +106,7 @@ def child_infer_monai(spec: dict) -> dict:
     shifted = {}
     for shift in spec.get("shifts", []):  # after the timing: the reference's own placement noise
         folder = out / ("shift_" + "_".join(str(v) for v in shift))
-        ref = MonaiReference(model, card, config.postprocess.input_mask, folder, device, shift=shift)
+        ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, folder, device, shift=shift)
         for image in spec["images"]:
             ref(image, _case_id(image))
         shifted[str(folder)] = list(shift)
@@ -224,7 +226,8 @@ def child_scale(spec: dict) -> dict:
     import torch
 
     from brainseg.data.discovery import discover_inputs
-    from brainseg.infer.predict import Predictor, inference_config, output_paths, predict_one
+    from brainseg.infer.batch import inference_config, output_paths, predict_one
+    from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
 
     model, card = load_model(spec["model"], "cpu")
@@ -251,13 +254,7 @@ def child_scale(spec: dict) -> dict:
 
 def predictor_windows(predictor, case) -> int:
     """How many sliding windows a case takes (its preprocessed, cropped shape; header + data read again)."""
-    from brainseg.data.preprocess import preprocess
-    from brainseg.io import read_channels
-
-    data, geom = read_channels(list(case.images))
-    norm = predictor.card["normalization"]
-    image, _, _ = preprocess(data, geom, predictor.card["spacing"], normalization=norm["scheme"],
-                             crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)))
+    image = predictor.prepare(list(case.images)).image
     return len(predictor.window.locations(image.shape[1:]))
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from brainseg.card import ModelCard
 
 MONAI_SW_BATCH = 4
 MONAI_OVERLAP = 0.5
@@ -34,31 +37,46 @@ def foreground_zscore(data: dict, scheme: str = "zscore") -> dict:
     return data
 
 
+@dataclass(frozen=True)
+class ReferenceSpec:
+    """What the MONAI reference needs to know of a network: its label values, the spacing
+    and patch it works at and (for brainseg networks) the normalisation scheme."""
+
+    labels: tuple[int, ...]
+    spacing: tuple[float, ...]
+    patch_size: tuple[int, ...]
+    scheme: str = "zscore"
+
+    @classmethod
+    def from_card(cls, card: ModelCard) -> "ReferenceSpec":
+        return cls(tuple(card.label_values), tuple(card.spacing), tuple(card.patch_size), card.normalization.scheme)
+
+
 class MonaiReference:
-    """The MONAI reference inference pipeline for one model card (see the module docstring)."""
+    """The MONAI reference inference pipeline for one network (see the module docstring)."""
 
     def __init__(
-        self, model, card: dict, input_mask: str, out_dir: Path, device, shift: Sequence[int] = (0, 0, 0),
+        self, model, spec: ReferenceSpec, input_mask: str, out_dir: Path, device, shift: Sequence[int] = (0, 0, 0),
         normalization: str = "brainseg",
     ):
         import torch
         from monai import transforms as T
 
-        self.model, self.card, self.device = model, card, torch.device(device)
+        self.model, self.spec, self.device = model, spec, torch.device(device)
         # Windows moved by ``shift`` voxels per axis (the volume is zero-padded in front by
         # that much for the windows, and the padding cut off again): the same pipeline with
         # its window lattice elsewhere, to measure how much placement alone changes the masks.
         self.shift = [int(v) for v in shift]
         self.input_mask = input_mask
-        self.values = sorted(int(k) for k in card["labels"])
+        self.values = sorted(spec.labels)
         steps = [T.LoadImaged(keys="image", image_only=True), T.EnsureChannelFirstd(keys="image")]
         steps.append(T.CopyItemsd(keys="image", times=1, names="raw"))
         steps += [
             T.Orientationd(keys="image", axcodes="RAS"),
-            T.Spacingd(keys="image", pixdim=card["spacing"], mode="bilinear"),
+            T.Spacingd(keys="image", pixdim=list(spec.spacing), mode="bilinear"),
             # "monai": the tutorials' NormalizeIntensityd(nonzero) for a network trained with it
             # (scripts/_generalisation_monai.py); "brainseg": the rule brainseg's networks learnt
-            functools.partial(foreground_zscore, scheme=card.get("normalization", {}).get("scheme", "zscore"))
+            functools.partial(foreground_zscore, scheme=spec.scheme)
             if normalization == "brainseg" else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
         ]
         self.pre = T.Compose(steps)
@@ -84,7 +102,7 @@ class MonaiReference:
             image = torch.nn.functional.pad(image.as_tensor(), [v for k in reversed(self.shift) for v in (k, 0)])
         with torch.no_grad():
             logits = sliding_window_inference(
-                image, roi_size=self.card["patch_size"], sw_batch_size=MONAI_SW_BATCH,
+                image, roi_size=list(self.spec.patch_size), sw_batch_size=MONAI_SW_BATCH,
                 predictor=self.model, overlap=MONAI_OVERLAP, mode="gaussian", cval=data.get("background", 0.0),
             )
         if any(self.shift):

@@ -17,10 +17,10 @@ SCALING_SPACING_FACTOR = 0.9
 
 def network_info(model: Path) -> dict:
     """The benchmarked network as its model card describes it (architecture and patch size)."""
-    from brainseg.model.checkpoint import load_checkpoint
+    from brainseg.model.checkpoint import load_card
 
-    card = load_checkpoint(model)["card"]
-    return dict(card["model"], patch_size=list(card["patch_size"]))
+    card = load_card(model)
+    return dict(card.network.kwargs(), patch_size=list(card.patch_size))
 
 
 def make_data(root: Path, n: int, n_test: int) -> Path:
@@ -71,15 +71,15 @@ def _best(runs: list[dict], key: str) -> dict:
 def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repeats: int = 1,
                       compile_variant: bool = False, device: str = "cpu",
                       shift_fractions: Sequence[float] = ()) -> dict:
-    from brainseg.model.checkpoint import load_checkpoint
+    from brainseg.model.checkpoint import load_card
 
     images = sorted(str(p) for p in (data / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
     warmup = sorted(str(p) for p in (data / "imagesTr").glob("*_0000.nii.gz"))[0]
     common = {"model": str(model), "images": images, "warmup": warmup, "device": device}
     out_b, out_m = workdir / f"pred_brainseg_{device}", workdir / f"pred_monai_{device}"
-    card = load_checkpoint(model)["card"]
+    card = load_card(model)
     # MONAI's window step; the reference is rerun (untimed) with its lattice moved by these fractions of it.
-    steps = [max(1, int(p * (1 - MONAI_OVERLAP))) for p in card["patch_size"]]
+    steps = [max(1, int(p * (1 - MONAI_OVERLAP))) for p in card.patch_size]
     shifts = [[int(round(f * st)) for st in steps] for f in shift_fractions]
     runs_b, runs_m = [], []
     for r in range(repeats):  # interleaved, so both sides see the machine's ups and downs
@@ -97,7 +97,7 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
         except RuntimeError as exc:
             compiled = {"error": str(exc)[-600:]}
 
-    values = sorted(int(k) for k in card["labels"])
+    values = card.label_values
     cmp = compare_masks(images, out_b, out_m, data, values)
     placement = None
     if runs_m[0].get("shifted"):
@@ -203,13 +203,13 @@ def loader_section(data: Path, model: Path, workdir: Path, sizes: dict[int, int]
                    repeats: int = 1) -> dict:
     from brainseg.data.cache import cache_cases
     from brainseg.data.discovery import discover_dataset
-    from brainseg.model.checkpoint import load_checkpoint
+    from brainseg.model.checkpoint import load_card
 
-    card = load_checkpoint(model)["card"]
+    card = load_card(model)
     ds = discover_dataset(data)
     cache = workdir / "loader_cache"
-    cache_cases(ds.train, cache, card["spacing"], sorted(int(k) for k in card["labels"]), progress=False)
-    out: dict[str, Any] = {"threads": 1, "workers": 0, "cases": len(ds.train), "spacing": card["spacing"]}
+    cache_cases(ds.train, cache, card.spacing, card.label_values, progress=False)
+    out: dict[str, Any] = {"threads": 1, "workers": 0, "cases": len(ds.train), "spacing": list(card.spacing)}
     for patch, n in sizes.items():
         spec = {"cache": str(cache), "patch": patch, "n": n, "warmup": warmup, "threads": 1}
         runs_b, runs_m = [], []
@@ -255,16 +255,16 @@ def make_scaled_volume(src: Path, size: int, spacing: Sequence[float], dst: Path
 
 
 def scaling_section(model: Path, data: Path, workdir: Path, sizes: Sequence[int]) -> dict:
-    from brainseg.model.checkpoint import load_checkpoint
+    from brainseg.model.checkpoint import load_card
 
-    card = load_checkpoint(model)["card"]
+    card = load_card(model)
     src = sorted((data / "imagesTs").glob("*_0000.nii.gz"))[0]
     folder = workdir / "scaling"
     folder.mkdir(exist_ok=True)
-    warm = make_scaled_volume(src, 64, card["spacing"], folder / "warm_0000.nii.gz")
+    warm = make_scaled_volume(src, 64, card.spacing, folder / "warm_0000.nii.gz")
     rows = []
     for size in sizes:
-        path = make_scaled_volume(src, size, card["spacing"], folder / f"size{size}_0000.nii.gz")
+        path = make_scaled_volume(src, size, card.spacing, folder / f"size{size}_0000.nii.gz")
         log(f"scaling: {size}^3")
         r = run_child("scale", {"model": str(model), "image": str(path), "warmup": str(warm),
                                 "out": str(workdir / "scaling_out")}, workdir)

@@ -41,7 +41,7 @@ if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
 import _bench_harness  # noqa: E402,F401  (scripts/benchmark.py's harness: it puts the repo on sys.path)
-from _bench_monai import MonaiReference, _case_id  # noqa: E402  (scripts/benchmark.py's MONAI reference)
+from _bench_monai import MonaiReference, ReferenceSpec, _case_id  # noqa: E402  (scripts/benchmark.py's MONAI reference)
 
 FEATURES = (16, 16, 32, 64, 128, 16)
 PATCH = (64, 64, 64)
@@ -151,11 +151,11 @@ def predict(model_dir: Path, jobs: Sequence[tuple[Path, Path]]) -> dict:
     net = network(meta["features"], len(meta["labels"]))
     net.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
-    card = {"labels": meta["labels"], "spacing": meta["spacing"], "patch_size": meta["patch_size"]}
+    spec = ReferenceSpec(tuple(sorted(int(k) for k in meta["labels"])), tuple(meta["spacing"]), tuple(meta["patch_size"]))
     result = {}
     for images, out in jobs:
         t0 = time.perf_counter()
-        ref = MonaiReference(net, card, "none", Path(out), "cpu", normalization="monai")
+        ref = MonaiReference(net, spec, "none", Path(out), "cpu", normalization="monai")
         cases = sorted(Path(images).glob("*_0000.nii.gz"))
         for image in cases:
             ref(str(image), _case_id(image))

@@ -11,8 +11,8 @@ What is measured (every pipeline in its own fresh child process, warmed up once
 before timing, several cases or patches timed):
 
 * **inference**: input megavoxels per second from reading the file to the written
-  mask. brainseg = :class:`~brainseg.infer.predict.Predictor` + ``write_image``
-  through :func:`~brainseg.infer.predict.predict_cases` (what ``brainseg predict``
+  mask. brainseg = :class:`~brainseg.infer.predictor.Predictor` + ``write_image``
+  through :func:`~brainseg.infer.batch.predict_cases` (what ``brainseg predict``
   does). MONAI reference = LoadImaged, EnsureChannelFirstd, Orientationd("RAS"),
   Spacingd(card spacing), a z-score per channel with brainseg's foreground statistics
   (:func:`foreground_zscore`: the non-zero voxels of an exact-zero-background scan,
@@ -83,7 +83,7 @@ from _bench_compare import (  # noqa: E402,F401
     dice_difference, linearity, markdown_table, mask_agreement, mix_corrected, outside_range, placement_range,
 )
 from _bench_harness import load1, log, machine_info, wait_for_quiet  # noqa: E402
-from _bench_monai import MonaiReference  # noqa: E402,F401
+from _bench_monai import MonaiReference, ReferenceSpec  # noqa: E402,F401
 from _bench_report import report_tables, targets  # noqa: E402
 from _bench_sections import (  # noqa: E402
     gpu_section, inference_section, loader_section, make_data, network_info, scaling_section, train_section,

@@ -77,11 +77,11 @@ def test_shifted_monai_reference_moves_only_the_windows(tmp_path: Path):
     nib.save(nib.Nifti1Image(rng.normal(size=(37, 29, 23)).astype(np.float32) + 3.0, affine), image)
     torch.manual_seed(0)
     net = torch.nn.Conv3d(1, 3, 1).eval()
-    card = {"labels": {"0": "bg", "1": "a", "2": "b"}, "spacing": [1.0, 1.1, 1.3], "patch_size": [16, 16, 16]}
+    spec = bench.ReferenceSpec(labels=(0, 1, 2), spacing=(1.0, 1.1, 1.3), patch_size=(16, 16, 16))
     masks = []
     for shift in ([0, 0, 0], [4, 5, 6]):
         out = tmp_path / f"out_{shift[0]}"
-        bench.MonaiReference(net, card, "none", out, "cpu", shift=shift)(str(image), "case")
+        bench.MonaiReference(net, spec, "none", out, "cpu", shift=shift)(str(image), "case")
         img = nib.load(out / "case.nii.gz")
         assert img.shape == (37, 29, 23) and np.allclose(img.affine, affine, atol=1e-4)
         masks.append(np.asarray(img.dataobj))

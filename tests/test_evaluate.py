@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -302,7 +303,7 @@ def test_explicit_labels_and_inf_in_outputs(tmp_path: Path):
     assert "Infinity" not in text and "NaN" not in text  # strict JSON
 
 
-def test_channel_suffix_pairing_and_unmatched_files(tmp_path: Path, capsys):
+def test_channel_suffix_pairing_and_unmatched_files(tmp_path: Path, caplog):
     labels = _cube_labels()
     _write(tmp_path / "ref" / "sub1.nii.gz", labels)
     _write(tmp_path / "pred" / "sub1_0000.nii.gz", labels)  # named after the image
@@ -312,15 +313,16 @@ def test_channel_suffix_pairing_and_unmatched_files(tmp_path: Path, capsys):
     probs = np.zeros((16, 16, 16, 3), dtype=np.float32)
     nib.save(nib.Nifti1Image(probs, np.eye(4)), str(tmp_path / "pred" / "sub1_0000_probabilities.nii.gz"))
 
-    summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
+    with caplog.at_level(logging.INFO):
+        summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
     rows = _read_metrics(tmp_path / "out")
     assert {r["case"] for r in rows} == {"sub1"}
     assert all(float(r["dice"]) == 1.0 for r in rows)
     assert sorted(f["case"] for f in summary["failed"]) == ["stray", "sub2"]
-    err = capsys.readouterr().err
-    assert f"brainseg: {tmp_path / 'ref' / 'sub2.nii.gz'}: no prediction" in err
-    assert f"brainseg: {tmp_path / 'pred' / 'stray.nii.gz'}: no reference" in err
-    assert "probabilities" not in err
+    errors = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert f"{tmp_path / 'ref' / 'sub2.nii.gz'}: no prediction" in errors
+    assert f"{tmp_path / 'pred' / 'stray.nii.gz'}: no reference" in errors
+    assert "probabilities" not in errors
 
 
 def test_missing_folder_is_a_user_error(tmp_path: Path):
@@ -363,7 +365,7 @@ def test_cli_corrupt_prediction_among_good_ones(tmp_path: Path):
     assert "Traceback" not in result.stderr
     err_lines = result.stderr.splitlines()
     bad = [line for line in err_lines if "case2.nii.gz" in line]
-    assert len(bad) == 1 and bad[0].startswith(f"brainseg: {tmp_path / 'pred' / 'case2.nii.gz'}: ")
+    assert len(bad) == 1 and bad[0].startswith(f"brainseg: error: {tmp_path / 'pred' / 'case2.nii.gz'}: ")
     assert any("case4.nii.gz" in line and "no prediction" in line for line in err_lines)
 
     rows = _read_metrics(tmp_path / "out")

@@ -68,4 +68,3 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     handler.setFormatter(_LineFormatter())
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
-    logger.propagate = False

@@ -81,6 +81,12 @@ def card_from_state(state: dict[str, Any], source: object = "checkpoint") -> Mod
     return ModelCard.from_dict(state.get("card"), source=source)
 
 
+def load_card(path: str | os.PathLike) -> ModelCard:
+    """The validated model card of a checkpoint file or run folder (weights not built)."""
+    source = resolve_checkpoint(path)
+    return card_from_state(load_checkpoint(source), source)
+
+
 def model_from_state(state: dict[str, Any], card: ModelCard) -> UNet3D:
     model = build_model(**card.network.kwargs())
     model.load_state_dict(state["model"])
