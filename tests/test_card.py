@@ -1,0 +1,168 @@
+"""The typed model card, config value checks, and validation Dice = predict + evaluate."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brainseg.card import CARD_FORMAT, ModelCard
+from brainseg.config import load_config
+from brainseg.data.demo import make_demo_dataset
+from brainseg.errors import BrainsegError
+from brainseg.evaluate import evaluate_folders
+from brainseg.infer.batch import predict
+from brainseg.model.checkpoint import load_card, load_checkpoint, load_model, save_checkpoint
+from brainseg.train.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: object) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "brainseg", *map(str, args)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+
+
+def _stored(tiny_checkpoint: Path) -> dict:
+    return load_checkpoint(tiny_checkpoint)
+
+
+def test_a_card_survives_its_stored_form(tiny_checkpoint):
+    card = load_card(tiny_checkpoint)
+    assert isinstance(card, ModelCard) and card.format == CARD_FORMAT
+    assert card.label_values == [0, 1, 2] and card.channels == ("T1",) and card.num_classes == 3
+    again = ModelCard.from_dict(card.to_dict())
+    assert again == card and again.to_dict() == card.to_dict()
+    model, loaded = load_model(tiny_checkpoint)
+    assert loaded == card and model.hparams == card.network.kwargs()
+
+
+@pytest.mark.parametrize("key", ["spacing", "labels", "network", "preprocess_version"])
+def test_a_missing_key_is_one_line_naming_the_checkpoint(tiny_checkpoint, key):
+    raw = dict(_stored(tiny_checkpoint)["card"])
+    del raw[key]
+    with pytest.raises(BrainsegError, match=rf"^ckpt.pt: model card has no '{key}'"):
+        ModelCard.from_dict(raw, source="ckpt.pt")
+
+
+def test_inconsistent_or_malformed_cards_are_refused(tiny_checkpoint):
+    raw = _stored(tiny_checkpoint)["card"]
+    with pytest.raises(BrainsegError, match="network has 3 classes"):
+        ModelCard.from_dict(dict(raw, labels={"0": "bg", "1": "a"}))
+    with pytest.raises(BrainsegError, match="network takes 1"):
+        ModelCard.from_dict(dict(raw, channels=["T1", "T2"]))
+    with pytest.raises(BrainsegError, match="'spacing' must be 3 positive numbers"):
+        ModelCard.from_dict(dict(raw, spacing=[1.0, -1.0, 1.0]))
+    with pytest.raises(BrainsegError, match="malformed field"):
+        ModelCard.from_dict(dict(raw, network=dict(raw["network"], norm="layer")))
+    with pytest.raises(BrainsegError, match="normalization scheme 'robust'"):
+        ModelCard.from_dict(dict(raw, normalization=dict(raw["normalization"], scheme="robust")))
+
+
+def test_a_format_1_card_still_reads(tiny_checkpoint):
+    raw = dict(_stored(tiny_checkpoint)["card"])
+    raw["format"], raw["model"] = 1, raw.pop("network")
+    del raw["preprocess_version"]
+    card = ModelCard.from_dict(raw)
+    assert card.format == 1 and card.preprocess_version == 4 and card.num_classes == 3
+
+
+def _broken_checkpoint(tiny_checkpoint: Path, folder: Path, change) -> Path:
+    state = load_checkpoint(tiny_checkpoint)
+    state["card"] = change(dict(state["card"]))
+    return save_checkpoint(folder / "checkpoint_final.pt", state)
+
+
+def _one_scan(folder: Path) -> Path:
+    import nibabel as nib
+    import numpy as np
+
+    folder.mkdir()
+    data = np.zeros((20, 20, 20), np.float32)
+    data[5:15, 5:15, 5:15] = 100.0
+    nib.save(nib.Nifti1Image(data, np.diag([1.5, 1.5, 1.5, 1.0])), folder / "s1_0000.nii.gz")
+    return folder
+
+
+@pytest.mark.parametrize(
+    "change, expected",
+    [
+        (lambda c: {k: v for k, v in c.items() if k != "spacing"}, "model card has no 'spacing'"),
+        (lambda c: dict(c, format=3, versions=dict(c["versions"], brainseg="9.1.0")),
+         "model card has format 3, this brainseg reads formats 1, 2; it was written by a newer brainseg (9.1.0): upgrade brainseg"),
+    ],
+    ids=["missing-key", "future-format"],
+)
+def test_predict_reports_a_bad_card_in_one_line(tiny_checkpoint, tmp_path, change, expected):
+    run = tmp_path / "run"
+    run.mkdir()
+    ckpt = _broken_checkpoint(tiny_checkpoint, run, change)
+    scans = _one_scan(tmp_path / "scans")
+    res = _cli("predict", "--model", run, "--input", scans, "--output", tmp_path / "out")
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"brainseg: error: {ckpt}: {expected}"), res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "out" / "s1.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.norm=layer", "config model.norm: 'layer' is not one of instance, batch, group, none"),
+        ("train.optimizer=adam", "config train.optimizer: 'adam' is not one of sgd, adamw"),
+        ("data.normalization=robust", "config data.normalization: 'robust' is not one of zscore, quantile, none"),
+        ("postprocess.input_mask=all", "config postprocess.input_mask: 'all' is not one of none, restrict, fill"),
+        ("infer.amp=fp8", "config infer.amp: 'fp8' is not one of bf16, fp16, none"),
+        ("train.lr_schedule=cosine", "config train.lr_schedule: 'cosine' is not one of poly, constant"),
+        ("infer.overlap=1.0", "config infer.overlap: must be in [0, 1)"),
+        ("train.patch_size=[32,32]", "config train.patch_size: expected 3 positive integers"),
+    ],
+)
+def test_config_values_are_checked_when_loaded(override, message):
+    with pytest.raises(BrainsegError) as info:
+        load_config(overrides=[override])
+    assert str(info.value).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_a_bad_device_is_one_line(command, tiny_checkpoint, tmp_path):
+    args = (["train", "--data", tmp_path, "--out", tmp_path / "run"] if command == "train"
+            else ["predict", "--model", tiny_checkpoint, "--input", _one_scan(tmp_path / "scans"), "--output", tmp_path / "o"])
+    res = _cli(*args, "--device", "gpu")
+    assert res.returncode == 1
+    assert res.stderr.strip() == "brainseg: error: device 'gpu': expected auto, cpu, cuda or cuda:N"
+
+
+def test_validation_dice_is_what_predict_and_evaluate_report(tmp_path):
+    """The trainer's last validation Dice (full precision, from the checkpoint's history)
+    equals ``predict`` + ``evaluate`` of the final model on the validation cases."""
+    data = make_demo_dataset(tmp_path / "data", n=3, n_test=1, seed=4, verbose=False)
+    cfg = load_config(REPO / "configs" / "demo.yaml", [
+        "model.levels=3", "model.base_features=4", "model.max_features=16", "train.patch_size=[32,32,32]",
+        "train.epochs=1", "train.iters_per_epoch=3", "train.num_workers=0", "data.target_spacing=[3.0,3.0,3.0]",
+        "data.val_fraction=0.5",
+    ])
+    torch.set_num_threads(1)
+    train(data, tmp_path / "run", cfg, device="cpu", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")
+    last = state["history"][-1]
+    import json
+
+    val_ids = json.loads((tmp_path / "run" / "split.json").read_text())["val"]
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for cid in val_ids:
+        shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", refs)
+    images = [data / "imagesTr" / f"{cid}_0000.nii.gz" for cid in val_ids]
+    result = predict(tmp_path / "run", images, tmp_path / "pred", device="cpu")
+    assert not result.summary.failed
+    summary = evaluate_folders(tmp_path / "pred", refs, tmp_path / "eval", labels=[1, 2, 3], progress=False)
+    for v in (1, 2, 3):
+        assert summary["labels"][str(v)]["dice"]["mean"] == pytest.approx(last[f"val_dice_{v}"], abs=1e-6)
+    assert summary["overall"]["dice"]["mean"] == pytest.approx(last["val_dice_mean"], abs=1e-6)
