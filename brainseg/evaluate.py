@@ -30,7 +30,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -40,7 +39,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .errors import BrainsegError, InputError, one_line
-from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, is_image_file, read_label, strip_suffix
+from .atomic import atomic_write_text
+from .io import DEFAULT_MAX_VOXELS, Geometry, read_label
+from .naming import CHANNEL_SUFFIX as _CHANNEL_SUFFIX, is_image_file, strip_suffix
 
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
@@ -56,8 +57,6 @@ CONVENTIONS = (
     "std is the population std (ddof=0); null = no value."
 )
 
-# An nnU-Net channel suffix on an image-derived name: ID_0000.
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
 _PROBABILITIES_SUFFIX = "_probabilities"
 
 

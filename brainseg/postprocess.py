@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from .config import PostprocessConfig
-from .io import atomic_write_text
+from .atomic import atomic_write_text
 
 #: Structuring element for connected components of one label (26-connectivity).
 COMPONENT_STRUCTURE = ndimage.generate_binary_structure(3, 3)

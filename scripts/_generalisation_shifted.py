@@ -59,7 +59,8 @@ from brainseg.data.demo import (
     tissue_labels,
     world_box,
 )
-from brainseg.io import atomic_write_text, write_image
+from brainseg.atomic import atomic_write_text
+from brainseg.io import write_image
 
 GENERATOR = "scripts/_generalisation_shifted.py v3"
 CASE_PREFIX = "shifted"

@@ -20,7 +20,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import atomic_path, atomic_write_text, check_file, read_channels, read_geometry, read_label
+from ..atomic import atomic_path, atomic_write_text
+from ..io import check_file, read_channels, read_geometry, read_label
 from .discovery import Case
 from .preprocess import PreprocessRecord, preprocess, ras_orientation
 

@@ -51,7 +51,8 @@ from scipy.interpolate import CubicSpline
 from scipy.ndimage import map_coordinates
 
 from ..errors import BrainsegError
-from ..io import Geometry, atomic_write_text, write_image
+from ..atomic import atomic_write_text
+from ..io import Geometry, write_image
 
 #: Label values of the demo data set (nnU-Net v2 style: name -> value).
 LABELS: dict[str, int] = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}

@@ -41,7 +41,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Callable, Iterable, Sequence
 
 from ..errors import BrainsegError
-from ..io import IMAGE_SUFFIXES, image_suffix, is_image_file, strip_suffix
+from ..naming import IMAGE_SUFFIXES, image_suffix, is_image_file, strip_suffix
 
 __all__ = [
     "BRATS_2023",

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ..errors import BrainsegError
-from ..io import atomic_path
+from ..atomic import atomic_path
 from .unet import UNet3D, build_model
 
 CHECKPOINT_LAST = "checkpoint_last.pt"

@@ -41,7 +41,8 @@ from ..data.foreground import far_background
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..errors import BrainsegError
 from ..infer.sliding_window import SlidingWindow
-from ..io import atomic_write_text, read_label
+from ..atomic import atomic_write_text
+from ..io import read_label
 from ..model.checkpoint import (
     CHECKPOINT_BEST,
     CHECKPOINT_FINAL,
