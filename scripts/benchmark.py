@@ -338,7 +338,7 @@ def child_train(spec: dict) -> dict:
 def child_infer_brainseg(spec: dict) -> dict:
     import torch
 
-    from brainseg.data.discovery import discover_inputs
+    from brainseg.data.inputs import discover_inputs
     from brainseg.infer.predict import Predictor, inference_config, predict_cases
     from brainseg.model.checkpoint import load_model
 
@@ -699,7 +699,7 @@ def child_loader_monai(spec: dict) -> dict:
 def child_scale(spec: dict) -> dict:
     import torch
 
-    from brainseg.data.discovery import discover_inputs
+    from brainseg.data.inputs import discover_inputs
     from brainseg.infer.predict import Predictor, inference_config, output_paths, predict_one
     from brainseg.model.checkpoint import load_model
 
@@ -940,7 +940,7 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
 def loader_section(data: Path, model: Path, workdir: Path, sizes: dict[int, int], warmup: int,
                    repeats: int = 1) -> dict:
     from brainseg.data.cache import cache_cases
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
     from brainseg.model.checkpoint import load_checkpoint
 
     card = load_checkpoint(model)["card"]

@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from brainseg.cli import main
-from brainseg.data.discovery import discover_inputs
+from brainseg.data.inputs import discover_inputs
 from brainseg.errors import InputError
 from brainseg.evaluate import evaluate_folders
 from brainseg.model.checkpoint import CHECKPOINT_LAST, RUN_PREFERENCE, resolve_checkpoint

@@ -136,7 +136,7 @@ def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_pa
 
 def test_patches_are_a_function_of_seed_and_index_and_oversample_foreground(demo_data, tmp_path):
     from brainseg.data.cache import cache_cases
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
 
     ds = discover_dataset(demo_data)
     cached = cache_cases(ds.train, tmp_path / "cache", [3.0, 3.0, 3.0], [0, 1, 2, 3], progress=False)

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from ..errors import InputError
 from ..atomic import atomic_path, atomic_write_text
 from ..io import check_file, read_channels, read_geometry, read_label
-from .discovery import Case
+from .cases import Case
 from .preprocess import PreprocessRecord, preprocess, ras_orientation
 
 #: Voxel coordinates stored per class for foreground sampling.

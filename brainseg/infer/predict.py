@@ -43,7 +43,8 @@ import torch
 from tqdm import tqdm
 
 from ..config import Config, InferConfig, PostprocessConfig, apply_overrides, config_from_dict, load_config
-from ..data.discovery import Case, discover_inputs
+from ..data.cases import Case
+from ..data.inputs import discover_inputs
 from ..data.foreground import far_background
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError, InputError, one_line

@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 
 from ..config import Config, dump_config, load_config
 from ..data.cache import CachedCase, cache_cases, median_spacing
-from ..data.discovery import Case, discover_dataset
+from ..data.cases import Case
+from ..data.layouts import discover_dataset
 from ..data.foreground import far_background
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..errors import BrainsegError
