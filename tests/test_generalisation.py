@@ -23,7 +23,7 @@ if str(SCRIPTS) not in sys.path:
 
 import _generalisation_shifted as shifted  # noqa: E402
 
-from brainseg.data.demo import _orientation_matrix  # noqa: E402
+from brainseg.data.demo_template import orientation_matrix  # noqa: E402
 
 N_SCANS = 7  # the six fixed scans and one drawn from the ranges
 SEED = 4321
@@ -70,7 +70,7 @@ def test_each_scan_has_the_grid_its_settings_say(shifted_set):
         assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
         # The tilt: the rotation between the grid's axes and the plain orientation's.
         direction = img.affine[:3, :3] / np.asarray(case["spacing"])[None, :]
-        rot = direction @ _orientation_matrix(case["orientation"]).T
+        rot = direction @ orientation_matrix(case["orientation"]).T
         skew = rot - rot.T
         sine = np.linalg.norm([skew[2, 1], skew[0, 2], skew[1, 0]]) / 2
         angle = math.degrees(math.atan2(sine, (np.trace(rot) - 1) / 2))

@@ -161,7 +161,7 @@ def test_tiny_net_overfits_one_real_volume():
     The volume is a 32^3 block (3 mm voxels) from the middle of the MNI template,
     with ventricles (CSF), deep and cortical grey matter and white matter in it.
     """
-    from brainseg.data.demo import load_template, template_labels
+    from brainseg.data.demo_template import load_template, template_labels
     from brainseg.data.preprocess import resample_image, resample_labels, zscore_foreground
     from brainseg.model import UNet3D
     from monai.losses import DiceCELoss
