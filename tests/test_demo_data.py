@@ -1,4 +1,5 @@
-"""The demo data set: generated once through the real CLI, then inspected as files.
+"""The demo data set: generated once through the real CLI (the session's shared
+``demo_data``, see conftest.py), then inspected as files.
 
 The reference for geometry is the MNI template itself: a subject's label map, put
 into world space through its own affine, must overlap the template's labels there
@@ -26,22 +27,14 @@ pytest.importorskip("nilearn")
 demo = pytest.importorskip("brainseg.data.demo")
 mni = pytest.importorskip("brainseg.data.demo_template")
 
-N = 4
+N = 4  # subjects in the shared demo data set (conftest.DEMO_N)
 EXPECTED_LABELS = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "brainseg", "demo-data", str(out), "--n", str(N)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert str(out) in proc.stdout
-    return out
+def demo_dir(demo_data) -> Path:
+    """``brainseg demo-data OUT --n 4`` (shared by the session; read only)."""
+    return demo_data
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +59,12 @@ def template():
 
 
 # ----------------------------------------------------------------------------- layout
+
+
+def test_cli_writes_the_data_set_and_names_it(demo_data_run):
+    out, proc = demo_data_run
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout
 
 
 def test_dataset_json(demo_dir, meta):

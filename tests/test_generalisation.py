@@ -2,7 +2,8 @@
 
 The shifted set is written to real files once per module (the six scans of the issue and
 one drawn seventh, ~25 s on one core) and read back with nibabel; the end-to-end run
-(``slow``) trains both pipelines for a few seconds on a 3-subject demo set.
+(``slow``) trains both pipelines for a few seconds on (a copy of) the session's shared
+demo data set (conftest.py: 3 training subjects, 1 held out).
 """
 
 from __future__ import annotations
@@ -134,10 +135,8 @@ def test_a_matching_set_is_reused(shifted_set):
 
 
 @pytest.mark.slow
-def test_the_check_runs_end_to_end(tmp_path: Path):
-    demo = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "brainseg", "demo-data", str(demo), "--n", "3", "--n-test", "1"],
-                   check=True, capture_output=True, timeout=300)
+def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
+    demo = demo_data_copy
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
     res = subprocess.run(
         [sys.executable, str(SCRIPTS / "generalisation.py"), "--out", str(out), "--data", str(demo),
