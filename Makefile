@@ -1,13 +1,14 @@
 # Two commands set everything up on a fresh machine:
 #   make demo   -> .venv, install, run the whole pipeline on the built-in demo data
 #   make test   -> .venv, install, run the test suite
+#   make test-fast -> the same without the tests marked slow (subprocess trainings, torchrun)
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install benchmark clean
+.PHONY: demo test test-fast install benchmark clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +24,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow" tests
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --json benchmark.json

@@ -34,7 +34,9 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from .errors import BrainsegError, InputError
-from .io import DEFAULT_MAX_VOXELS, Geometry, atomic_write_text, read_label, strip_suffix
+from .atomic import atomic_write_text
+from .io import DEFAULT_MAX_VOXELS, Geometry, read_label
+from .naming import strip_suffix
 from .metrics import check_spacing, dice, hd95
 from .pairing import drop_probability_maps, pair_cases, scan_folder
 

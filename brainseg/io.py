@@ -7,54 +7,30 @@ that lines up voxel for voxel with the original: shape, the voxel-to-world affin
 written file keeps the input's qform/sform codes and both transforms.
 
 NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; ``.mha``, ``.mhd`` and ``.nrrd``
-through SimpleITK (LPS world converted to RAS). Every write is atomic: a temporary
-file in the destination folder, fsynced, then renamed over the target.
+through SimpleITK (LPS world converted to RAS). Every write is atomic
+(:func:`brainseg.atomic.atomic_path`): a temporary file in the destination folder,
+fsynced, then renamed over the target. File-name rules live in :mod:`brainseg.naming`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
-IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+from .naming import IMAGE_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, image_suffix
 
 #: Default refusal threshold for a header's claimed voxel count (before allocating).
 DEFAULT_MAX_VOXELS = 1024**3
 
 # Tolerance when deciding whether two channel files share one voxel grid (mm).
 AFFINE_ATOL = 1e-4
-
-
-def image_suffix(path: str | os.PathLike) -> str | None:
-    """The recognised image suffix of ``path`` (``.nii.gz``, ``.nii``, …) or None."""
-    name = Path(path).name.lower()
-    for suffix in IMAGE_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return None
-
-
-def strip_suffix(path: str | os.PathLike) -> str:
-    """File name without its image suffix: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
-    name = Path(path).name
-    suffix = image_suffix(name)
-    return name[: -len(suffix)] if suffix else Path(name).stem
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    p = Path(path)
-    return image_suffix(p) is not None and not p.name.startswith(".")
 
 
 @dataclass(frozen=True, eq=False)
@@ -104,15 +80,15 @@ def _check_affine(path, affine: np.ndarray) -> None:
         raise InputError(path, "the affine (voxel-to-world transform) is singular or zero")
 
 
-def _spatial_shape(path, shape: Sequence[int], allow_channels: bool) -> tuple[int, ...]:
-    """Validate a file's shape; return the 3D spatial shape (plus channels if allowed)."""
+def _spatial_shape(path, shape: Sequence[int]) -> tuple[int, ...]:
+    """Validate a file's shape; return its 3D spatial shape."""
     shape = tuple(int(s) for s in shape)
     # Trailing singleton axes beyond the third are not real dimensions.
     while len(shape) > 3 and shape[-1] == 1:
         shape = shape[:-1]
     if len(shape) < 3:
         raise InputError(path, f"is a {len(shape)}D image {shape}; a 3D volume is required")
-    if len(shape) > 4 or (len(shape) == 4 and not allow_channels):
+    if len(shape) > 3:
         raise InputError(
             path,
             f"is a {len(shape)}D image {shape}; one 3D volume is required "
@@ -126,7 +102,7 @@ def _spatial_shape(path, shape: Sequence[int], allow_channels: bool) -> tuple[in
 def read_geometry(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Geometry:
     """The geometry of a scan from its header alone (no voxel data is read)."""
     path = Path(path)
-    geom, _ = _open(path, max_voxels=max_voxels, allow_channels=False)
+    geom, _ = _open(path, max_voxels=max_voxels)
     return geom
 
 
@@ -152,25 +128,25 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _open(path: Path, max_voxels: int, allow_channels: bool):
+def _open(path: Path, max_voxels: int):
     """Open ``path`` lazily: return its Geometry and a loader of its data."""
     check_file(path)
     suffix = image_suffix(path)
     if suffix in NIFTI_SUFFIXES:
-        return _open_nifti(path, max_voxels, allow_channels)
+        return _open_nifti(path, max_voxels)
     if suffix in ITK_SUFFIXES:
-        return _open_itk(path, max_voxels, allow_channels)
+        return _open_itk(path, max_voxels)
     raise InputError(path, f"unsupported file type; expected one of {', '.join(IMAGE_SUFFIXES)}")
 
 
-def _open_nifti(path: Path, max_voxels: int, allow_channels: bool):
+def _open_nifti(path: Path, max_voxels: int):
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises many types for bad files
         raise InputError(path, f"is not a readable NIfTI file ({_short(exc)})") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise InputError(path, f"is not a NIfTI image (nibabel read it as {type(img).__name__})")
-    shape = _spatial_shape(path, img.shape, allow_channels)
+    shape = _spatial_shape(path, img.shape)
     n_vox = int(np.prod(shape, dtype=np.int64))
     if n_vox > max_voxels:
         raise InputError(
@@ -191,7 +167,7 @@ def _open_nifti(path: Path, max_voxels: int, allow_channels: bool):
     return geom, load
 
 
-def _open_itk(path: Path, max_voxels: int, allow_channels: bool):
+def _open_itk(path: Path, max_voxels: int):
     import SimpleITK as sitk
 
     try:
@@ -203,7 +179,7 @@ def _open_itk(path: Path, max_voxels: int, allow_channels: bool):
     size = tuple(int(s) for s in reader.GetSize())
     ncomp = int(reader.GetNumberOfComponents())
     full = size + ((ncomp,) if ncomp > 1 else ())
-    shape = _spatial_shape(path, full, allow_channels)
+    shape = _spatial_shape(path, full)
     n_vox = int(np.prod(shape, dtype=np.int64))
     if n_vox > max_voxels:
         raise InputError(path, f"header claims {n_vox:,} voxels {shape}, above the limit of {max_voxels:,}")
@@ -247,7 +223,7 @@ def read_image(
     naming the file for anything unusable.
     """
     path = Path(path)
-    geom, load = _open(path, max_voxels=max_voxels, allow_channels=False)
+    geom, load = _open(path, max_voxels=max_voxels)
     data = load()
     if check_finite and not np.isfinite(data).all():
         n_bad = int(np.size(data) - np.isfinite(data).sum())
@@ -300,62 +276,6 @@ def read_label(
 
 # ----------------------------------------------------------------------------- writing
 
-
-def _current_umask() -> int:
-    """The process umask, read without changing it where the OS allows."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)  # no read-only query elsewhere: set and restore at once
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it over ``target`` on success.
-
-    The temporary name keeps the target's suffix (nibabel picks the format from it)
-    and starts with a dot, so discovery never mistakes it for a scan. On any error
-    the temporary file is removed and the target is untouched; an :class:`OSError`
-    (disk full, file too large, permission denied, ...) is re-raised naming the
-    target, not the temporary file, so the user is told which output failed.
-    A process killed mid-write can leave the hidden temporary file behind (never a
-    partial target); such files are ignored everywhere and may be deleted.
-    """
-    target = Path(target)
-    tmp: Path | None = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        suffix = image_suffix(target) or target.suffix
-        fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
-        os.close(fd)
-        tmp = Path(name)
-        yield tmp
-        # mkstemp makes the file 0600; give it the mode any new file of the user gets.
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        if isinstance(exc, OSError) and (
-            exc.filename is None or Path(str(exc.filename)).name.startswith(f".{target.name}.")
-        ):
-            # A failed write of the temporary file is a failed write of the target.
-            raise OSError(exc.errno, f"cannot be written ({exc.strerror or exc})", str(target)) from exc
-        raise
-
-
-def atomic_write_text(target: str | os.PathLike, text: str) -> None:
-    with atomic_path(target) as tmp:
-        tmp.write_text(text)
 
 
 def write_image(

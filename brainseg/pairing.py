@@ -6,15 +6,12 @@ image suffix (:func:`~brainseg.io.strip_suffix`); see :func:`pair_cases` for the
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import BrainsegError
-from .io import is_image_file, strip_suffix
+from .naming import CHANNEL_SUFFIX, PROBABILITIES_TAG, is_image_file, strip_suffix
 
 # An nnU-Net channel suffix on an image-derived name: ID_0000.
-_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
-_PROBABILITIES_SUFFIX = "_probabilities"
 
 
 def scan_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[dict]]:
@@ -48,12 +45,12 @@ def drop_probability_maps(preds: dict[str, Path]) -> dict[str, Path]:
     return {
         cid: path
         for cid, path in preds.items()
-        if not (cid.endswith(_PROBABILITIES_SUFFIX) and cid[: -len(_PROBABILITIES_SUFFIX)] in preds)
+        if not (cid.endswith(PROBABILITIES_TAG) and cid[: -len(PROBABILITIES_TAG)] in preds)
     }
 
 
 def _base_id(cid: str) -> str:
-    return _CHANNEL_SUFFIX.sub("", cid)
+    return CHANNEL_SUFFIX.sub("", cid)
 
 
 def pair_cases(

@@ -21,7 +21,8 @@ from .config import load_config
 from .data.demo import make_demo_dataset
 from .errors import BrainsegError
 from .evaluate import evaluate_folders
-from .infer.batch import predict
+from .infer.batch import MASK_SUFFIX, PROBABILITIES_SUFFIX, predict
+from .naming import NIFTI_GZ, channel_stem
 from .train.trainer import train
 from .viz import overlay_png
 
@@ -91,10 +92,10 @@ def run_demo(
 
     dataset = json.loads((data / "dataset.json").read_text())
     names = {int(v): k for k, v in dataset["labels"].items()}
-    first = sorted(p for p in preds.glob("*.nii.gz") if not p.name.endswith("_probabilities.nii.gz"))[0]
-    case_id = first.name[: -len(".nii.gz")]
+    first = sorted(p for p in preds.glob(f"*{MASK_SUFFIX}") if not p.name.endswith(PROBABILITIES_SUFFIX))[0]
+    case_id = first.name[: -len(MASK_SUFFIX)]
     overlay = overlay_png(
-        data / "imagesTs" / f"{case_id}_0000.nii.gz",
+        data / "imagesTs" / f"{channel_stem(case_id, 0)}{NIFTI_GZ}",
         first,
         out / "overlay.png",
         label_names=names,

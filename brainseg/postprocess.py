@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from .arrays import bounding_box
 from .config import PostprocessConfig
-from .io import atomic_write_text
+from .atomic import atomic_write_text
 
 #: Structuring element for connected components of one label (26-connectivity).
 COMPONENT_STRUCTURE = ndimage.generate_binary_structure(3, 3)

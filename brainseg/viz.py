@@ -7,7 +7,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from .io import atomic_path
+from .atomic import atomic_path
 
 #: Colours for labels 1.. (background is transparent).
 LABEL_COLOURS = [

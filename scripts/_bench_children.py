@@ -40,7 +40,7 @@ def child_train(spec: dict) -> dict:
 def child_infer_brainseg(spec: dict) -> dict:
     import torch
 
-    from brainseg.data.discovery import discover_inputs
+    from brainseg.data.inputs import discover_inputs
     from brainseg.infer.batch import inference_config, predict_cases
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
@@ -225,7 +225,7 @@ def child_loader_monai(spec: dict) -> dict:
 def child_scale(spec: dict) -> dict:
     import torch
 
-    from brainseg.data.discovery import discover_inputs
+    from brainseg.data.inputs import discover_inputs
     from brainseg.infer.batch import inference_config, output_paths, predict_one
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model

@@ -202,7 +202,7 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
 def loader_section(data: Path, model: Path, workdir: Path, sizes: dict[int, int], warmup: int,
                    repeats: int = 1) -> dict:
     from brainseg.data.cache import cache_cases
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
     from brainseg.model.checkpoint import load_card
 
     card = load_card(model)

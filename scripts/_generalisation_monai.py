@@ -93,7 +93,7 @@ def train(data: Path, out: Path, minutes: float, seed: int, spacing_mm: float, f
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
 
     torch.set_num_threads(threads())
     set_determinism(seed=seed)

@@ -27,7 +27,7 @@ demo's 0.88-1.08), the bias above 0.25 (demo 0.08-0.25), the field of view (demo
 box, centred) and the seeds lie outside its ranges; gamma, scales and noise levels are
 the issue's and may overlap the demo's as it widens them.
 
-Labels follow the demo's convention exactly (:func:`brainseg.data.demo.tissue_labels`
+Labels follow the demo's convention exactly (:func:`brainseg.data.demo_template.tissue_labels`
 with the brain = resampled ``template T1 > 0`` >= 0.5).
 
 Layout::
@@ -46,12 +46,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainseg.data.demo import (
+from brainseg.atomic import atomic_write_text
+from brainseg.data.demo_template import (
     LABELS,
     SubjectGrid,
     Template,
-    _orientation_matrix,
-    _rotation,
     load_template,
     nifti_geometry,
     resample,
@@ -59,7 +58,9 @@ from brainseg.data.demo import (
     tissue_labels,
     world_box,
 )
-from brainseg.io import atomic_write_text, write_image
+from brainseg.data.demo_template import orientation_matrix as _orientation_matrix
+from brainseg.data.demo_template import rotation as _rotation
+from brainseg.io import write_image
 
 GENERATOR = "scripts/_generalisation_shifted.py v3"
 CASE_PREFIX = "shifted"

@@ -89,7 +89,7 @@ def git_state() -> dict:
 def prepare_data(args, work: Path):
     """The data set folder and its (training, held-out) cases; demo data unless ``--data``."""
     from brainseg.data.demo import make_demo_dataset
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
 
     if args.data is not None:
         data = Path(args.data)

@@ -1,13 +1,24 @@
-"""Shared test fixtures: tiny real checkpoints (no training, no mocks).
+"""Shared test fixtures: tiny real checkpoints (no training, no mocks) and one demo data set.
 
 ``tiny_checkpoint`` is a 1-channel, 3-class model card + weights saved exactly the way
 a trained run saves them (:func:`brainseg.model.checkpoint.save_checkpoint`), so
 inference tests can load it with ``--model PATH``. ``tiny_checkpoint_factory`` builds
 variants (other channels, other labels, another seed).
+
+``demo_data`` is the demo data set (``brainseg demo-data OUT --n 4``: 3 training and 1
+held-out subject, seed 0), made once per session through the real CLI and shared by
+every test that reads it; a test that writes into a data folder takes
+``demo_data_copy`` (its own copy) instead.
+
+``slow`` marks the tests that train in a subprocess or under torchrun
+(``make test-fast`` = ``pytest -m "not slow"``).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -74,3 +85,48 @@ def tiny_checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callabl
 def tiny_checkpoint(tiny_checkpoint_factory: Callable[..., Path]) -> Path:
     """A 1-channel (T1), 3-class tiny checkpoint file (``checkpoint_final.pt``)."""
     return tiny_checkpoint_factory()
+
+
+# ----------------------------------------------------------------------------- the shared demo data set
+
+DEMO_N = 4  # subjects of the shared demo data set: 3 in imagesTr, 1 in imagesTs
+
+
+@pytest.fixture(scope="session")
+def demo_data_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``brainseg demo-data OUT --n 4`` run once as a subprocess: (OUT, the finished process)."""
+    pytest.importorskip("nilearn")
+    out = tmp_path_factory.mktemp("demo") / "data"
+    proc = subprocess.run(
+        [sys.executable, "-m", "brainseg", "demo-data", str(out), "--n", str(DEMO_N)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return out, proc
+
+
+@pytest.fixture(scope="session")
+def demo_data(demo_data_run: tuple[Path, subprocess.CompletedProcess]) -> Path:
+    """The shared demo data set (MSD layout). Read it only: writers take ``demo_data_copy``."""
+    out, proc = demo_data_run
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def demo_data_copy(demo_data: Path, tmp_path: Path) -> Path:
+    """A private copy of the shared demo data set, for a test that writes into it."""
+    return Path(shutil.copytree(demo_data, tmp_path / "demo_data"))
+
+
+# ----------------------------------------------------------------------------- markers
+
+#: Tests marked ``slow`` here because their files are edited elsewhere (node id suffixes).
+SLOW_ELSEWHERE = ("test_predict.py::test_torchrun_ranks_share_the_cases",)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.endswith(SLOW_ELSEWHERE):
+            item.add_marker(pytest.mark.slow)

@@ -1,4 +1,5 @@
-"""The demo data set: generated once through the real CLI, then inspected as files.
+"""The demo data set: generated once through the real CLI (the session's shared
+``demo_data``, see conftest.py), then inspected as files.
 
 The reference for geometry is the MNI template itself: a subject's label map, put
 into world space through its own affine, must overlap the template's labels there
@@ -24,23 +25,16 @@ from brainseg.io import read_image, read_label
 
 pytest.importorskip("nilearn")
 demo = pytest.importorskip("brainseg.data.demo")
+mni = pytest.importorskip("brainseg.data.demo_template")
 
-N = 4
+N = 4  # subjects in the shared demo data set (conftest.DEMO_N)
 EXPECTED_LABELS = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
 
 
 @pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "brainseg", "demo-data", str(out), "--n", str(N)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert str(out) in proc.stdout
-    return out
+def demo_dir(demo_data) -> Path:
+    """``brainseg demo-data OUT --n 4`` (shared by the session; read only)."""
+    return demo_data
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +55,16 @@ def cases(demo_dir, meta) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def template():
-    return demo.load_template()
+    return mni.load_template()
 
 
 # ----------------------------------------------------------------------------- layout
+
+
+def test_cli_writes_the_data_set_and_names_it(demo_data_run):
+    out, proc = demo_data_run
+    assert proc.returncode == 0, proc.stderr
+    assert str(out) in proc.stdout
 
 
 def test_dataset_json(demo_dir, meta):
@@ -161,7 +161,7 @@ def _template_labels_at(case: dict, template, labels_map: np.ndarray) -> np.ndar
 
 def test_labels_lie_where_the_template_anatomy_is(cases, template):
     """Through each file's own affine the anatomy lands on the template's (a few mm off)."""
-    reference = demo.template_labels(template.t1, template.gm, template.wm)
+    reference = mni.template_labels(template.t1, template.gm, template.wm)
     template_brain_ml = (reference > 0).sum() * abs(np.linalg.det(template.affine[:3, :3])) / 1000
 
     def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -257,12 +257,12 @@ def _by_hand(t1: float, gm: float, wm: float) -> int:
 
 
 def test_template_labels_follow_the_convention_on_the_template(template):
-    labels = demo.template_labels(template.t1, template.gm, template.wm)
+    labels = mni.template_labels(template.t1, template.gm, template.wm)
     assert labels.shape == template.t1.shape == (197, 233, 189)
     assert labels.dtype == np.uint8
     assert float(template.t1.max()) == 1.0 and float(template.t1.min()) == 0.0  # scaled by 1/255
 
-    raw = {k: np.asarray(nib.load(str(demo.template_dir() / f)).dataobj) for k, f in demo.TEMPLATE_FILES.items()}
+    raw = {k: np.asarray(nib.load(str(mni.template_dir() / f)).dataobj) for k, f in mni.TEMPLATE_FILES.items()}
     rng = np.random.default_rng(1234)
     inside = np.argwhere(raw["t1"] > 0)
     picks = [tuple(v) for v in inside[rng.choice(len(inside), 300, replace=False)]]
@@ -299,9 +299,9 @@ def test_template_labels_ties_and_edge_cases():
         (1.0, 0.4, 0.4, 2),  # CSF 0.2 < GM 0.4 = WM 0.4: GM wins the tie
     ]
     t1, gm, wm, expected = (np.array(col, dtype=np.float32).reshape(-1, 1, 1) for col in zip(*rows))
-    np.testing.assert_array_equal(demo.template_labels(t1, gm, wm).ravel(), expected.ravel().astype(np.uint8))
+    np.testing.assert_array_equal(mni.template_labels(t1, gm, wm).ravel(), expected.ravel().astype(np.uint8))
 
 
 def test_template_labels_refuses_unscaled_maps(template):
     with pytest.raises(ValueError, match="255"):
-        demo.template_labels(template.t1 * 255, template.gm * 255, template.wm * 255)
+        mni.template_labels(template.t1 * 255, template.gm * 255, template.wm * 255)

@@ -9,15 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainseg.data.discovery import (
-    BRATS_2023,
-    BRATS_CLASSIC,
-    Case,
-    DiscoveryError,
-    discover_dataset,
-    discover_inputs,
-    safe_case_id,
-)
+from brainseg.data.brats import BRATS_2023, BRATS_CLASSIC
+from brainseg.data.cases import Case, DiscoveryError, safe_case_id
+from brainseg.data.inputs import discover_inputs
+from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
 from brainseg.io import read_channels, read_label
 

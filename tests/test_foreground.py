@@ -24,12 +24,13 @@ from brainseg.io import write_image
 
 pytest.importorskip("nilearn")
 demo = pytest.importorskip("brainseg.data.demo")
+mni = pytest.importorskip("brainseg.data.demo_template")
 
 
 @pytest.fixture(scope="module")
 def subjects():
     """Subjects 0-2 of seed 11: 0 skull-stripped, 1 and 2 with noise over the field of view."""
-    template = demo.load_template()
+    template = mni.load_template()
     brain = (template.t1 > 0).astype(np.float32)
     return [demo.make_subject(template, brain, 11, i) for i in range(3)]
 

@@ -2,7 +2,8 @@
 
 The shifted set is written to real files once per module (the six scans of the issue and
 one drawn seventh, ~25 s on one core) and read back with nibabel; the end-to-end run
-(``slow``) trains both pipelines for a few seconds on a 3-subject demo set.
+(``slow``) trains both pipelines for a few seconds on (a copy of) the session's shared
+demo data set (conftest.py: 3 training subjects, 1 held out).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if str(SCRIPTS) not in sys.path:
 
 import _generalisation_shifted as shifted  # noqa: E402
 
-from brainseg.data.demo import _orientation_matrix  # noqa: E402
+from brainseg.data.demo_template import orientation_matrix  # noqa: E402
 
 N_SCANS = 7  # the six fixed scans and one drawn from the ranges
 SEED = 4321
@@ -70,7 +71,7 @@ def test_each_scan_has_the_grid_its_settings_say(shifted_set):
         assert int(img.header["sform_code"]) == 1 and int(img.header["qform_code"]) == 1
         # The tilt: the rotation between the grid's axes and the plain orientation's.
         direction = img.affine[:3, :3] / np.asarray(case["spacing"])[None, :]
-        rot = direction @ _orientation_matrix(case["orientation"]).T
+        rot = direction @ orientation_matrix(case["orientation"]).T
         skew = rot - rot.T
         sine = np.linalg.norm([skew[2, 1], skew[0, 2], skew[1, 0]]) / 2
         angle = math.degrees(math.atan2(sine, (np.trace(rot) - 1) / 2))
@@ -134,10 +135,8 @@ def test_a_matching_set_is_reused(shifted_set):
 
 
 @pytest.mark.slow
-def test_the_check_runs_end_to_end(tmp_path: Path):
-    demo = tmp_path / "demo"
-    subprocess.run([sys.executable, "-m", "brainseg", "demo-data", str(demo), "--n", "3", "--n-test", "1"],
-                   check=True, capture_output=True, timeout=300)
+def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
+    demo = demo_data_copy
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
     res = subprocess.run(
         [sys.executable, str(SCRIPTS / "generalisation.py"), "--out", str(out), "--data", str(demo),

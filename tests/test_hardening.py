@@ -35,7 +35,7 @@ import pytest
 import torch
 
 from brainseg.cli import main
-from brainseg.data.discovery import discover_inputs
+from brainseg.data.inputs import discover_inputs
 from brainseg.errors import InputError
 from brainseg.evaluate import evaluate_folders
 from brainseg.model.checkpoint import CHECKPOINT_LAST, RUN_PREFERENCE, resolve_checkpoint
@@ -513,6 +513,7 @@ def test_disk_full_during_writes_leaves_no_partial_file(tmp_path: Path, tiny_che
 # ----------------------------------------------------------------------------- crashes
 
 
+@pytest.mark.slow
 def test_sigkill_during_training_never_leaves_a_corrupt_checkpoint(tmp_path: Path):
     """Kill (SIGKILL) training again and again, twice while a checkpoint is being written.
 

@@ -18,16 +18,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from brainseg.atomic import atomic_path, atomic_write_text
 from brainseg.errors import BrainsegError, InputError
-from brainseg.io import (
-    Geometry,
-    atomic_path,
-    atomic_write_text,
-    read_channels,
-    read_image,
-    read_label,
-    write_image,
-)
+from brainseg.io import Geometry, read_channels, read_image, read_label, write_image
 
 ATOL = 1e-5
 

@@ -9,8 +9,10 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     out = tmp_path / "demo"
     tiny = [

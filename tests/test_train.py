@@ -1,4 +1,7 @@
-"""Training on real (demo) brains: the CLI end to end, checkpoints, resume, DDP, overfitting."""
+"""Training on real (demo) brains: the CLI end to end, checkpoints, resume, DDP, overfitting.
+
+``demo_data`` is the session's shared demo data set (conftest.py); trainings only read it.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,6 @@ import pytest
 import torch
 
 import brainseg
-from brainseg.data.demo import make_demo_dataset
 from brainseg.data.loader import PatchDataset
 from brainseg.config import AugmentConfig
 from brainseg.card import CARD_FORMAT, ModelCard
@@ -48,18 +50,12 @@ def run(cmd: list[str], timeout: float = 300, **kw) -> subprocess.CompletedProce
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, **kw)
 
 
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "data"
-    make_demo_dataset(out, n=4, seed=3)
-    return out
-
-
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv") as fh:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
     run_dir = tmp_path / "run"
     res = run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "2", "--no-progress", *TINY))
@@ -95,6 +91,7 @@ def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
     assert out.shape == (1, 4, 32, 32, 32)
 
 
+@pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(demo_data, tmp_path):
     run_dir = tmp_path / "run"
     assert run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY)).returncode == 0
@@ -105,6 +102,7 @@ def test_existing_run_is_not_overwritten_without_resume(demo_data, tmp_path):
     assert (run_dir / CHECKPOINT_LAST).read_bytes() == before
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_path):
     epochs = "5"
     # Uninterrupted reference run.
@@ -142,7 +140,7 @@ def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_pa
 
 def test_patches_are_a_function_of_seed_and_index_and_oversample_foreground(demo_data, tmp_path):
     from brainseg.data.cache import cache_cases
-    from brainseg.data.discovery import discover_dataset
+    from brainseg.data.layouts import discover_dataset
 
     ds = discover_dataset(demo_data)
     cached = cache_cases(ds.train, tmp_path / "cache", [3.0, 3.0, 3.0], [0, 1, 2, 3], progress=False)
@@ -167,7 +165,7 @@ def test_tiny_net_overfits_one_real_volume():
     The volume is a 32^3 block (3 mm voxels) from the middle of the MNI template,
     with ventricles (CSF), deep and cortical grey matter and white matter in it.
     """
-    from brainseg.data.demo import load_template, template_labels
+    from brainseg.data.demo_template import load_template, template_labels
     from brainseg.data.foreground import zscore_foreground
     from brainseg.data.preprocess import resample_image, resample_labels
     from brainseg.model import UNet3D
@@ -201,6 +199,7 @@ def test_tiny_net_overfits_one_real_volume():
     assert min(dice) > 0.9, dice
 
 
+@pytest.mark.slow
 def test_torchrun_two_gloo_processes_train(demo_data, tmp_path):
     run_dir = tmp_path / "ddp"
     cmd = [

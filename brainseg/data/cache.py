@@ -20,8 +20,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import InputError
-from ..io import atomic_path, atomic_write_text, check_file, read_channels, read_geometry, read_label
-from .discovery import Case
+from ..atomic import atomic_path, atomic_write_text
+from ..io import check_file, read_channels, read_geometry, read_label
+from .cases import Case
 from .preprocess import PREPROCESS_VERSION, PreprocessRecord, preprocess, ras_orientation
 
 #: Voxel coordinates stored per class for foreground sampling.

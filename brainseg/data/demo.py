@@ -24,8 +24,9 @@ WM maps scaled to [0, 1]; each voxel takes the argmax of ``[background, CSF, GM,
 WM]`` where background is 1 outside the brain and 0 inside, and CSF is
 ``clip(1 - GM - WM, 0, 1)`` inside the brain and 0 outside; ties go to the lower
 label. Labels: 0 background, 1 CSF, 2 grey matter, 3 white matter. On the template
-the brain is ``T1 > 0`` (:func:`template_labels`); on a subject it is the resampled
-brain mask >= 0.5 (:func:`tissue_labels`).
+the brain is ``T1 > 0`` (:func:`~.demo_template.template_labels`); on a subject it is
+the resampled brain mask >= 0.5 (:func:`~.demo_template.tissue_labels`). The template,
+the convention and the grid helpers are in :mod:`brainseg.data.demo_template`.
 
 The output is an nnU-Net / Medical Segmentation Decathlon folder::
 
@@ -36,33 +37,23 @@ The output is an nnU-Net / Medical Segmentation Decathlon folder::
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import nibabel as nib
 import numpy as np
-from scipy.interpolate import CubicSpline
-from scipy.ndimage import map_coordinates
 
+from ..atomic import atomic_write_text
 from ..errors import BrainsegError
-from ..io import Geometry, atomic_write_text, write_image
-
-#: Label values of the demo data set (nnU-Net v2 style: name -> value).
-LABELS: dict[str, int] = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
+from ..io import Geometry, write_image
+from ..naming import NIFTI_GZ, channel_stem
+from .demo_template import LABELS, SubjectGrid, Template, load_template, nifti_geometry, orientation_matrix
+from .demo_template import resample, rotation, smooth_field, tissue_labels, world_box
 
 DATASET_NAME = "brainseg-demo"
 CASE_PREFIX = "demo"
-TEMPLATE_FILES = {
-    "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
-    "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
-}
 #: Orientations of subjects 1, 2, 3, ... (cycled); subject 0 is RAS.
 ORIENTATIONS = ("LAS", "LPS", "PIR", "ASL", "RPI", "SLP", "IRA", "LIP")
 SPACING_RANGE = (1.0, 2.2)  # mm, drawn per axis
@@ -74,129 +65,7 @@ COARSE_NODES = 5  # control points per axis of the displacement field
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 
 
-class Template(NamedTuple):
-    """The MNI ICBM152 2009a maps as float32 in [0, 1], with their 1 mm RAS affine."""
-
-    t1: np.ndarray
-    gm: np.ndarray
-    wm: np.ndarray
-    affine: np.ndarray
-
-
-@dataclass(frozen=True)
-class SubjectGrid:
-    """A subject's output voxel grid and its orientation label."""
-
-    shape: tuple[int, int, int]
-    affine: np.ndarray  # voxel -> world (RAS mm), float32-exact
-    orientation: str
-    oblique_degrees: float
-
-
-# ----------------------------------------------------------------------------- template
-
-
-def template_dir() -> Path:
-    """nilearn's bundled data folder holding the ICBM152 maps (nilearn is not imported)."""
-    spec = importlib.util.find_spec("nilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise BrainsegError(
-            "the demo data set is made from the MNI template that nilearn ships; "
-            "install it with: pip install brainseg[demo]"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-    missing = [name for name in TEMPLATE_FILES.values() if not (folder / name).is_file()]
-    if missing:
-        raise BrainsegError(
-            f"{folder}: nilearn is installed but lacks the template files {', '.join(missing)}; "
-            "reinstall it with: pip install --force-reinstall brainseg[demo]"
-        )
-    return folder
-
-
-def load_template() -> Template:
-    """Load the T1, GM and WM template maps, scaled to [0, 1] (divided by 255)."""
-    folder = template_dir()
-    maps = {}
-    affine = None
-    for key, name in TEMPLATE_FILES.items():
-        img = nib.load(str(folder / name))
-        if affine is None:
-            affine = np.asarray(img.affine, dtype=np.float64)
-        elif img.shape != maps["t1"].shape or not np.allclose(img.affine, affine):
-            raise BrainsegError(f"{folder / name}: template map is not on the T1 template's grid")
-        maps[key] = np.asarray(img.dataobj, dtype=np.float32) / np.float32(255.0)
-    return Template(maps["t1"], maps["gm"], maps["wm"], affine)
-
-
-def tissue_labels(brain: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
-    """Labels by the demo convention from a brain mask and GM/WM maps in [0, 1].
-
-    argmax over [background = not brain, CSF = clip(1 - GM - WM, 0, 1) in the brain,
-    GM, WM], ties to the lower label. Returns uint8 (0 bg, 1 CSF, 2 GM, 3 WM).
-    """
-    brain = np.asarray(brain, dtype=bool)
-    gm = np.asarray(gm, dtype=np.float32)
-    wm = np.asarray(wm, dtype=np.float32)
-    csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0).astype(np.float32)
-    labels = np.zeros(brain.shape, dtype=np.uint8)
-    best = (~brain).astype(np.float32)  # the background score
-    for value, score in ((1, csf), (2, gm), (3, wm)):
-        better = score > best  # strictly greater: the first maximum wins, as argmax
-        labels[better] = value
-        best = np.where(better, score, best)
-    return labels
-
-
-def template_labels(t1: np.ndarray, gm: np.ndarray, wm: np.ndarray) -> np.ndarray:
-    """Labels of the template itself: :func:`tissue_labels` with the brain = T1 > 0.
-
-    The maps must be scaled to [0, 1] as :func:`load_template` returns them.
-    """
-    for name, arr in (("t1", t1), ("gm", gm), ("wm", wm)):
-        if np.size(arr) and float(np.max(arr)) > 1.0 + 1e-6:
-            raise ValueError(f"{name} map exceeds 1; scale the template maps to [0, 1] (divide by 255)")
-    return tissue_labels(np.asarray(t1) > 0, gm, wm)
-
-
-# ----------------------------------------------------------------------------- random fields
-
-
-def _spline_matrix(n_out: int, n_nodes: int) -> np.ndarray:
-    """(n_out, n_nodes) weights that interpolate node values smoothly onto n_out points."""
-    nodes = np.arange(n_nodes, dtype=np.float64)
-    points = np.linspace(0.0, n_nodes - 1.0, n_out)
-    return CubicSpline(nodes, np.eye(n_nodes), axis=0)(points).astype(np.float32)
-
-
-def smooth_field(rng: np.random.Generator, shape: tuple[int, int, int], nodes: int, std: float) -> np.ndarray:
-    """A smooth random field: N(0, std) on a coarse grid, spline-upsampled to ``shape``."""
-    coarse = rng.normal(0.0, std, size=(nodes, nodes, nodes)).astype(np.float32)
-    wx, wy, wz = (_spline_matrix(s, nodes) for s in shape)
-    field = np.tensordot(wx, coarse, axes=(1, 0))  # (X, n, n)
-    field = np.tensordot(field, wy, axes=(1, 1))  # (X, n, Y)
-    field = np.tensordot(field, wz, axes=(1, 1))  # (X, Y, Z)
-    return np.ascontiguousarray(field, dtype=np.float32)
-
-
 # ----------------------------------------------------------------------------- subject grid
-
-
-def _rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
-    """Rotation matrix about a unit ``axis`` (Rodrigues)."""
-    axis = axis / np.linalg.norm(axis)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    theta = math.radians(degrees)
-    return np.eye(3) + math.sin(theta) * k + (1 - math.cos(theta)) * (k @ k)
-
-
-def _orientation_matrix(code: str) -> np.ndarray:
-    """Signed permutation taking voxel axes to RAS world axes for an axis code like 'PIR'."""
-    ornt = nib.orientations.axcodes2ornt(tuple(code))
-    mat = np.zeros((3, 3))
-    for voxel_axis, (world_axis, flip) in enumerate(ornt):
-        mat[int(world_axis), voxel_axis] = flip
-    return mat
 
 
 def subject_grid(rng: np.random.Generator, index: int, world_lo: np.ndarray, world_hi: np.ndarray) -> SubjectGrid:
@@ -205,7 +74,7 @@ def subject_grid(rng: np.random.Generator, index: int, world_lo: np.ndarray, wor
     spacing = rng.uniform(*SPACING_RANGE, size=3)
     axis = rng.normal(size=3)
     tilt = float(rng.uniform(*OBLIQUE_DEGREES)) if index % 2 == 1 else 0.0
-    direction = _rotation(axis, tilt) @ _orientation_matrix(orientation)
+    direction = rotation(axis, tilt) @ orientation_matrix(orientation)
     # Extent of the box along each (possibly tilted) voxel axis.
     extent = np.abs(direction.T) @ (world_hi - world_lo)
     shape = tuple(int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing))
@@ -219,25 +88,7 @@ def subject_grid(rng: np.random.Generator, index: int, world_lo: np.ndarray, wor
     return SubjectGrid(shape, affine, orientation, tilt)
 
 
-def nifti_geometry(grid: SubjectGrid) -> Geometry:
-    """A Geometry with a scanner-like NIfTI-1 header (qform and sform code 1, mm)."""
-    header = nib.Nifti1Header()
-    header.set_data_shape(grid.shape)
-    header.set_data_dtype(np.float32)
-    header.set_qform(grid.affine, code=1)
-    header.set_sform(grid.affine, code=1)
-    header.set_xyzt_units("mm", "sec")
-    return Geometry(shape=grid.shape, affine=header.get_best_affine(), header=header)
-
-
 # ----------------------------------------------------------------------------- one subject
-
-
-def world_box(affine: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """The world (mm) bounding box of the centres of a grid's corner voxels."""
-    corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape[:3]], indexing="ij")).reshape(3, -1)
-    world = affine[:3, :3] @ corners + affine[:3, 3:4]
-    return world.min(axis=1), world.max(axis=1)
 
 
 def template_coordinates(
@@ -272,11 +123,6 @@ def template_coordinates(
             + np.float32(inv[k, 3])
         )
     return coords
-
-
-def resample(volume: np.ndarray, coords: np.ndarray) -> np.ndarray:
-    """Trilinear sampling of ``volume`` at ``coords``; 0 outside the template."""
-    return map_coordinates(volume, coords, order=1, mode="constant", cval=0.0, output=np.float32, prefilter=False)
 
 
 def contrast_curve(rng: np.random.Generator, x: np.ndarray) -> np.ndarray:
@@ -362,7 +208,7 @@ def _prepare_folder(out: Path) -> None:
         if previous != DATASET_NAME:
             raise BrainsegError(f"{out}: folder is not empty and is not a brainseg demo data set; choose another")
         for sub in SUBFOLDERS:
-            for stale in (out / sub).glob(f"{CASE_PREFIX}_*.nii.gz"):
+            for stale in (out / sub).glob(f"{CASE_PREFIX}_*{NIFTI_GZ}"):
                 stale.unlink()
     for sub in SUBFOLDERS:
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -370,7 +216,7 @@ def _prepare_folder(out: Path) -> None:
 
 def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
     def entry(case: str, split: str) -> dict:
-        return {"image": f"./images{split}/{case}_0000.nii.gz", "label": f"./labels{split}/{case}.nii.gz"}
+        return {"image": f"./images{split}/{channel_stem(case, 0)}{NIFTI_GZ}", "label": f"./labels{split}/{case}{NIFTI_GZ}"}
 
     return {
         "name": DATASET_NAME,
@@ -387,7 +233,7 @@ def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
         "labels": dict(LABELS),
         "numTraining": len(train_ids),
         "numTest": len(test_ids),
-        "file_ending": ".nii.gz",
+        "file_ending": NIFTI_GZ,
         "training": [entry(c, "Tr") for c in train_ids],
         "test": [entry(c, "Ts") for c in test_ids],
     }
@@ -411,8 +257,8 @@ def make_demo_dataset(
     for index, case in enumerate(ids):
         split = "Tr" if index < n_train else "Ts"
         image, labels, geometry, grid = make_subject(template, brain_map, seed, index)
-        write_image(out / f"images{split}" / f"{case}_0000.nii.gz", image, geometry, dtype=np.float32)
-        write_image(out / f"labels{split}" / f"{case}.nii.gz", labels, geometry, dtype=np.uint8)
+        write_image(out / f"images{split}" / f"{channel_stem(case, 0)}{NIFTI_GZ}", image, geometry, dtype=np.float32)
+        write_image(out / f"labels{split}" / f"{case}{NIFTI_GZ}", labels, geometry, dtype=np.uint8)
         if verbose:
             sp = "x".join(f"{s:.2f}" for s in geometry.spacing)
             tilt = f", tilted {grid.oblique_degrees:.1f} deg" if grid.oblique_degrees else ""

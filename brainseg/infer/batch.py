@@ -33,18 +33,20 @@ from tqdm import tqdm
 
 from ..card import ModelCard
 from ..config import Config, apply_overrides, config_from_dict, load_config
-from ..data.discovery import Case, discover_inputs
+from ..data.cases import Case
+from ..data.inputs import discover_inputs
 from ..errors import BrainsegError, InputError
 from ..io import write_image
 from ..model.checkpoint import load_model
+from ..naming import NIFTI_GZ, PROBABILITIES_TAG
 from ..postprocess import label_volumes, write_volumes_csv
 from ..runtime import resolve_device, torchrun_env
 from .predictor import Predictor
 
 log = logging.getLogger(__name__)
 
-MASK_SUFFIX = ".nii.gz"
-PROBABILITIES_SUFFIX = "_probabilities.nii.gz"
+MASK_SUFFIX = NIFTI_GZ
+PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
 VOLUMES_CSV = "volumes.csv"
 
 

@@ -19,7 +19,7 @@ import torch
 
 from ..card import ModelCard
 from ..errors import BrainsegError
-from ..io import atomic_path
+from ..atomic import atomic_path
 from .unet import UNet3D, build_model
 
 CHECKPOINT_LAST = "checkpoint_last.pt"

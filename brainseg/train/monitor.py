@@ -7,7 +7,7 @@ import io
 from pathlib import Path
 from typing import Sequence
 
-from ..io import atomic_path, atomic_write_text
+from ..atomic import atomic_path, atomic_write_text
 
 
 def write_metrics_csv(path: Path, history: Sequence[dict]) -> None:

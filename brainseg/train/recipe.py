@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from ..data.discovery import Case
+from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
 

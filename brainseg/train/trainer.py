@@ -33,12 +33,13 @@ from tqdm.auto import tqdm
 from ..card import ModelCard, Network, Normalization, package_versions
 from ..config import Config, dump_config
 from ..data.cache import cache_cases, median_spacing
-from ..data.discovery import discover_dataset
+from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
 from ..errors import BrainsegError
 from ..infer.predictor import Predictor
-from ..io import atomic_write_text, read_label
+from ..atomic import atomic_write_text
+from ..io import read_label
 from ..metrics import dice
 from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, save_checkpoint
 from ..model.unet import UNet3D, build_model

@@ -1,0 +1,60 @@
+"""File-name rules shared by every module: the scan suffixes and the channel suffix.
+
+A scan file ends in one of :data:`IMAGE_SUFFIXES` (matched case-insensitively). A
+multi-channel case is one file per channel, named ``ID_0000``, ``ID_0001``, ... (the
+nnU-Net channel suffix: an underscore and exactly four ASCII digits). This module
+imports nothing from brainseg, so every layer can use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+NIFTI_GZ = ".nii.gz"
+NIFTI_SUFFIXES = (NIFTI_GZ, ".nii")
+ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")
+IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
+
+#: The nnU-Net channel suffix at the end of a file stem or case id: ``_0000``, ``_0001``, ...
+CHANNEL_SUFFIX = re.compile(r"_(?P<ch>[0-9]{4})$")
+#: What ``brainseg predict --save-probabilities`` adds to a case id: ``ID_probabilities.nii.gz``.
+PROBABILITIES_TAG = "_probabilities"
+
+
+def image_suffix(path: str | os.PathLike) -> str | None:
+    """The recognised image suffix of ``path`` (``.nii.gz``, ``.nii``, …) or None."""
+    name = Path(path).name.lower()
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+def strip_suffix(path: str | os.PathLike) -> str:
+    """File name without its image suffix: ``sub-01_T1w.nii.gz`` -> ``sub-01_T1w``."""
+    name = Path(path).name
+    suffix = image_suffix(name)
+    return name[: -len(suffix)] if suffix else Path(name).stem
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    return image_suffix(p) is not None and not p.name.startswith(".")
+
+
+def channel_tag(index: int) -> str:
+    """The digits of channel ``index`` in a file name: ``0`` -> ``"0000"``."""
+    return f"{index:04d}"
+
+
+def channel_stem(case_id: str, index: int) -> str:
+    """The file stem of channel ``index`` of a case: ``("c7", 1)`` -> ``"c7_0001"``."""
+    return f"{case_id}_{channel_tag(index)}"
+
+
+def split_channel(stem: str) -> tuple[str, int] | None:
+    """``(case id, channel index)`` of a stem with a channel suffix, else None."""
+    m = CHANNEL_SUFFIX.search(stem)
+    return (stem[: m.start()], int(m["ch"])) if m else None
