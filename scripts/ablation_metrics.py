@@ -1,13 +1,13 @@
 """Boundary metrics for scripts/skip_ablation.py: surface Dice and Dice by distance to a boundary.
 
-Both build on brainseg's own surface definition (:mod:`brainseg.evaluate`: a mask's
+Both build on brainseg's own surface definition (:mod:`brainseg.metrics`: a mask's
 surface is the mask minus its 6-connected erosion, distances are Euclidean in mm with
 the voxel spacing applied), so they measure the same surfaces HD95 does.
 
 * :func:`surface_dice` (Nikolov et al. 2021, on voxel surfaces): the fraction of both
   surfaces that lies within ``tolerance_mm`` of the other surface,
   ``(|S_P within tol of S_R| + |S_R within tol of S_P|) / (|S_P| + |S_R|)``. Both masks
-  empty -> 1.0, exactly one empty -> 0.0 (the conventions of ``brainseg.evaluate.dice``).
+  empty -> 1.0, exactly one empty -> 0.0 (the conventions of ``brainseg.metrics.dice``).
   Surface voxels are voxel centres, so on 1.0-2.2 mm voxels a 1 mm tolerance accepts a
   surface voxel only where the other surface passes through the same voxel (or one
   closer than 1 mm: none on this grid unless the spacing is below 1 mm).
