@@ -129,7 +129,7 @@ class MonaiReference:
 
 
 def _case_id(image: str | Path) -> str:
-    from brainseg.io import strip_suffix
+    from brainseg.naming import strip_suffix
 
     name = strip_suffix(image)
     return name[:-5] if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit() else name

@@ -365,8 +365,8 @@ def test_evaluate_bad_masks_fail_alone_with_one_line_each(tmp_path: Path):
     res = cli("evaluate", "--pred", pred, "--ref", ref, "--out", out)
 
     assert res.returncode == 1
-    assert_one_line_each(res.stderr, expected, "brainseg: ")
-    assert len(error_lines(res.stderr, f"brainseg: {tmp_path}")) == len(expected), res.stderr
+    assert_one_line_each(res.stderr, expected, "brainseg: error: ")  # the format predict uses too
+    assert len(error_lines(res.stderr, f"brainseg: error: {tmp_path}")) == len(expected), res.stderr
     assert "2 case(s) scored" in res.stdout
     with open(out / "metrics.csv") as fh:
         assert sorted({line.split(",")[0] for line in fh.readlines()[1:]}) == ["good", "nothing_found"]
