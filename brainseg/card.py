@@ -14,18 +14,22 @@ Stored form (format 2)::
      "spacing": [1.5, 1.5, 1.5],          # target spacing (mm, RAS order)
      "patch_size": [48, 48, 48],
      "normalization": {"scheme": "zscore", "mask": "foreground", "crop_to_nonzero": true},
-     "preprocess_version": 5,             # brainseg.data.preprocess.PREPROCESS_VERSION
+     "intensity": [],                     # scheme "ct": per channel the data set's foreground
+                                          # {"mean", "std", "percentile_00_5", "percentile_99_5"}
+     "preprocess_version": 6,             # brainseg.data.preprocess.PREPROCESS_VERSION
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
 Format 1 (brainseg before the typed card) is read too: its network sits under
 ``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
-last format-1 release). :meth:`ModelCard.from_dict` checks every key and type and
+last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none.
+:meth:`ModelCard.from_dict` checks every key and type and
 raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -37,7 +41,7 @@ CARD_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 #: What a format-1 card's preprocessing was (it did not say).
 FORMAT1_PREPROCESS_VERSION = 4
-NORMALIZATION_SCHEMES = ("zscore", "quantile", "none")
+NORMALIZATION_SCHEMES = ("zscore", "quantile", "none", "ct")
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,28 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class ChannelIntensity:
+    """One channel's intensities over the training set's foreground (the ``ct`` scheme clips to
+    the percentiles, then z-scores with the mean and std), as nnU-Net's fingerprint has them."""
+
+    mean: float
+    std: float
+    percentile_00_5: float
+    percentile_99_5: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {k: float(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> "ChannelIntensity":
+        out = cls(**{k: float(raw[k]) for k in ("mean", "std", "percentile_00_5", "percentile_99_5")})
+        values = list(asdict(out).values())
+        if not all(math.isfinite(v) for v in values) or out.std <= 0 or out.percentile_00_5 > out.percentile_99_5:
+            raise ValueError(f"intensity {out.to_dict()} needs finite values, std > 0 and ordered percentiles")
+        return out
+
+
+@dataclass(frozen=True)
 class ModelCard:
     network: Network
     #: label value -> name, background (0) included.
@@ -87,6 +113,8 @@ class ModelCard:
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     format: int = CARD_FORMAT
+    #: Per channel, the training set's foreground intensities (scheme ``ct``; empty otherwise).
+    intensity: tuple[ChannelIntensity, ...] = ()
 
     # ------------------------------------------------------------------ views
     @property
@@ -108,6 +136,7 @@ class ModelCard:
             "spacing": [float(s) for s in self.spacing],
             "patch_size": [int(p) for p in self.patch_size],
             "normalization": asdict(self.normalization),
+            "intensity": [c.to_dict() for c in self.intensity],
             "preprocess_version": int(self.preprocess_version),
             "config": dict(self.config),
             "versions": dict(self.versions),
@@ -148,7 +177,8 @@ class ModelCard:
                 crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)),
             )
             preprocess_version = int(raw.get("preprocess_version", FORMAT1_PREPROCESS_VERSION))
-        except (TypeError, ValueError, AttributeError, BrainsegError) as exc:
+            intensity = tuple(ChannelIntensity.from_dict(c) for c in raw.get("intensity") or ())
+        except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
             raise fail(f"'spacing' must be 3 positive numbers, got {list(spacing)}")
@@ -163,6 +193,8 @@ class ModelCard:
             )
         if normalization.scheme not in NORMALIZATION_SCHEMES:
             raise fail(f"has normalization scheme {normalization.scheme!r} (known: {', '.join(NORMALIZATION_SCHEMES)})")
+        if normalization.scheme == "ct" and len(intensity) != len(channels):
+            raise fail(f"has normalization scheme 'ct' but intensities for {len(intensity)} of {len(channels)} channel(s)")
         config = raw.get("config") or {}
         versions = raw.get("versions") or {}
         if not isinstance(config, Mapping) or not isinstance(versions, Mapping):
@@ -178,6 +210,7 @@ class ModelCard:
             config=dict(config),
             versions={str(k): str(v) for k, v in versions.items()},
             format=int(fmt),
+            intensity=intensity,
         )
 
 

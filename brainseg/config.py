@@ -26,7 +26,9 @@ class DataConfig:
     target_spacing: list[float] | None = None
     #: Intensity normalisation per channel, with the foreground's statistics over the whole
     #: volume: "zscore" (mean, std), "quantile" (percentiles mapped onto a standard normal's:
-    #: unchanged by scale, offset, gamma or contrast changes) or "none".
+    #: unchanged by scale, offset, gamma or contrast changes), "ct" (clip to the training
+    #: set's foreground 0.5-99.5 percentiles, z-score with its mean and std; kept in the
+    #: model card) or "none".
     normalization: str = "zscore"
     #: Crop each case to the bounding box of its non-zero voxels before training/inference.
     crop_to_nonzero: bool = True
@@ -222,7 +224,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 
 #: The allowed values of every enum-like field, checked when a config is loaded.
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("data", "normalization"): ("zscore", "quantile", "none"),
+    ("data", "normalization"): ("zscore", "quantile", "none", "ct"),
     ("model", "norm"): ("instance", "batch", "group", "none"),
     ("model", "skip_mode"): ("concat", "none", "add", "lowpass"),
     ("train", "optimizer"): ("sgd", "adamw"),

@@ -106,8 +106,10 @@ def score_labels(
     """
     if pred.shape != ref.shape:
         raise ValueError(f"label map shapes differ: {pred.shape} vs {ref.shape}")
-    spacing = check_spacing(spacing, pred.ndim)
-    voxel_mm3 = float(np.prod(spacing))
+    sizes = check_spacing(spacing, pred.ndim)
+    # |det| of the affine for a Geometry's spacing (sheared grids), else the product of the sizes
+    voxel_mm3 = float(getattr(spacing, "voxel_volume", np.prod(sizes)))
+    spacing = sizes
     pred_boxes, ref_boxes = _label_boxes(pred), _label_boxes(ref)
     if labels is None:
         labels = sorted(set(pred_boxes) | set(ref_boxes))

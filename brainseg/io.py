@@ -14,6 +14,8 @@ fsynced, then renamed over the target. File-name rules live in :mod:`brainseg.na
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +34,33 @@ DEFAULT_MAX_VOXELS = 1024**3
 # Tolerance when deciding whether two channel files share one voxel grid (mm).
 AFFINE_ATOL = 1e-4
 
+log = logging.getLogger(__name__)
+_WARNED_NO_ORIENTATION: set[str] = set()
+
+
+class Spacing(tuple):
+    """The voxel size (mm) along each array axis, carrying the voxel's true volume (mm³):
+    ``|det(affine[:3, :3])|``, which the product of the sizes is not for a sheared grid."""
+
+    voxel_volume: float
+
+    def __new__(cls, sizes, voxel_volume: float):
+        out = super().__new__(cls, (float(s) for s in sizes))
+        out.voxel_volume = float(voxel_volume)
+        return out
+
+    def __reduce__(self):
+        return Spacing, (tuple(self), self.voxel_volume)
+
+
+def voxel_volume(spacing: Sequence[float]) -> float:
+    """A voxel's volume in mm³: a :class:`Spacing`'s ``voxel_volume`` (from the affine), else
+    the product of three positive voxel sizes."""
+    sizes = tuple(float(s) for s in spacing)
+    if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(f"spacing must be three positive numbers (mm), got {sizes}")
+    return float(getattr(spacing, "voxel_volume", sizes[0] * sizes[1] * sizes[2]))
+
 
 @dataclass(frozen=True, eq=False)
 class Geometry:
@@ -43,9 +72,15 @@ class Geometry:
     path: str | None = None
 
     @property
-    def spacing(self) -> tuple[float, float, float]:
-        """Voxel size in mm along each array axis (column norms of the affine)."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+    def spacing(self) -> Spacing:
+        """Voxel size in mm along each array axis (column norms of the affine), with the
+        voxel volume |det| of the affine (:class:`Spacing`)."""
+        return Spacing(np.linalg.norm(self.affine[:3, :3], axis=0), self.voxel_volume)
+
+    @property
+    def voxel_volume(self) -> float:
+        """A voxel's volume in mm³: ``|det(affine[:3, :3])|`` (right for sheared grids too)."""
+        return abs(float(np.linalg.det(self.affine[:3, :3])))
 
     @property
     def axcodes(self) -> tuple[str, str, str]:
@@ -155,6 +190,14 @@ def _open_nifti(path: Path, max_voxels: int):
     affine = np.asarray(img.affine, dtype=np.float64)
     _check_affine(path, affine)
     header = img.header.copy()
+    if int(header["qform_code"]) == 0 and int(header["sform_code"]) == 0 and str(path) not in _WARNED_NO_ORIENTATION:
+        _WARNED_NO_ORIENTATION.add(str(path))
+        sizes = "x".join(f"{v:.3g}" for v in np.linalg.norm(affine[:3, :3], axis=0))
+        log.warning(
+            "%s: qform_code and sform_code are both 0 (the header stores no orientation); assuming %s "
+            "orientation with %s mm voxels (nibabel's default: the voxel sizes, no rotation)",
+            path, "".join(nib.aff2axcodes(affine)), sizes,
+        )
     geom = Geometry(shape=tuple(shape[:3]), affine=affine, header=header, path=str(path))
 
     def load() -> np.ndarray:

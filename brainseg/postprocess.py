@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
@@ -29,8 +28,9 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import bounding_box
-from .config import PostprocessConfig
 from .atomic import atomic_write_text
+from .config import PostprocessConfig
+from .io import voxel_volume
 
 #: Structuring element for connected components of one label (26-connectivity).
 COMPONENT_STRUCTURE = ndimage.generate_binary_structure(3, 3)
@@ -83,10 +83,8 @@ def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "non
 
 
 def _voxel_volume(spacing: Sequence[float]) -> float:
-    spacing = tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in spacing):
-        raise ValueError(f"spacing must be three positive numbers (mm), got {spacing}")
-    return spacing[0] * spacing[1] * spacing[2]
+    """mm³ per voxel: |det| of the affine for a :class:`~brainseg.io.Spacing` (``Geometry.spacing``)."""
+    return voxel_volume(spacing)
 
 
 def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -95,14 +93,24 @@ def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return components, np.bincount(components.ravel())
 
 
+def _surrounding_label(labels: np.ndarray, island: np.ndarray) -> int:
+    """The most common label among the voxels touching ``island`` (26-neighbours); ties and
+    an island with no neighbours go to the lowest label."""
+    ring = ndimage.binary_dilation(island, structure=COMPONENT_STRUCTURE) & ~island
+    votes = np.bincount(labels[ring].astype(np.int64).ravel())
+    return int(np.argmax(votes)) if votes.size else 0
+
+
 def _clean_label(
     out: np.ndarray, value: int, keep_largest: bool, min_mm3: float, voxel_mm3: float
 ) -> None:
-    """Remove (set to 0) the components of ``value`` that the configuration drops, in place.
+    """Remove the components of ``value`` that the configuration drops, in place: each takes
+    the label that surrounds it (:func:`_surrounding_label`; background in the open).
 
-    Everything is done inside the label's bounding box, which holds all its components.
+    Everything is done inside the label's bounding box grown by one voxel, which holds all
+    its components and their neighbours.
     """
-    box = bounding_box(out == value)
+    box = bounding_box(out == value, 1)
     if box is None:
         return
     crop = out[box]  # a view: writing into it writes into ``out``
@@ -112,8 +120,12 @@ def _clean_label(
         drop[1:] = True
         drop[1 + int(np.argmax(sizes[1:]))] = False
     drop[1:] |= sizes[1:] * voxel_mm3 < min_mm3
-    if drop.any():
-        crop[drop[components]] = 0
+    objects = ndimage.find_objects(components)
+    for index in np.flatnonzero(drop[1:]) + 1:
+        grown = tuple(slice(max(s.start - 1, 0), min(s.stop + 1, n)) for s, n in zip(objects[index - 1], crop.shape))
+        island = components[grown] == index
+        region = crop[grown]  # a view
+        region[island] = _surrounding_label(region, island)
 
 
 def _fill_label(out: np.ndarray, value: int) -> None:
@@ -142,14 +154,15 @@ def postprocess_labels(
 
     1. removal, per label: keep only its largest 26-connected component (labels in
        ``config.largest_component``), then drop its components smaller than
-       ``config.min_size_mm3[label]`` mm³ (voxel count × voxel volume from
-       ``spacing``). Removed voxels become background (0).
+       ``config.min_size_mm3[label]`` mm³ (voxel count × voxel volume: |det| of the
+       affine for ``Geometry.spacing``, else the product of ``spacing``). A removed
+       component takes the label that surrounds it (the most common among the voxels
+       touching it): background in the open, the structure it sits in otherwise.
     2. hole filling, per label in ``config.fill_holes``: enclosed background (see the
        module docstring for connectivity) takes the label; voxels of other labels
        inside the hole are left alone.
 
-    Filling runs after every removal so that a dropped fragment inside an organ
-    becomes part of the organ's hole rather than a leftover gap.
+    Filling runs after every removal, so a gap a removal leaves in a label is filled too.
     """
     labels = np.asarray(labels)
     if labels.ndim != 3:

@@ -191,3 +191,62 @@ def test_write_volumes_csv_rejects_duplicate_columns(tmp_path: Path):
     with pytest.raises(ValueError, match="duplicate"):
         write_volumes_csv(tmp_path / "v.csv", {"a": {1: 1.0, 2: 2.0}}, {1: "x", 2: "x"})
     assert not (tmp_path / "v.csv").exists()
+
+
+# ----------------------------------------------------------------------------- removed islands take the label around them
+
+
+def test_removed_island_takes_the_label_it_sits_in(tmp_path: Path):
+    """A small stray component inside another structure becomes that structure, not a
+    background hole; one in the open becomes background. Read from a real NIfTI file."""
+    import nibabel as nib
+
+    from brainseg.io import read_label
+
+    labels = np.zeros((20, 20, 20), dtype=np.uint8)
+    labels[2:16, 2:16, 2:16] = 1  # a structure
+    labels[3:6, 3:6, 3:6] = 2  # label 2's big component
+    labels[10:12, 10:12, 10] = 2  # label 2's stray island inside label 1: 4 voxels
+    labels[18, 18, 18] = 2  # another island, in the open
+    labels[15, 8:10, 8] = 3  # label 3 island on the border of label 1 and background: 2 voxels
+    path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(labels, np.diag([1.0, 1.0, 1.0, 1.0])), str(path))
+    data, geom = read_label(path)
+    out = postprocess_labels(data, geom.spacing, PostprocessConfig(min_size_mm3={2: 10.0, 3: 10.0}))
+    assert np.all(out[10:12, 10:12, 10] == 1)  # inside label 1: takes label 1
+    assert out[18, 18, 18] == 0  # in the open: background
+    assert np.all(out[3:6, 3:6, 3:6] == 2)  # the big component stays
+    # on the edge of label 1: most of its neighbours are label 1 (it sits in the last layer)
+    assert set(np.unique(out[15, 8:10, 8])) <= {0, 1}
+    assert np.count_nonzero(out == 0) + np.count_nonzero(out == 1) + 27 == out.size
+    # largest_component too: the dropped piece takes its surroundings
+    out = postprocess_labels(data, geom.spacing, PostprocessConfig(largest_component=[2]))
+    assert np.all(out[10:12, 10:12, 10] == 1) and out[18, 18, 18] == 0
+
+
+def test_volumes_use_the_determinant_of_a_sheared_affine(tmp_path: Path):
+    """Column norms overstate the voxel volume of a sheared grid; |det| is right."""
+    import nibabel as nib
+
+    from brainseg.evaluate import evaluate_case
+    from brainseg.io import read_label
+
+    affine = np.eye(4)
+    affine[:3, :3] = [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]  # det 2, column norms 1 x 1.118 x 2
+    labels = np.zeros((12, 12, 12), dtype=np.uint8)
+    labels[1:4, 1:4, 1:4] = 1  # 27 voxels
+    labels[8:10, 8, 8:10] = 1  # 4 voxels: 8 mm3 truly, 8.94 by column norms
+    path = tmp_path / "sheared.nii.gz"
+    img = nib.Nifti1Image(labels, affine)
+    img.set_sform(affine, code=1)
+    img.set_qform(affine, code=1)
+    nib.save(img, str(path))
+    data, geom = read_label(path)
+    assert geom.voxel_volume == pytest.approx(2.0)
+    assert np.prod(geom.spacing) == pytest.approx(2.0 * np.sqrt(1.25))  # the sizes themselves are unchanged
+    assert label_volumes(data, geom.spacing, [1]) == {1: pytest.approx(31 * 2.0)}
+    rows = evaluate_case(path, path)
+    assert rows[0]["ref_volume_mm3"] == pytest.approx(31 * 2.0)
+    # a component of 8 mm3 is below 8.5 mm3 (by column norms it would be 8.94 and stay)
+    out = postprocess_labels(data, geom.spacing, PostprocessConfig(min_size_mm3={1: 8.5}))
+    assert np.all(out[8:10, 8, 8:10] == 0) and np.count_nonzero(out == 1) == 27

@@ -3,10 +3,15 @@
 One folder per case holds ``ID_t1``, ``ID_t1ce``, ``ID_t2``, ``ID_flair`` and ``ID_seg``
 (BraTS up to 2021) or ``ID-t1n``, ``ID-t1c``, ``ID-t2w``, ``ID-t2f`` and ``ID-seg``
 (BraTS 2023 on). Used by :mod:`.layouts` (training data) and :mod:`.inputs` (prediction).
+
+For prediction a model's channel names (its card's, from dataset.json or BraTS) choose
+and order the modalities: :func:`sequence_of` knows the common names of each MR
+sequence (``t1gd``, ``t1ce``, ``t1c``, ``T1-Gd``, ... are one sequence), case-insensitively.
 """
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +20,33 @@ from typing import Iterable, Sequence
 from ..naming import strip_suffix
 from .cases import Candidate, Show, id_ok
 
-__all__ = ["BRATS_2023", "BRATS_CLASSIC"]
+__all__ = ["BRATS_2023", "BRATS_CLASSIC", "SEQUENCE_SYNONYMS", "sequence_of"]
 
 #: BraTS channel names, in channel order (up to BraTS 2021, and from BraTS 2023 on).
 BRATS_CLASSIC = ("t1", "t1ce", "t2", "flair")
 BRATS_2023 = ("t1n", "t1c", "t2w", "t2f")
 BRATS_SEG = "seg"
 BRATS_STYLES = {"classic": BRATS_CLASSIC, "2023": BRATS_2023}
-# The same sequence under either naming, for matching a model's channel names.
-_BRATS_ALIAS = {**dict(zip(BRATS_CLASSIC, BRATS_2023)), **dict(zip(BRATS_2023, BRATS_CLASSIC))}
+#: The names of each MR sequence brainseg understands (compared in lower case with spaces,
+#: ``-``, ``_``, ``+`` and ``.`` removed): BraTS 2021 and 2023 names, BIDS suffixes, common synonyms.
+SEQUENCE_SYNONYMS = {
+    "t1": ("t1", "t1w", "t1n", "mprage", "t1native", "t1pre", "nativet1"),
+    "t1c": ("t1c", "t1ce", "t1gd", "t1post", "t1wce", "t1wgd", "t1cgd", "t1gad", "t1contrast", "t1wpost"),
+    "t2": ("t2", "t2w"),
+    "flair": ("flair", "t2f", "t2flair", "t2wflair"),
+}
+_SEQUENCE = {name: seq for seq, names in SEQUENCE_SYNONYMS.items() for name in names}
+_SEPARATORS = re.compile(r"[\s_+.-]")
+
+
+def sequence_of(name: str) -> str | None:
+    """The MR sequence (a key of :data:`SEQUENCE_SYNONYMS`) a channel name stands for, else None."""
+    return _SEQUENCE.get(_SEPARATORS.sub("", str(name).lower()))
+
+
+def known_sequences() -> str:
+    """The understood names, for messages."""
+    return "; ".join("/".join(names[:5]) for names in SEQUENCE_SYNONYMS.values())
 
 
 def brats_role(path: Path) -> tuple[str, str, str] | None:
@@ -91,19 +114,26 @@ def is_brats_case_folder(folder: Path, case: BratsCase) -> bool:
     )
 
 
-def _brats_order(style: str, channel_names: Sequence[str] | None) -> tuple[str, ...]:
-    """BraTS channel order: ``channel_names`` if they are BraTS names (either naming), else the default."""
+def _brats_order(style: str, channel_names: Sequence[str] | None, cid: str) -> tuple[tuple[str, ...], str | None]:
+    """The BraTS roles of a model's channels, in its order (the BraTS order without names),
+    or a problem naming the model channel that is no known sequence."""
     names = BRATS_STYLES[style]
-    if channel_names:
-        wanted = []
-        for n in channel_names:
-            n = n.lower()
-            n = n if n in names else _BRATS_ALIAS.get(n, "")
-            if n not in names:
-                return names
-            wanted.append(n)
-        return tuple(wanted)
-    return names
+    if not channel_names:
+        return names, None
+    by_sequence = {sequence_of(r): r for r in names}
+    order = []
+    for n in channel_names:
+        role = by_sequence.get(sequence_of(n))
+        if role is None:
+            return (), (
+                f"the model's channel {n!r} is not an MR sequence brainseg knows ({known_sequences()}), so "
+                f"case {cid!r}'s BraTS files cannot be matched to it (give ID_0000, ID_0001, ... files in the "
+                "model's channel order instead)"
+            )
+        if role in order:
+            return (), f"the model's channels {list(channel_names)} name {role} twice; case {cid!r} cannot be matched"
+        order.append(role)
+    return tuple(order), None
 
 
 def _style_help(style: str | None) -> str:
@@ -143,14 +173,19 @@ def brats_candidate(
     if style is None:
         problems.append(f"{where}: case {cid!r} has no image channels (expected {_style_help(None)})")
         return None, None
-    order = _brats_order(style, channel_names)
+    order, problem = _brats_order(style, channel_names, cid)
+    if problem:
+        problems.append(f"{where}: {problem}")
+        return None, None
     for role, fs in sorted(case.roles.items()):
         if len(fs) > 1:
             problems.append(f"{where}: case {cid!r} has several {role} files: " + " and ".join(show(f) for f in fs))
             ok = False
-    missing = [r for r in order if r not in case.roles]
+    missing = [(r, i) for i, r in enumerate(order) if r not in case.roles]
     if missing:
-        problems.append(f"{where}: case {cid!r} is missing {', '.join(missing)} (expected {_style_help(style)})")
+        roles = ", ".join(r for r, _ in missing)
+        model = f" (the model's channel {', '.join(repr(channel_names[i]) for _, i in missing)})" if channel_names else ""
+        problems.append(f"{where}: case {cid!r} is missing {roles}{model}; expected {_style_help(style)}")
         ok = False
     if not ok:
         return None, None

@@ -5,6 +5,11 @@ Per case the cache holds ``ID.npy`` (C, X, Y, Z float32, preprocessed),
 foreground class, for foreground oversampling) and ``ID.json`` (the preprocessing
 record and a key over the source files and settings). A case whose key still matches
 is not decoded again, so epochs, resumed runs and later runs skip NIfTI entirely.
+
+The key covers everything the three arrays depend on: the files (path, size, mtime; the
+channel files in their order, then the label), the target spacing, the normalisation (and
+for ``ct`` the data set's intensities), the crop, the label values (the class index of a
+value is its rank among them), the number of stored locations and ``PREPROCESS_VERSION``.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import InputError
 from ..atomic import atomic_path, atomic_write_text
+from ..card import ChannelIntensity
+from ..errors import InputError
 from ..io import check_file, read_channels, read_geometry, read_label
 from .cases import Case
+from .foreground import threshold_mask
 from .preprocess import PREPROCESS_VERSION, PreprocessRecord, preprocess, ras_orientation
 
 #: Voxel coordinates stored per class for foreground sampling.
@@ -71,6 +78,62 @@ def _cache_key(case: Case, settings: dict) -> str:
     return h.hexdigest()[:20]
 
 
+#: Foreground voxels sampled per case and channel for the data set's intensities (nnU-Net's number).
+INTENSITY_SAMPLES = 10_000
+
+
+def cache_settings(
+    target_spacing: Sequence[float],
+    label_values: Sequence[int],
+    normalization: str,
+    crop_to_nonzero: bool,
+    intensity: Sequence[ChannelIntensity] | None = None,
+) -> dict:
+    """What a cache entry's arrays depend on besides its files (part of its key)."""
+    return {
+        "spacing": [float(s) for s in target_spacing],
+        "normalization": normalization,
+        "intensity": [c.to_dict() for c in intensity] if normalization == "ct" and intensity else None,
+        "crop": bool(crop_to_nonzero),
+        "labels": sorted(int(v) for v in label_values),
+        "locations": MAX_LOCATIONS,
+        "version": PREPROCESS_VERSION,
+    }
+
+
+def intensity_statistics(
+    cases: Sequence[Case], cache_dir: Path | None = None, max_voxels: int = 1024**3
+) -> list[ChannelIntensity]:
+    """Per channel, the mean, std and 0.5 / 99.5 percentiles of the training cases' foreground
+    intensities (nnU-Net's CT fingerprint: its labelled voxels, a case without any its
+    threshold foreground; at most ``INTENSITY_SAMPLES`` voxels a case), in the files' own
+    units. Kept in ``cache_dir/intensity.json`` under a key over the files."""
+    key = hashlib.sha256("".join(_cache_key(c, {"intensity": PREPROCESS_VERSION}) for c in cases).encode()).hexdigest()[:20]
+    path = Path(cache_dir) / "intensity.json" if cache_dir is not None else None
+    if path is not None and path.is_file():
+        stored = json.loads(path.read_text())
+        if stored.get("key") == key:
+            return [ChannelIntensity.from_dict(c) for c in stored["channels"]]
+    samples: list[list[np.ndarray]] = []
+    for case in cases:
+        data, _ = read_channels(case.images, max_voxels=max_voxels)
+        mask = read_label(case.label, max_voxels=max_voxels)[0] > 0 if case.label is not None else None
+        if mask is None or not mask.any():
+            mask = threshold_mask(data)
+        rng = np.random.default_rng(1234)
+        take = rng.choice(int(mask.sum()), min(int(mask.sum()), INTENSITY_SAMPLES), replace=False)
+        samples.append([channel[mask][take] for channel in data])
+    out = []
+    for c in range(len(samples[0])):
+        values = np.concatenate([s[c] for s in samples]).astype(np.float64)
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        out.append(ChannelIntensity(float(values.mean()), max(float(values.std()), 1e-8), float(lo), float(hi)))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps({"key": key, "channels": [c.to_dict() for c in out]}))
+    return out
+
+
 def _sample_locations(seg: np.ndarray, classes: Sequence[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
     out = {}
     for c in classes:
@@ -89,14 +152,11 @@ def cache_case(
     normalization: str = "zscore",
     crop_to_nonzero: bool = True,
     max_voxels: int = 1024**3,
+    intensity: Sequence[ChannelIntensity] | None = None,
 ) -> CachedCase:
-    """Preprocess one labelled case into the cache (or reuse a matching entry)."""
-    settings = {
-        "spacing": [float(s) for s in target_spacing],
-        "normalization": normalization,
-        "crop": crop_to_nonzero,
-        "version": PREPROCESS_VERSION,
-    }
+    """Preprocess one labelled case into the cache (or reuse a matching entry); ``intensity``:
+    the data set's (:func:`intensity_statistics`), for the ``ct`` normalisation."""
+    settings = cache_settings(target_spacing, label_values, normalization, crop_to_nonzero, intensity)
     key = _cache_key(case, settings)
     meta_path = cache_dir / f"{case.case_id}.json"
     paths = dict(
@@ -120,7 +180,8 @@ def cache_case(
     if unknown:
         raise InputError(case.label, f"label values {unknown} are not among the data set's labels {sorted(label_values)}")
     img, seg, record = preprocess(
-        data, geom, target_spacing, label=label, normalization=normalization, crop_to_nonzero=crop_to_nonzero
+        data, geom, target_spacing, label=label, normalization=normalization, crop_to_nonzero=crop_to_nonzero,
+        intensity=intensity,
     )
     # Store class indices 0..K-1 (label values may have gaps, e.g. BraTS 0, 1, 2, 4).
     lut = np.zeros(int(max(label_values)) + 1, dtype=np.int16)

@@ -173,8 +173,8 @@ class Candidate:
     case_id: str
     where: str  # folder (or source) shown in messages
     channels: dict[int, list[Path]] = field(default_factory=lambda: defaultdict(list))
-    kind: str = "suffixed"  # "suffixed" (ID_NNNN files), "single" (one plain file), "brats"
-    names: tuple[str, ...] = ()  # BraTS channel names, in order
+    kind: str = "suffixed"  # "suffixed" (ID_NNNN files), "single" (one plain file), "brats", "named" (ID_<channel>)
+    names: tuple[str, ...] = ()  # BraTS channel names / the model's channel names, in order
 
     def first_file(self) -> Path:
         return min((f for fs in self.channels.values() for f in fs), key=lambda p: p.name)
@@ -204,7 +204,7 @@ def expected_channels(cands: Iterable[Candidate]) -> int:
     """The channel count implied by the cases themselves: the largest one."""
     n = 0
     for c in cands:
-        n = max(n, len(c.names) if c.kind == "brats" else max(c.channels, default=-1) + 1)
+        n = max(n, len(c.names) if c.kind in ("brats", "named") else max(c.channels, default=-1) + 1)
     return n
 
 
@@ -236,6 +236,13 @@ def assemble(
                     f"({', '.join(c.names)}) but {why}"
                 )
                 ok = False
+        elif c.kind == "named" and any(i not in c.channels for i in range(n)):
+            missing = ", ".join(repr(c.names[i]) for i in range(n) if i not in c.channels)
+            problems.append(
+                f"{c.where}: case {cid!r} has no file for the model's channel(s) {missing} "
+                f"(found {', '.join(show(c.channels[i][0]) for i in sorted(c.channels))})"
+            )
+            ok = False
         elif c.kind == "single" and n != 1:
             problems.append(
                 f"{show(c.first_file())}: case {cid!r} is a single file but {why} (give one "

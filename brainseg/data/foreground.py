@@ -5,13 +5,17 @@ Two kinds of scan reach brainseg:
 * **exact-zero background** (skull-stripped, defaced-and-masked, or resampled into a
   zero-filled frame): everything that is not the subject is exactly 0 in every
   channel. The non-zero voxels *are* the foreground.
-* **noisy background** (a raw MR magnitude image): the background is noise, never
-  exactly 0, and "non-zero" means the whole field of view.
+* **noisy background** (a raw MR magnitude image, or CT, whose air is about -1000): the
+  background is not exactly 0, and "non-zero" means the whole field of view.
 
+Only zeros that reach the volume's border are background (:func:`subject_mask` fills the
+holes of the non-zero region, as nnU-Net does): tissue that happens to be exactly 0
+inside the subject (0 HU in a CT, a dark spot in a skull-stripped brain) is subject.
 :func:`has_zero_background` decides which kind a case is (per case, recorded in its
 preprocessing record); the foreground used for cropping and for the normalisation
-statistics is the non-zero voxels for the first kind (see preprocess, which resamples
-them first) and :func:`threshold_mask` for the second: a robust intensity threshold (20 % of the way from the 2nd to
+statistics is the subject mask for the first kind (see preprocess, which resamples
+it first) and :func:`threshold_mask` for the second (and for the ``ct`` scheme, whose
+field of view may be zero-padded): a robust intensity threshold (20 % of the way from the 2nd to
 the 98th percentile, per channel, union over channels; FSL BET uses 10 %, which the
 tail of a strong Rician background crosses), an opening, the largest connected
 component, a small closing and the holes filled (as nnU-Net fills the holes of its
@@ -20,6 +24,8 @@ component). Scale- and offset-free: only percentiles of each channel are used.
 """
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -45,9 +51,16 @@ def zero_voxels(data: np.ndarray) -> np.ndarray:
     return np.all(data == 0, axis=0) if data.ndim == 4 else data == 0
 
 
-def has_zero_background(data: np.ndarray) -> bool:
-    """Whether a case's background is exactly zero (see the module docstring)."""
-    zero = zero_voxels(data)
+def subject_mask(data: np.ndarray) -> np.ndarray:
+    """Every voxel but the exact zeros (in every channel) that reach the volume's border face
+    by face: the non-zero voxels with their holes filled."""
+    return ndimage.binary_fill_holes(~zero_voxels(data))
+
+
+def has_zero_background(data: np.ndarray, subject: np.ndarray | None = None) -> bool:
+    """Whether a case's background is exactly zero (see the module docstring); ``subject``:
+    its :func:`subject_mask` if already computed."""
+    zero = ~(subject_mask(data) if subject is None else subject)
     n_zero = int(np.count_nonzero(zero))
     if n_zero < MIN_ZERO_FRACTION * zero.size:
         return False
@@ -56,7 +69,7 @@ def has_zero_background(data: np.ndarray) -> bool:
 
 
 def channel_threshold(channel: np.ndarray) -> float:
-    """The robust object/background threshold of one channel: t2 + 20 % (t98 - t2)."""
+    """The robust object/background threshold of one channel's voxels: t2 + 20 % (t98 - t2)."""
     flat = channel.ravel()
     if flat.size > SAMPLE:
         flat = flat[:: int(np.ceil(flat.size / SAMPLE))]
@@ -76,11 +89,14 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return components == int(np.argmax(sizes))
 
 
-def threshold_mask(data: np.ndarray) -> np.ndarray:
-    """The foreground of a noisy-background (C, X, Y, Z) case (see the module docstring)."""
+def threshold_mask(data: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """The foreground of a noisy-background (C, X, Y, Z) case (see the module docstring);
+    with ``valid`` only those voxels are looked at (a zero-padded field of view's inside)."""
     mask = np.zeros(data.shape[1:], dtype=bool)
     for channel in data:
-        mask |= channel > channel_threshold(channel)
+        mask |= channel > channel_threshold(channel if valid is None or not valid.any() else channel[valid])
+    if valid is not None:
+        mask &= valid
     # an opening first: noise voxels above the threshold, and the thin bridges they make to
     # the subject, go (without it, a noisy background could join the subject's component)
     mask = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1))
@@ -129,7 +145,27 @@ def zscore_foreground(data: np.ndarray, mask: np.ndarray | None = None) -> tuple
 
 #: Percentile levels of the ``quantile`` scheme's landmarks.
 QUANTILE_LEVELS = (0.5, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 98.0, 99.5)
-NORMALIZATIONS = ("zscore", "quantile", "none")
+NORMALIZATIONS = ("zscore", "quantile", "none", "ct")
+#: nnU-Net's rule: the statistics come from the subject mask of a zero-background case only
+#: when cropping to it kept less than this fraction of the volume (else the zeros are part of
+#: the image, e.g. a zero-filled rim of the field of view, and every voxel counts).
+MASK_FOR_NORM_BELOW = 0.75
+
+
+def crop_fraction(box, shape) -> float:
+    """The fraction of a volume of ``shape`` that the slices ``box`` keep (1.0 for None)."""
+    if box is None:
+        return 1.0
+    return float(np.prod([s.stop - s.start for s in box]) / np.prod([int(n) for n in shape]))
+
+
+def ct_normalise(x: np.ndarray, stats) -> np.ndarray:
+    """The ``ct`` scheme on one channel: clip to the data set's foreground 0.5-99.5
+    percentiles, z-score with its mean and std (a :class:`~brainseg.card.ChannelIntensity`)."""
+    out = np.clip(x, np.float32(stats.percentile_00_5), np.float32(stats.percentile_99_5)).astype(np.float32)
+    out -= np.float32(stats.mean)
+    out /= np.float32(stats.std)
+    return out
 
 
 def _quantile_map(x: np.ndarray, landmarks: np.ndarray, targets: np.ndarray, std: float) -> np.ndarray:
@@ -143,7 +179,7 @@ def _quantile_map(x: np.ndarray, landmarks: np.ndarray, targets: np.ndarray, std
 
 
 def normalise(
-    data: np.ndarray, mask: np.ndarray, scheme: str
+    data: np.ndarray, mask: np.ndarray, scheme: str, intensity: Sequence | None = None
 ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
     """Normalise every voxel of (C, X, Y, Z) with statistics of the voxels in ``mask``.
 
@@ -151,7 +187,8 @@ def normalise(
     the foreground's percentiles (``QUANTILE_LEVELS``) mapped piecewise linearly onto those
     of a standard normal distribution (the same as ``zscore`` for Gaussian intensities, and
     unchanged by any monotone intensity change: scale, offset, gamma, a contrast curve;
-    Nyul-Udupa-style histogram standardisation). ``none``: unchanged. Returns
+    Nyul-Udupa-style histogram standardisation). ``ct``: :func:`ct_normalise` with the data
+    set's ``intensity`` per channel (``mask`` is not used). ``none``: unchanged. Returns
     ``(normalised, means, stds, raw_zero)`` with ``raw_zero`` (C,) the value a raw 0 becomes,
     bit for bit as in the volume.
     """
@@ -162,6 +199,12 @@ def normalise(
     if scheme == "none":
         c = data.shape[0]
         return np.ascontiguousarray(data, dtype=np.float32), [0.0] * c, [1.0] * c, np.zeros(c, np.float32)
+    if scheme == "ct":
+        if intensity is None or len(intensity) != data.shape[0]:
+            raise ValueError(f"the ct normalization needs the data set's intensities for each of {data.shape[0]} channel(s)")
+        out = np.stack([ct_normalise(ch, st) for ch, st in zip(data, intensity)])
+        raw_zero = np.array([ct_normalise(np.zeros(1, np.float32), st)[0] for st in intensity], dtype=np.float32)
+        return out, [float(st.mean) for st in intensity], [float(st.std) for st in intensity], raw_zero
     out, means, stds = zscore_foreground(data, mask)
     raw_zero = (np.float32(0.0) - np.asarray(means, dtype=np.float32)) / np.asarray(stds, dtype=np.float32)
     if scheme == "quantile":

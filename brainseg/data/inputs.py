@@ -3,18 +3,112 @@
 Channel files of a case (``ID_0000``, ``ID_0001``, ...) are grouped into one case, any
 other scan is a single-channel case; BraTS case folders and roots, MSD / nnU-Net roots
 and plain scan folders are recognised. Labels are not looked for.
+
+Given a model's channel names (its card's), each case's channels are put in the model's
+order by name: BraTS modalities (2021 and 2023 names), the channels an MSD root's
+dataset.json lists for its ``_000N`` files, and files named ``ID_<channel>`` (``ID_FLAIR``,
+``sub-01_T1w``, ``ID-t1c``: the model's names or a synonym, see
+:func:`~brainseg.data.brats.sequence_of`). ``_000N`` files without names are taken in
+index order, as nnU-Net does.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Sequence
 
-from ..naming import IMAGE_SUFFIXES, image_suffix
-from .brats import brats_candidate, is_brats_case_folder, scan_brats
+from ..naming import IMAGE_SUFFIXES, channel_stem, image_suffix, split_channel, strip_suffix
+from .brats import brats_candidate, is_brats_case_folder, scan_brats, sequence_of
 from .cases import Candidate, Case, DiscoveryError, assemble, expected_channels, group_channels, list_dirs, list_images, plural, shower
+from .dataset_json import read_dataset_json
 
 __all__ = ["discover_inputs"]
+
+log = logging.getLogger(__name__)
+
+
+def match_channel(name: str, channel_names: Sequence[str]) -> int | None:
+    """The index of ``name`` among ``channel_names``: the same name (any case), else the one
+    channel of the same MR sequence; None when there is none or several."""
+    exact = [i for i, n in enumerate(channel_names) if n.lower() == name.lower()]
+    if len(exact) == 1:
+        return exact[0]
+    seq = sequence_of(name)
+    hits = [i for i, n in enumerate(channel_names) if seq is not None and sequence_of(n) == seq]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _named_channel(path: Path, channel_names: Sequence[str]) -> tuple[str, int] | None:
+    """``(case id, model channel)`` of a file named ``ID_<channel>`` / ``ID-<channel>``, else None."""
+    stem = strip_suffix(path)
+    if split_channel(stem):
+        return None
+    for i, ch in enumerate(stem):  # the longest tail first: "sub-01_t2-flair" is sub-01's flair
+        if ch in "_-" and 0 < i < len(stem) - 1:
+            index = match_channel(stem[i + 1 :], channel_names)
+            if index is not None:
+                return stem[:i], index
+    return None
+
+
+def _group(files: Sequence[Path], where: str, channel_names: Sequence[str] | None) -> list[Candidate]:
+    """:func:`group_channels`; with a multi-channel model's names, files named ``ID_<channel>``
+    are first grouped as the channels of case ``ID``."""
+    if not channel_names or len(channel_names) < 2:
+        return list(group_channels(files, where).values())
+    named: dict[str, Candidate] = {}
+    rest = []
+    for f in files:
+        hit = _named_channel(f, channel_names)
+        if hit is None:
+            rest.append(f)
+            continue
+        cand = named.setdefault(hit[0], Candidate(hit[0], where, kind="named", names=tuple(channel_names)))
+        cand.channels[hit[1]].append(f)
+    return list(named.values()) + list(group_channels(rest, where).values())
+
+
+def _msd_candidates(
+    folder: Path, files: Sequence[Path], where: str, channel_names: Sequence[str] | None, problems: list[str]
+) -> list[Candidate]:
+    """The ``_000N`` cases of an MSD folder, their channels put in the model's order when the
+    folder's dataset.json names them (index order when it does not, or no name matches)."""
+    cands = list(group_channels(files, where).values())
+    listed = read_dataset_json(folder / "dataset.json", []).channels if (folder / "dataset.json").is_file() else None
+    if not channel_names or not listed:
+        return cands
+    order = [match_channel(n, listed) for n in channel_names]
+    if order == list(range(len(channel_names))):
+        return cands
+    if all(o is None for o in order):
+        log.warning(
+            "%s: dataset.json names the channels %s, the model %s: none match, so the _000N files are "
+            "taken in index order", folder, list(listed), list(channel_names)
+        )
+        return cands
+    if None in order or len(set(order)) < len(order):
+        bad = [n for n, o in zip(channel_names, order) if o is None or order.count(o) > 1]
+        problems.append(
+            f"{folder / 'dataset.json'}: the model's channel(s) {', '.join(map(repr, bad))} cannot be matched "
+            f"to one of its channels {list(listed)} (the model's channels: {list(channel_names)})"
+        )
+        return []
+    out = []
+    for c in cands:
+        missing = [j for j in order if j not in c.channels]
+        if c.kind == "single" or missing:
+            if missing:
+                names = ", ".join(f"{channel_stem(c.case_id, j)} ({listed[j]})" for j in missing)
+                problems.append(f"{where}: case {c.case_id!r} is missing channel file(s) {names}")
+            else:
+                out.append(c)  # assemble names it
+            continue
+        moved = Candidate(c.case_id, where)
+        for i, j in enumerate(order):
+            moved.channels[i] = c.channels[j]
+        out.append(moved)
+    return out
 
 
 def _inputs_from_folder(
@@ -30,7 +124,7 @@ def _inputs_from_folder(
         files = list_images(sub, problems, show)
         if not files:
             problems.append(f"{sub}: no scans found")
-        return list(group_channels(files, str(sub)).values())
+        return _msd_candidates(folder, files, str(sub), channel_names, problems)
     files = list_images(folder, problems, show)
     if files:
         # resolve() so that "." given for a case folder still yields the folder's name
@@ -38,7 +132,7 @@ def _inputs_from_folder(
         if is_brats_case_folder(case.folder, case):
             cand, _ = brats_candidate(case, problems, show, channel_names, strict=False)
             return [cand] if cand else []
-        return list(group_channels(files, str(folder)).values())
+        return _group(files, str(folder), channel_names)
     brats_cases = [scan_brats(d, list_images(d, problems, show)) for d in list_dirs(folder)]
     brats_cases = [c for c in brats_cases if c.n_modalities]
     if brats_cases:  # a BraTS root: one case per sub-folder with BraTS-named scans
@@ -47,7 +141,7 @@ def _inputs_from_folder(
     if (folder / "images").is_dir():
         files = list_images(folder / "images", problems, show)
         if files:
-            return list(group_channels(files, str(folder / "images")).values())
+            return _group(files, str(folder / "images"), channel_names)
     problems.append(f"{folder}: no scans found (expected scan files, an MSD folder or BraTS case folders)")
     return []
 
@@ -63,9 +157,11 @@ def discover_inputs(
     folder of ``ID_NNNN`` files or plain scans, a BraTS root or a single BraTS case
     folder. Files named ``ID_0000``, ``ID_0001``, ... (in one folder, or among the files
     given directly) are one multi-channel case ``ID``; any other scan is a single-channel
-    case named after its file. ``channel_names`` (a model's channels) orders the
-    modalities of BraTS cases when they are BraTS names and sets ``n_channels`` if that
-    is not given; with ``n_channels`` every case must have exactly that many channels.
+    case named after its file. ``channel_names`` (a model's channels, see the module
+    docstring) orders the channels of named inputs by name and sets ``n_channels`` if that
+    is not given; with ``n_channels`` every case must have exactly that many channels. A
+    channel the model needs that a case lacks, or a model channel that no name can be
+    matched to, is a problem naming it and the case.
     Labels are not looked for (``label`` is None). Cases are sorted by id; ids must be
     unique over all inputs, since each names an output file.
     """
@@ -97,7 +193,7 @@ def discover_inputs(
             problems.append(f"{p}: not a recognised scan file (expected {', '.join(IMAGE_SUFFIXES)})")
         else:
             loose.append(p)
-    cands.extend(group_channels(loose, "the given files").values())
+    cands.extend(_group(loose, "the given files", channel_names))
 
     unique: dict[str, Candidate] = {}
     clashes: set[str] = set()

@@ -11,22 +11,20 @@ Steps, in order:
    coordinate ``j * target / spacing``; samples past the last old voxel take its
    value.
 3. **Foreground** (:mod:`brainseg.data.foreground`): decided per case whether the
-   background is exactly 0 (skull-stripped) or noise (a raw magnitude image); the
-   foreground is then the non-zero voxels or a robust threshold mask.
-   **Crop** to the foreground's bounding box (grown by ``CROP_MARGIN_MM`` when the
-   background is noise, so a dim rim the threshold missed stays inside). On a noisy
-   scan (when cropping) the noise farther than that margin from the foreground is replaced by the
-   background's median: what lies far from the subject looks the same on every scan
-   (one constant), and a window entirely outside the subject is never pure noise,
-   which instance norm would blow up to unit variance.
-4. **Normalise** each channel with statistics of its foreground voxels in the *whole
-   volume* (never per patch: that gives block artefacts), applied to every voxel
-   (:func:`~brainseg.data.foreground.normalise`): ``zscore`` (mean and std) or
-   ``quantile`` (the foreground's percentiles mapped onto a standard normal's: a z-score
-   that no monotone intensity change - scale, offset, gamma, contrast - moves).
-   Background voxels are normalised the same way in training and inference (an
-   exact-zero background becomes one constant, ``record.background``, which is also
-   what patches and sliding windows are padded with beyond the crop box).
+   background is exactly 0 (zeros reaching the border: skull-stripped) or not (noise, CT
+   air); the foreground is then the subject mask (the non-zero voxels, holes filled) or a
+   robust threshold mask (always for ``ct``). **Crop** to its bounding box (grown by
+   ``CROP_MARGIN_MM`` for a threshold mask). On a noisy MR scan (when cropping) the noise
+   farther than that margin is replaced by the background's median: one constant on every
+   scan, so a window outside the subject is never pure noise blown up by instance norm.
+4. **Normalise** each channel with statistics of the *whole volume* (never per patch),
+   applied to every voxel (:func:`~brainseg.data.foreground.normalise`): ``zscore`` (mean,
+   std) or ``quantile`` (the percentiles mapped onto a standard normal's) over the
+   foreground; on a zero-background case only when the crop kept under 3/4 of the volume,
+   else over every voxel (nnU-Net's rule, ``record.norm_region``). ``ct``: clip to the
+   data set's foreground 0.5-99.5 percentiles, z-score with its mean and std (the model
+   card's ``intensity``). An exact-zero background becomes one constant,
+   ``record.background``, which patches and windows are also padded with.
 
 A :class:`PreprocessRecord` stores what was done. :func:`invert_to_original` takes
 class scores on the preprocessed grid back to the scan's own grid: un-crop, resample
@@ -46,15 +44,16 @@ import torch
 
 from ..arrays import bounding_box
 from ..io import Geometry
-from .foreground import background_values, beyond_margin, has_zero_background, normalise, threshold_mask, zero_voxels
+from .foreground import MASK_FOR_NORM_BELOW, background_values, beyond_margin, crop_fraction, has_zero_background, normalise, subject_mask, threshold_mask
 
 #: Relative spacing difference below which no resampling is done.
 SPACING_RTOL = 0.01
 #: The preprocessing convention (cache entries and model cards record it):
 #: 3: resampling keeps the first voxel centre, exact target spacing;
 #: 4: foreground per background kind, every voxel normalised, background value recorded;
-#: 5: far noise set to the background constant (record.far_constant).
-PREPROCESS_VERSION = 5
+#: 5: far noise set to the background constant (record.far_constant);
+#: 6: background zeros reach the border; nnU-Net's rule for the statistics' region; ct.
+PREPROCESS_VERSION = 6
 #: How far the crop box reaches past a threshold foreground (noisy background), in mm.
 CROP_MARGIN_MM = 5.0
 
@@ -79,6 +78,8 @@ class PreprocessRecord:
     #: Whether noise farther than CROP_MARGIN_MM from the foreground was set to the background
     #: (noisy scans, when cropping): those voxels are background by construction.
     far_constant: bool = False
+    #: Where the normalisation statistics came from: "foreground" or "all" (nnU-Net's rule).
+    norm_region: str = "foreground"
 
     def pad_values(self) -> list[float]:
         """Per channel, what lies beyond the crop box in normalised units (0 for old records)."""
@@ -235,8 +236,10 @@ def preprocess(
     label: np.ndarray | None = None,
     normalization: str = "zscore",
     crop_to_nonzero: bool = True,
+    intensity: Sequence | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessRecord]:
-    """Preprocess a (C, X, Y, Z) case (file voxel order) and its optional label map."""
+    """Preprocess a (C, X, Y, Z) case (file voxel order) and its optional label map
+    (``intensity``: the data set's, per channel, for the ``ct`` scheme)."""
     if data.ndim == 3:
         data = data[None]
     ornt = ras_orientation(geometry)
@@ -252,21 +255,24 @@ def preprocess(
     lab = None
     if label is not None:
         lab = resample_labels(reorient_array(label, ornt), new_shape, steps)
-    zero_bg = has_zero_background(data)
-    if zero_bg:  # crop to every non-zero voxel; statistics over those mostly inside the original non-zero region
-        inside = resample_image((~zero_voxels(ras))[None].astype(np.float32), new_shape, steps)[0]
+    subject, ct = subject_mask(data), normalization == "ct"
+    zero_bg = has_zero_background(data, subject)
+    inside = resample_image(reorient_array(subject, ornt)[None].astype(np.float32), new_shape, steps)[0] if zero_bg else None
+    if zero_bg and not ct:  # crop to the subject; statistics over voxels mostly inside it
         fg, box, margin = inside >= 0.5, inside > 0, 0
-    else:
-        fg = box = threshold_mask(img)
+    else:  # a threshold foreground (inside a zero-padded field of view), with a margin
+        fg = box = threshold_mask(img, valid=None if inside is None else inside >= 0.5)
         margin = int(np.ceil(CROP_MARGIN_MM / min(target)))
-    found = bounding_box(box, margin) if crop_to_nonzero else None  # the whole volume when not cropping or empty
+    found = bounding_box(box, margin)
+    region = "all" if zero_bg and not ct and crop_fraction(found, new_shape) >= MASK_FOR_NORM_BELOW else "foreground"
+    found = found if crop_to_nonzero else None  # the whole volume when not cropping or empty
     bbox = [[s.start, s.stop] for s in found] if found is not None else [[0, int(s)] for s in new_shape]
     img, fg = crop(img, bbox), crop(fg, bbox)
     if lab is not None:
         lab = np.ascontiguousarray(crop(lab, bbox))
-    img, means, stds, raw_zero = normalise(img, fg, normalization)
-    background = background_values(img, raw_zero, fg, zero_bg)
-    far_constant = not zero_bg and crop_to_nonzero
+    img, means, stds, raw_zero = normalise(img, fg if region == "foreground" else np.ones_like(fg), normalization, intensity)
+    background = background_values(img, raw_zero, fg, zero_bg and not ct)  # ct: a zero rim is not what lies beyond
+    far_constant = not zero_bg and crop_to_nonzero and not ct  # ct: the clip makes far air constant already
     if far_constant:  # noise farther than the margin from the subject becomes its median: one constant
         far = beyond_margin(fg, target, CROP_MARGIN_MM)
         img[:, far] = np.asarray(background, dtype=np.float32)[:, None]
@@ -283,6 +289,7 @@ def preprocess(
         zero_background=bool(zero_bg),
         background=background,
         far_constant=bool(far_constant),
+        norm_region=region,
     )
     return img, lab, record
 

@@ -220,7 +220,7 @@ def predict(
     dev = resolve_device(device, env.local_rank)
     model, card = load_model(model_path, dev)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
-    cases = discover_inputs(inputs, n_channels=len(card.channels))
+    cases = discover_inputs(inputs, channel_names=card.channels)
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
         model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels

@@ -26,7 +26,7 @@ import torch
 
 from ..card import ModelCard
 from ..config import InferConfig, PostprocessConfig
-from ..data.foreground import far_background
+from ..data.foreground import far_background, subject_mask
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
@@ -47,7 +47,8 @@ class PreparedCase:
     record: PreprocessRecord
     #: The first file's own grid, which the mask is written in.
     geometry: Geometry
-    #: Voxels of the original grid where some channel is not 0 (the input-mask rule's mask).
+    #: Voxels of the original grid that are not exact-zero background (some channel is not 0,
+    #: or enclosed by such voxels: :func:`~brainseg.data.foreground.subject_mask`): the input-mask rule's mask.
     nonzero: np.ndarray
 
 
@@ -146,8 +147,9 @@ class Predictor:
             target_spacing=self.card.spacing,
             normalization=norm.scheme,
             crop_to_nonzero=norm.crop_to_nonzero,
+            intensity=self.card.intensity or None,
         )
-        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=np.any(data != 0, axis=0))
+        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject_mask(data))
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(labels, probabilities or None)`` of a prepared case, in its original grid.

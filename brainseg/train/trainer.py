@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..card import ModelCard, Network, Normalization, package_versions
 from ..config import Config, dump_config
-from ..data.cache import cache_cases, median_spacing
+from ..data.cache import cache_cases, intensity_statistics, median_spacing
 from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
@@ -109,12 +109,15 @@ class Trainer:
         self.spacing = [float(s) for s in spacing]
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir / "cache"
+        ct = cfg.data.normalization == "ct"  # the data set's intensities, into the cache's key and the card
+        self.intensity = intensity_statistics(ds.train, cache_dir, cfg.data.max_voxels) if ct else []
         common = dict(
             target_spacing=self.spacing,
             label_values=list(self.labels),
             normalization=cfg.data.normalization,
             crop_to_nonzero=cfg.data.crop_to_nonzero,
             max_voxels=cfg.data.max_voxels,
+            intensity=self.intensity,
         )
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +181,7 @@ class Trainer:
             preprocess_version=PREPROCESS_VERSION,
             config=self.cfg.to_dict(),
             versions=package_versions(),
+            intensity=tuple(self.intensity),
         )
 
     def _state_dict(self) -> dict:
