@@ -127,6 +127,9 @@ class TrainConfig:
     threads: int = 0
     #: Save the "last" checkpoint every N epochs (and always at the end).
     checkpoint_every: int = 1
+    #: A step whose loss or gradient norm is NaN/inf is skipped (no optimizer step) and
+    #: counted (metrics.csv's skipped_steps); this many in a row stop training with an error.
+    max_nonfinite_steps: int = 10
 
 
 @dataclass
@@ -247,6 +250,9 @@ def _check_values(name: str, kwargs: dict[str, Any]) -> None:
     for key in ("batch_size", "epochs", "iters_per_epoch", "val_every", "batch_windows", "levels", "base_features"):
         if key in kwargs and kwargs[key] < 1:
             raise BrainsegError(f"config {name}.{key}: must be at least 1, got {kwargs[key]}")
+    if name == "train" and kwargs.get("max_nonfinite_steps", 1) < 1:
+        value = kwargs["max_nonfinite_steps"]
+        raise BrainsegError(f"config train.max_nonfinite_steps: must be at least 1, got {value}")
     if name == "infer" and "overlap" in kwargs and not 0.0 <= kwargs["overlap"] < 1.0:
         raise BrainsegError(f"config infer.overlap: must be in [0, 1), got {kwargs['overlap']}")
     if name == "data" and kwargs.get("target_spacing") is not None:

@@ -203,7 +203,7 @@ def test_tiny_net_overfits_one_real_volume():
 def test_torchrun_two_gloo_processes_train(demo_data, tmp_path):
     run_dir = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
         "-m", "brainseg", "train", "--data", str(demo_data), "--out", str(run_dir),
         "--epochs", "2", "--device", "cpu", "--no-progress", *TINY,
     ]

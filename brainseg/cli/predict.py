@@ -7,12 +7,19 @@ import sys
 from pathlib import Path
 
 from ..infer.batch import predict
+from ..model.checkpoint import CHECKPOINT_CHOICES
 from .common import add_config_args, add_device_arg
 
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment scans with a trained model")
     p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument(
+        "--checkpoint",
+        choices=tuple(CHECKPOINT_CHOICES),
+        default=None,
+        help="which checkpoint of the run folder (default: final if the run finished, else best, else last)",
+    )
     p.add_argument("--input", type=Path, nargs="+", required=True, help="folders and/or scan files")
     p.add_argument("--output", type=Path, required=True, help="output folder for ID.nii.gz masks")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
@@ -29,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         args.model,
         args.input,
         args.output,
+        checkpoint=args.checkpoint,
         device=args.device,
         config_path=args.config,
         overrides=args.overrides,

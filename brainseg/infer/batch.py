@@ -211,14 +211,19 @@ def predict(
     save_probabilities: bool = False,
     progress: bool = False,
     debug: bool = False,
+    checkpoint: str | None = None,
 ) -> BatchResult:
-    """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun)."""
+    """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
+
+    ``checkpoint``: which checkpoint of a run folder (``final``, ``best``, ``last``); None:
+    final if the run finished, else best, else last
+    (:func:`~brainseg.model.checkpoint.resolve_checkpoint`)."""
     inputs = [Path(p) for p in inputs]
     output = Path(output)
     check_output_folder(output, inputs)
     env = torchrun_env()
     dev = resolve_device(device, env.local_rank)
-    model, card = load_model(model_path, dev)
+    model, card = load_model(model_path, dev, checkpoint=checkpoint)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(inputs, channel_names=card.channels)
     mine = list(cases)[env.rank :: env.world_size]

@@ -25,8 +25,12 @@ from .unet import UNet3D, build_model
 CHECKPOINT_LAST = "checkpoint_last.pt"
 CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
-#: Which checkpoint of a run folder :func:`load_model` takes, in order of preference.
-RUN_PREFERENCE = (CHECKPOINT_FINAL, CHECKPOINT_LAST, CHECKPOINT_BEST)
+#: Which checkpoint of a run folder :func:`load_model` takes, in order of preference: the
+#: model at the end of training; for a run that has not finished, the one with the best
+#: validation Dice so far; else the latest state.
+RUN_PREFERENCE = (CHECKPOINT_FINAL, CHECKPOINT_BEST, CHECKPOINT_LAST)
+#: ``--checkpoint`` names: one file of a run folder, exactly.
+CHECKPOINT_CHOICES = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "last": CHECKPOINT_LAST}
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -45,9 +49,20 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return path
 
 
-def resolve_checkpoint(path: str | os.PathLike) -> Path:
-    """A checkpoint file, or the preferred checkpoint inside a run folder."""
+def resolve_checkpoint(path: str | os.PathLike, which: str | None = None) -> Path:
+    """A checkpoint file, or a run folder's checkpoint: ``which`` (``final``, ``best`` or
+    ``last``, that file or an error), else the first of :data:`RUN_PREFERENCE` it holds."""
     path = Path(path)
+    if which is not None:
+        if which not in CHECKPOINT_CHOICES:
+            raise BrainsegError(f"checkpoint {which!r}: expected one of {', '.join(CHECKPOINT_CHOICES)}")
+        if not path.is_dir():
+            raise BrainsegError(f"{path}: --checkpoint {which} chooses a file of a run folder; this is not a folder")
+        chosen = path / CHECKPOINT_CHOICES[which]
+        if not chosen.is_file():
+            present = [n for n in RUN_PREFERENCE if (path / n).is_file()]
+            raise BrainsegError(f"{chosen}: not found (the run folder holds {', '.join(present) or 'no checkpoint'})")
+        return chosen
     if path.is_dir():
         for name in RUN_PREFERENCE:
             if (path / name).is_file():
@@ -87,20 +102,34 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     return card_from_state(load_checkpoint(source), source)
 
 
+def nonfinite_tensors(weights: dict[str, Any]) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold NaN or inf."""
+    return [
+        k for k, v in weights.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
+    ]
+
+
 def model_from_state(state: dict[str, Any], card: ModelCard) -> UNet3D:
     model = build_model(**card.network.kwargs())
     model.load_state_dict(state["model"])
     return model
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[UNet3D, ModelCard]:
-    """Load a trained model for inference from a run folder or a checkpoint file.
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", checkpoint: str | None = None
+) -> tuple[UNet3D, ModelCard]:
+    """Load a trained model for inference from a run folder or a checkpoint file
+    (``checkpoint``: which of a run folder's, see :func:`resolve_checkpoint`).
 
-    Returns ``(a new model in eval mode on device, its model card)``.
-    """
-    source = resolve_checkpoint(path)
+    Returns ``(a new model in eval mode on device, its model card)``. Weights that hold
+    NaN or inf are refused (such a model segments nothing)."""
+    source = resolve_checkpoint(path, checkpoint)
     state = load_checkpoint(source, map_location="cpu")
     card = card_from_state(state, source)
+    bad = nonfinite_tensors(state["model"]) if isinstance(state["model"], dict) else []
+    if bad:
+        raise BrainsegError(f"{source}: the model weights hold NaN or inf ({len(bad)} tensor(s), e.g. {bad[0]})")
     try:
         model = model_from_state(state, card)
     except (KeyError, TypeError, RuntimeError) as exc:

@@ -1,4 +1,4 @@
-"""What a run leaves for people to read: metrics.csv, TensorBoard logs, curves.png."""
+"""What a run leaves for people to read: metrics.csv, TensorBoard logs, curves.png, the progress bar."""
 
 from __future__ import annotations
 
@@ -7,7 +7,26 @@ import io
 from pathlib import Path
 from typing import Sequence
 
+from tqdm.auto import tqdm
+
 from ..atomic import atomic_path, atomic_write_text
+
+
+def training_bar(total_steps: int, step: int, budget: float | None, elapsed: float, enabled: bool) -> tqdm:
+    """The training progress bar: to the last step, or under a time budget (seconds) to what
+    is left of it (``elapsed``: training seconds before this invocation)."""
+    if budget is None:
+        return tqdm(total=total_steps, initial=step, desc="training", unit="it", disable=not enabled,
+                    dynamic_ncols=True)
+    left = max(0.0, budget - elapsed)
+    return tqdm(
+        total=int(left),
+        desc=f"training ({left / 60:.3g} of {budget / 60:g} min budget left)",
+        unit="s",
+        disable=not enabled,
+        dynamic_ncols=True,
+        bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}",
+    )
 
 
 def write_metrics_csv(path: Path, history: Sequence[dict]) -> None:

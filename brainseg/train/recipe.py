@@ -3,6 +3,8 @@ and the learning-rate schedule (the trainer's loop is :mod:`brainseg.train.train
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,8 @@ from monai.losses import DiceCELoss
 from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- data
@@ -47,8 +51,26 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
 # --------------------------------------------------------------------------- model / loss
 
 
+#: The coarsest deep-supervision output's weight (before the weights are normalised to sum
+#: to 1). nnU-Net ignores that output; a weight of exactly 0 would leave its head without a
+#: gradient, which DistributedDataParallel refuses ("Expected to have finished reduction in
+#: the prior iteration"), so it gets nnU-Net's DDP weight, 1e-6: every head takes part and
+#: the coarsest barely counts, in one process and under torchrun alike.
+COARSEST_WEIGHT = 1e-6
+
+
+def deep_supervision_weights(n_outputs: int) -> list[float]:
+    """Loss weights of the outputs, finest first: 1, 1/2, 1/4, ..., the coarsest :data:`COARSEST_WEIGHT`."""
+    weights = [0.5**i for i in range(n_outputs)]
+    if n_outputs > 1:
+        weights[-1] = COARSEST_WEIGHT
+    return weights
+
+
 class SegLoss(torch.nn.Module):
-    """Dice + cross-entropy (MONAI's DiceCELoss), with optional deep supervision."""
+    """Dice + cross-entropy (MONAI's DiceCELoss), with optional deep supervision: a list of
+    outputs (finest first) is scored against the target resampled to each, with
+    :func:`deep_supervision_weights`."""
 
     def __init__(self):
         super().__init__()
@@ -60,14 +82,10 @@ class SegLoss(torch.nn.Module):
         target = target[:, None]
         if isinstance(outputs, torch.Tensor):
             return self.loss(outputs.float(), target)
-        weights = [0.5**i for i in range(len(outputs))]
-        if len(weights) > 1:
-            weights[-1] = 0.0  # nnU-Net ignores the coarsest output
+        weights = deep_supervision_weights(len(outputs))
         total = sum(weights)
         loss = 0.0
         for w, out in zip(weights, outputs):
-            if w == 0:
-                continue
             t = target if out.shape[2:] == target.shape[2:] else F.interpolate(
                 target.float(), size=out.shape[2:], mode="nearest"
             ).long()
@@ -91,3 +109,31 @@ def poly_lr(lr0: float, progress: float, schedule: str) -> float:
     if schedule == "poly":
         return lr0 * (1.0 - min(max(progress, 0.0), 1.0)) ** 0.9
     raise BrainsegError(f"train.lr_schedule must be poly or constant, got {schedule!r}")
+
+
+def run_budget(stored: float | None, requested: float | None) -> float | None:
+    """A run's total time budget (seconds of training) when it starts or resumes.
+
+    ``stored`` is the budget the run was given before (None: none), ``requested`` what
+    ``--max-minutes`` asks now. A run keeps its total: resuming with the same or a
+    smaller value, or none, continues the stored budget; a larger value becomes the
+    new total; a run without one takes the requested value as its total."""
+    if requested is None:
+        return stored
+    if stored is None:
+        return float(requested)
+    if requested < stored:
+        log.warning(
+            f"--max-minutes {requested / 60:g} is less than the run's budget of {stored / 60:g} min; the resumed "
+            "run keeps its total budget (a larger value extends it)"
+        )
+    return max(float(stored), float(requested))
+
+
+def schedule_progress(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
+    """The fraction of the run done, for the learning rate: of the iterations, or of the
+    time budget (training seconds over all invocations) if that is larger."""
+    frac = step / max(1, total_steps)
+    if budget:
+        frac = max(frac, elapsed / budget)
+    return frac

@@ -15,20 +15,31 @@ Run folder::
 The learning rate follows nnU-Net's poly decay ``lr0 * (1 - progress)^0.9`` per
 iteration. ``progress`` is the fraction of iterations done, or, under
 ``--max-minutes``, the fraction of the time budget used if that is larger, so a
-time-limited run still anneals to the end of its budget.
+time-limited run still anneals to the end of its budget. Under torchrun all ranks use
+rank 0's clock (shared each step with its stop flag): one learning rate, one last step.
+
+The time budget is the run's total, stored in its checkpoints with the training time
+spent (``elapsed``). ``--resume`` continues it, schedule and all, with or without
+``--max-minutes``, and stops when the total is spent; a larger ``--max-minutes`` raises
+the total to that value, a smaller one is ignored (with a warning); a run that had no
+budget gets ``--max-minutes`` as its total, time already trained included.
+
+A step with a non-finite loss or gradient norm on any rank is skipped on all and counted
+(metrics.csv's ``skipped_steps``); ``train.max_nonfinite_steps`` in a row stop training
+with one error line; non-finite weights are never saved. Each rank caches and validates
+its share of the cases; an error on one rank ends all (:mod:`brainseg.train.distributed`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
 from ..card import ModelCard, Network, Normalization, package_versions
 from ..config import Config, dump_config
@@ -37,28 +48,21 @@ from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
 from ..errors import BrainsegError
-from ..infer.predictor import Predictor
 from ..atomic import atomic_write_text
-from ..io import read_label
-from ..metrics import dice
 from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, save_checkpoint
+from ..model.checkpoint import nonfinite_tensors
 from ..model.unet import UNet3D, build_model
 from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
 from . import distributed as ddp
-from .recipe import SegLoss, label_table, make_optimizer, poly_lr, split_cases
-from .monitor import TensorBoard, plot_curves, write_metrics_csv
+from .recipe import SegLoss, label_table, make_optimizer, poly_lr, run_budget, schedule_progress, split_cases
+from .monitor import TensorBoard, plot_curves, training_bar, write_metrics_csv
+from .state import RunState, StepOutcome, check_run_dir
+from .validation import Validation
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- trainer
-
-
-@dataclass
-class RunState:
-    epoch: int = 0  # completed epochs
-    step: int = 0  # optimizer steps done
-    elapsed: float = 0.0  # training seconds over all invocations
-    best_dice: float = -1.0
-    history: list[dict] = field(default_factory=list)
 
 
 class Trainer:
@@ -81,20 +85,22 @@ class Trainer:
         self.device = resolve_device(device, torchrun_env().local_rank)
         self.dist = ddp.init_distributed(self.device)
         self.state = RunState()
+        self.elapsed_before = 0.0  # training seconds before this invocation
+        self._started = time.perf_counter()  # when this invocation's training started
 
     # ----------------------------------------------------------------- setup
-    def _check_run_dir(self) -> None:
-        last = self.run_dir / CHECKPOINT_LAST
-        if self.resume and not last.is_file():
-            raise BrainsegError(f"{self.run_dir}: nothing to resume (no {CHECKPOINT_LAST})")
-        if not self.resume and last.is_file():
-            raise BrainsegError(
-                f"{self.run_dir}: already holds a training run; use --resume to continue it or choose a new --out"
-            )
-
     def setup(self) -> None:
+        """Find and split the cases, preprocess this rank's share of the cache, then read
+        all of it and build the model (each phase ends with all ranks, or fails on all)."""
+        with ddp.together(self.dist, "preprocessing"):
+            self._prepare_cases()
+        with ddp.together(self.dist, "reading the cache and building the model"):
+            self._build()
+        self.net = ddp.wrap(self.model, self.device, self.dist)
+
+    def _prepare_cases(self) -> None:
         cfg = self.cfg
-        self._check_run_dir()
+        check_run_dir(self.run_dir, self.resume)
         seed_everything(cfg.train.seed)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
@@ -126,12 +132,18 @@ class Trainer:
                 self.run_dir / "split.json",
                 json.dumps({"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}, indent=1),
             )
-            cache_cases(ds.train, cache_dir, progress=self.progress, **common)
-        ddp.barrier(self.dist)
-        cached = {c.case_id: c for c in cache_cases(ds.train, cache_dir, progress=False, **common)}
+        share = ds.train[self.dist.rank :: self.dist.world_size]  # each rank preprocesses its share
+        cache_cases(share, cache_dir, progress=self.progress and self.dist.is_main, **common)
+        self._cases = (ds.train, train_cases, val_cases, cache_dir, common)
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        cases, train_cases, val_cases, cache_dir, common = self._cases
+        # every rank's share is there now: all are read, none made
+        cached = {c.case_id: c for c in cache_cases(cases, cache_dir, progress=False, **common)}
         self.train_cases = [cached[c.case_id] for c in train_cases]
         self.val_sources = list(val_cases)  # validated from their files, as predict reads them
-        self._val_prepared: list | None = None
+        self.validation = Validation(self.val_sources, list(self.labels), self.dist)
 
         self.model: UNet3D = build_model(len(self.channels), len(self.labels), **asdict(cfg.model))
         self.model.check_patch_size(cfg.train.patch_size)
@@ -147,11 +159,6 @@ class Trainer:
 
         if self.resume:
             self._load_state(self.run_dir / CHECKPOINT_LAST)
-        self.net = (
-            DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-            if self.dist.enabled
-            else self.model
-        )
         self.dataset = PatchDataset(
             self.train_cases,
             cfg.train.patch_size,
@@ -185,16 +192,11 @@ class Trainer:
         )
 
     def _state_dict(self) -> dict:
-        s = self.state
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "epoch": s.epoch,
-            "step": s.step,
-            "elapsed": s.elapsed,
-            "best_dice": s.best_dice,
-            "history": s.history,
+            **self.state.checkpoint_fields(),
             "rng": rng_states(),
             "card": self.card().to_dict(),
         }
@@ -205,29 +207,35 @@ class Trainer:
         self.optimizer.load_state_dict(st["optimizer"])
         if st.get("scaler"):
             self.scaler.load_state_dict(st["scaler"])
-        self.state = RunState(
-            epoch=int(st["epoch"]),
-            step=int(st["step"]),
-            elapsed=float(st["elapsed"]),
-            best_dice=float(st["best_dice"]),
-            history=list(st["history"]),
-        )
+        self.state = RunState.from_checkpoint(st)
         restore_rng_states(st.get("rng") or {})
 
     def _save(self, name: str) -> None:
-        if self.dist.is_main:
-            save_checkpoint(self.run_dir / name, self._state_dict())
+        """Rank 0 writes checkpoint ``name``, never with non-finite weights."""
+        if not self.dist.is_main:
+            return
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            raise BrainsegError(
+                f"{self.run_dir / name}: not written: the model weights hold NaN or inf at step "
+                f"{self.state.step} ({len(bad)} tensor(s), e.g. {bad[0]})"
+            )
+        save_checkpoint(self.run_dir / name, self._state_dict())
 
     # ----------------------------------------------------------------- loop
-    def _progress(self, started: float) -> float:
-        cfg = self.cfg.train
-        frac = self.state.step / max(1, cfg.epochs * cfg.iters_per_epoch)
-        if self.max_seconds:
-            spent = time.perf_counter() - started
-            frac = max(frac, (self.elapsed_before + spent) / (self.elapsed_before + self.max_seconds))
-        return frac
+    def _lr(self, clock: float) -> float:
+        """The learning rate of the next step; ``clock``: rank 0's seconds in this invocation."""
+        cfg, s = self.cfg.train, self.state
+        progress = schedule_progress(s.step, cfg.epochs * cfg.iters_per_epoch, self.elapsed_before + clock, s.budget)
+        return poly_lr(cfg.lr, progress, cfg.lr_schedule)
 
-    def _train_step(self, image: torch.Tensor, target: torch.Tensor, lr: float) -> float:
+    def _out_of_time(self, clock: float) -> bool:
+        return self.state.budget is not None and self.elapsed_before + clock >= self.state.budget
+
+    def _train_step(self, image: torch.Tensor, target: torch.Tensor, lr: float, stop: bool = False) -> StepOutcome:
+        """Forward, backward, and the optimizer step unless the loss or the gradient norm is
+        not finite on some rank (then no rank steps). ``stop``: this rank's out-of-time flag
+        (rank 0's counts), shared in the same all-reduce as the skip decision."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         image = image.to(self.device, non_blocking=True)
@@ -240,72 +248,75 @@ class Trainer:
         loss = self.loss_fn(out, target)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return float(loss.detach())
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        finite = bool(torch.isfinite(loss.detach())) and bool(torch.isfinite(grad_norm))
+        skipped, stop, clock = ddp.step_consensus(not finite, stop, time.perf_counter() - self._started, self.dist)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()  # fp16: the scale goes down as after an overflow
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return StepOutcome(float(loss.detach()), skipped, stop, clock)
+
+    def _count_skip(self, outcome: StepOutcome, lr: float) -> str | None:
+        """Count a skipped step; the error line when too many came in a row, else None."""
+        s = self.state
+        if s.count_step(outcome.skipped, self.dist.is_main) < self.cfg.train.max_nonfinite_steps:
+            return None
+        return (
+            f"training stopped at step {s.step}: {s.nonfinite_run} steps in a row had a non-finite loss or "
+            f"gradient (train.max_nonfinite_steps: {self.cfg.train.max_nonfinite_steps}); the learning rate "
+            f"({lr:g}) may be too high or the data may hold NaN/inf values; the checkpoints in {self.run_dir} "
+            "hold the last finite weights"
+        )
 
     def validate(self) -> dict[int, float]:
-        """Dice per foreground label value on the validation cases, computed as ``brainseg predict``
-        then ``brainseg evaluate`` compute it: the same :class:`Predictor` (windows, input-mask
-        rule, far background, postprocessing) on the cases' own files, scored in their own grids
-        against their label files."""
-        predictor = Predictor(
-            self.model, self.card(), self.cfg.infer, self.cfg.postprocess, self.device,
-            max_voxels=self.cfg.data.max_voxels,
-        )
-        if self._val_prepared is None:  # read and preprocessed once, segmented at every validation
-            self._val_prepared = [predictor.prepare(list(c.images)) for c in self.val_sources]
-        values = [v for v in sorted(self.labels) if v != 0]
-        scores: dict[int, list[float]] = {v: [] for v in values}
-        for source, case in zip(self.val_sources, self._val_prepared):
-            pred, _ = predictor.segment(case)
-            ref, _ = read_label(source.label, max_voxels=self.cfg.data.max_voxels)
-            for v in values:
-                scores[v].append(dice(pred == v, ref == v))
-        return {v: float(np.mean(d)) for v, d in scores.items()}
+        """Dice per foreground label value, as ``predict`` + ``evaluate`` give it (:mod:`.validation`)."""
+        return self.validation.dice(self.model, self.card(), self.cfg, self.device)
 
     def fit(self) -> dict:
         cfg = self.cfg.train
         s = self.state
         self.elapsed_before = s.elapsed
-        started = time.perf_counter()
-        total_steps = cfg.epochs * cfg.iters_per_epoch
-        # Under a time budget the bar runs to the budget (seconds), else to the last step.
-        timed = self.max_seconds is not None
-        bar = tqdm(
-            total=int(self.max_seconds) if timed else total_steps,
-            initial=0 if timed else s.step,
-            desc=f"training ({self.max_seconds / 60:g} min budget)" if timed else "training",
-            unit="s" if timed else "it",
-            disable=not (self.progress and self.dist.is_main),
-            dynamic_ncols=True,
-            bar_format="{l_bar}{bar}| {elapsed}<{remaining} {postfix}" if timed else None,
+        s.budget = run_budget(s.budget, self.max_seconds)
+        self._started = time.perf_counter()
+        timed = s.budget is not None
+        bar = training_bar(
+            cfg.epochs * cfg.iters_per_epoch, s.step, s.budget, s.elapsed, self.progress and self.dist.is_main
         )
-        stop = False
+        stop = self._out_of_time(0.0)  # the same on every rank: from the checkpoint
+        failure: str | None = None
+        clock = 0.0
         self.model.train()
         while s.epoch < cfg.epochs and not stop:
             epoch_start = time.perf_counter()
             first = s.step - s.epoch * cfg.iters_per_epoch  # > 0 when resuming mid-epoch
             self.sampler.start = s.step * cfg.batch_size
             self.sampler.count = (cfg.iters_per_epoch - first) * cfg.batch_size
-            losses, wait = [], 0.0
+            losses, wait, skipped, lr = [], 0.0, 0, cfg.lr
             it = iter(self.loader)
             for _ in range(cfg.iters_per_epoch - first):
                 t0 = time.perf_counter()
                 image, target = next(it)
                 wait += time.perf_counter() - t0
-                lr = poly_lr(cfg.lr, self._progress(started), cfg.lr_schedule)
-                losses.append(self._train_step(image, target, lr))
+                lr = self._lr(clock)
+                out_of_time = self._out_of_time(time.perf_counter() - self._started)
+                outcome = self._train_step(image, target, lr, stop=out_of_time)
+                clock = outcome.clock
                 s.step += 1
-                bar.update(min(int(time.perf_counter() - started), bar.total) - bar.n if timed else 1)
-                out_of_time = self.max_seconds is not None and time.perf_counter() - started >= self.max_seconds
-                if ddp.broadcast_flag(out_of_time, self.dist, self.device):
+                skipped += outcome.skipped
+                if not outcome.skipped:
+                    losses.append(outcome.loss)
+                failure = self._count_skip(outcome, lr)
+                bar.update(min(int(clock), bar.total) - bar.n if timed else 1)
+                if outcome.stop or failure:
                     stop = True
                     break
             del it
             epoch_seconds = time.perf_counter() - epoch_start
-            s.elapsed = self.elapsed_before + (time.perf_counter() - started)
+            s.elapsed = self.elapsed_before + (time.perf_counter() - self._started)
             complete = s.step % cfg.iters_per_epoch == 0
             if complete:
                 s.epoch += 1
@@ -313,19 +324,20 @@ class Trainer:
                 "epoch": s.epoch if complete else s.epoch + (s.step % cfg.iters_per_epoch) / cfg.iters_per_epoch,
                 "step": s.step,
                 "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": lr if losses else cfg.lr,
+                "lr": lr,
+                "skipped_steps": skipped,
                 "epoch_seconds": epoch_seconds,
                 "data_wait_fraction": wait / max(epoch_seconds, 1e-9),
                 "elapsed_minutes": s.elapsed / 60.0,
             }
             last_epoch = s.epoch >= cfg.epochs or stop
-            if self.dist.is_main and (last_epoch or (complete and s.epoch % cfg.val_every == 0)):
-                dice = self.validate()
+            best = False
+            if failure is None and (last_epoch or (complete and s.epoch % cfg.val_every == 0)):
+                dice = self.validate()  # on every rank, each its share
                 row["val_dice_mean"] = float(np.mean(list(dice.values())))
                 row.update({f"val_dice_{c}": d for c, d in dice.items()})
                 if row["val_dice_mean"] > s.best_dice:
-                    s.best_dice = row["val_dice_mean"]
-                    self._save(CHECKPOINT_BEST)
+                    s.best_dice, best = row["val_dice_mean"], True
             s.history.append(row)
             bar.set_postfix(
                 step=s.step,
@@ -333,16 +345,14 @@ class Trainer:
                 loss=f"{row['train_loss']:.3f}",
                 dice=f"{row['val_dice_mean']:.3f}" if "val_dice_mean" in row else "-",
             )
-            if self.dist.is_main:
-                if last_epoch or s.epoch % max(1, cfg.checkpoint_every) == 0 or not complete:
-                    self._save(CHECKPOINT_LAST)
-                write_metrics_csv(self.run_dir / "metrics.csv", s.history)
-                self.tb.log(row, s.step)
-                if "val_dice_mean" in row or last_epoch:
-                    plot_curves(self.run_dir / "curves.png", s.history, {c: n for c, n in self.labels.items() if c})
-            ddp.barrier(self.dist)
+            save_last = failure is None and (last_epoch or not complete or s.epoch % max(1, cfg.checkpoint_every) == 0)
+            with ddp.together(self.dist, "writing checkpoints and logs"):
+                self._log_epoch(row, best, save_last, last_epoch)
         bar.close()
-        self._save(CHECKPOINT_FINAL)
+        if failure:
+            ddp.stop_together(self.dist, failure)
+        with ddp.together(self.dist, "writing the final checkpoint"):
+            self._save(CHECKPOINT_FINAL)
         self.tb.close()
         last = next((r for r in reversed(s.history) if "val_dice_mean" in r), {})
         return {
@@ -354,6 +364,20 @@ class Trainer:
             "stopped_by_time": stop,
         }
 
+    def _log_epoch(self, row: dict, best: bool, save_last: bool, last_epoch: bool) -> None:
+        """Rank 0: the best and last checkpoints, metrics.csv, TensorBoard, the curves."""
+        if not self.dist.is_main:
+            return
+        s = self.state
+        if best:
+            self._save(CHECKPOINT_BEST)
+        if save_last:
+            self._save(CHECKPOINT_LAST)
+        write_metrics_csv(self.run_dir / "metrics.csv", s.history)
+        self.tb.log(row, s.step)
+        if "val_dice_mean" in row or last_epoch:
+            plot_curves(self.run_dir / "curves.png", s.history, {c: n for c, n in self.labels.items() if c})
+
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     """Train a model; returns a small summary (run folder, epochs, last validation Dice).
@@ -362,6 +386,8 @@ def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     trainer = Trainer(data_dir, run_dir, config, **options)
     try:
         trainer.setup()
-        return trainer.fit()
-    finally:
+        summary = trainer.fit()
+        ddp.barrier(trainer.dist)  # no rank leaves the group while another still uses it
+        return summary
+    finally:  # every exit path, errors included, leaves the process group
         ddp.cleanup(trainer.dist)

@@ -1,0 +1,92 @@
+"""What a training run carries from step to step and from one invocation to the next.
+
+:class:`RunState` is the loop's counters, the run's time budget and its history, stored in
+every checkpoint (:meth:`RunState.checkpoint_fields`, :meth:`RunState.from_checkpoint`;
+checkpoints from before a field existed load with its default). It also keeps the count
+of steps skipped for a non-finite loss or gradient (:meth:`RunState.count_step`).
+:func:`check_run_dir` says whether a folder can take a new run or be resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import BrainsegError
+from ..model.checkpoint import CHECKPOINT_LAST
+
+log = logging.getLogger(__name__)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """A new run needs a folder without a run in it; ``resume`` needs one with its last checkpoint."""
+    last = run_dir / CHECKPOINT_LAST
+    if resume and not last.is_file():
+        raise BrainsegError(f"{run_dir}: nothing to resume (no {CHECKPOINT_LAST})")
+    if not resume and last.is_file():
+        raise BrainsegError(f"{run_dir}: already holds a training run; use --resume to continue it or choose a new --out")
+
+
+@dataclass
+class StepOutcome:
+    """One training step as every rank agreed on it."""
+
+    loss: float  # this rank's loss
+    skipped: bool  # a non-finite loss or gradient on some rank: no optimizer step
+    stop: bool  # rank 0 is out of time
+    clock: float  # rank 0's seconds since this invocation's training started
+
+
+@dataclass
+class RunState:
+    epoch: int = 0  # completed epochs
+    step: int = 0  # iterations done (skipped non-finite steps included)
+    elapsed: float = 0.0  # training seconds over all invocations
+    best_dice: float = -1.0
+    history: list[dict] = field(default_factory=list)
+    budget: float | None = None  # the run's total time budget (seconds); None: none
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the run
+    nonfinite_run: int = 0  # how many of them came in a row, up to the last step
+
+    def checkpoint_fields(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "budget": self.budget,
+            "skipped_steps": self.skipped_steps,
+            "nonfinite_run": self.nonfinite_run,
+            "best_dice": self.best_dice,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, st: dict[str, Any]) -> "RunState":
+        budget = st.get("budget")  # absent before budgets were stored
+        return cls(
+            epoch=int(st["epoch"]),
+            step=int(st["step"]),
+            elapsed=float(st["elapsed"]),
+            best_dice=float(st["best_dice"]),
+            history=list(st["history"]),
+            budget=None if budget is None else float(budget),
+            skipped_steps=int(st.get("skipped_steps", 0)),
+            nonfinite_run=int(st.get("nonfinite_run", 0)),
+        )
+
+    def count_step(self, skipped: bool, report: bool = True) -> int:
+        """Count a step that was skipped (a warning line when ``report``), or end the run of
+        skips; returns how many steps in a row have been skipped."""
+        if not skipped:
+            self.nonfinite_run = 0
+            return 0
+        self.skipped_steps += 1
+        self.nonfinite_run += 1
+        if report:
+            log.warning(
+                f"step {self.step}: the loss or a gradient is not finite (NaN or inf); the step is skipped "
+                f"({self.nonfinite_run} in a row, {self.skipped_steps} in this run)"
+            )
+        return self.nonfinite_run
