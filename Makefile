@@ -23,10 +23,10 @@ demo: $(STAMP)
 	$(BIN)/brainseg demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n auto tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(BIN)/python -m pytest -q -n auto -m "not slow" tests
 
 benchmark: $(STAMP)
 	$(BIN)/python scripts/benchmark.py --json benchmark.json

@@ -32,18 +32,10 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case was written or skipped, 1 if any failed."""
+    same_name = {name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")}
     result = predict(
-        args.model,
-        args.input,
-        args.output,
-        checkpoint=args.checkpoint,
-        device=args.device,
-        config_path=args.config,
-        overrides=args.overrides,
-        overwrite=args.overwrite,
-        save_probabilities=args.save_probabilities,
-        progress=not args.no_progress and sys.stderr.isatty(),
-        debug=args.debug,
+        args.model, args.input, args.output, config_path=args.config, overrides=args.overrides,
+        progress=not args.no_progress and sys.stderr.isatty(), **same_name,
     )
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     print(f"brainseg predict: {where}{result.summary.report()}")
