@@ -38,8 +38,8 @@ The output is an nnU-Net / Medical Segmentation Decathlon folder::
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -52,6 +52,8 @@ from ..naming import NIFTI_GZ, channel_stem
 from .demo_template import LABELS, SubjectGrid, Template, load_template, nifti_geometry, orientation_matrix
 from .demo_template import resample, rotation, smooth_field, tissue_labels, world_box
 
+log = logging.getLogger(__name__)
+
 DATASET_NAME = "brainseg-demo"
 CASE_PREFIX = "demo"
 #: Orientations of subjects 1, 2, 3, ... (cycled); subject 0 is RAS.
@@ -63,15 +65,27 @@ OBLIQUE_DEGREES = (2.0, 7.0)  # tilt of odd-numbered subjects
 DISPLACEMENT_MM = (1.5, 4.0)  # std of the coarse displacement field
 COARSE_NODES = 5  # control points per axis of the displacement field
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
+#: What the labels are: ``tissue`` (CSF, grey, white matter) or ``hemispheres`` (grey and white
+#: matter split at the template's midline, x = 0 mm, into left and right; CSF is not split).
+KINDS = ("tissue", "hemispheres")
+HEMISPHERE_LABELS: dict[str, int] = {
+    "background": 0, "CSF": 1, "left grey matter": 2, "right grey matter": 3,
+    "left white matter": 4, "right white matter": 5,
+}
 
 
 # ----------------------------------------------------------------------------- subject grid
 
 
-def subject_grid(rng: np.random.Generator, index: int, world_lo: np.ndarray, world_hi: np.ndarray) -> SubjectGrid:
-    """The output grid of subject ``index``, covering the world box [world_lo, world_hi]."""
+def subject_grid(
+    rng: np.random.Generator, index: int, world_lo: np.ndarray, world_hi: np.ndarray, spacing_mm=None
+) -> SubjectGrid:
+    """The output grid of subject ``index``, covering the world box [world_lo, world_hi]
+    (``spacing_mm``: the voxel size per file axis instead of a random one)."""
     orientation = "RAS" if index == 0 else ORIENTATIONS[(index - 1) % len(ORIENTATIONS)]
-    spacing = rng.uniform(*SPACING_RANGE, size=3)
+    spacing = rng.uniform(*SPACING_RANGE, size=3)  # drawn always: the other draws stay the same
+    if spacing_mm is not None:
+        spacing = np.asarray(spacing_mm, dtype=np.float64)
     axis = rng.normal(size=3)
     tilt = float(rng.uniform(*OBLIQUE_DEGREES)) if index % 2 == 1 else 0.0
     direction = rotation(axis, tilt) @ orientation_matrix(orientation)
@@ -158,20 +172,35 @@ def synthesise_t1(rng: np.random.Generator, t1: np.ndarray, brain: np.ndarray, n
     return out
 
 
+def hemisphere_labels(tissue: np.ndarray, template_x_mm: np.ndarray) -> np.ndarray:
+    """Tissue labels (0-3) with grey and white matter split into left (template x < 0 mm,
+    RAS) and right: the values of :data:`HEMISPHERE_LABELS`."""
+    right = template_x_mm > 0
+    out = tissue.copy()
+    out[(tissue == 2) & right] = 3
+    out[(tissue == 3) & ~right] = 4
+    out[(tissue == 3) & right] = 5
+    return out
+
+
 def make_subject(
-    template: Template, brain_map: np.ndarray, seed: int, index: int
+    template: Template, brain_map: np.ndarray, seed: int, index: int, kind: str = "tissue", spacing_mm=None
 ) -> tuple[np.ndarray, np.ndarray, Geometry, SubjectGrid]:
     """One synthetic subject: (T1 float32, labels uint8, geometry, grid)."""
     rng = np.random.default_rng([seed, index])
     lo, hi = world_box(template.affine, template.t1.shape)
-    grid = subject_grid(rng, index, lo, hi)
+    grid = subject_grid(rng, index, lo, hi, spacing_mm)
     coords = template_coordinates(rng, grid, template.affine, (lo + hi) / 2.0)
     t1 = resample(template.t1, coords)
     gm = resample(template.gm, coords)
     wm = resample(template.wm, coords)
     brain = resample(brain_map, coords) >= 0.5
+    a = template.affine[0]
+    template_x = a[0] * coords[0] + a[1] * coords[1] + a[2] * coords[2] + a[3] if kind == "hemispheres" else None
     del coords
     labels = tissue_labels(brain, gm, wm)
+    if template_x is not None:
+        labels = hemisphere_labels(labels, template_x)
     image = synthesise_t1(rng, t1, brain, noisy_background=index % SKULL_STRIPPED_EVERY != 0)
     return image, labels, nifti_geometry(grid), grid
 
@@ -214,15 +243,16 @@ def _prepare_folder(out: Path) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
+def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int, kind: str = "tissue") -> dict:
     def entry(case: str, split: str) -> dict:
         return {"image": f"./images{split}/{channel_stem(case, 0)}{NIFTI_GZ}", "label": f"./labels{split}/{case}{NIFTI_GZ}"}
 
     return {
         "name": DATASET_NAME,
         "description": (
-            "Synthetic brain tissue segmentation (CSF, grey and white matter) made from the "
-            "MNI ICBM152 2009a template: random deformation, voxel grid, bias, contrast, "
+            ("Synthetic brain tissue segmentation (CSF, grey and white matter) made from the " if kind == "tissue" else
+             "Synthetic brain tissue segmentation (CSF; left and right grey and white matter, split at the midline) made from the ")
+            + "MNI ICBM152 2009a template: random deformation, voxel grid, bias, contrast, "
             f"scale and noise per subject, a third skull-stripped, the rest with noise over the field of view (seed {seed})."
         ),
         "reference": "Fonov et al., NeuroImage 2011 (MNI ICBM152 nonlinear symmetric 2009a)",
@@ -230,7 +260,7 @@ def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
         "tensorImageSize": "3D",
         "channel_names": {"0": "T1"},
         "modality": {"0": "T1"},
-        "labels": dict(LABELS),
+        "labels": dict(LABELS if kind == "tissue" else HEMISPHERE_LABELS),
         "numTraining": len(train_ids),
         "numTest": len(test_ids),
         "file_ending": NIFTI_GZ,
@@ -240,14 +270,21 @@ def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int) -> dict:
 
 
 def make_demo_dataset(
-    out: Path, n: int = 10, n_test: int | None = None, seed: int = 0, verbose: bool = True
+    out: Path, n: int = 10, n_test: int | None = None, seed: int = 0, verbose: bool = True,
+    kind: str = "tissue", spacing: tuple[float, float, float] | None = None,
 ) -> Path:
     """Write ``n`` synthetic subjects as an MSD / nnU-Net folder at ``out``; return ``out``.
 
     The last ``n_test`` subjects (default: a quarter, at least one) go to imagesTs /
-    labelsTs. The same ``seed`` gives the same files.
+    labelsTs. The same ``seed`` gives the same files. ``kind``: see :data:`KINDS`;
+    ``spacing``: every subject's voxel size per file axis (mm, e.g. ``(0.9, 0.9, 4.0)`` for
+    thick slices) instead of a random one in ``SPACING_RANGE``.
     """
     out = Path(out)
+    if kind not in KINDS:
+        raise BrainsegError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0 or max(spacing) > 10):
+        raise BrainsegError(f"--spacing {spacing}: expected three voxel sizes in mm, each in (0, 10]")
     n_train, n_test = _split_sizes(n, n_test, seed)
     template = load_template()
     brain_map = (template.t1 > 0).astype(np.float32)
@@ -256,19 +293,17 @@ def make_demo_dataset(
     start = time.perf_counter()
     for index, case in enumerate(ids):
         split = "Tr" if index < n_train else "Ts"
-        image, labels, geometry, grid = make_subject(template, brain_map, seed, index)
+        image, labels, geometry, grid = make_subject(template, brain_map, seed, index, kind, spacing)
         write_image(out / f"images{split}" / f"{channel_stem(case, 0)}{NIFTI_GZ}", image, geometry, dtype=np.float32)
         write_image(out / f"labels{split}" / f"{case}{NIFTI_GZ}", labels, geometry, dtype=np.uint8)
         if verbose:
             sp = "x".join(f"{s:.2f}" for s in geometry.spacing)
             tilt = f", tilted {grid.oblique_degrees:.1f} deg" if grid.oblique_degrees else ""
             tilt += ", skull-stripped" if index % SKULL_STRIPPED_EVERY == 0 else ", noise over the field of view"
-            print(
+            log.info(
                 f"demo-data [{index + 1}/{n}] {case} ({split}): {grid.orientation} {grid.shape} {sp} mm{tilt} "
-                f"({time.perf_counter() - start:.1f} s)",
-                file=sys.stderr,
-                flush=True,
+                f"({time.perf_counter() - start:.1f} s)"
             )
-    meta = _dataset_json(ids[:n_train], ids[n_train:], seed)
+    meta = _dataset_json(ids[:n_train], ids[n_train:], seed, kind)
     atomic_write_text(out / "dataset.json", json.dumps(meta, indent=2) + "\n")
     return out
