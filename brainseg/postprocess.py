@@ -82,11 +82,6 @@ def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "non
     return labels
 
 
-def _voxel_volume(spacing: Sequence[float]) -> float:
-    """mm³ per voxel: |det| of the affine for a :class:`~brainseg.io.Spacing` (``Geometry.spacing``)."""
-    return voxel_volume(spacing)
-
-
 def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """26-connected components of ``mask``: (component map, voxel count per id; id 0 unused)."""
     components, _ = ndimage.label(mask, structure=COMPONENT_STRUCTURE)
@@ -167,7 +162,7 @@ def postprocess_labels(
     labels = np.asarray(labels)
     if labels.ndim != 3:
         raise ValueError(f"expected a 3D label map, got shape {labels.shape}")
-    voxel_mm3 = _voxel_volume(spacing)
+    voxel_mm3 = voxel_volume(spacing)
     out = labels.copy()
 
     largest = {int(v) for v in config.largest_component}
@@ -189,7 +184,7 @@ def label_volumes(
     labels: np.ndarray, spacing: Sequence[float], label_values: Iterable[int]
 ) -> dict[int, float]:
     """Volume in mm³ of each requested label (0.0 for a label that is absent)."""
-    voxel_mm3 = _voxel_volume(spacing)
+    voxel_mm3 = voxel_volume(spacing)
     labels = np.asarray(labels)
     values = [int(v) for v in label_values]
     if np.issubdtype(labels.dtype, np.integer) and labels.size and labels.min() >= 0:

@@ -237,9 +237,11 @@ def preprocess(
     normalization: str = "zscore",
     crop_to_nonzero: bool = True,
     intensity: Sequence | None = None,
+    subject: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, PreprocessRecord]:
     """Preprocess a (C, X, Y, Z) case (file voxel order) and its optional label map
-    (``intensity``: the data set's, per channel, for the ``ct`` scheme)."""
+    (``intensity``: the data set's, per channel, for the ``ct`` scheme; ``subject``: the
+    case's :func:`~brainseg.data.foreground.subject_mask` if the caller has it already)."""
     if data.ndim == 3:
         data = data[None]
     ornt = ras_orientation(geometry)
@@ -255,7 +257,8 @@ def preprocess(
     lab = None
     if label is not None:
         lab = resample_labels(reorient_array(label, ornt), new_shape, steps)
-    subject, ct = subject_mask(data), normalization == "ct"
+    subject = subject_mask(data) if subject is None else subject
+    ct = normalization == "ct"
     zero_bg = has_zero_background(data, subject)
     inside = resample_image(reorient_array(subject, ornt)[None].astype(np.float32), new_shape, steps)[0] if zero_bg else None
     if zero_bg and not ct:  # crop to the subject; statistics over voxels mostly inside it

@@ -141,6 +141,7 @@ class Predictor:
             )
         data, geometry = read_channels(images, max_voxels=self.max_voxels)
         norm = self.card.normalization
+        subject = subject_mask(data)  # once: preprocessing and the input-mask rule both use it
         image, _, record = preprocess(
             data,
             geometry,
@@ -148,8 +149,9 @@ class Predictor:
             normalization=norm.scheme,
             crop_to_nonzero=norm.crop_to_nonzero,
             intensity=self.card.intensity or None,
+            subject=subject,
         )
-        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject_mask(data))
+        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(labels, probabilities or None)`` of a prepared case, in its original grid.
