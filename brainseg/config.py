@@ -167,8 +167,26 @@ class PostprocessConfig:
 
 
 @dataclass
+class LabelsConfig:
+    """What the label values mean beyond their names."""
+
+    #: Left/right label pairs ``[[left, right], ...]``, swapped whenever a training patch or a
+    #: test-time mirror flips the subject's left-right axis; null = found from the label
+    #: names (``left X``/``right X``, ``Left-X``, ``lh``/``rh``, ``_L``/``_R``).
+    mirror_pairs: list[list[int]] | None = None
+    #: Region-based training (BraTS): region name -> the label values it contains, one
+    #: sigmoid output per region; null = from the data set (nnU-Net v2 dataset.json regions,
+    #: the BraTS layouts' WT/TC/ET), {} = per-label training.
+    regions: dict[str, list[int]] | None = None
+    #: With regions: the label value each region writes, in order (later regions overwrite
+    #: earlier ones), as nnU-Net's ``regions_class_order``.
+    regions_class_order: list[int] | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -14,17 +14,18 @@ MAX_LINES = 400
 
 #: What each stage may import from brainseg (besides itself): the one-way flow
 #: io -> data -> model -> train / infer -> postprocess -> evaluate, CLI on top.
-BOTTOM = {"errors", "_version", "config", "card", "runtime", "arrays", "metrics", "atomic", "naming", "io"}
+BOTTOM = {"errors", "_version", "config", "card", "regions", "lateral", "runtime", "arrays", "metrics", "atomic", "naming", "io"}
 ALLOWED = {
     "data": BOTTOM,
     "model": BOTTOM,
+    "plan": BOTTOM | {"data", "model"},
     "postprocess": BOTTOM | {"data"},
     "infer": BOTTOM | {"data", "model", "postprocess"},
     "train": BOTTOM | {"data", "model", "postprocess", "infer"},
     "evaluate": BOTTOM | {"data", "pairing"},
     "pairing": BOTTOM | {"data"},
     "viz": BOTTOM,
-    "pipeline": BOTTOM | {"data", "model", "postprocess", "infer", "train", "evaluate", "viz"},
+    "pipeline": BOTTOM | {"data", "plan", "model", "postprocess", "infer", "train", "evaluate", "viz"},
 }
 
 
