@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import Callable, Iterable, Sequence
 
+from ..regions import Regions
 from ..errors import BrainsegError
 from ..naming import channel_stem, channel_tag, is_image_file, split_channel, strip_suffix
 
@@ -45,6 +46,8 @@ class Dataset:
     labels: dict[int, str]
     train: list[Case]
     test: list[Case] = field(default_factory=list)
+    #: The regions the data set defines (nnU-Net v2 dataset.json, BraTS layouts), or None.
+    regions: Regions | None = None
 
 
 class DiscoveryError(BrainsegError):
