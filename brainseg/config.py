@@ -55,6 +55,11 @@ class ModelConfig:
     #: "lowpass" (concatenated after pooling to the bottleneck's grid and upsampling back);
     #: skip_connections: false means "none". See docs/skip_connections.md.
     skip_mode: str = "concat"
+    #: Per downsampling, its stride per RAS axis ([[2, 2, 1], [2, 2, 2], ...]: levels - 1
+    #: triples of 1 or 2); null = 2 on every axis. Anisotropic data pool the coarse axis later.
+    strides: list[list[int]] | None = None
+    #: Per level, the convolution kernel per axis (levels triples of 1, 3 or 5); null = 3.
+    kernels: list[list[int]] | None = None
 
 
 @dataclass

@@ -45,8 +45,26 @@ def test_deep_supervision_returns_one_output_per_decoder_level():
 def test_patch_size_the_levels_cannot_divide_is_a_clear_error():
     net = UNet3D(1, 2, levels=4, base_features=4)
     net.check_patch_size([64, 32, 16])
-    with pytest.raises(BrainsegError, match="multiple of 8"):
+    with pytest.raises(BrainsegError, match=r"multiples of \[8, 8, 8\]"):
         net.check_patch_size([64, 60, 64])
+
+
+def test_per_axis_strides_and_kernels_pool_the_coarse_axis_later():
+    """An anisotropic plan: the third axis is pooled once (stride 1 in the first two
+    downsamplings) and has kernel 1 at the finest level; the output matches the input."""
+    strides = [[2, 2, 1], [2, 2, 1], [2, 2, 2]]
+    kernels = [[3, 3, 1], [3, 3, 1], [3, 3, 3], [3, 3, 3]]
+    net = UNet3D(1, 3, levels=4, base_features=4, strides=strides, kernels=kernels)
+    assert net.divisor == (8, 8, 2)
+    assert net.encoder[0][0].kernel_size == (3, 3, 1) and net.encoder[1][0].stride == (2, 2, 1)
+    assert net.upsample[0].stride == (2, 2, 1) and net.upsample[2].stride == (2, 2, 2)
+    net.check_patch_size([32, 32, 6])
+    with pytest.raises(BrainsegError, match=r"multiples of \[8, 8, 2\]"):
+        net.check_patch_size([32, 32, 5])
+    assert net(torch.zeros(1, 1, 32, 32, 6)).shape == (1, 3, 32, 32, 6)
+    assert net.hparams["strides"] == strides and net.hparams["kernels"] == kernels
+    with pytest.raises(BrainsegError, match="model.strides"):
+        UNet3D(1, 3, levels=4, strides=[[2, 2, 2]])
 
 
 def test_skip_switch_removes_the_concatenation():

@@ -57,18 +57,40 @@ def _norm(kind: str, channels: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two ``Conv3d(3x3x3) -> norm -> LeakyReLU`` layers; the first may be strided."""
+    """Two ``Conv3d(kernel) -> norm -> LeakyReLU`` layers; the first may be strided."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str, stride: int = 1):
+    def __init__(self, in_channels: int, out_channels: int, norm: str, stride=1, kernel=3):
         bias = norm == "none"
+        kernel = _triple(kernel)
+        padding = tuple(k // 2 for k in kernel)
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, 3, stride=stride, padding=1, bias=bias),
+            nn.Conv3d(in_channels, out_channels, kernel, stride=_triple(stride), padding=padding, bias=bias),
             _norm(norm, out_channels),
             nn.LeakyReLU(0.01, inplace=True),
-            nn.Conv3d(out_channels, out_channels, 3, padding=1, bias=bias),
+            nn.Conv3d(out_channels, out_channels, kernel, padding=padding, bias=bias),
             _norm(norm, out_channels),
             nn.LeakyReLU(0.01, inplace=True),
         )
+
+
+def _triple(value) -> tuple[int, int, int]:
+    if isinstance(value, int):
+        return (value, value, value)
+    return tuple(int(v) for v in value)
+
+
+def stage_geometry(levels: int, strides=None, kernels=None) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+    """Per downsampling its stride, per level its kernel (dynamic-network-architectures' lists):
+    ``strides`` has ``levels - 1`` entries (null: 2 on every axis), ``kernels`` ``levels``
+    (null: 3 on every axis); an anisotropic plan pools the coarse axis later (stride 1) and
+    gives it kernel 1 while it is coarser than twice the others."""
+    strides = [(2, 2, 2)] * (levels - 1) if strides is None else [_triple(s) for s in strides]
+    kernels = [(3, 3, 3)] * levels if kernels is None else [_triple(k) for k in kernels]
+    if len(strides) != levels - 1 or any(v not in (1, 2) for s in strides for v in s):
+        raise BrainsegError(f"model.strides: expected {levels - 1} triples of 1 or 2 (one per downsampling), got {strides}")
+    if len(kernels) != levels or any(v not in (1, 3, 5) for k in kernels for v in k):
+        raise BrainsegError(f"model.kernels: expected {levels} triples of 1, 3 or 5 (one per level), got {kernels}")
+    return strides, kernels
 
 
 def _match_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -82,7 +104,7 @@ def _match_size(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.pad(x, pad)
 
 
-def _low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
+def _low_pass(x: torch.Tensor, factor) -> torch.Tensor:
     """Average-pool by ``factor`` (partial blocks at the far edges average what they hold) and upsample back."""
     coarse = F.avg_pool3d(x, factor, ceil_mode=True)
     return F.interpolate(coarse, size=x.shape[2:], mode="trilinear", align_corners=False)
@@ -106,6 +128,8 @@ class UNet3D(nn.Module):
         deep_supervision: bool = False,
         skip_connections: bool = True,
         skip_mode: str = "concat",
+        strides: Sequence[Sequence[int]] | None = None,
+        kernels: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
         if skip_mode not in SKIP_MODES:
@@ -133,20 +157,26 @@ class UNet3D(nn.Module):
             deep_supervision=deep_supervision,
             skip_connections=skip_connections,
             skip_mode=skip_mode,
+            strides=None if strides is None else [list(_triple(v)) for v in strides],
+            kernels=None if kernels is None else [list(_triple(v)) for v in kernels],
         )
-
+        self.strides, self.kernels = stage_geometry(levels, strides, kernels)
         f = self.features
         self.encoder = nn.ModuleList(
-            ConvBlock(in_channels if i == 0 else f[i - 1], f[i], norm, stride=1 if i == 0 else 2)
+            ConvBlock(
+                in_channels if i == 0 else f[i - 1], f[i], norm,
+                stride=1 if i == 0 else self.strides[i - 1], kernel=self.kernels[i],
+            )
             for i in range(levels)
         )
         # Decoder stage i brings level i+1 up to level i.
         self.upsample = nn.ModuleList(
-            nn.ConvTranspose3d(f[i + 1], f[i], kernel_size=2, stride=2, bias=False)
+            nn.ConvTranspose3d(f[i + 1], f[i], kernel_size=self.strides[i], stride=self.strides[i], bias=False)
             for i in range(levels - 1)
         )
         self.decoder = nn.ModuleList(
-            ConvBlock(f[i] * (2 if skip_mode in ("concat", "lowpass") else 1), f[i], norm) for i in range(levels - 1)
+            ConvBlock(f[i] * (2 if skip_mode in ("concat", "lowpass") else 1), f[i], norm, kernel=self.kernels[i])
+            for i in range(levels - 1)
         )
         heads = range(levels - 1) if deep_supervision else range(min(1, levels - 1))
         self.heads = nn.ModuleList(nn.Conv3d(f[i], num_classes, 1) for i in heads)
@@ -154,16 +184,16 @@ class UNet3D(nn.Module):
             self.heads = nn.ModuleList([nn.Conv3d(f[0], num_classes, 1)])
 
     @property
-    def divisor(self) -> int:
-        """Patch sizes must be multiples of this (one factor 2 per downsampling)."""
-        return 2 ** (self.levels - 1)
+    def divisor(self) -> tuple[int, int, int]:
+        """Per axis, what patch sizes must be multiples of (the product of its strides)."""
+        return divisors(self.strides)
 
     def check_patch_size(self, patch_size: Sequence[int]) -> None:
-        bad = [p for p in patch_size if p < self.divisor or p % self.divisor]
-        if bad:
+        div = self.divisor
+        if any(p < d or p % d for p, d in zip(patch_size, div)):
             raise BrainsegError(
                 f"patch size {list(patch_size)} cannot be divided by the model's "
-                f"{self.levels - 1} downsamplings: each side must be a multiple of {self.divisor}"
+                f"{self.levels - 1} downsamplings: the sides must be multiples of {list(div)}"
             )
 
     def forward(self, x: torch.Tensor):
@@ -180,7 +210,7 @@ class UNet3D(nn.Module):
                 x = x + skip
             elif self.skip_mode != "none":
                 if self.skip_mode == "lowpass":
-                    skip = _low_pass(skip, 2 ** (self.levels - 1 - i))
+                    skip = _low_pass(skip, divisors(self.strides[i:]))
                 x = torch.cat([skip, x], dim=1)
             x = self.decoder[i](x)
             if self.deep_supervision and self.training:
@@ -188,6 +218,14 @@ class UNet3D(nn.Module):
         if self.deep_supervision and self.training:
             return outputs[::-1]  # finest first
         return self.heads[0](x)
+
+
+def divisors(strides: Sequence[Sequence[int]]) -> tuple[int, int, int]:
+    """Per axis, the product of the strides (the total downsampling)."""
+    out = [1, 1, 1]
+    for s in strides:
+        out = [o * int(v) for o, v in zip(out, s)]
+    return tuple(out)
 
 
 def build_model(in_channels: int, num_classes: int, **kwargs) -> UNet3D:
