@@ -16,6 +16,8 @@ Stored form (format 2)::
      "normalization": {"scheme": "zscore", "mask": "foreground", "crop_to_nonzero": true},
      "intensity": [],                     # scheme "ct": per channel the data set's foreground
                                           # {"mean", "std", "percentile_00_5", "percentile_99_5"}
+     "training_ranges": {...},            # the training scans' spacing, extent, contrast ranges
+                                          # (brainseg.ranges.TrainingRanges; null: no OOD check)
      "preprocess_version": 6,             # brainseg.data.preprocess.PREPROCESS_VERSION
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
@@ -35,6 +37,7 @@ from typing import Any, Mapping
 
 from .config import ModelConfig, config_from_dict
 from .errors import BrainsegError
+from .ranges import TrainingRanges
 
 #: The format this brainseg writes; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
@@ -115,6 +118,8 @@ class ModelCard:
     format: int = CARD_FORMAT
     #: Per channel, the training set's foreground intensities (scheme ``ct``; empty otherwise).
     intensity: tuple[ChannelIntensity, ...] = ()
+    #: The training scans' ranges, for the out-of-distribution check (None: unknown, no check).
+    training_ranges: TrainingRanges | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -137,6 +142,7 @@ class ModelCard:
             "patch_size": [int(p) for p in self.patch_size],
             "normalization": asdict(self.normalization),
             "intensity": [c.to_dict() for c in self.intensity],
+            "training_ranges": None if self.training_ranges is None else self.training_ranges.to_dict(),
             "preprocess_version": int(self.preprocess_version),
             "config": dict(self.config),
             "versions": dict(self.versions),
@@ -178,6 +184,8 @@ class ModelCard:
             )
             preprocess_version = int(raw.get("preprocess_version", FORMAT1_PREPROCESS_VERSION))
             intensity = tuple(ChannelIntensity.from_dict(c) for c in raw.get("intensity") or ())
+            ranges = raw.get("training_ranges")
+            training_ranges = None if ranges is None else TrainingRanges.from_dict(ranges)
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -211,6 +219,7 @@ class ModelCard:
             versions={str(k): str(v) for k, v in versions.items()},
             format=int(fmt),
             intensity=intensity,
+            training_ranges=training_ranges,
         )
 
 

@@ -14,7 +14,7 @@ MAX_LINES = 400
 
 #: What each stage may import from brainseg (besides itself): the one-way flow
 #: io -> data -> model -> train / infer -> postprocess -> evaluate, CLI on top.
-BOTTOM = {"errors", "_version", "config", "card", "regions", "lateral", "runtime", "arrays", "metrics", "atomic", "naming", "io"}
+BOTTOM = {"errors", "_version", "config", "card", "regions", "lateral", "ranges", "runtime", "arrays", "metrics", "atomic", "naming", "io"}
 ALLOWED = {
     "data": BOTTOM,
     "model": BOTTOM,

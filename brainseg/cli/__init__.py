@@ -1,6 +1,6 @@
 """The ``brainseg`` command line: argparse lives here and nowhere below.
 
-One module per command (``demo_data``, ``train``, ``predict``, ``evaluate``, ``demo``),
+One module per command (``demo_data``, ``check``, ``plan``, ``train``, ``predict``, ``evaluate``, ``demo``),
 each with ``register(subparsers)`` and ``run(args) -> exit code``; ``run`` turns the
 arguments into typed calls of library functions. User errors
 (:class:`~brainseg.errors.BrainsegError`) are printed as one line and exit 1, with the
@@ -13,10 +13,10 @@ import argparse
 import sys
 
 from ..errors import BrainsegError, one_line
-from . import demo, demo_data, evaluate, predict, train
+from . import check, demo, demo_data, evaluate, plan, predict, train
 from .common import add_verbosity_args, configure_logging
 
-COMMANDS = (demo_data, train, predict, evaluate, demo)
+COMMANDS = (demo_data, check, plan, train, predict, evaluate, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,15 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..config import load_config
+from ..config import Config, apply_overrides, config_from_dict, load_config
+from ..errors import BrainsegError
+from ..plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
 from ..runtime import check_device_spec, torchrun_env
 from ..train.distributed import PeerFailure
+from ..train.state import check_run_dir
 from ..train.trainer import train
 from .common import add_config_args, add_device_arg
+from .plan import fingerprint_bar, planned_device
 
 log = logging.getLogger(__name__)
 
@@ -38,20 +42,47 @@ def register(sub) -> argparse.ArgumentParser:
     return p
 
 
+def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
+    """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml.
+    Under torchrun every rank plans alike without timing a step (rank 0 writes the files)."""
+    env = torchrun_env()
+    plan, _ = plan_dataset(
+        args.data,
+        args.out / PLAN_FILE,
+        fingerprint_cache=args.out / FINGERPRINT_FILE if env.is_main else None,
+        device=planned_device(args.device),
+        minutes=args.max_minutes,
+        measure=env.world_size == 1,
+        progress=fingerprint_bar(not args.no_progress and env.is_main),
+        write=env.is_main,
+    )
+    if env.is_main:
+        print(f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)")
+    try:
+        return config_from_dict(apply_overrides(plan.config.to_dict(), overrides))
+    except BrainsegError as exc:
+        raise BrainsegError(f"{args.out / PLAN_FILE}: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    device = check_device_spec(args.device)
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
     config_path = args.config
     if args.resume and config_path is None and (args.out / "config.yaml").is_file():
         config_path = args.out / "config.yaml"
-    config = load_config(config_path, overrides)
+    if config_path is None:
+        check_run_dir(args.out, args.resume)  # before the plan lands in a folder that holds a run
+        config = planned_config(args, overrides)
+    else:
+        config = load_config(config_path, overrides)
     try:
         summary = train(
             args.data,
             args.out,
             config,
-            device=check_device_spec(args.device),
+            device=device,
             max_minutes=args.max_minutes,
             resume=args.resume,
             progress=not args.no_progress,

@@ -11,7 +11,9 @@ Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 probabilities are written before the mask, so an existing mask means a finished case.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
-predicted the file is left as it was).
+predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
+empty, or why the scan is unlike the training scans (the model card's ranges; each such
+case also gets one warning line).
 
 Several GPUs: start the command under ``torchrun --nproc-per-node N``. Each rank
 takes ``cases[rank::world]`` (no process group is needed), uses ``cuda:LOCAL_RANK``
@@ -62,6 +64,8 @@ class PredictionSummary:
     #: Per case written: its background ("zero": exactly 0, the input-mask rule applied;
     #: "noise": the rule not applied), the ``background`` column of volumes.csv.
     backgrounds: dict[str, str] = field(default_factory=dict)
+    #: Per case written: why it is unlike the training scans ("; "-joined), the ``ood`` column.
+    ood: dict[str, str] = field(default_factory=dict)
 
     def report(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
@@ -92,15 +96,20 @@ def error_line(case: Case, exc: BaseException) -> str:
     return f"case {case.case_id}: {exc}"
 
 
-def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str]:
-    """Segment one case, write its files; return its label volumes (mm³, background left out)
-    and its background kind ("zero" or "noise")."""
-    labels, probs, geometry, record = predictor.predict_case_record(list(case.images), "probabilities" in outputs)
+def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str, str]:
+    """Segment one case, write its files; return its label volumes (mm³, background left out),
+    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not)."""
+    prepared = predictor.prepare(list(case.images))
+    if prepared.ood:
+        log.warning("%s: unlike the training scans: %s", case.case_id, "; ".join(prepared.ood))
+    labels, probs = predictor.segment(prepared, "probabilities" in outputs)
+    geometry, record = prepared.geometry, prepared.record
     if probs is not None:
         write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.float32)
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
-    return label_volumes(labels, geometry.spacing, foreground), "zero" if record.zero_background else "noise"
+    background = "zero" if record.zero_background else "noise"
+    return label_volumes(labels, geometry.spacing, foreground), background, "; ".join(prepared.ood)
 
 
 def predict_cases(
@@ -128,7 +137,8 @@ def predict_cases(
             summary.skipped.append(case.case_id)
             continue
         try:
-            summary.volumes[case.case_id], summary.backgrounds[case.case_id] = predict_one(predictor, case, outputs)
+            volumes, background, ood = predict_one(predictor, case, outputs)
+            summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = volumes, background, ood
         except (BrainsegError, OSError, torch.cuda.OutOfMemoryError) as exc:
             line = error_line(case, exc)
             log.error(line, exc_info=debug)
@@ -145,7 +155,7 @@ def write_volumes(
     if not summary.volumes:
         return None
     name = VOLUMES_CSV if world == 1 else f"volumes_rank{rank}.csv"
-    extra = {"background": summary.backgrounds}
+    extra = {"background": summary.backgrounds, "ood": summary.ood}
     try:
         return write_volumes_csv(output_dir / name, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>

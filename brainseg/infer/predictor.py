@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 
 from ..card import ModelCard
 from ..config import InferConfig, PostprocessConfig
+from ..data.fingerprint import scan_reasons
 from ..data.foreground import far_background, subject_mask
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError
@@ -50,6 +51,8 @@ class PreparedCase:
     #: Voxels of the original grid that are not exact-zero background (some channel is not 0,
     #: or enclosed by such voxels: :func:`~brainseg.data.foreground.subject_mask`): the input-mask rule's mask.
     nonzero: np.ndarray
+    #: Why the scan is unlike the training scans (the card's ranges); empty: it is not, or unknown.
+    ood: list[str] = field(default_factory=list)
 
 
 def accumulators_fit_on_gpu(device: torch.device, num_classes: int, padded_shape: Sequence[int]) -> bool:
@@ -151,7 +154,9 @@ class Predictor:
             intensity=self.card.intensity or None,
             subject=subject,
         )
-        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject)
+        ranges = self.card.training_ranges
+        ood = [] if ranges is None else scan_reasons(data, geometry, ranges, self.card.channels)
+        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject, ood=ood)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(labels, probabilities or None)`` of a prepared case, in its original grid.

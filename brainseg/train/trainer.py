@@ -44,6 +44,7 @@ import torch
 from ..card import ModelCard, Network, Normalization, package_versions
 from ..config import Config, dump_config
 from ..data.cache import cache_cases, intensity_statistics, median_spacing
+from ..data.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, training_ranges
 from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
@@ -132,6 +133,9 @@ class Trainer:
                 self.run_dir / "split.json",
                 json.dumps({"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}, indent=1),
             )
+        # the training scans' ranges for the card's OOD check (rank 0 writes the checkpoints)
+        fp = fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels) if self.dist.is_main else None
+        self.ranges = training_ranges(fp) if fp is not None else None
         share = ds.train[self.dist.rank :: self.dist.world_size]  # each rank preprocesses its share
         cache_cases(share, cache_dir, progress=self.progress and self.dist.is_main, **common)
         self._cases = (ds.train, train_cases, val_cases, cache_dir, common)
@@ -189,6 +193,7 @@ class Trainer:
             config=self.cfg.to_dict(),
             versions=package_versions(),
             intensity=tuple(self.intensity),
+            training_ranges=self.ranges,
         )
 
     def _state_dict(self) -> dict:

@@ -1,0 +1,321 @@
+"""The fingerprint of a data set: what planning, checking and the out-of-distribution warning know.
+
+Per case (nnU-Net's fingerprint, and what our rules need besides): the voxel size and shape
+(file order and RAS order), the orientation codes and how oblique the grid is, per channel
+the intensity percentiles inside the foreground, whether the background is exactly zero,
+the foreground's extent in mm, and per label its volume and number of connected
+components, and how the labels sit against the scan's non-zero region (what the
+``input_mask`` rules assume). Data-set wide: the channel names, the label names, the
+left/right label pairs and the regions.
+
+:func:`fingerprint_dataset` caches the result as JSON (``fingerprint.json`` in the run
+folder) keyed by every file's size and modification time, so a second run reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..atomic import atomic_write_text
+from ..errors import InputError
+from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, read_label
+from ..lateral import Laterality, from_names
+from ..ranges import TrainingRanges
+from .cases import Case, Dataset
+from .foreground import has_zero_background, subject_mask, threshold_mask
+from .preprocess import ras_orientation
+
+log = logging.getLogger(__name__)
+
+FINGERPRINT_VERSION = 1
+#: Where a run folder keeps its training set's fingerprint.
+FINGERPRINT_FILE = "fingerprint.json"
+#: Percentiles of each channel's foreground intensities kept per case.
+LEVELS = (0.5, 1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0, 99.5)
+#: At most this many foreground voxels per channel go into the percentiles.
+SAMPLE = 1_000_000
+
+
+@dataclass
+class ChannelStats:
+    #: ``LEVELS`` percentiles of the foreground's intensities.
+    percentiles: list[float]
+    mean: float
+    std: float
+    #: The background is exactly zero (a skull-stripped or masked scan).
+    zero_background: bool
+    #: Spearman correlation of intensity with depth into the foreground (mm from its rim):
+    #: positive where the inside is brighter than the rim (T1: white matter in, CSF out),
+    #: unchanged by scale, offset or gamma; its sign turns with the contrast.
+    depth_correlation: float = 0.0
+
+    @property
+    def profile(self) -> list[float]:
+        """The 5/25/50/75/95 percentiles on the 1-99 range mapped to [0, 1]: the histogram's
+        shape, unchanged by scale and offset (a flipped contrast turns q into 1 - q)."""
+        p = dict(zip(LEVELS, self.percentiles))
+        lo, hi = p[1.0], p[99.0]
+        span = hi - lo if hi > lo else 1.0
+        return [(p[q] - lo) / span for q in (5.0, 25.0, 50.0, 75.0, 95.0)]
+
+
+@dataclass
+class CaseFingerprint:
+    case_id: str
+    shape: list[int]
+    spacing: list[float]
+    #: Voxel size and shape in RAS axis order (what the network sees before resampling).
+    ras_spacing: list[float]
+    ras_shape: list[int]
+    axcodes: str
+    #: Largest angle (degrees) between a voxel axis and its nearest world axis.
+    obliquity: float
+    channels: list[ChannelStats]
+    #: The foreground's bounding box in mm per RAS axis.
+    extent_mm: list[float]
+    #: Label value -> volume (mm^3) and number of connected components (26-connected).
+    label_volumes: dict[int, float] = field(default_factory=dict)
+    label_components: dict[int, int] = field(default_factory=dict)
+    #: Fraction of the labelled voxels where the scan is zero in every channel, and of the
+    #: scan's non-zero voxels (holes filled) that are labelled background.
+    labels_outside_scan: float = 0.0
+    scan_unlabelled: float = 0.0
+
+    @property
+    def zero_background(self) -> bool:
+        return all(c.zero_background for c in self.channels)
+
+
+@dataclass
+class Fingerprint:
+    channels: list[str]
+    labels: dict[int, str]
+    cases: list[CaseFingerprint]
+    layout: str = ""
+    mirror_pairs: list[list[int]] = field(default_factory=list)
+    unpaired_lateral: list[int] = field(default_factory=list)
+    regions: dict[str, Any] | None = None
+    version: int = FINGERPRINT_VERSION
+
+    @property
+    def laterality(self) -> Laterality:
+        return Laterality(tuple(tuple(p) for p in self.mirror_pairs), tuple(self.unpaired_lateral))
+
+    def median(self, name: str) -> list[float]:
+        return [float(v) for v in np.median(np.array([getattr(c, name) for c in self.cases], dtype=float), axis=0)]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for case in out["cases"]:
+            case["label_volumes"] = {str(k): v for k, v in case["label_volumes"].items()}
+            case["label_components"] = {str(k): v for k, v in case["label_components"].items()}
+        out["labels"] = {str(k): v for k, v in self.labels.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Fingerprint":
+        cases = []
+        for c in raw["cases"]:
+            c = dict(c)
+            c["channels"] = [ChannelStats(**s) for s in c["channels"]]
+            c["label_volumes"] = {int(k): float(v) for k, v in c["label_volumes"].items()}
+            c["label_components"] = {int(k): int(v) for k, v in c["label_components"].items()}
+            cases.append(CaseFingerprint(**c))
+        rest = {k: v for k, v in raw.items() if k not in ("cases", "labels")}
+        return cls(labels={int(k): str(v) for k, v in raw["labels"].items()}, cases=cases, **rest)
+
+
+# --------------------------------------------------------------------------- one case
+
+
+def obliquity(affine: np.ndarray) -> float:
+    """The largest angle (degrees) between a voxel axis and the world axis nearest to it."""
+    rot = np.asarray(affine, dtype=float)[:3, :3]
+    cols = rot / np.maximum(np.linalg.norm(rot, axis=0), 1e-12)
+    return float(max(math.degrees(math.acos(min(1.0, float(np.max(np.abs(c)))))) for c in cols.T))
+
+
+def to_ras(values: Sequence[float], geometry: Geometry) -> list[float]:
+    """Per-file-axis values (spacing, shape) in RAS axis order."""
+    out = [0.0, 0.0, 0.0]
+    for file_axis, (ras_axis, _) in enumerate(ras_orientation(geometry)):
+        out[int(ras_axis)] = float(values[file_axis])
+    return out
+
+
+#: Voxels drawn for the depth correlation.
+DEPTH_SAMPLE = 200_000
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(x.size, dtype=np.float64)
+    ranks[order] = np.arange(x.size, dtype=np.float64)
+    return ranks
+
+
+def depth_correlation(channel: np.ndarray, foreground: np.ndarray, depth: np.ndarray) -> float:
+    """Spearman correlation of a channel's foreground intensities with ``depth`` (ties broken by order)."""
+    where = np.flatnonzero(foreground)
+    if where.size < 10:
+        return 0.0
+    where = where[:: int(np.ceil(where.size / DEPTH_SAMPLE))]
+    a, b = _ranks(channel.ravel()[where]), _ranks(depth.ravel()[where])
+    a, b = a - a.mean(), b - b.mean()
+    denom = math.sqrt(float((a * a).sum() * (b * b).sum()))
+    return float((a * b).sum() / denom) if denom > 0 else 0.0
+
+
+def channel_stats(channel: np.ndarray, foreground: np.ndarray, zero_background: bool, depth: np.ndarray) -> ChannelStats:
+    values = channel[foreground] if foreground.any() else channel.ravel()
+    if values.size > SAMPLE:
+        values = values[:: int(np.ceil(values.size / SAMPLE))]
+    values = values.astype(np.float64)
+    return ChannelStats(
+        percentiles=[float(v) for v in np.percentile(values, LEVELS)],
+        mean=float(values.mean()),
+        std=float(values.std()),
+        zero_background=bool(zero_background),
+        depth_correlation=round(depth_correlation(channel, foreground, depth), 4),
+    )
+
+
+def scan_statistics(data: np.ndarray, geom: Geometry) -> tuple[list[ChannelStats], list[float], np.ndarray]:
+    """Per channel statistics, the foreground's extent (mm per RAS axis) and the foreground
+    of a (C, X, Y, Z) scan: what the fingerprint and the out-of-distribution check compare."""
+    foreground, zero_bg = scan_foreground(data)
+    depth = ndimage.distance_transform_edt(foreground, sampling=[float(s) for s in geom.spacing])
+    box = np.argwhere(foreground)
+    extent_vox = (box.max(axis=0) - box.min(axis=0) + 1) if box.size else np.array(data.shape[1:])
+    extent = [round(v, 2) for v in to_ras(extent_vox * np.asarray(geom.spacing), geom)]
+    return [channel_stats(c, foreground, zero_bg, depth) for c in data], extent, foreground
+
+
+def scan_foreground(data: np.ndarray) -> tuple[np.ndarray, bool]:
+    """The subject's voxels of a (C, X, Y, Z) scan as preprocessing finds them, and whether
+    its background is exactly zero."""
+    subject = subject_mask(data)
+    zero_bg = has_zero_background(data, subject)
+    return (subject if zero_bg else threshold_mask(data)), zero_bg
+
+
+def label_statistics(label: np.ndarray, voxel_volume: float) -> tuple[dict[int, float], dict[int, int]]:
+    volumes, components = {}, {}
+    structure = ndimage.generate_binary_structure(3, 3)
+    counts = np.bincount(label.ravel().astype(np.int64))
+    for value in np.nonzero(counts)[0]:
+        if value == 0:
+            continue
+        volumes[int(value)] = float(counts[value]) * voxel_volume
+        components[int(value)] = int(ndimage.label(label == value, structure=structure)[1])
+    return volumes, components
+
+
+def case_fingerprint(case_id: str, data: np.ndarray, geom: Geometry, label: np.ndarray | None = None) -> CaseFingerprint:
+    """The fingerprint of a (C, X, Y, Z) scan already read, with its label map on the same grid."""
+    channels, extent, _ = scan_statistics(data, geom)
+    out = CaseFingerprint(
+        case_id=case_id,
+        shape=[int(s) for s in geom.shape],
+        spacing=[round(float(s), 5) for s in geom.spacing],
+        ras_spacing=[round(v, 5) for v in to_ras(geom.spacing, geom)],
+        ras_shape=[int(v) for v in to_ras(geom.shape, geom)],
+        axcodes="".join(geom.axcodes),
+        obliquity=round(obliquity(geom.affine), 3),
+        channels=channels,
+        extent_mm=extent,
+    )
+    if label is not None:
+        out.label_volumes, out.label_components = label_statistics(label, geom.voxel_volume)
+        labelled = label > 0
+        nonzero = ~np.all(data == 0, axis=0)
+        n_lab = int(np.count_nonzero(labelled))
+        out.labels_outside_scan = float(np.count_nonzero(labelled & ~nonzero) / max(1, n_lab))
+        filled = subject_mask(data)
+        out.scan_unlabelled = float(np.count_nonzero(filled & ~labelled) / max(1, int(np.count_nonzero(filled))))
+    return out
+
+
+def fingerprint_case(case: Case, max_voxels: int = DEFAULT_MAX_VOXELS) -> CaseFingerprint:
+    data, geom = read_channels(case.images, max_voxels=max_voxels)
+    label = None
+    if case.label is not None:
+        label, lgeom = read_label(case.label, max_voxels=max_voxels)
+        if not lgeom.same_grid(geom):
+            raise InputError(case.label, f"geometry ({lgeom.describe()}) differs from the scan's ({geom.describe()})")
+    return case_fingerprint(case.case_id, data, geom, label)
+
+
+# --------------------------------------------------------------------------- the data set
+
+
+def _files_key(cases: Sequence[Case]) -> list[list]:
+    key = []
+    for case in cases:
+        for path in list(case.images) + ([case.label] if case.label else []):
+            st = Path(path).stat()
+            key.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
+    return key
+
+
+def fingerprint_dataset(
+    dataset: Dataset,
+    cache: Path | None = None,
+    max_voxels: int = DEFAULT_MAX_VOXELS,
+    progress=None,
+) -> Fingerprint:
+    """The fingerprint of a discovered data set's training cases; read back from ``cache``
+    (a JSON file) when its files are unchanged, else computed and written there.
+    ``progress``: a callable wrapping the case iterator (a progress bar), or None."""
+    key = _files_key(dataset.train)
+    if cache is not None and Path(cache).is_file():
+        try:
+            stored = json.loads(Path(cache).read_text())
+            if stored.get("files") == key and stored.get("fingerprint", {}).get("version") == FINGERPRINT_VERSION:
+                return Fingerprint.from_dict(stored["fingerprint"])
+            log.info("%s: the data set changed since it was fingerprinted; fingerprinting again", cache)
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: unreadable fingerprint cache; fingerprinting again", cache)
+    cases = dataset.train if progress is None else progress(dataset.train)
+    lateral = from_names(dataset.labels)
+    fp = Fingerprint(
+        channels=list(dataset.channels),
+        labels=dict(dataset.labels),
+        cases=[fingerprint_case(c, max_voxels) for c in cases],
+        layout=dataset.layout,
+        mirror_pairs=[list(p) for p in lateral.pairs],
+        unpaired_lateral=list(lateral.unpaired),
+        regions=None if dataset.regions is None else dataset.regions.to_dict(),
+    )
+    if cache is not None:
+        Path(cache).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(Path(cache), json.dumps({"files": key, "fingerprint": fp.to_dict()}))
+    return fp
+
+
+def training_ranges(fp: Fingerprint) -> TrainingRanges:
+    """What the model card keeps of the training fingerprint for the out-of-distribution check."""
+    return TrainingRanges.from_cases(
+        [c.ras_spacing for c in fp.cases],
+        [c.extent_mm for c in fp.cases],
+        [c.obliquity for c in fp.cases],
+        [[ch.depth_correlation for ch in c.channels] for c in fp.cases],
+        [[ch.profile[2] for ch in c.channels] for c in fp.cases],
+    )
+
+
+def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=()) -> list[str]:
+    """:meth:`TrainingRanges.reasons` for a (C, X, Y, Z) scan as read."""
+    channels, extent, _ = scan_statistics(data, geom)
+    return ranges.reasons(
+        to_ras(geom.spacing, geom), extent, obliquity(geom.affine),
+        [c.depth_correlation for c in channels], [c.profile[2] for c in channels], channel_names,
+    )
