@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 #: A voxel size is out of range beyond this factor past the training range.
-SPACING_FACTOR = 1.5
+SPACING_FACTOR = 1.3
 #: The subject's extent (mm) is out of range below/above these factors of the training range.
 EXTENT_FACTORS = (0.7, 1.4)
 #: Margin around the training range of the depth correlation and of the median's place
