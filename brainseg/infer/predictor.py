@@ -4,7 +4,7 @@
 :class:`~brainseg.infer.sliding_window.SlidingWindow`; a case goes::
 
     read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
-    -> sliding window (logits) -> softmax -> invert_to_original (the file's own grid)
+    -> sliding window (logits; test-time mirroring swaps left/right labels) -> softmax -> invert_to_original (the file's own grid)
     -> argmax -> class index to label value -> postprocess_labels
 
 so the mask has exactly the input's shape and affine. :meth:`Predictor.prepare` does the
@@ -24,6 +24,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
+from ..lateral import from_run_config
 from ..card import ModelCard
 from ..config import InferConfig, PostprocessConfig
 from ..data.foreground import far_background, subject_mask
@@ -127,7 +128,13 @@ class Predictor:
         self.num_classes = card.num_classes
         self.label_values = card.label_values
         self.n_channels = len(card.channels)
-        self.window = SlidingWindow.from_config(self.model, card.patch_size, self.num_classes, infer, self.device)
+        # left/right pairs as trained (the card's labels.mirror_pairs; older cards: from the label names)
+        self.laterality = from_run_config(card.config, card.labels)
+        swap = self.laterality.channel_permutation(self.label_values) if self.laterality.pairs else None
+        self.window = SlidingWindow.from_config(
+            self.model, card.patch_size, self.num_classes, infer, self.device,
+            swap_channels=swap, flip_left_right=self.laterality.may_flip_left_right,
+        )
 
     @property
     def label_names(self) -> dict[int, str]:
