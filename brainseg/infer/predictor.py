@@ -4,8 +4,9 @@
 :class:`~brainseg.infer.sliding_window.SlidingWindow`; a case goes::
 
     read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
-    -> sliding window (logits; test-time mirroring swaps left/right labels) -> softmax -> invert_to_original (the file's own grid)
-    -> argmax -> class index to label value -> postprocess_labels
+    -> sliding window (logits; a test-time mirror swaps the left/right labels' channels)
+    -> softmax -> invert_to_original (the file's own grid) -> argmax -> class index to label value
+    -> postprocess_labels
 
 so the mask has exactly the input's shape and affine. :meth:`Predictor.prepare` does the
 reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
@@ -24,13 +25,13 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 import torch
 
-from ..lateral import from_run_config
 from ..card import ModelCard
 from ..config import InferConfig, PostprocessConfig
 from ..data.foreground import far_background, subject_mask
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
+from ..lateral import from_run_config
 from ..postprocess import labels_within_input, postprocess_labels
 from .sliding_window import SlidingWindow
 

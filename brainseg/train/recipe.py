@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from ..lateral import Laterality, resolve
 from ..config import Config
 from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
+from ..lateral import Laterality, resolve
 
 log = logging.getLogger(__name__)
 
