@@ -67,6 +67,24 @@ class Laterality:
                 perm[index[a]], perm[index[b]] = index[b], index[a]
         return perm
 
+    def to_config(self) -> list[list[int]] | None:
+        """What a run's config records as ``labels.mirror_pairs``: the pairs, or None (found from
+        the label names again, which gives the same unpaired labels) when left-right flips are
+        not allowed."""
+        return [list(p) for p in self.pairs] if self.may_flip_left_right else None
+
+    def describe(self, labels: Mapping[int, str]) -> str:
+        """One line for the log: the pairs (``2 (left grey matter) <-> 3 (right grey matter)``) or the unpaired labels."""
+        name = lambda v: f"{v} ({labels[v]})" if v in labels else str(v)
+        if self.unpaired:
+            return (
+                "lateralised labels without a partner: " + ", ".join(name(v) for v in self.unpaired)
+                + " -> no left-right flips"
+            )
+        if self.pairs:
+            return "left/right label pairs: " + ", ".join(f"{name(a)} <-> {name(b)}" for a, b in self.pairs)
+        return "no left/right labels: flips along every axis keep the labels"
+
 
 def from_names(labels: Mapping[int, str]) -> Laterality:
     """The pairs the label names give (background and unnamed labels never pair)."""
@@ -104,3 +122,15 @@ def from_config(pairs: Sequence[Sequence[int]], labels: Mapping[int, str]) -> La
 def resolve(config_pairs: Sequence[Sequence[int]] | None, labels: Mapping[int, str]) -> Laterality:
     """The config's pairs when it gives them, else the names'."""
     return from_names(labels) if config_pairs is None else from_config(config_pairs, labels)
+
+
+def from_run_config(config: Mapping, labels: Mapping[int, str]) -> Laterality:
+    """The laterality a stored run config (a model card's ``config``) gives: its
+    ``labels.mirror_pairs``, or the label names' where it has none (a card from before the
+    field, or one whose unpaired labels forbid left-right flips)."""
+    section = config.get("labels") if isinstance(config, Mapping) else None
+    pairs = section.get("mirror_pairs") if isinstance(section, Mapping) else None
+    try:
+        return resolve(pairs, labels)
+    except (TypeError, ValueError):
+        raise BrainsegError(f"labels.mirror_pairs {pairs!r}: not a list of [left, right] label pairs") from None

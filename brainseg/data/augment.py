@@ -43,13 +43,27 @@ def spatial_matrix(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray |
     return m
 
 
-def flip(image: np.ndarray, seg: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig):
+def flip(
+    image: np.ndarray, seg: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig,
+    swap: np.ndarray | None = None, left_right: bool = True,
+):
+    """Flip a (C, X, Y, Z) image patch and its (X, Y, Z) class-index patch along each axis with
+    probability ``cfg.p_flip``.
+
+    Axis 0 is the subject's left-right axis (the cache is in RAS order): a flip along it maps
+    class ``c`` to ``swap[c]`` (a lookup table on class indices,
+    :meth:`~brainseg.lateral.Laterality.channel_permutation`; None: nothing to swap), and it
+    does not happen at all when ``left_right`` is False (a lateralised label without a
+    partner). One draw per axis either way, so the other draws do not move.
+    """
     if not cfg.enabled:
         return image, seg
     for axis in range(3):
-        if rng.random() < cfg.p_flip:
+        if rng.random() < cfg.p_flip and (axis or left_right):
             image = np.flip(image, axis=axis + 1)
             seg = np.flip(seg, axis=axis)
+            if axis == 0 and swap is not None:
+                seg = np.asarray(swap).astype(seg.dtype, copy=False)[seg]
     return image, seg
 
 

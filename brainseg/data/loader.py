@@ -6,6 +6,10 @@ on the number of worker processes, a resumed run draws exactly the patches the
 uninterrupted run would have drawn, and each DDP rank draws different patches.
 Within each batch the last ``ceil(batch * foreground_fraction)`` samples are centred
 on a voxel of a randomly chosen foreground class present in their case.
+
+A flip along axis 0 (the subject's left-right axis: the cache is in RAS order) swaps the
+labels of each left/right pair of the dataset's :class:`~brainseg.lateral.Laterality`, and
+does not happen when a lateralised label has no partner (:func:`~brainseg.data.augment.flip`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..config import AugmentConfig
+from ..lateral import Laterality
 from . import augment
 from .cache import CachedCase
 from .patches import extract_patch, foreground_center, random_center
@@ -33,9 +38,17 @@ class PatchDataset(Dataset):
         augment_cfg: AugmentConfig,
         seed: int = 0,
         rank: int = 0,
+        laterality: Laterality = Laterality(),
+        label_values: Sequence[int] | None = None,
     ):
+        """``laterality``: the left/right label pairs; ``label_values``: the data set's label
+        values (the cache's class i is the i-th smallest; needed when there are pairs)."""
         if not cases:
             raise ValueError("no training cases")
+        if laterality.pairs and label_values is None:
+            raise ValueError("left/right label pairs need the label values of the classes")
+        self.swap = np.asarray(laterality.channel_permutation(sorted(label_values))) if laterality.pairs else None
+        self.left_right = laterality.may_flip_left_right
         self.cases = list(cases)
         self.patch = [int(p) for p in patch_size]
         self.batch_size = int(batch_size)
@@ -69,7 +82,7 @@ class PatchDataset(Dataset):
         fill = record.pad_values()
         matrix = augment.spatial_matrix(rng, self.aug)
         img, lab = extract_patch(image, seg, center, self.patch, matrix, fill)
-        img, lab = augment.flip(img, lab, rng, self.aug)
+        img, lab = augment.flip(img, lab, rng, self.aug, self.swap, self.left_right)
         img = augment.intensity(img, rng, self.aug, fill if record.zero_background else None)
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
 

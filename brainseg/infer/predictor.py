@@ -4,8 +4,9 @@
 :class:`~brainseg.infer.sliding_window.SlidingWindow`; a case goes::
 
     read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
-    -> sliding window (logits) -> softmax -> invert_to_original (the file's own grid)
-    -> argmax -> class index to label value -> postprocess_labels
+    -> sliding window (logits; a test-time mirror swaps the left/right labels' channels)
+    -> softmax -> invert_to_original (the file's own grid) -> argmax -> class index to label value
+    -> postprocess_labels
 
 so the mask has exactly the input's shape and affine. :meth:`Predictor.prepare` does the
 reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
@@ -31,6 +32,7 @@ from ..data.foreground import far_background, subject_mask
 from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
 from ..errors import BrainsegError
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
+from ..lateral import from_run_config
 from ..postprocess import labels_within_input, postprocess_labels
 from .sliding_window import SlidingWindow
 
@@ -130,7 +132,13 @@ class Predictor:
         self.num_classes = card.num_classes
         self.label_values = card.label_values
         self.n_channels = len(card.channels)
-        self.window = SlidingWindow.from_config(self.model, card.patch_size, self.num_classes, infer, self.device)
+        # left/right pairs as trained (the card's labels.mirror_pairs; older cards: from the label names)
+        self.laterality = from_run_config(card.config, card.labels)
+        swap = self.laterality.channel_permutation(self.label_values) if self.laterality.pairs else None
+        self.window = SlidingWindow.from_config(
+            self.model, card.patch_size, self.num_classes, infer, self.device,
+            swap_channels=swap, flip_left_right=self.laterality.may_flip_left_right,
+        )
 
     @property
     def label_names(self) -> dict[int, str]:

@@ -4,15 +4,18 @@ and the learning-rate schedule (the trainer's loop is :mod:`brainseg.train.train
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
+from ..config import Config
 from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
+from ..lateral import Laterality, resolve
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,18 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
     if len(labels) < 2:
         raise BrainsegError("the data set has no foreground label")
     return dict(sorted(labels.items()))
+
+
+def resolve_laterality(config: Config, labels: dict[int, str]) -> tuple[Config, Laterality]:
+    """The data set's left/right label pairs (``labels.mirror_pairs``, else from the label names)
+    and a copy of ``config`` recording them, as the run's config and model card store them
+    (:meth:`~brainseg.lateral.Laterality.to_config`). Logs one line: the pairs (info), a warning
+    naming the lateralised labels without a partner (then no patch is flipped left-right), or
+    (debugging) that there are none."""
+    found = resolve(config.labels.mirror_pairs, labels)
+    level = logging.WARNING if not found.may_flip_left_right else logging.INFO if found.pairs else logging.DEBUG
+    log.log(level, found.describe(labels))
+    return replace(config, labels=replace(config.labels, mirror_pairs=found.to_config())), found
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:

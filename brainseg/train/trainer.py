@@ -55,7 +55,7 @@ from ..model.checkpoint import nonfinite_tensors
 from ..model.unet import UNet3D, build_model
 from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
 from . import distributed as ddp
-from .recipe import SegLoss, label_table, make_optimizer, poly_lr, run_budget, schedule_progress, split_cases
+from .recipe import SegLoss, label_table, make_optimizer, poly_lr, resolve_laterality, run_budget, schedule_progress, split_cases
 from .monitor import TensorBoard, plot_curves, training_bar, write_metrics_csv
 from .state import RunState, StepOutcome, check_run_dir
 from .validation import Validation
@@ -110,6 +110,8 @@ class Trainer:
         if not ds.train:
             raise BrainsegError(f"{self.data_dir}: no labelled training cases found")
         self.labels = label_table(ds.labels, ds.train, cfg.data.max_voxels)
+        self.cfg, self.laterality = resolve_laterality(cfg, self.labels)  # the pairs, recorded in the config
+        cfg = self.cfg
         self.channels = list(ds.channels)
         train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed)
         spacing = cfg.data.target_spacing or median_spacing(ds.train, cfg.data.max_voxels)
@@ -171,6 +173,8 @@ class Trainer:
             cfg.augment,
             seed=cfg.train.seed,
             rank=self.dist.rank,
+            laterality=self.laterality,
+            label_values=list(self.labels),
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)
         self.loader = make_loader(self.dataset, self.sampler, cfg.train.num_workers, self.device.type == "cuda")
