@@ -107,7 +107,8 @@ class Fingerprint:
 
     @property
     def laterality(self) -> Laterality:
-        return Laterality(tuple(tuple(p) for p in self.mirror_pairs), tuple(self.unpaired_lateral))
+        """The left/right pairs the label names give (``mirror_pairs``/``unpaired_lateral`` record them)."""
+        return from_names(self.labels)
 
     def median(self, name: str) -> list[float]:
         return [float(v) for v in np.median(np.array([getattr(c, name) for c in self.cases], dtype=float), axis=0)]

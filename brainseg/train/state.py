@@ -9,11 +9,13 @@ of steps skipped for a non-finite loss or gradient (:meth:`RunState.count_step`)
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_text
 from ..errors import BrainsegError
 from ..model.checkpoint import CHECKPOINT_LAST
 
@@ -27,6 +29,14 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise BrainsegError(f"{run_dir}: nothing to resume (no {CHECKPOINT_LAST})")
     if not resume and last.is_file():
         raise BrainsegError(f"{run_dir}: already holds a training run; use --resume to continue it or choose a new --out")
+
+
+def write_run_files(run_dir: Path, config_yaml: str, train_cases, val_cases) -> None:
+    """The run folder's ``config.yaml`` and ``split.json`` (case ids per split)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", config_yaml)
+    split = {"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}
+    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1))
 
 
 @dataclass

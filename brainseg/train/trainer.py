@@ -32,7 +32,6 @@ its share of the cases; an error on one rank ends all (:mod:`brainseg.train.dist
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict
@@ -49,7 +48,6 @@ from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
 from ..errors import BrainsegError
-from ..atomic import atomic_write_text
 from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, save_checkpoint
 from ..model.checkpoint import nonfinite_tensors
 from ..model.unet import UNet3D, build_model
@@ -57,7 +55,7 @@ from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, 
 from . import distributed as ddp
 from .recipe import SegLoss, label_table, make_optimizer, poly_lr, resolve_laterality, run_budget, schedule_progress, split_cases
 from .monitor import TensorBoard, plot_curves, training_bar, write_metrics_csv
-from .state import RunState, StepOutcome, check_run_dir
+from .state import RunState, StepOutcome, check_run_dir, write_run_files
 from .validation import Validation
 
 log = logging.getLogger(__name__)
@@ -128,16 +126,10 @@ class Trainer:
             max_voxels=cfg.data.max_voxels,
             intensity=self.intensity,
         )
+        self.ranges = None  # the training scans' ranges for the card's OOD check (rank 0 writes the checkpoints)
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
-            atomic_write_text(
-                self.run_dir / "split.json",
-                json.dumps({"train": [c.case_id for c in train_cases], "val": [c.case_id for c in val_cases]}, indent=1),
-            )
-        # the training scans' ranges for the card's OOD check (rank 0 writes the checkpoints)
-        fp = fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels) if self.dist.is_main else None
-        self.ranges = training_ranges(fp) if fp is not None else None
+            write_run_files(self.run_dir, dump_config(cfg), train_cases, val_cases)
+            self.ranges = training_ranges(fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels))
         share = ds.train[self.dist.rank :: self.dist.world_size]  # each rank preprocesses its share
         cache_cases(share, cache_dir, progress=self.progress and self.dist.is_main, **common)
         self._cases = (ds.train, train_cases, val_cases, cache_dir, common)
