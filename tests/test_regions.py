@@ -63,10 +63,10 @@ def test_region_dataset_json_gives_regions_and_the_label_table(tmp_path):
     assert ds.labels == {0: "bg", 1: "lesion", 2: "active", 5: "label_5"}
     # the same file through --regions
     assert regions_from_spec(str(tmp_path / "ds" / "dataset.json")) == discover_dataset(tmp_path / "ds").regions
-    # plain labels: no regions
+    # plain labels (the Decathlon's Task01 names): no regions
     plain = dict(NNUNET_REGIONS, labels={"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3})
-    del plain["regions_class_order"]
-    assert discover_dataset(msd_root(tmp_path / "plain", plain)).regions is None
+    ds = discover_dataset(msd_root(tmp_path / "plain", plain))  # regions_class_order ignored, as nnU-Net does
+    assert ds.regions is None and ds.labels == {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
 
 
 BAD_REGIONS = [
@@ -78,8 +78,6 @@ BAD_REGIONS = [
     ({"labels": {"background": 0, "whole tumor": [], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
     ({"labels": {"background": 0, "whole tumor": [1, -2], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
     ({"labels": {"background": 0, "whole tumor": ["1"], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
-    ({"labels": {"background": 0, "edema": 1}, "regions_class_order": [1]},
-     '"regions_class_order" is given but no label maps to a list'),
 ]
 
 

@@ -67,13 +67,6 @@ def read_dataset_json(path: Path, problems: list[str]) -> JsonInfo:
     info.channels = _parse_channels(name, data, problems)
     if "labels" in data:
         info.labels, info.regions = _parse_labels(name, data["labels"], data.get("regions_class_order"), problems)
-    labels = data.get("labels")
-    region_form = isinstance(labels, dict) and any(isinstance(v, (list, tuple)) for v in labels.values())
-    if "regions_class_order" in data and not region_form:
-        problems.append(
-            f'{name}: field "regions_class_order" is given but no label maps to a list of values '
-            '(region-based labels look like "whole tumor": [1, 2, 3])'
-        )
     if "file_ending" in data:
         ending = data["file_ending"]
         if isinstance(ending, str) and ending.lower() in IMAGE_SUFFIXES:
@@ -150,7 +143,9 @@ def _parse_regions(
     """nnU-Net v2 region-based labels: every entry but the background (value 0) is a region (a
     list of label values, or one value); ``regions_class_order`` gives, per region in the order
     of the entries, the label value it writes. The label table is the background plus every
-    value some region holds, named after the region that writes it (else ``label_N``)."""
+    value some region holds, named after the region that writes it (else ``label_N``).
+
+    With plain labels (no list) a ``regions_class_order`` is ignored, as nnU-Net ignores it."""
     where = f'{name}: field "labels"'
     background = "background"
     names: list[str] = []
