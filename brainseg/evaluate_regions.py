@@ -128,8 +128,10 @@ def evaluate_region_folders(
     penalty_mm: float = BRATS_HD95_PENALTY_MM,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference in ``ref_dir`` on ``regions``
-    (None: BraTS's, 2021 or 2023 by the references' label values); write metrics.csv and
-    summary.json in ``out_dir`` (see the module docstring); return the summary."""
+    (None: BraTS's, 2021 or 2023 by the label values of all references, which are then read
+    once more before scoring); write metrics.csv and summary.json in ``out_dir`` (see the
+    module docstring); return the summary. A prediction holding a label value no region
+    contains is scored and warned about."""
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     pairs, failed = pair_folders(pred_dir, ref_dir)
     if regions is None:
