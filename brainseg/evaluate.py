@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 from scipy import ndimage
@@ -41,6 +41,7 @@ from .metrics import check_spacing, dice, hd95
 from .pairing import drop_probability_maps, pair_cases, scan_folder
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 METRICS_NAME = "metrics.csv"
 SUMMARY_NAME = "summary.json"
@@ -150,6 +151,16 @@ def evaluate_case(
     whose header claims more than ``max_voxels`` voxels is refused before any of it
     is read (:data:`~brainseg.io.DEFAULT_MAX_VOXELS`, 1024³, by default).
     """
+    pred, ref, geometry = read_pair(pred_path, ref_path, max_voxels)
+    case = case if case is not None else strip_suffix(Path(ref_path))
+    return score_labels(pred, ref, geometry.spacing, labels, case)
+
+
+def read_pair(
+    pred_path: str | os.PathLike, ref_path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS
+) -> tuple[np.ndarray, np.ndarray, Geometry]:
+    """(prediction, reference, the reference's geometry), read with :func:`~brainseg.io.read_label`;
+    :class:`InputError` naming the prediction when the two grids differ."""
     pred_path, ref_path = Path(pred_path), Path(ref_path)
     pred, pred_geom = read_label(pred_path, max_voxels=max_voxels)
     ref, ref_geom = read_label(ref_path, max_voxels=max_voxels)
@@ -159,8 +170,7 @@ def evaluate_case(
             f"geometry ({_grid_text(pred_geom)}) does not match the reference "
             f"{ref_path} ({_grid_text(ref_geom)})",
         )
-    case = case if case is not None else strip_suffix(ref_path)
-    return score_labels(pred, ref, ref_geom.spacing, labels, case)
+    return pred, ref, ref_geom
 
 
 # ----------------------------------------------------------------------------- folders
@@ -271,6 +281,33 @@ def evaluate_folders(
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if labels is not None:
         labels = _check_labels(labels)
+    pairs, failed = pair_folders(pred_dir, ref_dir)
+    rows_by_case = score_pairs(
+        pairs, lambda cid, pred_path, ref_path: evaluate_case(pred_path, ref_path, labels, case=cid), failed, progress
+    )
+    if labels is None:  # every label some scored reference contains
+        labels = sorted(
+            {r["label"] for rows in rows_by_case.values() for r in rows if r["ref_volume_mm3"] > 0}
+        )
+    rows = _complete_rows(rows_by_case, labels)
+    summary = summarize(rows, labels, n_cases=len(rows_by_case), failed=failed)
+    write_metrics_csv(out_dir / METRICS_NAME, rows)
+    return write_summary(out_dir, summary)
+
+
+def write_summary(out_dir: Path, summary: dict) -> dict:
+    """summary.json (strict JSON) in ``out_dir``; a warning naming the failed cases; the summary."""
+    atomic_write_text(Path(out_dir) / SUMMARY_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    failed = summary["failed"]
+    if failed:
+        names = ", ".join(sorted({f["case"] for f in failed}))
+        log.warning(f"{len(failed)} case(s) failed: {names}")
+    return summary
+
+
+def pair_folders(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, Path, Path]], list[dict]]:
+    """(case id, prediction, reference) of every pair, and the failures (each reported): files
+    without a partner, case ids taken by several files of one folder."""
     refs, ref_clashes = scan_folder(ref_dir, "reference")
     preds, pred_clashes = scan_folder(pred_dir, "prediction")
     if not refs:
@@ -290,12 +327,19 @@ def evaluate_folders(
     for cid, path in sorted(lone_preds.items()):
         failed.append({"case": cid, "file": str(path), "problem": f"no reference in {ref_dir}"})
         _report(f"{path}: no reference for case '{cid}' in {ref_dir}")
+    return pairs, failed
 
-    rows_by_case: dict[str, list[dict]] = {}
+
+def score_pairs(
+    pairs: Sequence[tuple[str, Path, Path]], score: Callable[[str, Path, Path], T], failed: list[dict], progress: bool
+) -> dict[str, T]:
+    """``score(case, pred, ref)`` of every pair, by case; a case that raises a brainseg or OS
+    error is reported as one line and appended to ``failed`` instead."""
+    out: dict[str, T] = {}
     show = progress and sys.stderr.isatty()
     for cid, pred_path, ref_path in tqdm(pairs, desc="evaluate", unit="case", disable=not show):
         try:
-            rows_by_case[cid] = evaluate_case(pred_path, ref_path, labels, case=cid)
+            out[cid] = score(cid, pred_path, ref_path)
         except InputError as exc:
             failed.append({"case": cid, "file": exc.path or str(pred_path), "problem": exc.problem})
             _report(str(exc))
@@ -306,19 +350,7 @@ def evaluate_folders(
             where = exc.filename or pred_path
             failed.append({"case": cid, "file": str(where), "problem": exc.strerror or str(exc)})
             _report(f"{where}: {exc.strerror or exc}")
-
-    if labels is None:  # every label some scored reference contains
-        labels = sorted(
-            {r["label"] for rows in rows_by_case.values() for r in rows if r["ref_volume_mm3"] > 0}
-        )
-    rows = _complete_rows(rows_by_case, labels)
-    summary = summarize(rows, labels, n_cases=len(rows_by_case), failed=failed)
-    write_metrics_csv(out_dir / METRICS_NAME, rows)
-    atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    if failed:
-        names = ", ".join(sorted({f["case"] for f in failed}))
-        log.warning(f"{len(failed)} case(s) failed: {names}")
-    return summary
+    return out
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -14,6 +14,8 @@ Conventions:
   mask is the mask minus its erosion by the 6-connected cross (image border counts
   as outside). This is MONAI's ``compute_hausdorff_distance(percentile=95)``. Both
   empty -> 0.0; exactly one empty -> inf.
+* Regions (:func:`region_scores`, BraTS): Dice as above on each region's mask; HD95 as
+  above except that exactly one empty mask scores :data:`BRATS_HD95_PENALTY_MM` (373.13 mm).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .arrays import bounding_box
+from .regions import Regions
 
 
 def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
@@ -115,3 +118,30 @@ def hd95(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) 
         return 0.0 if not (np.any(pred_mask) or np.any(ref_mask)) else math.inf
     pred_to_ref, ref_to_pred = distances
     return float(max(np.percentile(pred_to_ref, 95), np.percentile(ref_to_pred, 95)))
+
+
+# ----------------------------------------------------------------------------- regions (BraTS)
+
+#: The HD95 (mm) BraTS gives a region present in only one of prediction and reference: the
+#: diagonal of BraTS 2021's 240 x 240 x 155 grid of 1 mm voxels, sqrt(240² + 240² + 155²) = 373.13.
+BRATS_HD95_PENALTY_MM = 373.13
+
+
+def region_scores(
+    pred: np.ndarray, ref: np.ndarray, regions: Regions, spacing: Sequence[float],
+    penalty_mm: float = BRATS_HD95_PENALTY_MM,
+) -> dict[str, tuple[float, float]]:
+    """(Dice, HD95 mm) of each region (name -> scores) of two label maps on one grid.
+
+    Each region is the set of its label values in both maps (:meth:`Regions.masks`); BraTS's
+    conventions: both empty -> Dice 1 and HD95 0; exactly one empty -> Dice 0 and HD95
+    ``penalty_mm`` (:data:`BRATS_HD95_PENALTY_MM`) instead of :func:`hd95`'s inf.
+    """
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"label map shapes differ: {pred.shape} vs {ref.shape}")
+    out = {}
+    for name, p, r in zip(regions.names, regions.masks(pred), regions.masks(ref)):
+        distance = hd95(p, r, spacing)
+        out[name] = (dice(p, r), float(penalty_mm) if math.isinf(distance) else distance)
+    return out

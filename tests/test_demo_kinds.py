@@ -68,7 +68,7 @@ def test_spacing_gives_every_subject_that_voxel_size(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--kind", "tumour"], "invalid choice: 'tumour'"),
+    (["--kind", "lesions"], "invalid choice: 'lesions'"),
     (["--spacing", "1", "0", "1"], "--spacing (1.0, 0.0, 1.0): expected three voxel sizes in mm"),
 ])
 def test_bad_kind_or_spacing_is_one_line(tmp_path, args, message):

@@ -343,7 +343,7 @@ BAD_JSON = [
     ({"channel_names": {"0": "T1"}, "labels": ["background", "tumour"]}, '"labels" must be a mapping'),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 1.5}}, '"labels" has values of the wrong type'),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": "1"}}, '"labels" has values of the wrong type'),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2, 3]}}, "region-based"),
+    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2, 3]}}, '"regions_class_order" is missing'),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 0}}, "value 0 is given to both"),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": -1}}, "negative value"),
     ({"channel_names": {"0": "T1"}, "labels": {"0": "background", "one": "x"}}, "'one' is not a label value"),
@@ -369,7 +369,7 @@ def test_all_problems_reported_together(tmp_path: Path) -> None:
         discover_dataset(root)
     assert len(info.value.problems) == 3
     msg = str(info.value)
-    assert "3 problems" in msg and "region-based" in msg and "lonely" in msg and "ghost" in msg
+    assert "3 problems" in msg and "regions_class_order" in msg and "lonely" in msg and "ghost" in msg
     assert "\n" not in msg  # the CLI prints errors as one line
     assert all(";" not in p for p in info.value.problems)  # "; " separates problems
 

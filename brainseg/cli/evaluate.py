@@ -1,4 +1,5 @@
-"""``brainseg evaluate``: Dice, HD95 and volumes of predictions against references."""
+"""``brainseg evaluate``: Dice, HD95 and volumes of predictions against references, per label
+or (``--regions``, ``--model``) per region."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import BrainsegError
 from ..evaluate import METRICS_NAME, SUMMARY_NAME, evaluate_folders, format_table, parse_labels
+from ..evaluate_regions import evaluate_region_folders, format_region_table, regions_from_spec
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -14,20 +17,44 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--pred", type=Path, required=True, help="folder of predicted masks")
     p.add_argument("--ref", type=Path, required=True, help="folder of reference masks")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv and summary.json")
-    p.add_argument("--labels", default=None, help="comma-separated labels to score (default: all non-zero in the references)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--labels", default=None, help="comma-separated labels to score (default: all non-zero in the references)")
+    which.add_argument(
+        "--regions", default=None, metavar="SPEC",
+        help="score nested regions instead of labels (BraTS conventions: HD95 373.13 mm when one side is empty): "
+             "brats (2021 or 2023 by the references' labels), brats2021, brats2023, or a dataset.json with regions",
+    )
+    which.add_argument("--model", type=Path, default=None, help="score the regions of this model (checkpoint or run folder)")
     return p
+
+
+def _model_regions(path: Path):
+    from ..model.checkpoint import load_card  # torch only when asked for
+
+    card = load_card(path)
+    regions = getattr(card, "regions", None)
+    if regions is None:
+        raise BrainsegError(f"{path}: the model card defines no regions (give --regions or --labels instead)")
+    return regions
 
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case was scored, 1 if any failed or none was."""
-    labels = parse_labels(args.labels)
-    summary = evaluate_folders(args.pred, args.ref, args.out, labels=labels, progress=True)
-    if summary["labels"]:
-        print(format_table(summary))
+    if args.regions is not None or args.model is not None:
+        regions = regions_from_spec(args.regions) if args.regions is not None else _model_regions(args.model)
+        summary = evaluate_region_folders(args.pred, args.ref, args.out, regions=regions, progress=True)
+        scored = bool(summary["regions"])
+        if summary["n_cases"]:
+            print(format_region_table(summary))
+    else:
+        summary = evaluate_folders(args.pred, args.ref, args.out, labels=parse_labels(args.labels), progress=True)
+        scored = bool(summary["labels"])
+        if scored:
+            print(format_table(summary))
     print(f"{summary['n_cases']} case(s) scored, {len(summary['failed'])} failed")
     for name in (METRICS_NAME, SUMMARY_NAME):
         print(f"wrote {Path(args.out) / name}")
-    if summary["n_cases"] == 0 or not summary["labels"]:
+    if summary["n_cases"] == 0 or not scored:
         print("brainseg: nothing was evaluated", file=sys.stderr)
         return 1
     return 1 if summary["failed"] else 0

@@ -1,8 +1,10 @@
 """Reading and validating an nnU-Net v2 / MSD ``dataset.json``.
 
 It gives the channel names (v2 ``channel_names`` or MSD ``modality``), the labels (v2
-``{name: value}`` or MSD ``{"value": name}``) and optionally ``file_ending``. Every
-problem is collected, naming the file and the field. The ``training`` list is not used:
+``{name: value}`` or MSD ``{"value": name}``), optionally ``file_ending``, and the regions
+of nnU-Net v2's region-based form (``"labels": {"background": 0, "whole tumor": [1, 2, 3],
+"tumor core": [2, 3], "enhancing tumor": [3]}, "regions_class_order": [1, 2, 3]``; see
+:func:`_parse_regions`). Every problem is collected, naming the file and the field. The ``training`` list is not used:
 cases come from the folders, as in nnU-Net v2.
 """
 
@@ -14,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from ..errors import BrainsegError
 from ..naming import IMAGE_SUFFIXES, image_suffix
+from ..regions import Regions
 from .cases import Show
 
 _INT_KEY_RE = re.compile(r"^[0-9]+$")
@@ -25,6 +29,8 @@ class JsonInfo:
     channels: tuple[str, ...] | None = None
     labels: dict[int, str] = field(default_factory=dict)
     file_ending: str | None = None
+    #: The regions of a region-based dataset.json, else None.
+    regions: Regions | None = None
 
 
 def _jtype(value: object) -> str:
@@ -60,7 +66,7 @@ def read_dataset_json(path: Path, problems: list[str]) -> JsonInfo:
         return info
     info.channels = _parse_channels(name, data, problems)
     if "labels" in data:
-        info.labels = _parse_labels(name, data["labels"], problems)
+        info.labels, info.regions = _parse_labels(name, data["labels"], data.get("regions_class_order"), problems)
     if "file_ending" in data:
         ending = data["file_ending"]
         if isinstance(ending, str) and ending.lower() in IMAGE_SUFFIXES:
@@ -115,22 +121,68 @@ def _parse_channels(name: str, data: dict, problems: list[str]) -> tuple[str, ..
     return tuple(by_index[i] for i in range(len(by_index)))
 
 
-def _parse_labels(name: str, value: object, problems: list[str]) -> dict[int, str]:
-    """Labels as value -> name from v2 ``{name: value}`` or MSD ``{"value": name}``."""
+def _parse_labels(
+    name: str, value: object, class_order: object, problems: list[str]
+) -> tuple[dict[int, str], Regions | None]:
+    """Labels as value -> name from v2 ``{name: value}`` or MSD ``{"value": name}``, and the
+    regions when some label maps to a list of values (:func:`_parse_regions`)."""
     help_ = '{"background": 0, "tumour": 1} (nnU-Net v2) or {"0": "background", "1": "tumour"} (MSD)'
     if not isinstance(value, dict):
         problems.append(f'{name}: field "labels" must be a mapping like {help_}, got {_jtype(value)}')
-        return {}
+        return {}, None
     if not value:
-        return {}
-    regions = [k for k, v in value.items() if isinstance(v, (list, tuple))]
-    if regions:
+        return {}, None
+    if any(isinstance(v, (list, tuple)) for v in value.values()):
+        return _parse_regions(name, value, class_order, problems)
+    return _parse_plain_labels(name, value, help_, problems), None
+
+
+def _parse_regions(
+    name: str, value: dict, class_order: object, problems: list[str]
+) -> tuple[dict[int, str], Regions | None]:
+    """nnU-Net v2 region-based labels: every entry but the background (value 0) is a region (a
+    list of label values, or one value); ``regions_class_order`` gives, per region in the order
+    of the entries, the label value it writes. The label table is the background plus every
+    value some region holds, named after the region that writes it (else ``label_N``).
+
+    With plain labels (no list) a ``regions_class_order`` is ignored, as nnU-Net ignores it."""
+    where = f'{name}: field "labels"'
+    background = "background"
+    names: list[str] = []
+    values: list[tuple[int, ...]] = []
+    for key, v in value.items():
+        if _is_int(v) and v == 0:
+            background = key
+            continue
+        items = [v] if _is_int(v) else v if isinstance(v, list) else None
+        if not items or not all(_is_int(x) and x > 0 for x in items):
+            problems.append(f"{where}: region {key!r} must be a non-empty list of positive label values, got {v!r}")
+            return {}, None
+        names.append(key)
+        values.append(tuple(sorted(set(items))))
+    if class_order is None:
         problems.append(
-            f'{name}: field "labels": region-based labels are not supported '
-            f"({', '.join(repr(r) for r in regions)} map to lists of values): give each label "
-            "one integer value"
+            f'{where} defines regions ({", ".join(map(repr, names))}) but "regions_class_order" is missing '
+            f"(nnU-Net v2: the label value each region writes, e.g. {[v[-1] for v in values]})"
         )
-        return {}
+        return {}, None
+    if not isinstance(class_order, list) or not all(_is_int(x) for x in class_order) or len(class_order) != len(names):
+        problems.append(
+            f'{name}: field "regions_class_order" must list one label value per region ({len(names)}: '
+            f'{", ".join(map(repr, names))}), got {class_order!r}'
+        )
+        return {}, None
+    try:
+        regions = Regions(tuple(names), tuple(values), tuple(class_order))
+    except BrainsegError as exc:
+        problems.append(f'{name}: field "regions_class_order": {exc}')
+        return {}, None
+    writer = {v: n for n, v in zip(regions.names, regions.class_order)}
+    labels = {0: background, **{v: writer.get(v, f"label_{v}") for v in regions.label_values}}
+    return labels, regions
+
+
+def _parse_plain_labels(name: str, value: dict, help_: str, problems: list[str]) -> dict[int, str]:
     out: dict[int, str] = {}
     if all(_is_int(v) for v in value.values()):  # nnU-Net v2: name -> value
         for label_name, v in value.items():

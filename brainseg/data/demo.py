@@ -66,8 +66,9 @@ DISPLACEMENT_MM = (1.5, 4.0)  # std of the coarse displacement field
 COARSE_NODES = 5  # control points per axis of the displacement field
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 #: What the labels are: ``tissue`` (CSF, grey, white matter) or ``hemispheres`` (grey and white
-#: matter split at the template's midline, x = 0 mm, into left and right; CSF is not split).
-KINDS = ("tissue", "hemispheres")
+#: matter split at the template's midline, x = 0 mm, into left and right; CSF is not split), or
+#: ``tumour`` (BraTS-like four-contrast cases, written by :mod:`.demo_tumour`, not here).
+KINDS = ("tissue", "hemispheres", "tumour")
 HEMISPHERE_LABELS: dict[str, int] = {
     "background": 0, "CSF": 1, "left grey matter": 2, "right grey matter": 3,
     "left white matter": 4, "right white matter": 5,
@@ -243,10 +244,23 @@ def _prepare_folder(out: Path) -> None:
         (out / sub).mkdir(parents=True, exist_ok=True)
 
 
-def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int, kind: str = "tissue") -> dict:
+def msd_case_lists(train_ids: list[str], test_ids: list[str], suffixed: bool = True) -> dict:
+    """dataset.json's case counts, file ending and ``training`` / ``test`` lists (images as
+    ``ID_0000`` when ``suffixed``, else as MSD's ``ID``)."""
     def entry(case: str, split: str) -> dict:
-        return {"image": f"./images{split}/{channel_stem(case, 0)}{NIFTI_GZ}", "label": f"./labels{split}/{case}{NIFTI_GZ}"}
+        image = channel_stem(case, 0) if suffixed else case
+        return {"image": f"./images{split}/{image}{NIFTI_GZ}", "label": f"./labels{split}/{case}{NIFTI_GZ}"}
 
+    return {
+        "numTraining": len(train_ids),
+        "numTest": len(test_ids),
+        "file_ending": NIFTI_GZ,
+        "training": [entry(c, "Tr") for c in train_ids],
+        "test": [entry(c, "Ts") for c in test_ids],
+    }
+
+
+def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int, kind: str = "tissue") -> dict:
     return {
         "name": DATASET_NAME,
         "description": (
@@ -261,11 +275,7 @@ def _dataset_json(train_ids: list[str], test_ids: list[str], seed: int, kind: st
         "channel_names": {"0": "T1"},
         "modality": {"0": "T1"},
         "labels": dict(LABELS if kind == "tissue" else HEMISPHERE_LABELS),
-        "numTraining": len(train_ids),
-        "numTest": len(test_ids),
-        "file_ending": NIFTI_GZ,
-        "training": [entry(c, "Tr") for c in train_ids],
-        "test": [entry(c, "Ts") for c in test_ids],
+        **msd_case_lists(train_ids, test_ids),
     }
 
 
@@ -281,8 +291,8 @@ def make_demo_dataset(
     thick slices) instead of a random one in ``SPACING_RANGE``.
     """
     out = Path(out)
-    if kind not in KINDS:
-        raise BrainsegError(f"--kind {kind!r}: expected one of {', '.join(KINDS)}")
+    if kind not in KINDS or kind == "tumour":
+        raise BrainsegError(f"--kind {kind!r}: expected one of {', '.join(KINDS[:2])} (tumour: demo_tumour.make_tumour_dataset)")
     if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0 or max(spacing) > 10):
         raise BrainsegError(f"--spacing {spacing}: expected three voxel sizes in mm, each in (0, 10]")
     n_train, n_test = _split_sizes(n, n_test, seed)

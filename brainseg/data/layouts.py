@@ -10,11 +10,15 @@ Three on-disk layouts are read by :func:`discover_dataset`:
     ``{"value": name}``) and optionally ``file_ending``. Without ``dataset.json`` the
     channels are named after their file suffixes (``"0000"``, ``"0001"``, ...) and the
     labels are left to be inferred from the data. The ``training`` list of ``dataset.json``
-    is not used: cases come from the folders, as in nnU-Net v2.
+    is not used: cases come from the folders, as in nnU-Net v2. A region-based
+    ``dataset.json`` (nnU-Net v2's ``"whole tumor": [1, 2, 3]``, ... with
+    ``regions_class_order``) sets :attr:`~.cases.Dataset.regions`.
 ``brats``
     One folder per case holding ``ID_t1``, ``ID_t1ce``, ``ID_t2``, ``ID_flair`` and
     ``ID_seg`` (BraTS up to 2021) or ``ID-t1n``, ``ID-t1c``, ``ID-t2w``, ``ID-t2f`` and
-    ``ID-seg`` (BraTS 2023 on). Cases without a segmentation go to the test split.
+    ``ID-seg`` (BraTS 2023 on). Cases without a segmentation go to the test split. The
+    regions are BraTS's WT/TC/ET (:data:`~brainseg.regions.BRATS_2021`, or ``BRATS_2023``
+    for the 2023 names); the labels are left to be inferred from the data.
 ``plain``
     ``images/`` and ``labels/``, matched by file name (``X.nii.gz`` with ``X.nii.gz``, or
     ``X_0000.nii.gz`` [``X_0001``, ...] with ``X.nii.gz``).
@@ -31,6 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
 
+from ..regions import brats_regions
 from ..naming import NIFTI_GZ, channel_tag, image_suffix, is_image_file, strip_suffix
 from .brats import BRATS_SEG, BRATS_STYLES, BratsCase, brats_candidate, brats_role, scan_brats
 from .cases import (
@@ -170,7 +175,7 @@ def _read_msd(root: Path, problems: list[str]) -> Dataset:
     else:
         test = [Case(cid, imgs) for cid, imgs in sorted(ts_images.items())]
     channels = info.channels if info.channels is not None else tuple(channel_tag(i) for i in range(n))
-    return Dataset(root, "msd", channels, dict(info.labels), train, test)
+    return Dataset(root, "msd", channels, dict(info.labels), train, test, regions=info.regions)
 
 
 def _read_plain(root: Path, problems: list[str]) -> Dataset:
@@ -226,8 +231,9 @@ def _read_brats(root: Path, problems: list[str]) -> Dataset:
         problems.append("no case folders with scans found: the data set is empty")
     elif not train and not problems:
         problems.append(f"no case has a segmentation (ID{'-' if style == '2023' else '_'}seg): nothing to train on")
+    regions = brats_regions((3,) if style == "2023" else (4,))  # enhancing tumour is 3 from BraTS 2023 on
     return Dataset(root, "brats", channels, {}, sorted(train, key=lambda c: c.case_id),
-                   sorted(test, key=lambda c: c.case_id))
+                   sorted(test, key=lambda c: c.case_id), regions=regions)
 
 
 def discover_dataset(root: Path) -> Dataset:
