@@ -60,6 +60,7 @@ from brainseg.data.demo_template import (
 )
 from brainseg.data.demo_template import orientation_matrix as _orientation_matrix
 from brainseg.data.demo_template import rotation as _rotation
+from brainseg.data.demo import HEMISPHERE_LABELS, hemisphere_labels
 from brainseg.io import write_image
 
 GENERATOR = "scripts/_generalisation_shifted.py v3"
@@ -175,8 +176,10 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nda
 
 
 def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings, seed: int,
-              index: int) -> tuple[np.ndarray, np.ndarray, SubjectGrid, dict]:
-    """(image float32, labels uint8, grid, measured facts) of one shifted scan."""
+              index: int, kind: str = "tissue") -> tuple[np.ndarray, np.ndarray, SubjectGrid, dict]:
+    """(image float32, labels uint8, grid, measured facts) of one shifted scan; ``kind``
+    "hemispheres" splits grey and white matter at the template's midline (the demo's
+    :func:`~brainseg.data.demo.hemisphere_labels`)."""
     rng = np.random.default_rng([seed, 2, index])
     lo, hi = world_box(template.affine, template.t1.shape)
     margin = rng.uniform(*MARGIN_MM, size=3)
@@ -185,9 +188,13 @@ def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings,
     grid = fixed_grid(settings, lo - margin, hi + margin, grid_centre, rng.normal(size=3))
     coords = warped_coordinates(rng, grid, template.affine, centre)
     t1, gm, wm, brain = (resample(m, coords) for m in (template.t1, template.gm, template.wm, brain_map))
+    template_x = template.affine[0, :3].astype(np.float32) @ coords.reshape(3, -1) + np.float32(template.affine[0, 3])
     del coords
     brain = brain >= 0.5
     labels = tissue_labels(brain, gm, wm)
+    if kind == "hemispheres":
+        labels = hemisphere_labels(labels, template_x.reshape(labels.shape))
+    del template_x
     del gm, wm
     bias = np.exp(smooth_field(rng, grid.shape, 4, settings.bias_std))
     signal = np.power(np.maximum(t1 * bias, 0.0), np.float32(settings.gamma)).astype(np.float32)
@@ -204,7 +211,7 @@ def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings,
         "axcodes": "".join(nib.aff2axcodes(grid.affine)),
         "voxel_mm": [round(float(v), 4) for v in np.linalg.norm(grid.affine[:3, :3], axis=0)],
         "brain_litres": round(float(brain.sum()) * voxel_ml / 1000.0, 4),
-        "label_litres": {str(v): round(float((labels == v).sum()) * voxel_ml / 1000.0, 4) for v in (1, 2, 3)},
+        "label_litres": {str(v): round(float((labels == v).sum()) * voxel_ml / 1000.0, 4) for v in range(1, int(labels.max()) + 1)},
         "white_matter_median": float(np.median(image[labels == 3])),
         "noise_sigma": round(sigma * settings.scale, 4),
         "exact_zero_fraction": round(float(np.mean(image == 0)), 6),
@@ -215,21 +222,23 @@ def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings,
 # --------------------------------------------------------------------------- the set
 
 
-def _manifest_matches(out: Path, n: int, seed: int) -> bool:
+def _manifest_matches(out: Path, n: int, seed: int, kind: str = "tissue") -> bool:
     try:
         meta = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    if meta.get("generator") != GENERATOR or meta.get("seed") != seed or len(meta.get("cases", [])) != n:
+    if (meta.get("generator") != GENERATOR or meta.get("seed") != seed or len(meta.get("cases", [])) != n
+            or meta.get("kind", "tissue") != kind):
         return False
     return all((out / "images" / f"{c['case_id']}_0000.nii.gz").is_file()
                and (out / "labels" / f"{c['case_id']}.nii.gz").is_file() for c in meta["cases"])
 
 
-def make_shifted_set(out: Path, n: int = 6, seed: int = DEFAULT_SEED, log=print) -> dict:
-    """Write ``n`` shifted scans to ``out`` (reused when its manifest says the same); return the manifest."""
+def make_shifted_set(out: Path, n: int = 6, seed: int = DEFAULT_SEED, log=print, kind: str = "tissue") -> dict:
+    """Write ``n`` shifted scans to ``out`` (reused when its manifest says the same); return the manifest.
+    ``kind``: "tissue" (the demo's labels) or "hemispheres" (left/right grey and white matter)."""
     out = Path(out)
-    if _manifest_matches(out, n, seed):
+    if _manifest_matches(out, n, seed, kind):
         log(f"shifted set: reusing {n} scans in {out}")
         return json.loads((out / "manifest.json").read_text())
     for sub in ("images", "labels"):
@@ -240,14 +249,15 @@ def make_shifted_set(out: Path, n: int = 6, seed: int = DEFAULT_SEED, log=print)
     cases = []
     for index in range(n):
         settings = scan_settings(seed, index)
-        image, labels, grid, facts = make_scan(template, brain_map, settings, seed, index)
+        image, labels, grid, facts = make_scan(template, brain_map, settings, seed, index, kind)
         geometry = nifti_geometry(grid)
         write_image(out / "images" / f"{settings.case_id}_0000.nii.gz", image, geometry, dtype=np.float32)
         write_image(out / "labels" / f"{settings.case_id}.nii.gz", labels, geometry, dtype=np.uint8)
         cases.append({**asdict(settings), "description": settings.describe(), **facts})
         log(f"shifted set [{index + 1}/{n}] {settings.case_id}: {settings.describe()}, shape {grid.shape}, "
             f"brain {facts['brain_litres']:.2f} L")
-    manifest = {"generator": GENERATOR, "seed": seed, "labels": {str(v): k for k, v in LABELS.items()},
+    names = HEMISPHERE_LABELS if kind == "hemispheres" else LABELS
+    manifest = {"generator": GENERATOR, "seed": seed, "kind": kind, "labels": {str(v): k for k, v in names.items()},
                 "cases": cases}
     text = json.dumps(manifest, indent=1) + "\n"
     atomic_write_text(out / "manifest.json", text)
