@@ -17,12 +17,17 @@ Stored form (format 2)::
      "intensity": [],                     # scheme "ct": per channel the data set's foreground
                                           # {"mean", "std", "percentile_00_5", "percentile_99_5"}
      "preprocess_version": 6,             # brainseg.data.preprocess.PREPROCESS_VERSION
+     "regions": null,                     # region models: Regions.to_dict(), one sigmoid output
+                                          # per region (then "network"'s num_classes is their count)
+     "region_thresholds": [],             # per region, the probability a voxel must reach (empty: 0.5)
+     "innermost_min_mm3": 0.0,            # the enhancing-tumour rule's volume, chosen on validation
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
 Format 1 (brainseg before the typed card) is read too: its network sits under
 ``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
-last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none.
+last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none;
+one without ``"regions"`` (before region training) is a label model.
 :meth:`ModelCard.from_dict` checks every key and type and
 raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
 """
@@ -35,6 +40,7 @@ from typing import Any, Mapping
 
 from .config import ModelConfig, config_from_dict
 from .errors import BrainsegError
+from .regions import Regions
 
 #: The format this brainseg writes; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
@@ -115,6 +121,12 @@ class ModelCard:
     format: int = CARD_FORMAT
     #: Per channel, the training set's foreground intensities (scheme ``ct``; empty otherwise).
     intensity: tuple[ChannelIntensity, ...] = ()
+    #: Region model: its regions (one sigmoid output each, no background output); None: a label model.
+    regions: Regions | None = None
+    #: Per region, the probability threshold (empty: 0.5 each).
+    region_thresholds: tuple[float, ...] = ()
+    #: The enhancing-tumour rule's volume (mm^3) chosen on the validation cases; 0 = off.
+    innermost_min_mm3: float = 0.0
 
     # ------------------------------------------------------------------ views
     @property
@@ -124,7 +136,14 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int:
+        """The network's outputs: classes (background included), or regions for a region model."""
         return self.network.num_classes
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Per region, the probability a voxel needs to be in it (0.5 unless the card says otherwise)."""
+        n = len(self.regions) if self.regions is not None else 0
+        return tuple(self.region_thresholds) or (0.5,) * n
 
     # ------------------------------------------------------------------ stored form
     def to_dict(self) -> dict[str, Any]:
@@ -138,6 +157,9 @@ class ModelCard:
             "normalization": asdict(self.normalization),
             "intensity": [c.to_dict() for c in self.intensity],
             "preprocess_version": int(self.preprocess_version),
+            "regions": self.regions.to_dict() if self.regions is not None else None,
+            "region_thresholds": [float(t) for t in self.region_thresholds],
+            "innermost_min_mm3": float(self.innermost_min_mm3),
             "config": dict(self.config),
             "versions": dict(self.versions),
         }
@@ -178,6 +200,9 @@ class ModelCard:
             )
             preprocess_version = int(raw.get("preprocess_version", FORMAT1_PREPROCESS_VERSION))
             intensity = tuple(ChannelIntensity.from_dict(c) for c in raw.get("intensity") or ())
+            regions = Regions.from_dict(raw["regions"]) if raw.get("regions") is not None else None
+            thresholds = tuple(float(t) for t in raw.get("region_thresholds") or ())
+            innermost_min_mm3 = float(raw.get("innermost_min_mm3") or 0.0)
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -186,7 +211,9 @@ class ModelCard:
             raise fail(f"'patch_size' must be 3 positive integers, got {list(patch)}")
         if not channels or len(channels) != network.in_channels:
             raise fail(f"lists {len(channels)} channel(s) {list(channels)} but the network takes {network.in_channels}")
-        if len(labels) != network.num_classes or 0 not in labels:
+        if regions is not None:
+            _check_regions(regions, thresholds, innermost_min_mm3, labels, network.num_classes, fail)
+        elif len(labels) != network.num_classes or 0 not in labels:
             raise fail(
                 f"lists labels {sorted(labels)} but the network has {network.num_classes} classes "
                 "(the labels must be one per class, background 0 included)"
@@ -211,7 +238,22 @@ class ModelCard:
             versions={str(k): str(v) for k, v in versions.items()},
             format=int(fmt),
             intensity=intensity,
+            regions=regions,
+            region_thresholds=thresholds,
+            innermost_min_mm3=innermost_min_mm3,
         )
+
+
+def _check_regions(regions: Regions, thresholds, innermost_min_mm3: float, labels, num_classes: int, fail) -> None:
+    """A region model's card: one output per region, region labels among its labels, thresholds in (0, 1)."""
+    if len(regions) != num_classes:
+        raise fail(f"lists {len(regions)} region(s) {list(regions.names)} but the network has {num_classes} outputs")
+    if 0 not in labels or not set(regions.label_values) <= set(labels):
+        raise fail(f"lists labels {sorted(labels)}, which must hold 0 and the regions' labels {list(regions.label_values)}")
+    if thresholds and (len(thresholds) != len(regions) or not all(0.0 < t < 1.0 for t in thresholds)):
+        raise fail(f"has region_thresholds {list(thresholds)}: expected one in (0, 1) per region or none")
+    if not math.isfinite(innermost_min_mm3) or innermost_min_mm3 < 0:
+        raise fail(f"has innermost_min_mm3 {innermost_min_mm3}: expected a volume >= 0")
 
 
 def package_versions() -> dict[str, str]:

@@ -7,28 +7,38 @@ Each step is the library function a user's command runs; the demo only chains th
     OUT/predictions/    masks for the held-out subjects, volumes.csv
     OUT/evaluation/     metrics.csv, summary.json
     OUT/overlay.png     one prediction over its scan, three orthogonal slices
+
+``kind`` "tumour" runs the same chain on the tumour demo data (``brainseg demo-data
+--kind tumour``) with ``configs/brats_cpu.yaml``: a region model (WT, TC, ET) whose
+held-out Dice is reported per region as well (:func:`region_scores`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .config import load_config
-from .data.demo import make_demo_dataset
+from .data.demo import KINDS, make_demo_dataset
 from .errors import BrainsegError
 from .evaluate import evaluate_folders
 from .infer.batch import MASK_SUFFIX, PROBABILITIES_SUFFIX, predict
+from .io import read_label
+from .model.checkpoint import load_card
 from .naming import NIFTI_GZ, channel_stem
+from .regions import Regions
 from .train.trainer import train
 from .viz import overlay_png
 
 log = logging.getLogger(__name__)
 
 DEMO_CONFIG_NAME = "demo.yaml"
+#: The demo's kinds of data and the config each trains with.
+DEMO_CONFIGS = {"tissue": "demo.yaml", "hemispheres": "demo.yaml", "tumour": "brats_cpu.yaml"}
 
 
 @dataclass(frozen=True)
@@ -41,15 +51,31 @@ class DemoResult:
     evaluation: Path
     overlay: Path
     minutes: float
+    #: Region models: region name -> {"mean", "std"} Dice over the held-out cases.
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def find_demo_config() -> Path:
-    """configs/demo.yaml of the working directory or of the source checkout."""
+def find_demo_config(name: str = DEMO_CONFIG_NAME) -> Path:
+    """configs/NAME (demo.yaml) of the working directory or of the source checkout."""
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        candidate = base / "configs" / DEMO_CONFIG_NAME
+        candidate = base / "configs" / name
         if candidate.is_file():
             return candidate
-    raise BrainsegError("configs/demo.yaml not found: run from the repository root or pass --config")
+    raise BrainsegError(f"configs/{name} not found: run from the repository root or pass --config")
+
+
+def region_scores(pred_dir: Path, ref_dir: Path, regions: Regions) -> dict[str, dict[str, float]]:
+    """Dice of each region over the cases of ``pred_dir`` with a reference ``ref_dir/ID.nii.gz``:
+    region name -> {"mean", "std"} (each case's masks in its own grid)."""
+    per_case: list[dict[str, float]] = []
+    for pred in sorted(p for p in Path(pred_dir).glob(f"*{MASK_SUFFIX}") if not p.name.endswith(PROBABILITIES_SUFFIX)):
+        ref = Path(ref_dir) / pred.name
+        if ref.is_file():
+            per_case.append(regions.dice(read_label(pred)[0], read_label(ref)[0]))
+    if not per_case:
+        raise BrainsegError(f"{pred_dir}: no prediction has a reference in {ref_dir}")
+    return {n: {"mean": float(np.mean([c[n] for c in per_case])), "std": float(np.std([c[n] for c in per_case]))}
+            for n in regions.names}
 
 
 def run_demo(
@@ -61,18 +87,26 @@ def run_demo(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    kind: str = "tissue",
 ) -> DemoResult:
+    if kind not in DEMO_CONFIGS:
+        raise BrainsegError(f"demo --kind {kind!r}: expected one of {', '.join(DEMO_CONFIGS)}")
+    if kind not in KINDS:
+        raise BrainsegError(
+            f"demo --kind {kind}: this brainseg has no {kind} demo data generator yet (brainseg demo-data --kind "
+            f"knows {', '.join(KINDS)})"
+        )
     out = Path(out)
     data, run, preds, evaluation = out / "data", out / "run", out / "predictions", out / "evaluation"
     t0 = time.perf_counter()
 
-    log.info(f"[1/4] demo data: {n} subjects from the MNI ICBM152 template -> {data}")
+    log.info(f"[1/4] demo data ({kind}): {n} subjects from the MNI ICBM152 template -> {data}")
     if not (data / "dataset.json").is_file():
-        make_demo_dataset(data, n=n, seed=seed)
+        make_demo_dataset(data, n=n, seed=seed, kind=kind)
     else:
         log.info("      (already there, reused)")
 
-    cfg = load_config(config or find_demo_config(), overrides or [])
+    cfg = load_config(config or find_demo_config(DEMO_CONFIGS[kind]), overrides or [])
     log.info(f"[2/4] training for up to {max_minutes:g} min -> {run}")
     resume = (run / "checkpoint_last.pt").is_file() and not (run / "checkpoint_final.pt").is_file()
     if (run / "checkpoint_final.pt").is_file():
@@ -90,8 +124,9 @@ def run_demo(
     if summary["failed"] or not summary["labels"]:
         raise BrainsegError("evaluation failed (see above)")
 
-    dataset = json.loads((data / "dataset.json").read_text())
-    names = {int(v): k for k, v in dataset["labels"].items()}
+    card = load_card(run)
+    names = dict(card.labels)
+    regions = region_scores(preds, data / "labelsTs", card.regions) if card.regions is not None else {}
     first = sorted(p for p in preds.glob(f"*{MASK_SUFFIX}") if not p.name.endswith(PROBABILITIES_SUFFIX))[0]
     case_id = first.name[: -len(MASK_SUFFIX)]
     overlay = overlay_png(
@@ -101,4 +136,5 @@ def run_demo(
         label_names=names,
         title=f"{case_id}: prediction over the scan",
     )
-    return DemoResult(summary, names, out, run, preds, evaluation, overlay, (time.perf_counter() - t0) / 60)
+    minutes = (time.perf_counter() - t0) / 60
+    return DemoResult(summary, names, out, run, preds, evaluation, overlay, minutes, regions)

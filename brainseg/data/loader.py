@@ -5,7 +5,10 @@ Sample ``i`` (a global counter over the whole run) is a pure function of
 on the number of worker processes, a resumed run draws exactly the patches the
 uninterrupted run would have drawn, and each DDP rank draws different patches.
 Within each batch the last ``ceil(batch * foreground_fraction)`` samples are centred
-on a voxel of a randomly chosen foreground class present in their case.
+on a voxel of a randomly chosen foreground class present in their case; for region
+training (a ``region_table``) on a voxel of a randomly chosen region present in it
+(:func:`~brainseg.data.patches.region_locations`: the stored voxels of its classes).
+Targets stay class indices either way; the loss turns them into region masks.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..config import AugmentConfig
 from . import augment
 from .cache import CachedCase
-from .patches import extract_patch, foreground_center, random_center
+from .patches import extract_patch, foreground_center, random_center, region_locations
 
 
 class PatchDataset(Dataset):
@@ -33,6 +36,7 @@ class PatchDataset(Dataset):
         augment_cfg: AugmentConfig,
         seed: int = 0,
         rank: int = 0,
+        region_table: np.ndarray | None = None,
     ):
         if not cases:
             raise ValueError("no training cases")
@@ -43,6 +47,8 @@ class PatchDataset(Dataset):
         self.aug = augment_cfg
         self.seed = int(seed)
         self.rank = int(rank)
+        #: (K, R) class -> region table for region training (foreground patches on regions), or None.
+        self.region_table = region_table
         self._arrays: dict[int, tuple] = {}
 
     def __len__(self) -> int:  # indices are unbounded; the sampler decides
@@ -52,7 +58,10 @@ class PatchDataset(Dataset):
         if k not in self._arrays:  # opened lazily, per worker process (memory maps)
             case = self.cases[k]
             image, seg = case.load(mmap=True)
-            self._arrays[k] = (image, seg, case.locations())
+            locations = case.locations()
+            if self.region_table is not None:
+                locations = region_locations(locations, self.region_table)
+            self._arrays[k] = (image, seg, locations)
         return self._arrays[k]
 
     def wants_foreground(self, index: int) -> bool:
