@@ -27,7 +27,8 @@ Stored form (format 2)::
 Format 1 (brainseg before the typed card) is read too: its network sits under
 ``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
 last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none;
-one without ``"regions"`` (before region training) is a label model.
+one without ``"regions"`` (before region training) is a label model. A region model's card
+has format 3 (:data:`REGION_CARD_FORMAT`), otherwise the same keys.
 :meth:`ModelCard.from_dict` checks every key and type and
 raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
 """
@@ -42,9 +43,12 @@ from .config import ModelConfig, config_from_dict
 from .errors import BrainsegError
 from .regions import Regions
 
-#: The format this brainseg writes; :data:`READABLE_FORMATS` are those it reads.
+#: The format this brainseg writes for label models; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+#: The format of a region model's card: brainseg before region training could not use one, so
+#: it says "written by a newer brainseg" instead of misreading its outputs as classes.
+REGION_CARD_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 #: What a format-1 card's preprocessing was (it did not say).
 FORMAT1_PREPROCESS_VERSION = 4
 NORMALIZATION_SCHEMES = ("zscore", "quantile", "none", "ct")
@@ -118,7 +122,7 @@ class ModelCard:
     #: The whole run config (``Config.to_dict()``); predict takes ``infer``/``postprocess`` from it.
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    format: int = CARD_FORMAT
+    format: int = CARD_FORMAT  # REGION_CARD_FORMAT when read from a region card
     #: Per channel, the training set's foreground intensities (scheme ``ct``; empty otherwise).
     intensity: tuple[ChannelIntensity, ...] = ()
     #: Region model: its regions (one sigmoid output each, no background output); None: a label model.
@@ -148,7 +152,7 @@ class ModelCard:
     # ------------------------------------------------------------------ stored form
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": CARD_FORMAT,
+            "format": CARD_FORMAT if self.regions is None else REGION_CARD_FORMAT,
             "network": self.network.kwargs(),
             "labels": {str(k): v for k, v in sorted(self.labels.items())},
             "channels": list(self.channels),
@@ -211,6 +215,8 @@ class ModelCard:
             raise fail(f"'patch_size' must be 3 positive integers, got {list(patch)}")
         if not channels or len(channels) != network.in_channels:
             raise fail(f"lists {len(channels)} channel(s) {list(channels)} but the network takes {network.in_channels}")
+        if fmt == REGION_CARD_FORMAT and regions is None:
+            raise fail(f"has format {fmt} (a region model) but no 'regions'")
         if regions is not None:
             _check_regions(regions, thresholds, innermost_min_mm3, labels, network.num_classes, fail)
         elif len(labels) != network.num_classes or 0 not in labels:

@@ -19,7 +19,7 @@ import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 
-from brainseg.card import ModelCard
+from brainseg.card import CARD_FORMAT, REGION_CARD_FORMAT, ModelCard
 from brainseg.config import LabelsConfig, load_config
 from brainseg.data.patches import foreground_center, region_locations
 from brainseg.errors import BrainsegError
@@ -239,7 +239,7 @@ def test_innermost_volume_must_not_be_negative():
 @pytest.mark.slow
 def test_cli_training_on_brats_layout_writes_a_region_card(region_run: Path):
     card = ModelCard.from_dict(load_checkpoint(region_run / "checkpoint_final.pt")["card"])
-    assert card.regions == BRATS_2021 and card.num_classes == 3
+    assert card.regions == BRATS_2021 and card.num_classes == 3 and card.format == REGION_CARD_FORMAT == 3
     assert card.labels == {0: "background", 1: "label_1", 2: "label_2", 4: "label_4"}
     assert card.thresholds == (0.5, 0.5, 0.5)
     assert card.innermost_min_mm3 in INNERMOST_CANDIDATES_MM3
@@ -294,13 +294,16 @@ def test_region_card_checks_its_outputs(tiny_checkpoint_factory):
     assert ModelCard.from_dict(right).regions.names == ("A", "B", "C")
     with pytest.raises(BrainsegError, match="region_thresholds"):
         ModelCard.from_dict({**right, "region_thresholds": [0.5, 1.5, 0.5]})
+    with pytest.raises(BrainsegError, match="format 3 .* no 'regions'"):
+        ModelCard.from_dict({**card, "format": 3})
+    assert ModelCard.from_dict(right).to_dict()["format"] == 3
 
 
 def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpoint_factory, tmp_path):
     path = tiny_checkpoint_factory()
     state = load_checkpoint(path)
     old = {k: v for k, v in state["card"].items() if k not in ("regions", "region_thresholds", "innermost_min_mm3")}
-    assert ModelCard.from_dict(old).regions is None
+    assert ModelCard.from_dict(old).regions is None and state["card"]["format"] == CARD_FORMAT == 2
     old_path = save_checkpoint(tmp_path / "old" / "checkpoint_final.pt", {**state, "card": old})
     scan = tmp_path / "scans" / "head_0000.nii.gz"
     scan.parent.mkdir()
@@ -319,3 +322,34 @@ def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpo
         assert np.mean(masks[name] == np.argmax(probs, -1)) > 0.999  # the argmax, as before (input_mask none)
     assert np.array_equal(masks["old"], masks["new"]) and len(np.unique(masks["old"])) > 1
     assert json.loads((tmp_path / "old" / "head_probabilities.json").read_text())["kind"] == "classes"
+
+
+# --------------------------------------------------------------------------- the tumour demo
+
+
+def test_tumour_demo_is_wired_through_or_says_its_data_generator_is_missing(tmp_path):
+    from brainseg.data.demo import KINDS
+
+    if "tumour" in KINDS:
+        pytest.skip("the tumour data generator exists: test_tumour_demo_end_to_end runs the demo")
+    result = run_cli("demo", "--kind", "tumour", "--out", str(tmp_path / "demo"))
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.startswith("brainseg: error")]
+    assert len(lines) == 1 and "tumour demo data generator" in lines[0], result.stderr
+    assert not (tmp_path / "demo").exists()  # nothing half-made
+
+
+@pytest.mark.slow
+def test_tumour_demo_end_to_end(tmp_path):
+    from brainseg.data.demo import KINDS
+
+    if "tumour" not in KINDS:
+        pytest.skip("no tumour demo data generator yet (branch i15-data)")
+    tiny = [a for a in TINY if a != "--set" and not a.startswith(("data.val_fraction", "postprocess"))]
+    sets = [x for item in tiny for x in ("--set", item)]
+    result = run_cli("demo", "--kind", "tumour", "--n", "4", "--out", str(tmp_path / "demo"), "--max-minutes", "0.2",
+                     "--set", "train.epochs=2", *sets)
+    assert result.returncode == 0, result.stderr
+    assert "Dice per tumour region" in result.stdout
+    for region in ("WT", "TC", "ET"):
+        assert any(line.split()[:1] == [region] for line in result.stdout.splitlines()), result.stdout
