@@ -178,6 +178,10 @@ def test_regions_resolve_from_the_config_else_the_data_set():
     assert mine.names == ("WT", "ET") and mine.class_order == (1, 4)  # WT writes its smallest own label
     with pytest.raises(BrainsegError, match="not among the data set's labels"):
         resolve_regions(LabelsConfig(), BRATS_2023, labels)
+    reordered = resolve_regions(LabelsConfig(regions_class_order=[1, 1, 4]), BRATS_2021, labels)
+    assert reordered.names == BRATS_2021.names and reordered.class_order == (1, 1, 4)
+    with pytest.raises(BrainsegError, match="regions_class_order is set but there are no regions"):
+        resolve_regions(LabelsConfig(regions_class_order=[2, 1, 4]), None, labels)
 
 
 # --------------------------------------------------------------------------- the ET rule

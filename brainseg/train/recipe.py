@@ -15,6 +15,7 @@ from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
 from ..regions import Regions
+from ..runtime import torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +42,22 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
 
 def resolve_regions(config: LabelsConfig, dataset_regions: Regions | None, labels: dict[int, str]) -> Regions | None:
     """What the network learns: the config's ``labels.regions`` when given ({}: per-label
-    training), else the data set's regions; None = per-label (softmax) training. Every
-    region's label values must be labels of the data set."""
+    training), else the data set's regions (in ``labels.regions_class_order`` if that is set);
+    None = per-label (softmax) training. Every region's label values must be labels of the data set."""
     if config.regions is None:
         regions = dataset_regions
+        if regions is not None and config.regions_class_order is not None:  # the data set's, reordered
+            regions = Regions(regions.names, regions.labels, tuple(int(v) for v in config.regions_class_order))
     elif not config.regions:
         regions = None
     else:
         regions = Regions.from_config(config.regions, config.regions_class_order)
+    if regions is None and config.regions_class_order is not None:
+        raise BrainsegError("config labels.regions_class_order is set but there are no regions (labels.regions, "
+                            "or a data set that defines them)")
     if regions is not None:
         regions.class_table(labels)  # one error line when a region names an unknown label
+    if regions is not None and torchrun_env().is_main:
         log.info(f"region-based training: {', '.join(f'{n} {list(v)}' for n, v in zip(regions.names, regions.labels))}")
     return regions
 

@@ -92,8 +92,9 @@ class Validation:
         means = [t / max(count, 1.0) for t in totals]
         best = smallest_best(candidates, means)
         table = ", ".join(f"{c:g}: {m:.4f}" for c, m in zip(candidates, means))
-        log.info(f"enhancing-tumour rule ({self.regions.names[-1]} under N mm^3 -> label {self.regions.innermost[1]}): "
-                 f"mean region Dice by N {table}; chosen {best:g} mm^3")
+        if self.info.is_main:
+            log.info(f"enhancing-tumour rule ({self.regions.names[-1]} under N mm^3 -> label {self.regions.innermost[1]}): "
+                     f"mean region Dice by N {table}; chosen {best:g} mm^3")
         return best
 
 
