@@ -19,12 +19,18 @@ Stored form (format 2)::
      "training_ranges": {...},            # the training scans' spacing, extent, contrast ranges
                                           # (brainseg.ranges.TrainingRanges; null: no OOD check)
      "preprocess_version": 6,             # brainseg.data.preprocess.PREPROCESS_VERSION
+     "regions": null,                     # region models: Regions.to_dict(), one sigmoid output
+                                          # per region (then "network"'s num_classes is their count)
+     "region_thresholds": [],             # per region, the probability a voxel must reach (empty: 0.5)
+     "innermost_min_mm3": 0.0,            # the enhancing-tumour rule's volume, chosen on validation
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
 Format 1 (brainseg before the typed card) is read too: its network sits under
 ``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
-last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none.
+last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none;
+one without ``"regions"`` (before region training) is a label model. A region model's card
+has format 3 (:data:`REGION_CARD_FORMAT`), otherwise the same keys.
 :meth:`ModelCard.from_dict` checks every key and type and
 raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
 """
@@ -38,10 +44,14 @@ from typing import Any, Mapping
 from .config import ModelConfig, config_from_dict
 from .errors import BrainsegError
 from .ranges import TrainingRanges
+from .regions import Regions
 
-#: The format this brainseg writes; :data:`READABLE_FORMATS` are those it reads.
+#: The format this brainseg writes for label models; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+#: The format of a region model's card: brainseg before region training could not use one, so
+#: it says "written by a newer brainseg" instead of misreading its outputs as classes.
+REGION_CARD_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 #: What a format-1 card's preprocessing was (it did not say).
 FORMAT1_PREPROCESS_VERSION = 4
 NORMALIZATION_SCHEMES = ("zscore", "quantile", "none", "ct")
@@ -115,11 +125,17 @@ class ModelCard:
     #: The whole run config (``Config.to_dict()``); predict takes ``infer``/``postprocess`` from it.
     config: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
-    format: int = CARD_FORMAT
+    format: int = CARD_FORMAT  # REGION_CARD_FORMAT when read from a region card
     #: Per channel, the training set's foreground intensities (scheme ``ct``; empty otherwise).
     intensity: tuple[ChannelIntensity, ...] = ()
     #: The training scans' ranges, for the out-of-distribution check (None: unknown, no check).
     training_ranges: TrainingRanges | None = None
+    #: Region model: its regions (one sigmoid output each, no background output); None: a label model.
+    regions: Regions | None = None
+    #: Per region, the probability threshold (empty: 0.5 each).
+    region_thresholds: tuple[float, ...] = ()
+    #: The enhancing-tumour rule's volume (mm^3) chosen on the validation cases; 0 = off.
+    innermost_min_mm3: float = 0.0
 
     # ------------------------------------------------------------------ views
     @property
@@ -129,12 +145,19 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int:
+        """The network's outputs: classes (background included), or regions for a region model."""
         return self.network.num_classes
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        """Per region, the probability a voxel needs to be in it (0.5 unless the card says otherwise)."""
+        n = len(self.regions) if self.regions is not None else 0
+        return tuple(self.region_thresholds) or (0.5,) * n
 
     # ------------------------------------------------------------------ stored form
     def to_dict(self) -> dict[str, Any]:
         return {
-            "format": CARD_FORMAT,
+            "format": CARD_FORMAT if self.regions is None else REGION_CARD_FORMAT,
             "network": self.network.kwargs(),
             "labels": {str(k): v for k, v in sorted(self.labels.items())},
             "channels": list(self.channels),
@@ -144,6 +167,9 @@ class ModelCard:
             "intensity": [c.to_dict() for c in self.intensity],
             "training_ranges": None if self.training_ranges is None else self.training_ranges.to_dict(),
             "preprocess_version": int(self.preprocess_version),
+            "regions": self.regions.to_dict() if self.regions is not None else None,
+            "region_thresholds": [float(t) for t in self.region_thresholds],
+            "innermost_min_mm3": float(self.innermost_min_mm3),
             "config": dict(self.config),
             "versions": dict(self.versions),
         }
@@ -186,6 +212,9 @@ class ModelCard:
             intensity = tuple(ChannelIntensity.from_dict(c) for c in raw.get("intensity") or ())
             ranges = raw.get("training_ranges")
             training_ranges = None if ranges is None else TrainingRanges.from_dict(ranges)
+            regions = Regions.from_dict(raw["regions"]) if raw.get("regions") is not None else None
+            thresholds = tuple(float(t) for t in raw.get("region_thresholds") or ())
+            innermost_min_mm3 = float(raw.get("innermost_min_mm3") or 0.0)
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -194,7 +223,11 @@ class ModelCard:
             raise fail(f"'patch_size' must be 3 positive integers, got {list(patch)}")
         if not channels or len(channels) != network.in_channels:
             raise fail(f"lists {len(channels)} channel(s) {list(channels)} but the network takes {network.in_channels}")
-        if len(labels) != network.num_classes or 0 not in labels:
+        if fmt == REGION_CARD_FORMAT and regions is None:
+            raise fail(f"has format {fmt} (a region model) but no 'regions'")
+        if regions is not None:
+            _check_regions(regions, thresholds, innermost_min_mm3, labels, network.num_classes, fail)
+        elif len(labels) != network.num_classes or 0 not in labels:
             raise fail(
                 f"lists labels {sorted(labels)} but the network has {network.num_classes} classes "
                 "(the labels must be one per class, background 0 included)"
@@ -220,7 +253,22 @@ class ModelCard:
             format=int(fmt),
             intensity=intensity,
             training_ranges=training_ranges,
+            regions=regions,
+            region_thresholds=thresholds,
+            innermost_min_mm3=innermost_min_mm3,
         )
+
+
+def _check_regions(regions: Regions, thresholds, innermost_min_mm3: float, labels, num_classes: int, fail) -> None:
+    """A region model's card: one output per region, region labels among its labels, thresholds in (0, 1)."""
+    if len(regions) != num_classes:
+        raise fail(f"lists {len(regions)} region(s) {list(regions.names)} but the network has {num_classes} outputs")
+    if 0 not in labels or not set(regions.label_values) <= set(labels):
+        raise fail(f"lists labels {sorted(labels)}, which must hold 0 and the regions' labels {list(regions.label_values)}")
+    if thresholds and (len(thresholds) != len(regions) or not all(0.0 < t < 1.0 for t in thresholds)):
+        raise fail(f"has region_thresholds {list(thresholds)}: expected one in (0, 1) per region or none")
+    if not math.isfinite(innermost_min_mm3) or innermost_min_mm3 < 0:
+        raise fail(f"has innermost_min_mm3 {innermost_min_mm3}: expected a volume >= 0")
 
 
 def package_versions() -> dict[str, str]:

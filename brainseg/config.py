@@ -169,6 +169,12 @@ class PostprocessConfig:
     #: background); "fill" (also every non-zero voxel gets a foreground label, for
     #: skull-stripped tissue segmentation).
     input_mask: str = "none"
+    #: Region models (BraTS): the enhancing-tumour rule. When the innermost region (the last
+    #: of the class order: ET) covers less than this many mm^3 in a case, its voxels take the
+    #: label of the region before it (TC: necrosis, 1), BraTS's fix for false-positive ET.
+    #: null = the value training chose on the validation cases (kept in the model card),
+    #: 0 = off. Label models ignore it.
+    innermost_min_mm3: float | None = None
 
 
 @dataclass
@@ -278,6 +284,8 @@ def _check_values(name: str, kwargs: dict[str, Any]) -> None:
         raise BrainsegError(f"config train.max_nonfinite_steps: must be at least 1, got {value}")
     if name == "infer" and "overlap" in kwargs and not 0.0 <= kwargs["overlap"] < 1.0:
         raise BrainsegError(f"config infer.overlap: must be in [0, 1), got {kwargs['overlap']}")
+    if name == "postprocess" and (kwargs.get("innermost_min_mm3") or 0.0) < 0:
+        raise BrainsegError(f"config postprocess.innermost_min_mm3: must be >= 0 or null, got {kwargs['innermost_min_mm3']}")
     if name == "data" and kwargs.get("target_spacing") is not None:
         spacing = kwargs["target_spacing"]
         if len(spacing) != 3 or min(spacing) <= 0:

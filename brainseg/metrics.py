@@ -21,13 +21,15 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .arrays import bounding_box
-from .regions import Regions
+
+if TYPE_CHECKING:  # regions.py scores with this module's dice: no import at run time
+    from .regions import Regions
 
 
 def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
@@ -145,3 +147,20 @@ def region_scores(
         distance = hd95(p, r, spacing)
         out[name] = (dice(p, r), float(penalty_mm) if math.isinf(distance) else distance)
     return out
+
+
+# ----------------------------------------------------------------------------- left/right
+
+
+def side_confusion(pred: np.ndarray, ref: np.ndarray, pairs: Sequence[Sequence[int]]) -> float:
+    """Of the reference's voxels that hold a left or right label of ``pairs``, the fraction the
+    prediction gives the partner label (the other hemisphere's): 0 = no left/right confusion.
+    Both empty: 0.0."""
+    lateral = np.zeros(ref.shape, dtype=bool)
+    swapped = np.zeros(ref.shape, dtype=bool)
+    for left, right in pairs:
+        is_left, is_right = ref == left, ref == right
+        lateral |= is_left | is_right
+        swapped |= (is_left & (pred == right)) | (is_right & (pred == left))
+    n = int(np.count_nonzero(lateral))
+    return float(np.count_nonzero(swapped) / n) if n else 0.0

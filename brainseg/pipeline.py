@@ -7,21 +7,28 @@ Each step is the library function a user's command runs; the demo only chains th
     OUT/predictions/    masks for the held-out subjects, volumes.csv
     OUT/evaluation/     metrics.csv, summary.json
     OUT/overlay.png     one prediction over its scan, three orthogonal slices
+
+``kind`` "tumour" runs the same chain on the tumour demo data (``brainseg demo-data
+--kind tumour``) with ``configs/brats_cpu.yaml``: a region model (WT, TC, ET) whose
+held-out Dice is reported per region as well (:func:`~brainseg.evaluate_regions.evaluate_region_folders`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
 
 from .config import load_config
 from .data.demo import make_demo_dataset
+from .data.demo_tumour import make_tumour_dataset
 from .errors import BrainsegError
 from .evaluate import evaluate_folders
+from .evaluate_regions import evaluate_region_folders
 from .infer.batch import MASK_SUFFIX, PROBABILITIES_SUFFIX, predict
+from .model.checkpoint import load_card
 from .naming import NIFTI_GZ, channel_stem
 from .train.trainer import train
 from .viz import overlay_png
@@ -29,6 +36,8 @@ from .viz import overlay_png
 log = logging.getLogger(__name__)
 
 DEMO_CONFIG_NAME = "demo.yaml"
+#: The demo's kinds of data and the config each trains with.
+DEMO_CONFIGS = {"tissue": "demo.yaml", "hemispheres": "demo.yaml", "tumour": "brats_cpu.yaml"}
 
 
 @dataclass(frozen=True)
@@ -41,15 +50,26 @@ class DemoResult:
     evaluation: Path
     overlay: Path
     minutes: float
+    #: Region models: region name -> {"mean", "std"} Dice over the held-out cases.
+    regions: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
-def find_demo_config() -> Path:
-    """configs/demo.yaml of the working directory or of the source checkout."""
+def find_demo_config(name: str = DEMO_CONFIG_NAME) -> Path:
+    """configs/NAME (demo.yaml) of the working directory or of the source checkout."""
     for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        candidate = base / "configs" / DEMO_CONFIG_NAME
+        candidate = base / "configs" / name
         if candidate.is_file():
             return candidate
-    raise BrainsegError("configs/demo.yaml not found: run from the repository root or pass --config")
+    raise BrainsegError(f"configs/{name} not found: run from the repository root or pass --config")
+
+
+def region_dice(summary: dict) -> dict[str, dict[str, float]]:
+    """Region name -> {"mean", "std"} Dice from :func:`~brainseg.evaluate_regions.evaluate_region_folders`' summary."""
+    return {name: {"mean": r["dice"]["mean"], "std": r["dice"]["std"]} for name, r in summary["regions"].items()}
+
+
+#: The tumour demo: 12 training and 4 held-out cases unless ``n`` says otherwise.
+TUMOUR_CASES, TUMOUR_TEST = 16, 4
 
 
 def run_demo(
@@ -61,18 +81,24 @@ def run_demo(
     device: str = "auto",
     seed: int = 0,
     progress: bool = True,
+    kind: str = "tissue",
 ) -> DemoResult:
+    if kind not in DEMO_CONFIGS:
+        raise BrainsegError(f"demo --kind {kind!r}: expected one of {', '.join(DEMO_CONFIGS)}")
     out = Path(out)
     data, run, preds, evaluation = out / "data", out / "run", out / "predictions", out / "evaluation"
     t0 = time.perf_counter()
 
-    log.info(f"[1/4] demo data: {n} subjects from the MNI ICBM152 template -> {data}")
+    log.info(f"[1/4] demo data ({kind}): {n} subjects from the MNI ICBM152 template -> {data}")
     if not (data / "dataset.json").is_file():
-        make_demo_dataset(data, n=n, seed=seed)
+        if kind == "tumour":  # nnU-Net v2 layout (its dataset.json names the regions): imagesTs/labelsTs
+            make_tumour_dataset(data, n=n, n_test=TUMOUR_TEST if n == TUMOUR_CASES else None, seed=seed, layout="msd")
+        else:
+            make_demo_dataset(data, n=n, seed=seed, kind=kind)
     else:
         log.info("      (already there, reused)")
 
-    cfg = load_config(config or find_demo_config(), overrides or [])
+    cfg = load_config(config or find_demo_config(DEMO_CONFIGS[kind]), overrides or [])
     log.info(f"[2/4] training for up to {max_minutes:g} min -> {run}")
     resume = (run / "checkpoint_last.pt").is_file() and not (run / "checkpoint_final.pt").is_file()
     if (run / "checkpoint_final.pt").is_file():
@@ -90,8 +116,12 @@ def run_demo(
     if summary["failed"] or not summary["labels"]:
         raise BrainsegError("evaluation failed (see above)")
 
-    dataset = json.loads((data / "dataset.json").read_text())
-    names = {int(v): k for k, v in dataset["labels"].items()}
+    card = load_card(run)
+    names = dict(card.labels)
+    regions = {}
+    if card.regions is not None:
+        regions = region_dice(evaluate_region_folders(preds, data / "labelsTs", evaluation / "regions", card.regions,
+                                                      progress=progress))
     first = sorted(p for p in preds.glob(f"*{MASK_SUFFIX}") if not p.name.endswith(PROBABILITIES_SUFFIX))[0]
     case_id = first.name[: -len(MASK_SUFFIX)]
     overlay = overlay_png(
@@ -101,4 +131,5 @@ def run_demo(
         label_names=names,
         title=f"{case_id}: prediction over the scan",
     )
-    return DemoResult(summary, names, out, run, preds, evaluation, overlay, (time.perf_counter() - t0) / 60)
+    minutes = (time.perf_counter() - t0) / 60
+    return DemoResult(summary, names, out, run, preds, evaluation, overlay, minutes, regions)

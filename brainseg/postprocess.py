@@ -3,6 +3,9 @@
 Plain functions on numpy arrays (file voxel order, spacing in mm per array axis):
 
 * :func:`probabilities_to_labels` — (C, X, Y, Z) class scores to a label map (argmax).
+* :func:`regions_within_input` — (R, X, Y, Z) region probabilities of a region model to a
+  label map (each region thresholded, labels written by the class order).
+* :func:`innermost_rule` — the BraTS enhancing-tumour rule for region models.
 * :func:`postprocess_labels` — per-label connected-component clean-up, configured by
   :class:`~brainseg.config.PostprocessConfig`.
 * :func:`label_volumes` / :func:`write_volumes_csv` — structure volumes in mm³, one CSV
@@ -31,6 +34,7 @@ from .arrays import bounding_box
 from .atomic import atomic_write_text
 from .config import PostprocessConfig
 from .io import voxel_volume
+from .regions import Regions
 
 #: Structuring element for connected components of one label (26-connectivity).
 COMPONENT_STRUCTURE = ndimage.generate_binary_structure(3, 3)
@@ -80,6 +84,43 @@ def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "non
     if mode != "none":
         labels[~np.asarray(nonzero, dtype=bool)] = 0
     return labels
+
+
+def regions_within_input(
+    probs: np.ndarray, nonzero: np.ndarray, mode: str, regions: Regions, thresholds: Sequence[float]
+) -> np.ndarray:
+    """A label map (label values) from (R, X, Y, Z) region probabilities: region r holds where
+    its probability reaches ``thresholds[r]``, and the regions write their labels in class order
+    (:meth:`~brainseg.regions.Regions.to_label_map`). ``mode`` "restrict" and "fill" both make
+    voxels where every input channel is 0 background (for regions there is no "most likely
+    foreground" to fill with); "none" leaves them."""
+    if mode not in INPUT_MASK_MODES:
+        raise ValueError(f"postprocess.input_mask must be one of {INPUT_MASK_MODES}, got {mode!r}")
+    probs = np.asarray(probs)
+    masks = probs >= np.asarray(thresholds, dtype=probs.dtype).reshape((-1,) + (1,) * (probs.ndim - 1))
+    labels = regions.to_label_map(masks, dtype=np.uint8 if max(regions.class_order) <= 255 else np.int16)
+    if mode != "none":
+        labels[~np.asarray(nonzero, dtype=bool)] = 0
+    return labels
+
+
+def innermost_rule(labels: np.ndarray, spacing: Sequence[float], regions: Regions, min_mm3: float) -> np.ndarray:
+    """The enhancing-tumour rule (BraTS): when the innermost region's label (the last of the class
+    order, ET = 4) covers less than ``min_mm3`` mm^3 of the whole case, those voxels take the label
+    of the region before it (TC's, necrosis = 1); a new array. ``min_mm3`` 0: unchanged."""
+    out = np.array(labels, copy=True)
+    inner, outer = regions.innermost
+    if min_mm3 <= 0:
+        return out
+    where = out == inner
+    if 0 < np.count_nonzero(where) * voxel_volume(spacing) < min_mm3:
+        out[where] = outer
+    return out
+
+
+#: The volumes (mm^3) training tries for the enhancing-tumour rule (0 = off), BraTS-sized:
+#: a false-positive ET speck is tens to hundreds of mm^3, a real one thousands.
+INNERMOST_CANDIDATES_MM3 = (0.0, 50.0, 100.0, 200.0, 500.0, 1000.0)
 
 
 def _component_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import BrainsegError
+from .metrics import dice
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,25 @@ class Regions:
     def masks(self, seg: np.ndarray) -> np.ndarray:
         """(R, *seg.shape) bool: where each region holds in the label map ``seg``."""
         return np.stack([np.isin(seg, values) for values in self.labels])
+
+    def class_table(self, label_values) -> np.ndarray:
+        """(K, R) bool: whether class index k (the k-th smallest of ``label_values``, the cache's
+        class indices) lies in region r; ``table[classes]`` turns class indices into region masks."""
+        values = sorted(int(v) for v in label_values)
+        missing = sorted(set(self.label_values) - set(values))
+        if missing:
+            raise BrainsegError(f"regions: label value(s) {missing} of {self.to_dict()} are not among the data set's labels {values}")
+        return np.array([[v in region for region in self.labels] for v in values], dtype=bool)
+
+    def dice(self, pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+        """Dice of each region (by name) between two label maps (:func:`brainseg.metrics.dice`)."""
+        return {name: dice(p, r) for name, p, r in zip(self.names, self.masks(pred), self.masks(ref))}
+
+    @property
+    def innermost(self) -> tuple[int, int]:
+        """(the label the last region of the class order writes, the label the one before writes, or 0):
+        the BraTS enhancing-tumour rule relabels a too-small ET (4) as the tumour core's label (1)."""
+        return self.class_order[-1], (self.class_order[-2] if len(self) > 1 else 0)
 
     def to_label_map(self, masks: np.ndarray, dtype=np.uint8) -> np.ndarray:
         """A label map from (R, ...) region masks (bool, or probabilities already thresholded)."""

@@ -23,9 +23,10 @@ ALLOWED = {
     "infer": BOTTOM | {"data", "model", "postprocess"},
     "train": BOTTOM | {"data", "model", "postprocess", "infer"},
     "evaluate": BOTTOM | {"data", "pairing"},
+    "evaluate_regions": BOTTOM | {"data", "pairing", "evaluate"},
     "pairing": BOTTOM | {"data"},
     "viz": BOTTOM,
-    "pipeline": BOTTOM | {"data", "plan", "model", "postprocess", "infer", "train", "evaluate", "viz"},
+    "pipeline": BOTTOM | {"data", "plan", "model", "postprocess", "infer", "train", "evaluate", "evaluate_regions", "viz"},
 }
 
 

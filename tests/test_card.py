@@ -94,8 +94,8 @@ def _one_scan(folder: Path) -> Path:
     "change, expected",
     [
         (lambda c: {k: v for k, v in c.items() if k != "spacing"}, "model card has no 'spacing'"),
-        (lambda c: dict(c, format=3, versions=dict(c["versions"], brainseg="9.1.0")),
-         "model card has format 3, this brainseg reads formats 1, 2; it was written by a newer brainseg (9.1.0): upgrade brainseg"),
+        (lambda c: dict(c, format=4, versions=dict(c["versions"], brainseg="9.1.0")),
+         "model card has format 4, this brainseg reads formats 1, 2, 3; it was written by a newer brainseg (9.1.0): upgrade brainseg"),
     ],
     ids=["missing-key", "future-format"],
 )

@@ -110,6 +110,12 @@ class Fingerprint:
         """The left/right pairs the label names give (``mirror_pairs``/``unpaired_lateral`` record them)."""
         return from_names(self.labels)
 
+    @property
+    def label_values(self) -> list[int]:
+        """The labels the table names and the label maps hold, background included."""
+        seen = {v for c in self.cases for v in c.label_volumes}
+        return sorted(seen | set(self.labels) | {0})
+
     def median(self, name: str) -> list[float]:
         return [float(v) for v in np.median(np.array([getattr(c, name) for c in self.cases], dtype=float), axis=0)]
 

@@ -10,6 +10,10 @@ on a voxel of a randomly chosen foreground class present in their case.
 A flip along axis 0 (the subject's left-right axis: the cache is in RAS order) swaps the
 labels of each left/right pair of the dataset's :class:`~brainseg.lateral.Laterality`, and
 does not happen when a lateralised label has no partner (:func:`~brainseg.data.augment.flip`).
+on a voxel of a randomly chosen foreground class present in their case; for region
+training (a ``region_table``) on a voxel of a randomly chosen region present in it
+(:func:`~brainseg.data.patches.region_locations`: the stored voxels of its classes).
+Targets stay class indices either way; the loss turns them into region masks.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from ..config import AugmentConfig
 from ..lateral import Laterality
 from . import augment
 from .cache import CachedCase
-from .patches import extract_patch, foreground_center, random_center
+from .patches import extract_patch, foreground_center, random_center, region_locations
 
 
 class PatchDataset(Dataset):
@@ -40,6 +44,7 @@ class PatchDataset(Dataset):
         rank: int = 0,
         laterality: Laterality = Laterality(),
         label_values: Sequence[int] | None = None,
+        region_table: np.ndarray | None = None,
     ):
         """``laterality``: the left/right label pairs; ``label_values``: the data set's label
         values (the cache's class i is the i-th smallest; needed when there are pairs)."""
@@ -56,6 +61,8 @@ class PatchDataset(Dataset):
         self.aug = augment_cfg
         self.seed = int(seed)
         self.rank = int(rank)
+        #: (K, R) class -> region table for region training (foreground patches on regions), or None.
+        self.region_table = region_table
         self._arrays: dict[int, tuple] = {}
 
     def __len__(self) -> int:  # indices are unbounded; the sampler decides
@@ -65,7 +72,10 @@ class PatchDataset(Dataset):
         if k not in self._arrays:  # opened lazily, per worker process (memory maps)
             case = self.cases[k]
             image, seg = case.load(mmap=True)
-            self._arrays[k] = (image, seg, case.locations())
+            locations = case.locations()
+            if self.region_table is not None:
+                locations = region_locations(locations, self.region_table)
+            self._arrays[k] = (image, seg, locations)
         return self._arrays[k]
 
     def wants_foreground(self, index: int) -> bool:

@@ -40,6 +40,16 @@ def foreground_center(
     return coords[int(rng.integers(len(coords)))].astype(np.float64) + 0.5
 
 
+def region_locations(locations: dict[int, np.ndarray], table: np.ndarray) -> dict[int, np.ndarray]:
+    """Per region index, the stored voxels of its classes (``table``: (K, R) class -> region), so
+    :func:`foreground_center` picks a present region, then one of its voxels."""
+    out = {}
+    for r in range(table.shape[1]):
+        parts = [v for c, v in sorted(locations.items()) if table[c, r] and len(v)]
+        out[r] = np.concatenate(parts) if parts else np.zeros((0, 3), dtype=np.int32)
+    return out
+
+
 def _fill_values(fill: Sequence[float] | None, n_channels: int) -> np.ndarray:
     """Per-channel padding values as a (C, 1, 1, 1) float32 array (zeros when ``fill`` is None)."""
     values = np.zeros(n_channels, dtype=np.float32) if fill is None else np.asarray(fill, dtype=np.float32)

@@ -7,7 +7,9 @@ the others still finish.
 
 Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 ``ID.nii.gz`` (uint8/int16 labels) and, with ``save_probabilities``,
-``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry). The
+``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry; a region
+model's regions, one sigmoid probability each) with ``ID_probabilities.json`` naming its
+channels in order (``{"kind": "classes" | "regions", "channels": [names]}``). The
 probabilities are written before the mask, so an existing mask means a finished case.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
@@ -23,6 +25,7 @@ of ``volumes.csv``; concatenate them (minus the repeated header) if one table is
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -33,6 +36,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..atomic import atomic_write_text
 from ..card import ModelCard
 from ..config import Config, apply_overrides, config_from_dict, load_config
 from ..data.cases import Case
@@ -49,6 +53,7 @@ log = logging.getLogger(__name__)
 
 MASK_SUFFIX = NIFTI_GZ
 PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
+PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
 VOLUMES_CSV = "volumes.csv"
 
 
@@ -81,7 +86,15 @@ def output_paths(output_dir: Path, case_id: str, save_probabilities: bool) -> di
     paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
+        paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
     return paths
+
+
+def probability_channels(card: ModelCard) -> dict:
+    """What the probability file's channels are: the card's classes (label names) or regions."""
+    if card.regions is not None:
+        return {"kind": "regions", "channels": list(card.regions.names)}
+    return {"kind": "classes", "channels": [card.labels[v] for v in card.label_values]}
 
 
 def error_line(case: Case, exc: BaseException) -> str:
@@ -106,6 +119,7 @@ def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> t
     geometry, record = prepared.geometry, prepared.record
     if probs is not None:
         write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.float32)
+        atomic_write_text(outputs["probabilities_channels"], json.dumps(probability_channels(predictor.card), indent=1))
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"

@@ -8,7 +8,11 @@
     -> softmax -> invert_to_original (the file's own grid) -> argmax -> class index to label value
     -> postprocess_labels
 
-so the mask has exactly the input's shape and affine. :meth:`Predictor.prepare` does the
+so the mask has exactly the input's shape and affine. A region model (``card.regions``) has
+one sigmoid output per region instead: each region's probability is thresholded (the
+card's ``thresholds``), the regions write their labels by the class order
+(:func:`~brainseg.postprocess.regions_within_input`), and after the per-label clean-up
+the enhancing-tumour rule (:func:`~brainseg.postprocess.innermost_rule`) applies. :meth:`Predictor.prepare` does the
 reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
 prepares its cases once and segments them with the same code ``brainseg predict`` runs.
 The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.batch`.
@@ -20,6 +24,7 @@ import copy
 import math
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
@@ -33,7 +38,8 @@ from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_o
 from ..errors import BrainsegError
 from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
 from ..lateral import from_run_config
-from ..postprocess import labels_within_input, postprocess_labels
+from ..postprocess import innermost_rule, labels_within_input, postprocess_labels, regions_within_input
+from ..regions import Regions
 from .sliding_window import SlidingWindow
 
 T = TypeVar("T")
@@ -133,12 +139,18 @@ class Predictor:
         self.label_values = card.label_values
         self.n_channels = len(card.channels)
         # left/right pairs as trained (the card's labels.mirror_pairs; older cards: from the label names)
+        # (a region model's outputs are regions, not labels: a left-right mirror swaps none of them)
+        self.regions = card.regions  # None: a label model (softmax over classes)
         self.laterality = from_run_config(card.config, card.labels)
-        swap = self.laterality.channel_permutation(self.label_values) if self.laterality.pairs else None
+        pairs = self.laterality.pairs and self.regions is None
+        swap = self.laterality.channel_permutation(self.label_values) if pairs else None
         self.window = SlidingWindow.from_config(
             self.model, card.patch_size, self.num_classes, infer, self.device,
             swap_channels=swap, flip_left_right=self.laterality.may_flip_left_right,
         )
+        chosen = postprocess.innermost_min_mm3
+        #: The enhancing-tumour rule's volume: the config's, else the one training chose (the card's).
+        self.innermost_min_mm3 = float(card.innermost_min_mm3 if chosen is None else chosen)
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -174,11 +186,13 @@ class Predictor:
         input_mask = self.input_mask_rule(case.record)
         if return_probabilities:
             probs = self._probabilities(case.image, case.record)
-            classes = labels_within_input(probs, case.nonzero, input_mask)
+            classes = reducer(input_mask, self.regions, self.card.thresholds)(probs, case.nonzero)
         else:  # labels only: no full-size probability maps are built
             probs = None
             classes = self._classes(case.image, case.record, case.nonzero, input_mask)
         labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess)
+        if self.regions is not None:
+            labels = innermost_rule(labels, case.geometry.spacing, self.regions, self.innermost_min_mm3)
         return labels, probs
 
     def predict_case(
@@ -216,8 +230,11 @@ class Predictor:
         far = far_background(image, record.pad_values(), record.far_constant)
 
         def step(batch_windows: int, device: torch.device) -> np.ndarray:
-            probs = force_background_(softmax_(self._logits(tensor, record, batch_windows, device)), far)
-            return classes_in_original_grid(probs, record, nonzero, input_mask)
+            logits = self._logits(tensor, record, batch_windows, device)
+            if self.regions is not None:
+                probs = sigmoid_(logits, far)
+                return classes_in_original_grid(probs, record, nonzero, input_mask, self.regions, self.card.thresholds)
+            return classes_in_original_grid(force_background_(softmax_(logits), far), record, nonzero, input_mask)
 
         return run_with_oom_fallback(step, attempts, self.log)
 
@@ -246,11 +263,15 @@ class Predictor:
         self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device,
         far: np.ndarray | None,
     ) -> np.ndarray:
-        probs = force_background_(torch.softmax(self._logits(image, record, batch_windows, output_device), dim=0), far)
+        logits = self._logits(image, record, batch_windows, output_device)
+        if self.regions is not None:
+            probs = sigmoid_(logits, far)
+        else:
+            probs = force_background_(torch.softmax(logits, dim=0), far)
         return invert_to_original(probs, record).cpu().numpy()
 
     def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
-        if self.label_values == list(range(self.num_classes)):
+        if self.regions is not None or self.label_values == list(range(self.num_classes)):
             return classes
         dtype = np.uint8 if max(self.label_values) <= 255 else np.int16
         return np.asarray(self.label_values, dtype=dtype)[classes]
@@ -266,6 +287,15 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()  # the sliding window's output is an inference tensor
+def sigmoid_(logits: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
+    """In place: region probabilities (a sigmoid per channel), every region 0 where ``far``."""
+    logits.sigmoid_()
+    if far is not None and far.any():
+        logits[:, torch.from_numpy(far).to(logits.device)] = 0.0
+    return logits
+
+
+@torch.inference_mode()  # the sliding window's output is an inference tensor
 def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
     """In place: the background one-hot where ``far`` (a noisy scan's far background, see
     :func:`~brainseg.data.foreground.far_background`); ``probs`` is (C, x, y, z)."""
@@ -276,25 +306,36 @@ def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tens
     return probs
 
 
+def reducer(input_mask: str, regions: Regions | None = None, thresholds: Sequence[float] = ()):
+    """``f(probs, nonzero)``: (C, ...) probabilities to class indices (:func:`labels_within_input`),
+    or for a region model to label values (:func:`regions_within_input`, per-region ``thresholds``)."""
+    if regions is None:
+        return partial(labels_within_input, mode=input_mask)
+    return partial(regions_within_input, mode=input_mask, regions=regions, thresholds=thresholds)
+
+
 def classes_in_original_grid(
-    probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str
+    probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str,
+    regions: Regions | None = None, thresholds: Sequence[float] = (),
 ) -> np.ndarray:
-    """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply.
+    """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply
+    (for a region model, with ``regions``: the label values of :func:`regions_within_input`).
 
     Only the region of the original grid that the crop box reaches is interpolated
     (:func:`~brainseg.data.preprocess.invert_region_slabs`, a slab at a time) and reduced to class indices
-    there; outside it the probabilities are the background one-hot, whose label (per
+    there; outside it the probabilities are the background one-hot (no region: all 0), whose label (per
     ``nonzero`` and ``input_mask``) is filled in directly. The reorientation is undone
     on the small integer map instead of the C float maps.
     """
     ornt = np.asarray(record.ornt)
     nonzero_ras = reorient_array(np.asarray(nonzero, dtype=bool), ornt)
     # what labels_within_input gives a voxel whose probabilities are the background one-hot
+    reduce = reducer(input_mask, regions, thresholds)
     onehot = np.zeros((probs.shape[0], 1, 1, 2), dtype=np.float32)
-    onehot[0] = 1.0
-    outside = labels_within_input(onehot, np.array([[[False, True]]]), input_mask)[0, 0]
+    onehot[0] = 1.0 if regions is None else 0.0
+    outside = reduce(onehot, np.array([[[False, True]]]))[0, 0]
     classes = np.where(nonzero_ras, outside[1], outside[0]).astype(outside.dtype)
     for slab, where in invert_region_slabs(probs, record):  # a slab at a time: bounded memory
         scores = slab.cpu().numpy()  # (x, y, z, C): classes last, so the argmax reads contiguous memory
-        classes[where] = labels_within_input(np.moveaxis(scores, -1, 0), nonzero_ras[where], input_mask)
+        classes[where] = reduce(np.moveaxis(scores, -1, 0), nonzero_ras[where])
     return np.ascontiguousarray(undo_reorient_array(classes, ornt))

@@ -138,9 +138,9 @@ class UNet3D(nn.Module):
             if skip_mode not in ("concat", "none"):
                 raise BrainsegError(f"model.skip_connections: false contradicts model.skip_mode: {skip_mode}")
             skip_mode = "none"
-        if in_channels < 1 or num_classes < 2:
+        if in_channels < 1 or num_classes < 1:  # a region model may have a single output
             raise BrainsegError(
-                f"a model needs >= 1 input channel and >= 2 classes, got {in_channels} and {num_classes}"
+                f"a model needs >= 1 input channel and >= 1 output, got {in_channels} and {num_classes}"
             )
         self.features = feature_list(levels, base_features, max_features)
         self.levels = levels

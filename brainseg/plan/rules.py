@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 ANISOTROPY_RATIO = 3.0
 #: On a CPU, the share of the time budget planned for training steps (the rest: validation,
 #: the loader's share of the cores, start-up) and the slowdown the loader process causes.
-CPU_STEP_SHARE = 0.8
+CPU_STEP_SHARE = 0.9
 LOADER_SLOWDOWN = 1.2
 #: Planned steps on a CPU: the patch doubles while more than the upper bound fit and halves
 #: (not below ``MIN_CPU_PATCH`` voxels) while fewer than the lower bound do.
@@ -110,7 +110,8 @@ def plan_network(fp: Fingerprint, cfg: Config, reasons: dict, device: str, gpu_m
                  minutes: float | None, measure: bool) -> tuple[float | None, int]:
     spacing = cfg.data.target_spacing
     shape = median_shape(fp, spacing)
-    n_in, n_out = len(fp.channels), len(fp.labels)
+    n_in = len(fp.channels)
+    n_out = len(fp.regions["names"]) if fp.regions else len(fp.label_values)
     if device == "cuda":
         base, top, max_levels, batch = 32, 320, 6, 2
         voxels = float(math.prod(shape))
@@ -233,16 +234,19 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
         cfg.labels.regions = dict(zip(fp.regions["names"], fp.regions["labels"]))
         cfg.labels.regions_class_order = list(fp.regions["class_order"])
         reasons["labels.regions"] = "the data set's regions: one sigmoid output per region"
-    single = [v for v in sorted(fp.labels) if v and all(c.label_components.get(v, 0) == ONE_COMPONENT for c in fp.cases)]
+    single = [v for v in fp.label_values if v and all(c.label_components.get(v, 0) == ONE_COMPONENT for c in fp.cases)]
     cfg.postprocess.largest_component = single
     reasons["postprocess.largest_component"] = ("labels that are one component in every training case" if single
                                                 else "every label has several components in some training case")
     reasons["infer.overlap"] = "half-patch steps with Gaussian weights (nnU-Net)"
+    reasons["augment.p_flip"] = "each axis on its own" + (
+        "; left-right flips swap the pairs" if lat.pairs else "; no left-right flips (unpaired lateral labels)"
+        if lat.unpaired else "")
     notes = [
         f"{len(fp.cases)} training case(s), layout {fp.layout or '?'}, channels {', '.join(fp.channels)}",
-        "labels " + ", ".join(f"{k} {v}" for k, v in sorted(fp.labels.items())),
+        "labels " + (", ".join(f"{k} {v}" for k, v in sorted(fp.labels.items())) or f"{fp.label_values} (from the label maps)"),
         f"median voxel size {_fmt(fp.median('ras_spacing'))} mm, median foreground {_fmt(fp.median('extent_mm'))} mm",
     ]
     plan = Plan(cfg, reasons, notes, seconds, steps)
-    log.info("%s", plan.summary())
+    log.debug("%s", plan.summary())
     return plan

@@ -10,6 +10,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, atomic_write_text
+from ..regions import Regions
 
 
 def training_bar(total_steps: int, step: int, budget: float | None, elapsed: float, enabled: bool) -> tqdm:
@@ -42,6 +43,13 @@ def write_metrics_csv(path: Path, history: Sequence[dict]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     atomic_write_text(path, buf.getvalue())
+
+
+def curve_names(labels: dict[int, str], regions: Regions | None) -> dict:
+    """The validation Dice columns to plot: foreground label value -> name, or region name -> itself."""
+    if regions is not None:
+        return {n: n for n in regions.names}
+    return {c: n for c, n in labels.items() if c}
 
 
 def plot_curves(path: Path, history: Sequence[dict], label_names: dict[int, str]) -> None:

@@ -9,13 +9,15 @@ from dataclasses import replace
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
+from monai.losses import DiceCELoss, DiceLoss
 
-from ..config import Config
+from ..config import Config, LabelsConfig
 from ..data.cases import Case
 from ..errors import BrainsegError
 from ..io import read_label
 from ..lateral import Laterality, resolve
+from ..regions import Regions
+from ..runtime import torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,43 @@ def resolve_laterality(config: Config, labels: dict[int, str]) -> tuple[Config, 
     level = logging.WARNING if not found.may_flip_left_right else logging.INFO if found.pairs else logging.DEBUG
     log.log(level, found.describe(labels))
     return replace(config, labels=replace(config.labels, mirror_pairs=found.to_config())), found
+def resolve_regions(config: LabelsConfig, dataset_regions: Regions | None, labels: dict[int, str]) -> Regions | None:
+    """What the network learns: the config's ``labels.regions`` when given ({}: per-label
+    training), else the data set's regions (in ``labels.regions_class_order`` if that is set);
+    None = per-label (softmax) training. Every region's label values must be labels of the data set."""
+    if config.regions is None:
+        regions = dataset_regions
+        if regions is not None and config.regions_class_order is not None:  # the data set's, reordered
+            regions = Regions(regions.names, regions.labels, tuple(int(v) for v in config.regions_class_order))
+    elif not config.regions:
+        regions = None
+    else:
+        regions = Regions.from_config(config.regions, config.regions_class_order)
+    if regions is None and config.regions_class_order is not None:
+        raise BrainsegError("config labels.regions_class_order is set but there are no regions (labels.regions, "
+                            "or a data set that defines them)")
+    if regions is not None:
+        regions.class_table(labels)  # one error line when a region names an unknown label
+    if regions is not None and torchrun_env().is_main:
+        log.info(f"region-based training: {', '.join(f'{n} {list(v)}' for n, v in zip(regions.names, regions.labels))}")
+    return regions
+
+
+def region_table(regions: Regions | None, labels: dict[int, str]) -> np.ndarray | None:
+    """(K, R) class index -> region membership for region training; None for a label model."""
+    return regions.class_table(labels) if regions is not None else None
+
+
+def output_count(labels: dict[int, str], regions: Regions | None) -> int:
+    """The network's outputs: one per class (background included), or one per region."""
+    return len(regions) if regions is not None else len(labels)
+
+
+def region_card_fields(regions: Regions | None, innermost_min_mm3: float) -> dict:
+    """The model card's region fields (:class:`~brainseg.card.ModelCard`): none for a label model."""
+    if regions is None:
+        return {}
+    return {"regions": regions, "region_thresholds": (0.5,) * len(regions), "innermost_min_mm3": float(innermost_min_mm3)}
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -82,21 +121,54 @@ def deep_supervision_weights(n_outputs: int) -> list[float]:
     return weights
 
 
-class SegLoss(torch.nn.Module):
-    """Dice + cross-entropy (MONAI's DiceCELoss), with optional deep supervision: a list of
-    outputs (finest first) is scored against the target resampled to each, with
-    :func:`deep_supervision_weights`."""
+class RegionLoss(torch.nn.Module):
+    """Dice (sigmoid per region, foreground only) + binary cross-entropy per region voxel,
+    nnU-Net's region loss. Not MONAI's ``DiceCELoss(sigmoid=True)``: with more than one
+    channel that applies a softmax cross-entropy across the regions, which nested regions
+    (a voxel in WT, TC and ET at once) contradict; it uses BCE only for one channel."""
 
     def __init__(self):
         super().__init__()
-        self.loss = DiceCELoss(
-            include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
-        )
+        self.dice = DiceLoss(include_background=True, sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+        self.bce = torch.nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, target) + self.bce(logits, target)
+
+
+def region_targets(classes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(B, X, Y, Z) class indices -> (B, R, X, Y, Z) float region masks by a (K, R) class table."""
+    return table[classes.long()].movedim(-1, 1).float()
+
+
+class SegLoss(torch.nn.Module):
+    """Dice + cross-entropy (MONAI's DiceCELoss, softmax over the classes), or with a
+    ``region_table`` (:meth:`~brainseg.regions.Regions.class_table`) Dice + BCE per region
+    (:class:`RegionLoss`) against the region masks of the class-index target; with optional
+    deep supervision: a list of outputs (finest first) is scored against the target
+    resampled (nearest) to each, with :func:`deep_supervision_weights`."""
+
+    def __init__(self, region_table: np.ndarray | None = None):
+        super().__init__()
+        if region_table is None:
+            self.table = None
+            self.loss = DiceCELoss(
+                include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
+            )
+        else:
+            self.table = torch.as_tensor(np.asarray(region_table, dtype=bool))
+            self.loss = RegionLoss()
+
+    def _score(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One output against (B, 1, X, Y, Z) class indices at its resolution."""
+        if self.table is None:
+            return self.loss(out.float(), target)
+        return self.loss(out.float(), region_targets(target[:, 0], self.table.to(target.device)))
 
     def forward(self, outputs, target: torch.Tensor) -> torch.Tensor:
         target = target[:, None]
         if isinstance(outputs, torch.Tensor):
-            return self.loss(outputs.float(), target)
+            return self._score(outputs, target)
         weights = deep_supervision_weights(len(outputs))
         total = sum(weights)
         loss = 0.0
@@ -104,7 +176,7 @@ class SegLoss(torch.nn.Module):
             t = target if out.shape[2:] == target.shape[2:] else F.interpolate(
                 target.float(), size=out.shape[2:], mode="nearest"
             ).long()
-            loss = loss + (w / total) * self.loss(out.float(), t)
+            loss = loss + (w / total) * self._score(out, t)
         return loss
 
 

@@ -54,7 +54,8 @@ from ..model.unet import UNet3D, build_model
 from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
 from . import distributed as ddp
 from .recipe import SegLoss, label_table, make_optimizer, poly_lr, resolve_laterality, run_budget, schedule_progress, split_cases
-from .monitor import TensorBoard, plot_curves, training_bar, write_metrics_csv
+from .recipe import output_count, region_card_fields, region_table, resolve_regions
+from .monitor import TensorBoard, curve_names, plot_curves, training_bar, write_metrics_csv
 from .state import RunState, StepOutcome, check_run_dir, write_run_files
 from .validation import Validation
 
@@ -86,6 +87,7 @@ class Trainer:
         self.state = RunState()
         self.elapsed_before = 0.0  # training seconds before this invocation
         self._started = time.perf_counter()  # when this invocation's training started
+        self.innermost_min_mm3 = 0.0  # region models: the enhancing-tumour rule, chosen at the end
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -110,6 +112,7 @@ class Trainer:
         self.labels = label_table(ds.labels, ds.train, cfg.data.max_voxels)
         self.cfg, self.laterality = resolve_laterality(cfg, self.labels)  # the pairs, recorded in the config
         cfg = self.cfg
+        self.regions = resolve_regions(cfg.labels, ds.regions, self.labels)  # None: per-label training
         self.channels = list(ds.channels)
         train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed)
         spacing = cfg.data.target_spacing or median_spacing(ds.train, cfg.data.max_voxels)
@@ -141,9 +144,9 @@ class Trainer:
         cached = {c.case_id: c for c in cache_cases(cases, cache_dir, progress=False, **common)}
         self.train_cases = [cached[c.case_id] for c in train_cases]
         self.val_sources = list(val_cases)  # validated from their files, as predict reads them
-        self.validation = Validation(self.val_sources, list(self.labels), self.dist)
-
-        self.model: UNet3D = build_model(len(self.channels), len(self.labels), **asdict(cfg.model))
+        self.validation = Validation(self.val_sources, list(self.labels), self.dist, self.regions)
+        table = region_table(self.regions, self.labels)  # class index -> regions, or None
+        self.model: UNet3D = build_model(len(self.channels), output_count(self.labels, self.regions), **asdict(cfg.model))
         self.model.check_patch_size(cfg.train.patch_size)
         self.model.to(self.device)
         # channels-last (NDHWC) is faster for Conv3d on CUDA and, measured, on CPU (oneDNN) too
@@ -153,7 +156,7 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.amp = cfg.train.amp if self.device.type == "cuda" else "none"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
-        self.loss_fn = SegLoss()
+        self.loss_fn = SegLoss(table)
 
         if self.resume:
             self._load_state(self.run_dir / CHECKPOINT_LAST)
@@ -167,6 +170,7 @@ class Trainer:
             rank=self.dist.rank,
             laterality=self.laterality,
             label_values=list(self.labels),
+            region_table=table,
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)
         self.loader = make_loader(self.dataset, self.sampler, cfg.train.num_workers, self.device.type == "cuda")
@@ -190,6 +194,7 @@ class Trainer:
             versions=package_versions(),
             intensity=tuple(self.intensity),
             training_ranges=self.ranges,
+            **region_card_fields(self.regions, self.innermost_min_mm3),
         )
 
     def _state_dict(self) -> dict:
@@ -273,8 +278,8 @@ class Trainer:
             "hold the last finite weights"
         )
 
-    def validate(self) -> dict[int, float]:
-        """Dice per foreground label value, as ``predict`` + ``evaluate`` give it (:mod:`.validation`)."""
+    def validate(self) -> dict:
+        """Dice per foreground label value (region name), as ``predict`` + ``evaluate`` give it (:mod:`.validation`)."""
         return self.validation.dice(self.model, self.card(), self.cfg, self.device)
 
     def fit(self) -> dict:
@@ -352,6 +357,7 @@ class Trainer:
         bar.close()
         if failure:
             ddp.stop_together(self.dist, failure)
+        self.innermost_min_mm3 = self.validation.choose_innermost_min(self.model, self.card(), self.cfg, self.device)
         with ddp.together(self.dist, "writing the final checkpoint"):
             self._save(CHECKPOINT_FINAL)
         self.tb.close()
@@ -377,7 +383,7 @@ class Trainer:
         write_metrics_csv(self.run_dir / "metrics.csv", s.history)
         self.tb.log(row, s.step)
         if "val_dice_mean" in row or last_epoch:
-            plot_curves(self.run_dir / "curves.png", s.history, {c: n for c, n in self.labels.items() if c})
+            plot_curves(self.run_dir / "curves.png", s.history, curve_names(self.labels, self.regions))
 
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
