@@ -57,14 +57,22 @@ def test_hemispheres_split_grey_and_white_matter_of_the_same_subjects(pair):
 def test_spacing_gives_every_subject_that_voxel_size(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(
-        [sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "aniso"), "--n", "2", "--spacing", "0.9", "0.9", "4"],
+        [sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "aniso"), "--n", "4", "--spacing", "0.9", "0.9", "4"],
         capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
     )
     assert res.returncode == 0, res.stderr
     files = sorted((tmp_path / "aniso").rglob("*.nii.gz"))
-    assert len(files) == 4
+    assert len(files) == 8
+    orders = set()
     for f in files:
-        np.testing.assert_allclose(nib.load(f).header.get_zooms()[:3], (0.9, 0.9, 4.0), rtol=1e-5)
+        img = nib.load(f)
+        codes = nib.aff2axcodes(img.affine)
+        orders.add(codes)
+        # per anatomical axis: 0.9 mm left-right and posterior-anterior, 4 mm inferior-superior
+        by_axis = {c: z for c, z in zip(codes, img.header.get_zooms()[:3])}
+        got = [next(z for c, z in by_axis.items() if c in pair) for pair in ("LR", "PA", "IS")]
+        np.testing.assert_allclose(got, (0.9, 0.9, 4.0), rtol=1e-5)
+    assert any(codes[0] not in "LR" for codes in orders)  # subject 3 is stored PIR: its slices are still axial
 
 
 @pytest.mark.parametrize("args, message", [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from brainseg.arrays import bounding_box
-from brainseg.metrics import check_spacing, dice, dice_per_class, hd95, surface_distances
+from brainseg.metrics import check_spacing, dice, dice_per_class, hd95, side_confusion, surface_distances
 
 
 def _cube(shape, lo, size) -> np.ndarray:
@@ -106,3 +106,19 @@ def test_bounding_box_at_the_array_borders_and_empty():
     assert bounding_box(m, margin=1) == (slice(3, 5), slice(0, 2), slice(1, 4))
     box = bounding_box(m, margin=1)
     assert all(type(s.start) is int and type(s.stop) is int for s in box)
+
+
+def test_side_confusion_counts_voxels_given_the_other_hemisphere():
+    ref = np.zeros((10, 4, 4), np.int16)
+    ref[:5], ref[5:] = 2, 3  # left half 2, right half 3
+    ref[:, 0] = 1  # an unlateralised label
+    assert side_confusion(ref, ref, [(2, 3)]) == 0.0
+    mirrored_wrong = ref[::-1].copy()  # flipped without swapping: every lateral voxel on the wrong side
+    mirrored_wrong[:, 0] = 1
+    assert side_confusion(mirrored_wrong, ref, [(2, 3)]) == 1.0
+    pred = ref.copy()
+    pred[4, 1:] = 3  # one slab of the left half called right: 12 of 120 lateral voxels
+    assert side_confusion(pred, ref, [(2, 3)]) == pytest.approx(12 / 120)
+    pred[6, 1:] = 0  # missed voxels are not confusion
+    assert side_confusion(pred, ref, [(2, 3)]) == pytest.approx(12 / 120)
+    assert side_confusion(np.zeros_like(ref), np.zeros_like(ref), [(2, 3)]) == 0.0

@@ -331,24 +331,8 @@ def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpo
 # --------------------------------------------------------------------------- the tumour demo
 
 
-def test_tumour_demo_is_wired_through_or_says_its_data_generator_is_missing(tmp_path):
-    from brainseg.data.demo import KINDS
-
-    if "tumour" in KINDS:
-        pytest.skip("the tumour data generator exists: test_tumour_demo_end_to_end runs the demo")
-    result = run_cli("demo", "--kind", "tumour", "--out", str(tmp_path / "demo"))
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.startswith("brainseg: error")]
-    assert len(lines) == 1 and "tumour demo data generator" in lines[0], result.stderr
-    assert not (tmp_path / "demo").exists()  # nothing half-made
-
-
 @pytest.mark.slow
 def test_tumour_demo_end_to_end(tmp_path):
-    from brainseg.data.demo import KINDS
-
-    if "tumour" not in KINDS:
-        pytest.skip("no tumour demo data generator yet (branch i15-data)")
     tiny = [a for a in TINY if a != "--set" and not a.startswith(("data.val_fraction", "postprocess"))]
     sets = [x for item in tiny for x in ("--set", item)]
     result = run_cli("demo", "--kind", "tumour", "--n", "4", "--out", str(tmp_path / "demo"), "--max-minutes", "0.2",

@@ -23,7 +23,8 @@ def register(sub) -> argparse.ArgumentParser:
                    help="--kind tumour only: brats2021 (default; train/ID/ID_t1.nii.gz ...), brats2023 (ID-t1n ...) "
                         "or msd (nnU-Net v2 dataset.json with regions, Task01 channels and labels)")
     p.add_argument("--spacing", type=float, nargs=3, default=None, metavar=("X", "Y", "Z"),
-                   help="every subject's voxel size per file axis in mm (e.g. 0.9 0.9 4), instead of random 1-2.2 mm "
+                   help="every subject's voxel size in mm along its left-right, posterior-anterior, inferior-superior axes "
+                        "(e.g. 0.9 0.9 4: 4 mm axial slices, whatever the file's axis order), instead of random 1-2.2 mm "
                         f"(tumour: {DEFAULT_SPACING_MM:g} mm isotropic)")
     return p
 

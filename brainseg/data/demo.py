@@ -82,11 +82,14 @@ def subject_grid(
     rng: np.random.Generator, index: int, world_lo: np.ndarray, world_hi: np.ndarray, spacing_mm=None
 ) -> SubjectGrid:
     """The output grid of subject ``index``, covering the world box [world_lo, world_hi]
-    (``spacing_mm``: the voxel size per file axis instead of a random one)."""
+    (``spacing_mm``: the voxel size along the subject's left-right, posterior-anterior and
+    inferior-superior axes instead of a random one per file axis: whatever order its file
+    stores the axes in, 0.9 x 0.9 x 4 means 4 mm slices along inferior-superior)."""
     orientation = "RAS" if index == 0 else ORIENTATIONS[(index - 1) % len(ORIENTATIONS)]
     spacing = rng.uniform(*SPACING_RANGE, size=3)  # drawn always: the other draws stay the same
-    if spacing_mm is not None:
-        spacing = np.asarray(spacing_mm, dtype=np.float64)
+    if spacing_mm is not None:  # file axis j lies along world axis argmax |column j|
+        om = orientation_matrix(orientation)
+        spacing = np.array([float(spacing_mm[int(np.argmax(np.abs(om[:, j])))]) for j in range(3)])
     axis = rng.normal(size=3)
     tilt = float(rng.uniform(*OBLIQUE_DEGREES)) if index % 2 == 1 else 0.0
     direction = rotation(axis, tilt) @ orientation_matrix(orientation)
@@ -287,7 +290,7 @@ def make_demo_dataset(
 
     The last ``n_test`` subjects (default: a quarter, at least one) go to imagesTs /
     labelsTs. The same ``seed`` gives the same files. ``kind``: see :data:`KINDS`;
-    ``spacing``: every subject's voxel size per file axis (mm, e.g. ``(0.9, 0.9, 4.0)`` for
+    ``spacing``: every subject's voxel size along its RAS axes (mm, e.g. ``(0.9, 0.9, 4.0)`` for
     thick slices) instead of a random one in ``SPACING_RANGE``.
     """
     out = Path(out)
