@@ -161,6 +161,10 @@ class InferConfig:
 class PostprocessConfig:
     #: Labels for which only the largest connected component is kept.
     largest_component: list[int] = field(default_factory=list)
+    #: Keep only the largest connected component of the whole foreground (every non-zero label
+    #: together; nnU-Net's "remove all but the largest foreground component"): for one
+    #: structure per scan, a brain or a tumour; what lies apart from it becomes background.
+    largest_foreground: bool = False
     #: Labels whose holes are filled.
     fill_holes: list[int] = field(default_factory=list)
     #: Per label, components smaller than this many mm^3 are removed ({label: mm3}).

@@ -21,15 +21,12 @@ Conventions:
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from .arrays import bounding_box
-
-if TYPE_CHECKING:  # regions.py scores with this module's dice: no import at run time
-    from .regions import Regions
 
 
 def dice(pred_mask: np.ndarray, ref_mask: np.ndarray) -> float:
@@ -130,12 +127,13 @@ BRATS_HD95_PENALTY_MM = 373.13
 
 
 def region_scores(
-    pred: np.ndarray, ref: np.ndarray, regions: Regions, spacing: Sequence[float],
+    pred: np.ndarray, ref: np.ndarray, regions, spacing: Sequence[float],
     penalty_mm: float = BRATS_HD95_PENALTY_MM,
 ) -> dict[str, tuple[float, float]]:
     """(Dice, HD95 mm) of each region (name -> scores) of two label maps on one grid.
 
-    Each region is the set of its label values in both maps (:meth:`Regions.masks`); BraTS's
+    ``regions`` is a :class:`~brainseg.regions.Regions` (not imported here: it scores with this
+    module's :func:`dice`). Each region is the set of its label values in both maps (:meth:`Regions.masks`); BraTS's
     conventions: both empty -> Dice 1 and HD95 0; exactly one empty -> Dice 0 and HD95
     ``penalty_mm`` (:data:`BRATS_HD95_PENALTY_MM`) instead of :func:`hd95`'s inf.
     """

@@ -33,6 +33,7 @@ from scipy import ndimage
 from .arrays import bounding_box
 from .atomic import atomic_write_text
 from .config import PostprocessConfig
+from .data.foreground import largest_component_mask
 from .io import voxel_volume
 from .regions import Regions
 
@@ -185,8 +186,9 @@ def postprocess_labels(
 ) -> np.ndarray:
     """Clean a 3D label map per label; returns a new array of the same dtype.
 
-    Two passes over the labels named in ``config`` (labels absent from the map are
-    skipped; the input is never modified):
+    With ``config.largest_foreground`` first only the largest 26-connected component of the
+    whole foreground is kept. Then two passes over the labels named in ``config`` (labels
+    absent from the map are skipped; the input is never modified):
 
     1. removal, per label: keep only its largest 26-connected component (labels in
        ``config.largest_component``), then drop its components smaller than
@@ -205,6 +207,8 @@ def postprocess_labels(
         raise ValueError(f"expected a 3D label map, got shape {labels.shape}")
     voxel_mm3 = voxel_volume(spacing)
     out = labels.copy()
+    if config.largest_foreground:
+        out[~largest_component_mask(out > 0)] = 0
 
     largest = {int(v) for v in config.largest_component}
     min_size = {int(k): float(v) for k, v in (config.min_size_mm3 or {}).items()}

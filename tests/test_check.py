@@ -115,11 +115,11 @@ def test_a_defective_data_set_fails_the_check(planted):
 
 
 def test_label_on_another_grid(planted):
-    assert _has(planted[2], "labelsTr/geom.nii.gz", "label grid", "differs from the scan's")
+    assert _has(planted[2], "labelsTr/geom.nii.gz", "label geometry", "differs from its image")
 
 
 def test_label_of_another_shape(planted):
-    assert _has(planted[2], "labelsTr/shape.nii.gz", "label grid", "(28, 30, 26)")
+    assert _has(planted[2], "labelsTr/shape.nii.gz", "label geometry", "(28, 30, 26)")
 
 
 def test_nan_voxels(planted):

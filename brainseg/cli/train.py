@@ -58,8 +58,13 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     )
     if env.is_main:
         print(f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)")
+    planned = plan.config.to_dict()
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    if keys & {"model.levels", "train.patch_size"} and not keys & {"model.strides", "model.kernels"}:
+        # the planned per-stage lists fit the planned levels and patch: overridden, they go
+        planned["model"]["strides"] = planned["model"]["kernels"] = None
     try:
-        return config_from_dict(apply_overrides(plan.config.to_dict(), overrides))
+        return config_from_dict(apply_overrides(planned, overrides))
     except BrainsegError as exc:
         raise BrainsegError(f"{args.out / PLAN_FILE}: {exc}") from None
 

@@ -75,7 +75,7 @@ def check_case(
         label, lgeom = _read(case.label, "label map", errors, max_voxels)
         if label is not None:
             if first is not None and not first.same_grid(lgeom):
-                errors.append(f"{case.label}: label grid ({lgeom.describe()}) differs from the scan's ({first.describe()})")
+                errors.append(f"{case.label}: label geometry ({lgeom.describe()}) differs from its image ({first.describe()})")
             if not np.allclose(np.rint(label), label, atol=1e-3):
                 errors.append(f"{case.label}: label map has non-integer values")
             label = np.rint(label).astype(np.int64)

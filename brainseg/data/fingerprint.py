@@ -26,7 +26,7 @@ from scipy import ndimage
 
 from ..atomic import atomic_write_text
 from ..errors import InputError
-from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels, read_label
+from ..io import DEFAULT_MAX_VOXELS, Geometry, check_file, read_channels, read_label
 from ..lateral import Laterality, from_names
 from ..ranges import TrainingRanges
 from .cases import Case, Dataset
@@ -35,7 +35,7 @@ from .preprocess import ras_orientation
 
 log = logging.getLogger(__name__)
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2
 #: Where a run folder keeps its training set's fingerprint.
 FINGERPRINT_FILE = "fingerprint.json"
 #: Percentiles of each channel's foreground intensities kept per case.
@@ -88,6 +88,10 @@ class CaseFingerprint:
     #: scan's non-zero voxels (holes filled) that are labelled background.
     labels_outside_scan: float = 0.0
     scan_unlabelled: float = 0.0
+    #: Connected components (26-connected) of every non-zero label together, and the share of
+    #: the labelled volume in the largest of them.
+    foreground_components: int = 0
+    foreground_largest_fraction: float = 1.0
 
     @property
     def zero_background(self) -> bool:
@@ -243,6 +247,9 @@ def case_fingerprint(case_id: str, data: np.ndarray, geom: Geometry, label: np.n
     if label is not None:
         out.label_volumes, out.label_components = label_statistics(label, geom.voxel_volume)
         labelled = label > 0
+        components, out.foreground_components = ndimage.label(labelled, structure=ndimage.generate_binary_structure(3, 3))
+        sizes = np.bincount(components.ravel())[1:]
+        out.foreground_largest_fraction = float(sizes.max() / sizes.sum()) if sizes.size else 1.0
         nonzero = ~np.all(data == 0, axis=0)
         n_lab = int(np.count_nonzero(labelled))
         out.labels_outside_scan = float(np.count_nonzero(labelled & ~nonzero) / max(1, n_lab))
@@ -257,7 +264,7 @@ def fingerprint_case(case: Case, max_voxels: int = DEFAULT_MAX_VOXELS) -> CaseFi
     if case.label is not None:
         label, lgeom = read_label(case.label, max_voxels=max_voxels)
         if not lgeom.same_grid(geom):
-            raise InputError(case.label, f"geometry ({lgeom.describe()}) differs from the scan's ({geom.describe()})")
+            raise InputError(case.label, f"label geometry ({lgeom.describe()}) differs from its image ({geom.describe()})")
     return case_fingerprint(case.case_id, data, geom, label)
 
 
@@ -268,7 +275,7 @@ def _files_key(cases: Sequence[Case]) -> list[list]:
     key = []
     for case in cases:
         for path in list(case.images) + ([case.label] if case.label else []):
-            st = Path(path).stat()
+            st = check_file(path).stat()  # a missing or unreadable file: one line naming it
             key.append([str(Path(path).resolve()), st.st_size, st.st_mtime_ns])
     return key
 

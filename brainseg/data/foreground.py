@@ -80,7 +80,8 @@ def channel_threshold(channel: np.ndarray) -> float:
     return float(lo + THRESHOLD_FRACTION * (hi - lo))
 
 
-def _largest_component(mask: np.ndarray) -> np.ndarray:
+def largest_component_mask(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a boolean mask (the mask itself when it has at most one)."""
     components, n = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, 3))
     if n <= 1:
         return mask
@@ -102,7 +103,7 @@ def threshold_mask(data: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
     mask = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1))
     if not mask.any():
         return np.ones(data.shape[1:], dtype=bool)
-    mask = _largest_component(mask)
+    mask = largest_component_mask(mask)
     mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
     return ndimage.binary_fill_holes(mask)
 

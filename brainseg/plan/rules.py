@@ -43,6 +43,9 @@ VALIDATIONS = 5
 MASK_TOLERANCE = 1e-3
 #: A label is kept as its largest component when it is one component in every training case.
 ONE_COMPONENT = 1
+#: Only the largest foreground component is kept when it holds this share of the labelled
+#: volume in every training case (a brain, one tumour with satellites).
+ONE_FOREGROUND = 0.95
 
 
 @dataclass
@@ -236,6 +239,12 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
         reasons["labels.regions"] = "the data set's regions: one sigmoid output per region"
     single = [v for v in fp.label_values if v and all(c.label_components.get(v, 0) == ONE_COMPONENT for c in fp.cases)]
     cfg.postprocess.largest_component = single
+    least = min((c.foreground_largest_fraction for c in fp.cases if c.label_volumes), default=0.0)
+    cfg.postprocess.largest_foreground = least >= ONE_FOREGROUND
+    reasons["postprocess.largest_foreground"] = (
+        f"the largest component holds >= {least:.1%} of the labelled foreground in every training case: "
+        "what lies apart from it is removed" if cfg.postprocess.largest_foreground
+        else f"in some training case the largest foreground component holds only {least:.1%} of the labels")
     reasons["postprocess.largest_component"] = ("labels that are one component in every training case" if single
                                                 else "every label has several components in some training case")
     reasons["infer.overlap"] = "half-patch steps with Gaussian weights (nnU-Net)"
