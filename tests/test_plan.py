@@ -136,3 +136,12 @@ def test_train_without_config_plans_first(demo_data, tmp_path):
     assert card["training_ranges"]["n_cases"] == 3
     again = _cli("train", "--data", demo_data, "--out", run, "--device", "cpu")
     assert again.returncode == 1 and "already holds a training run" in again.stderr
+
+
+def test_the_learning_rate_follows_the_steps_while_the_run_keeps_to_its_budget():
+    from brainseg.train.recipe import schedule_progress
+
+    assert schedule_progress(500, 1000, 200.0, 600.0) == 0.5  # on pace for 400 s of 600: by steps
+    assert schedule_progress(500, 1000, 400.0, 600.0) == pytest.approx(400 / 600)  # would overrun: by the clock
+    assert schedule_progress(500, 1000, 400.0, None) == 0.5
+    assert schedule_progress(0, 1000, 5.0, 600.0) == pytest.approx(5 / 600)

@@ -218,9 +218,11 @@ def run_budget(stored: float | None, requested: float | None) -> float | None:
 
 
 def schedule_progress(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
-    """The fraction of the run done, for the learning rate: of the iterations, or of the
-    time budget (training seconds over all invocations) if that is larger."""
+    """The fraction of the run done, for the learning rate: of the iterations while the run,
+    at its pace so far, ends its iterations within the time budget (training seconds over
+    all invocations; a planned run: the schedule follows the steps and repeats itself);
+    else of the budget when that is larger (the clock ends the run first)."""
     frac = step / max(1, total_steps)
-    if budget:
+    if budget and (step == 0 or elapsed * total_steps / step > budget):
         frac = max(frac, elapsed / budget)
     return frac
