@@ -44,23 +44,25 @@ def register(sub) -> argparse.ArgumentParser:
 
 def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml.
-    Under torchrun every rank plans alike without timing a step (rank 0 writes the files)."""
+    Under torchrun every rank plans alike without timing a step (rank 0 writes the files); nor is
+    a step timed when ``--set`` fixes the epochs and the patch (all the timing would decide)."""
     env = torchrun_env()
+    fixed = {o.split("=", 1)[0].strip() for o in overrides}
+    timed = not {"train.epochs", "train.patch_size"} <= fixed  # what the step time decides, unless --set fixes it
     plan, _ = plan_dataset(
         args.data,
         args.out / PLAN_FILE,
         fingerprint_cache=args.out / FINGERPRINT_FILE if env.is_main else None,
         device=planned_device(args.device),
         minutes=args.max_minutes,
-        measure=env.world_size == 1,
+        measure=env.world_size == 1 and timed,
         progress=fingerprint_bar(not args.no_progress and env.is_main),
         write=env.is_main,
     )
     if env.is_main:
         print(f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)")
     planned = plan.config.to_dict()
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    if keys & {"model.levels", "train.patch_size"} and not keys & {"model.strides", "model.kernels"}:
+    if fixed & {"model.levels", "train.patch_size"} and not fixed & {"model.strides", "model.kernels"}:
         # the planned per-stage lists fit the planned levels and patch: overridden, they go
         planned["model"]["strides"] = planned["model"]["kernels"] = None
     try:
