@@ -351,7 +351,7 @@ def test_resume_with_max_minutes_continues_the_budget_and_the_lr_schedule(demo_d
 # ----------------------------------------------------------------------------- a failing rank
 
 CONSENSUS_SCRIPT = """
-import json, torch
+import json, sys, torch
 from brainseg.errors import BrainsegError
 from brainseg.train import distributed as ddp
 info = ddp.init_distributed(torch.device("cpu"))
@@ -365,7 +365,8 @@ except ddp.PeerFailure as exc:
 except BrainsegError as exc:
     out["error"] = ["own", str(exc)]
 ddp.cleanup(info)
-print(json.dumps({info.rank: out}))
+sys.stdout.write(json.dumps({info.rank: out}) + "\n")  # one write: the ranks share the pipe, a line stays whole
+sys.stdout.flush()
 """
 
 
