@@ -365,7 +365,7 @@ except ddp.PeerFailure as exc:
 except BrainsegError as exc:
     out["error"] = ["own", str(exc)]
 ddp.cleanup(info)
-sys.stdout.write(json.dumps({info.rank: out}) + "\n")  # one write: the ranks share the pipe, a line stays whole
+sys.stdout.write(json.dumps({info.rank: out}) + "\\n")  # one write: the ranks share the pipe, a line stays whole
 sys.stdout.flush()
 """
 
