@@ -30,7 +30,7 @@ from ..errors import InputError
 from ..io import check_file, read_channels, read_geometry, read_label
 from .cases import Case
 from .foreground import threshold_mask
-from .preprocess import PREPROCESS_VERSION, PreprocessRecord, preprocess, ras_orientation
+from .preprocess import PREPROCESS_VERSION, PreprocessRecord, preprocess, to_ras
 
 #: Voxel coordinates stored per class for foreground sampling.
 MAX_LOCATIONS = 10_000
@@ -57,11 +57,7 @@ class CachedCase:
 def ras_spacing(case: Case, max_voxels: int) -> list[float]:
     """A case's voxel size in RAS axis order, from its first channel's header."""
     geom = read_geometry(case.images[0], max_voxels=max_voxels)
-    ornt = ras_orientation(geom)
-    out = [0.0, 0.0, 0.0]
-    for file_axis, (ras_axis, _) in enumerate(ornt):
-        out[int(ras_axis)] = geom.spacing[file_axis]
-    return out
+    return to_ras(geom.spacing, geom)
 
 
 def median_spacing(cases: Sequence[Case], max_voxels: int) -> list[float]:

@@ -31,7 +31,7 @@ from ..lateral import Laterality, from_names
 from ..ranges import TrainingRanges
 from .cases import Case, Dataset
 from .foreground import has_zero_background, subject_mask, threshold_mask
-from .preprocess import ras_orientation
+from .preprocess import to_ras
 
 log = logging.getLogger(__name__)
 
@@ -154,14 +154,6 @@ def obliquity(affine: np.ndarray) -> float:
     return float(max(math.degrees(math.acos(min(1.0, float(np.max(np.abs(c)))))) for c in cols.T))
 
 
-def to_ras(values: Sequence[float], geometry: Geometry) -> list[float]:
-    """Per-file-axis values (spacing, shape) in RAS axis order."""
-    out = [0.0, 0.0, 0.0]
-    for file_axis, (ras_axis, _) in enumerate(ras_orientation(geometry)):
-        out[int(ras_axis)] = float(values[file_axis])
-    return out
-
-
 #: Voxels drawn for the depth correlation.
 DEPTH_SAMPLE = 200_000
 
@@ -199,10 +191,11 @@ def channel_stats(channel: np.ndarray, foreground: np.ndarray, zero_background: 
     )
 
 
-def scan_statistics(data: np.ndarray, geom: Geometry) -> tuple[list[ChannelStats], list[float], np.ndarray]:
+def scan_statistics(data: np.ndarray, geom: Geometry, subject: np.ndarray | None = None) -> tuple[list[ChannelStats], list[float], np.ndarray]:
     """Per channel statistics, the foreground's extent (mm per RAS axis) and the foreground
-    of a (C, X, Y, Z) scan: what the fingerprint and the out-of-distribution check compare."""
-    foreground, zero_bg = scan_foreground(data)
+    of a (C, X, Y, Z) scan: what the fingerprint and the out-of-distribution check compare
+    (``subject``: its :func:`subject_mask`, when the caller has it)."""
+    foreground, zero_bg = scan_foreground(data, subject)
     depth = ndimage.distance_transform_edt(foreground, sampling=[float(s) for s in geom.spacing])
     box = np.argwhere(foreground)
     extent_vox = (box.max(axis=0) - box.min(axis=0) + 1) if box.size else np.array(data.shape[1:])
@@ -210,10 +203,10 @@ def scan_statistics(data: np.ndarray, geom: Geometry) -> tuple[list[ChannelStats
     return [channel_stats(c, foreground, zero_bg, depth) for c in data], extent, foreground
 
 
-def scan_foreground(data: np.ndarray) -> tuple[np.ndarray, bool]:
+def scan_foreground(data: np.ndarray, subject: np.ndarray | None = None) -> tuple[np.ndarray, bool]:
     """The subject's voxels of a (C, X, Y, Z) scan as preprocessing finds them, and whether
     its background is exactly zero."""
-    subject = subject_mask(data)
+    subject = subject_mask(data) if subject is None else subject
     zero_bg = has_zero_background(data, subject)
     return (subject if zero_bg else threshold_mask(data)), zero_bg
 
@@ -326,9 +319,9 @@ def training_ranges(fp: Fingerprint) -> TrainingRanges:
     )
 
 
-def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=()) -> list[str]:
-    """:meth:`TrainingRanges.reasons` for a (C, X, Y, Z) scan as read."""
-    channels, extent, _ = scan_statistics(data, geom)
+def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None) -> list[str]:
+    """:meth:`TrainingRanges.reasons` for a (C, X, Y, Z) scan as read (``subject``: its subject mask, if known)."""
+    channels, extent, _ = scan_statistics(data, geom, subject)
     return ranges.reasons(
         to_ras(geom.spacing, geom), extent, obliquity(geom.affine),
         [c.depth_correlation for c in channels], [c.profile[2] for c in channels], channel_names,

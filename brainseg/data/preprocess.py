@@ -101,6 +101,12 @@ def ras_orientation(geometry: Geometry) -> np.ndarray:
     return nib.orientations.io_orientation(geometry.affine)
 
 
+def to_ras(values: Sequence[float], geometry: Geometry) -> list[float]:
+    """Per-file-axis values (spacing, shape) in RAS axis order: file axis i goes to RAS axis ornt[i, 0]."""
+    ornt = ras_orientation(geometry)
+    return [float(values[int(np.flatnonzero(ornt[:, 0] == axis)[0])]) for axis in range(3)]
+
+
 def reorient_array(data: np.ndarray, ornt: np.ndarray) -> np.ndarray:
     """Apply an orientation to the last three axes of ``data`` (a view when possible)."""
     if data.ndim == 3:
@@ -242,14 +248,10 @@ def preprocess(
     """Preprocess a (C, X, Y, Z) case (file voxel order) and its optional label map
     (``intensity``: the data set's, per channel, for the ``ct`` scheme; ``subject``: the
     case's :func:`~brainseg.data.foreground.subject_mask` if the caller has it already)."""
-    if data.ndim == 3:
-        data = data[None]
+    data = data[None] if data.ndim == 3 else data
     ornt = ras_orientation(geometry)
     ras = reorient_array(data, ornt)
-    # Spacing in RAS axis order: file axis i goes to RAS axis ornt[i, 0].
-    ras_spacing = [0.0, 0.0, 0.0]
-    for file_axis, (ras_axis, _) in enumerate(ornt):
-        ras_spacing[int(ras_axis)] = float(geometry.spacing[file_axis])
+    ras_spacing = to_ras(geometry.spacing, geometry)
     target = [float(t) for t in target_spacing]
     new_shape = resampled_shape(ras.shape[1:], ras_spacing, target)
     steps = resample_steps(ras_spacing, target) if list(new_shape) != list(ras.shape[1:]) else [1.0] * 3

@@ -175,7 +175,7 @@ class Predictor:
             subject=subject,
         )
         ranges = self.card.training_ranges
-        ood = [] if ranges is None else scan_reasons(data, geometry, ranges, self.card.channels)
+        ood = [] if ranges is None else scan_reasons(data, geometry, ranges, self.card.channels, subject)
         return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject, ood=ood)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
