@@ -23,6 +23,8 @@ Stored form (format 2)::
                                           # per region (then "network"'s num_classes is their count)
      "region_thresholds": [],             # per region, the probability a voxel must reach (empty: 0.5)
      "innermost_min_mm3": 0.0,            # the enhancing-tumour rule's volume, chosen on validation
+     "class_offsets": [],                 # label models: per class, the log-probability offset
+                                          # chosen on validation (empty: plain argmax)
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
@@ -136,6 +138,8 @@ class ModelCard:
     region_thresholds: tuple[float, ...] = ()
     #: The enhancing-tumour rule's volume (mm^3) chosen on the validation cases; 0 = off.
     innermost_min_mm3: float = 0.0
+    #: Label models: per class, the log-probability offset chosen on the validation cases (empty: none).
+    class_offsets: tuple[float, ...] = ()
 
     # ------------------------------------------------------------------ views
     @property
@@ -170,6 +174,7 @@ class ModelCard:
             "regions": self.regions.to_dict() if self.regions is not None else None,
             "region_thresholds": [float(t) for t in self.region_thresholds],
             "innermost_min_mm3": float(self.innermost_min_mm3),
+            "class_offsets": [float(o) for o in self.class_offsets],
             "config": dict(self.config),
             "versions": dict(self.versions),
         }
@@ -215,6 +220,7 @@ class ModelCard:
             regions = Regions.from_dict(raw["regions"]) if raw.get("regions") is not None else None
             thresholds = tuple(float(t) for t in raw.get("region_thresholds") or ())
             innermost_min_mm3 = float(raw.get("innermost_min_mm3") or 0.0)
+            class_offsets = tuple(float(o) for o in raw.get("class_offsets") or ())
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -232,6 +238,9 @@ class ModelCard:
                 f"lists labels {sorted(labels)} but the network has {network.num_classes} classes "
                 "(the labels must be one per class, background 0 included)"
             )
+        if class_offsets and (regions is not None or len(class_offsets) != network.num_classes
+                              or not all(math.isfinite(o) for o in class_offsets)):
+            raise fail(f"has class_offsets {list(class_offsets)}: expected one finite number per class of a label model, or none")
         if normalization.scheme not in NORMALIZATION_SCHEMES:
             raise fail(f"has normalization scheme {normalization.scheme!r} (known: {', '.join(NORMALIZATION_SCHEMES)})")
         if normalization.scheme == "ct" and len(intensity) != len(channels):
@@ -256,6 +265,7 @@ class ModelCard:
             regions=regions,
             region_thresholds=thresholds,
             innermost_min_mm3=innermost_min_mm3,
+            class_offsets=class_offsets,
         )
 
 

@@ -179,6 +179,14 @@ class PostprocessConfig:
     #: null = the value training chose on the validation cases (kept in the model card),
     #: 0 = off. Label models ignore it.
     innermost_min_mm3: float | None = None
+    #: Label models: per class, a log-probability offset added before the argmax (the softmax's
+    #: argmax under-segments thin classes that Dice weighs as much as large ones; training
+    #: chooses the offsets that maximise the validation cases' Dice, kept in the model card).
+    #: null = the card's, [] = none (plain argmax), a list = these (one per class, background first).
+    class_offsets: list[float] | None = None
+    #: Region models: per region, the probability a voxel needs to be in it. null = the card's
+    #: (chosen on the validation cases), a list = these (one per region, in (0, 1)).
+    region_thresholds: list[float] | None = None
 
 
 @dataclass

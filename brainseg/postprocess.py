@@ -63,8 +63,12 @@ def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
 INPUT_MASK_MODES = ("none", "restrict", "fill")
 
 
-def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "none") -> np.ndarray:
-    """Class indices from probabilities, using where the input scan is non-zero.
+def labels_within_input(
+    probs: np.ndarray, nonzero: np.ndarray, mode: str = "none", weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Class indices from probabilities, using where the input scan is non-zero; with
+    ``weights`` (C,) each class's probability is scaled by its weight before the argmax
+    (the card's class offsets, ``exp(offset)``, chosen on the validation cases).
 
     ``mode`` (``postprocess.input_mask``):
 
@@ -77,6 +81,8 @@ def labels_within_input(probs: np.ndarray, nonzero: np.ndarray, mode: str = "non
     """
     if mode not in INPUT_MASK_MODES:
         raise ValueError(f"postprocess.input_mask must be one of {INPUT_MASK_MODES}, got {mode!r}")
+    if weights is not None:
+        probs = np.asarray(probs) * np.asarray(weights, dtype=np.float32).reshape(-1, *([1] * (np.ndim(probs) - 1)))
     if mode == "fill" and probs.shape[0] > 1:
         labels = probabilities_to_labels(probs[1:])
         labels += 1

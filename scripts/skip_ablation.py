@@ -149,7 +149,8 @@ def evaluate_arm(run_dir: Path, train_cases, heldout, labels, device: str) -> di
     from brainseg.model.checkpoint import load_model
 
     model, card = load_model(run_dir, device)
-    cfg = inference_config(card, None, [])
+    # scored without test-time mirroring (8x the time; the arms are compared as the network decides alone)
+    cfg = inference_config(card, None, ["infer.mirror=false"])
     predictor = Predictor(model, card, cfg.infer, cfg.postprocess, device, max_voxels=cfg.data.max_voxels)
     trained_ids = set(json.loads((run_dir / "split.json").read_text())["train"])
     masks = run_dir / "heldout_masks"

@@ -139,9 +139,15 @@ def test_a_bad_device_is_one_line(command, tiny_checkpoint, tmp_path):
     assert res.stderr.strip() == "brainseg: error: device 'gpu': expected auto, cpu, cuda or cuda:N"
 
 
+#: predict as validation during training does: the plain argmax, no test-time mirroring.
+AS_VALIDATED = ["postprocess.class_offsets=[]", "infer.mirror=false"]
+
+
 def test_validation_dice_is_what_predict_and_evaluate_report(tmp_path):
     """The trainer's last validation Dice (full precision, from the checkpoint's history)
-    equals ``predict`` + ``evaluate`` of the final model on the validation cases."""
+    equals ``predict`` + ``evaluate`` of the final model on the validation cases, decided
+    as validation decides (plain argmax, no test-time mirroring; the class offsets chosen
+    after it are predict's addition)."""
     data = make_demo_dataset(tmp_path / "data", n=3, n_test=1, seed=4, verbose=False)
     cfg = load_config(REPO / "configs" / "demo.yaml", [
         "model.levels=3", "model.base_features=4", "model.max_features=16", "train.patch_size=[32,32,32]",
@@ -160,7 +166,7 @@ def test_validation_dice_is_what_predict_and_evaluate_report(tmp_path):
     for cid in val_ids:
         shutil.copy(data / "labelsTr" / f"{cid}.nii.gz", refs)
     images = [data / "imagesTr" / f"{cid}_0000.nii.gz" for cid in val_ids]
-    result = predict(tmp_path / "run", images, tmp_path / "pred", device="cpu")
+    result = predict(tmp_path / "run", images, tmp_path / "pred", device="cpu", overrides=AS_VALIDATED)
     assert not result.summary.failed
     summary = evaluate_folders(tmp_path / "pred", refs, tmp_path / "eval", labels=[1, 2, 3], progress=False)
     for v in (1, 2, 3):

@@ -152,7 +152,9 @@ def test_validation_shared_across_ranks_is_what_predict_and_evaluate_report(demo
     for cid in val_ids:
         (refs / f"{cid}.nii.gz").write_bytes((demo_data / "labelsTr" / f"{cid}.nii.gz").read_bytes())
     images = [demo_data / "imagesTr" / f"{cid}_0000.nii.gz" for cid in val_ids]
-    assert not predict(run_dir, images, tmp_path / "pred", device="cpu", checkpoint="final").summary.failed
+    as_validated = ["postprocess.class_offsets=[]", "infer.mirror=false"]  # plain argmax, no test-time mirroring
+    assert not predict(run_dir, images, tmp_path / "pred", device="cpu", checkpoint="final",
+                       overrides=as_validated).summary.failed
     summary = evaluate_folders(tmp_path / "pred", refs, tmp_path / "eval", labels=[1, 2, 3], progress=False)
     for v in (1, 2, 3):
         assert summary["labels"][str(v)]["dice"]["mean"] == pytest.approx(last[f"val_dice_{v}"], abs=1e-6)

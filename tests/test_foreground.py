@@ -20,7 +20,7 @@ from brainseg.data.foreground import far_background, has_zero_background, thresh
 from brainseg.data.patches import extract_patch
 from brainseg.data.preprocess import preprocess
 from brainseg.infer.sliding_window import SlidingWindow
-from brainseg.io import write_image
+from brainseg.io import Geometry, write_image
 
 pytest.importorskip("nilearn")
 demo = pytest.importorskip("brainseg.data.demo")
@@ -116,6 +116,32 @@ def test_sliding_window_pads_with_the_background_value():
     assert sw(image).max() > -1.9  # zero padding pulls the windows' means up
 
 
+def test_bias_field_multiplies_raw_intensities_not_normalised_ones():
+    """A bias field scales the scan's raw signal: in z-score units it scales about the value a
+    raw 0 has (``-mean / std``), so an exact-zero background stays exactly where it was and
+    every brain voxel keeps its sign of (x - raw zero); about 0 it would flip dark tissue's
+    contrast instead. The field's level varies from patch to patch (a constant term)."""
+    cfg = AugmentConfig(p_background_noise=0, p_lowres=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
+                        p_gamma=0, p_bias=1.0, bias_strength=0.5)
+    raw = np.full((1, 32, 32, 32), 0.0, np.float32)
+    raw[0, 4:28, 4:28, 4:28] = np.linspace(0.2, 1.0, 24**3, dtype=np.float32).reshape(24, 24, 24)
+    mean, std = float(raw[raw > 0].mean()), float(raw[raw > 0].std())
+    patch = (raw - mean) / std
+    zero = -mean / std
+    levels = []
+    for seed in range(6):
+        out = augment.intensity(patch, np.random.default_rng(seed), cfg, raw_zero=[zero])
+        assert np.all(out[0][raw[0] == 0] == np.float32(zero))  # the background is not touched
+        back = out * std + mean  # in raw units: the raw signal times a positive smooth field
+        field = back[0, 4:28, 4:28, 4:28] / raw[0, 4:28, 4:28, 4:28]
+        assert field.min() > 0  # positive everywhere: no voxel changes its side of the raw zero
+        assert max(np.abs(np.diff(np.log(field), axis=a)).max() for a in range(3)) < 0.1  # smooth
+        levels.append(float(np.log(field).mean()))
+    assert np.std(levels) > 0.02, levels  # the level varies between patches
+    about_zero = augment.intensity(patch, np.random.default_rng(0), cfg)  # the old reading: about 0
+    assert not np.allclose(about_zero[0][raw[0] == 0], zero)
+
+
 def test_background_noise_and_low_resolution_augmentations():
     cfg = AugmentConfig(p_background_noise=1.0, p_lowres=0.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
                         p_gamma=0, p_bias=0)
@@ -136,8 +162,12 @@ def test_input_mask_rule_applies_only_to_zero_background_scans(subjects, tiny_ch
     """``input_mask: fill`` forces a foreground label wherever the scan is non-zero: on a noisy
     scan that would be everywhere, so there it is not applied (same masks as ``none``)."""
     scans = tmp_path / "scans"
+    halved = {}  # every other voxel (twice the voxel size): the same rule, an eighth of the windows
     for name, (image, _, geometry, _) in zip(("stripped", "noisy"), subjects[:2]):
-        write_image(scans / f"{name}_0000.nii.gz", image, geometry)
+        affine = geometry.affine.copy()
+        affine[:3, :3] *= 2.0
+        halved[name] = np.ascontiguousarray(image[::2, ::2, ::2])
+        write_image(scans / f"{name}_0000.nii.gz", halved[name], Geometry(halved[name].shape, affine))
     outs = {}
     for mode in ("fill", "none"):
         outs[mode] = tmp_path / mode
@@ -152,8 +182,7 @@ def test_input_mask_rule_applies_only_to_zero_background_scans(subjects, tiny_ch
     masks = {m: {c: np.asarray(nib.load(str(outs[m] / f"{c}.nii.gz")).dataobj) for c in ("stripped", "noisy")} for m in outs}
     assert np.array_equal(masks["fill"]["noisy"], masks["none"]["noisy"])
     assert not np.array_equal(masks["fill"]["stripped"], masks["none"]["stripped"])
-    stripped = subjects[0][0]
-    assert np.all(masks["fill"]["stripped"][stripped == 0] == 0)
+    assert np.all(masks["fill"]["stripped"][halved["stripped"] == 0] == 0)
     with open(outs["fill"] / "volumes.csv") as fh:
         rows = {r["case"]: r for r in csv.DictReader(fh)}
     assert rows["stripped"]["background"] == "zero" and rows["noisy"]["background"] == "noise"

@@ -140,7 +140,7 @@ def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
     res = subprocess.run(
         [sys.executable, str(SCRIPTS / "generalisation.py"), "--out", str(out), "--data", str(demo),
-         "--minutes", "0.15", "--n-shifted", "2", "--json", str(extra_json)],
+         "--minutes", "0.15", "--n-shifted", "2", "--json", str(extra_json), "--no-mirror"],
         capture_output=True, text=True, timeout=1500,
     )
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]

@@ -28,7 +28,7 @@ from brainseg.model.checkpoint import load_checkpoint, load_model, save_checkpoi
 from brainseg.postprocess import INNERMOST_CANDIDATES_MM3, innermost_rule, postprocess_labels, regions_within_input
 from brainseg.regions import BRATS_2021, BRATS_2023, Regions
 from brainseg.train.recipe import SegLoss, region_targets, resolve_regions
-from brainseg.train.validation import innermost_scores, smallest_best
+from brainseg.train.validation import THRESHOLD_CANDIDATES, innermost_scores, smallest_best
 
 ROOT = Path(__file__).resolve().parent.parent
 BRATS_VALUES = [0, 1, 2, 4]
@@ -245,7 +245,7 @@ def test_cli_training_on_brats_layout_writes_a_region_card(region_run: Path):
     card = ModelCard.from_dict(load_checkpoint(region_run / "checkpoint_final.pt")["card"])
     assert card.regions == BRATS_2021 and card.num_classes == 3 and card.format == REGION_CARD_FORMAT == 3
     assert card.labels == {0: "background", 1: "label_1", 2: "label_2", 4: "label_4"}
-    assert card.thresholds == (0.5, 0.5, 0.5)
+    assert len(card.thresholds) == 3 and set(card.thresholds) <= set(THRESHOLD_CANDIDATES)  # chosen on validation
     assert card.innermost_min_mm3 in INNERMOST_CANDIDATES_MM3
     header = (region_run / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"val_dice_WT", "val_dice_TC", "val_dice_ET", "val_dice_mean"} <= set(header)
@@ -271,13 +271,13 @@ def test_predict_writes_brats_labels_in_the_scans_geometry_and_region_probabilit
     assert p.min() >= 0 and p.max() <= 1 and not np.allclose(p.sum(-1), 1.0)  # sigmoids, not a softmax
     sidecar = json.loads((out / "BraTS2021_00001_probabilities.json").read_text())
     assert sidecar == {"kind": "regions", "channels": ["WT", "TC", "ET"]}
-    # the mask is the probabilities thresholded at 0.5 and written by the class order (then the ET rule)
+    # the mask is the probabilities thresholded at the card's thresholds and written by the class order (then the ET rule)
     card = ModelCard.from_dict(load_checkpoint(region_run / "checkpoint_final.pt")["card"])
     brain = np.asarray(scan.dataobj) != 0
     # ... then cleaned by the run's postprocess config (the plan's, e.g. the largest foreground component)
     clean = config_from_dict(card.config).postprocess
     zooms = scan.header.get_zooms()[:3]
-    labels = regions_within_input(np.moveaxis(p, -1, 0), brain, "restrict", BRATS_2021, (0.5,) * 3)
+    labels = regions_within_input(np.moveaxis(p, -1, 0), brain, "restrict", BRATS_2021, card.thresholds)
     expected = innermost_rule(postprocess_labels(labels, zooms, clean), zooms, BRATS_2021, card.innermost_min_mm3)
     assert np.mean(expected == np.asarray(mask.dataobj)) > 0.999
 
@@ -290,6 +290,19 @@ def test_the_et_rule_volume_comes_from_the_card_unless_configured(region_run):
     assert Predictor(model, stored, cfg.infer, cfg.postprocess).innermost_min_mm3 == 200.0
     off = load_config(overrides=["postprocess.innermost_min_mm3=0"])
     assert Predictor(model, stored, off.infer, off.postprocess).innermost_min_mm3 == 0.0
+
+
+@pytest.mark.slow
+def test_region_thresholds_come_from_the_card_unless_configured(region_run):
+    model, card = load_model(region_run, "cpu")
+    stored = ModelCard.from_dict({**card.to_dict(), "region_thresholds": [0.4, 0.3, 0.6]})
+    cfg = load_config(overrides=[])
+    assert Predictor(model, stored, cfg.infer, cfg.postprocess).thresholds == (0.4, 0.3, 0.6)
+    fixed = load_config(overrides=["postprocess.region_thresholds=[0.5, 0.5, 0.5]"])
+    assert Predictor(model, stored, fixed.infer, fixed.postprocess).thresholds == (0.5, 0.5, 0.5)
+    with pytest.raises(BrainsegError, match="region_thresholds"):
+        bad = load_config(overrides=["postprocess.region_thresholds=[0.5, 0.5]"])
+        Predictor(model, stored, bad.infer, bad.postprocess)
 
 
 def test_region_card_checks_its_outputs(tiny_checkpoint_factory):

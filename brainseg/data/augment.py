@@ -68,13 +68,20 @@ def flip(
 
 
 def intensity(
-    image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, background: list[float] | None = None
+    image: np.ndarray,
+    rng: np.random.Generator,
+    cfg: AugmentConfig,
+    background: list[float] | None = None,
+    raw_zero: list[float] | None = None,
 ) -> np.ndarray:
     """Intensity augmentation of a (C, X, Y, Z) float32 patch (returns a new array).
 
     ``background``: per channel, the value of an exact-zero background after
     normalisation (None when the case's background is noise already); voxels with
-    exactly that value may get Rician background noise.
+    exactly that value may get Rician background noise. ``raw_zero``: per channel, the
+    value a raw intensity of 0 has after normalisation (``-mean / std`` for the z-score):
+    the bias field multiplies the scan's raw intensities, so it scales about that value
+    (about 0 when None: a contrast change of the normalised patch, not a bias).
     """
     image = np.array(image, dtype=np.float32, copy=True)
     if not cfg.enabled:
@@ -108,7 +115,10 @@ def intensity(
                 x = (x - x.mean()) / max(float(x.std()), 1e-6) * std + mean
                 image[c] = x
     if rng.random() < cfg.p_bias:
-        image *= _bias_field(image.shape[1:], rng, cfg.bias_strength)[None]
+        field = _bias_field(image.shape[1:], rng, cfg.bias_strength)
+        zero = np.zeros(image.shape[0], np.float32) if raw_zero is None else np.asarray(raw_zero, np.float32)
+        for c in range(image.shape[0]):
+            image[c] = (image[c] - zero[c]) * field + zero[c]
     return image
 
 
@@ -184,10 +194,12 @@ def _power(x: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def _bias_field(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """A smooth multiplicative field: exp of a random 2nd-order polynomial."""
+    """A smooth multiplicative field: exp of a random 2nd-order polynomial over the patch,
+    its constant term included (a patch is a window of a scan-wide field: its level varies
+    from patch to patch as much as its slope)."""
     grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
     x, y, z = grids
     terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
-    coeffs = rng.normal(0, strength / 3, len(terms)).astype(np.float32)
-    field = sum(c * t for c, t in zip(coeffs, terms))
+    coeffs = rng.normal(0, strength / 3, len(terms) + 1).astype(np.float32)
+    field = coeffs[-1] + sum(c * t for c, t in zip(coeffs[:-1], terms))
     return np.exp(np.broadcast_to(field, shape)).astype(np.float32)

@@ -93,7 +93,8 @@ class PatchDataset(Dataset):
         matrix = augment.spatial_matrix(rng, self.aug)
         img, lab = extract_patch(image, seg, center, self.patch, matrix, fill)
         img, lab = augment.flip(img, lab, rng, self.aug, self.swap, self.left_right)
-        img = augment.intensity(img, rng, self.aug, fill if record.zero_background else None)
+        raw_zero = [-m / s for m, s in zip(record.norm_mean, record.norm_std)]
+        img = augment.intensity(img, rng, self.aug, fill if record.zero_background else None, raw_zero)
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
 
 

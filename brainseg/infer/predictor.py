@@ -151,6 +151,16 @@ class Predictor:
         chosen = postprocess.innermost_min_mm3
         #: The enhancing-tumour rule's volume: the config's, else the one training chose (the card's).
         self.innermost_min_mm3 = float(card.innermost_min_mm3 if chosen is None else chosen)
+        offsets = card.class_offsets if postprocess.class_offsets is None else tuple(postprocess.class_offsets)
+        if offsets and (self.regions is not None or len(offsets) != self.num_classes):
+            raise BrainsegError(f"postprocess.class_offsets {list(offsets)}: expected one per class ({self.num_classes}) of a label model, or []")
+        #: Label models: per class, the factor its probability gets before the argmax (None: plain argmax).
+        self.class_weights = np.exp(np.asarray(offsets, dtype=np.float32)) if any(offsets) else None
+        fixed = postprocess.region_thresholds
+        #: Region models: per region, the probability a voxel needs (the config's, else the card's).
+        self.thresholds = card.thresholds if fixed is None else tuple(float(t) for t in fixed)
+        if self.regions is not None and (len(self.thresholds) != len(self.regions) or not all(0 < t < 1 for t in self.thresholds)):
+            raise BrainsegError(f"postprocess.region_thresholds {list(self.thresholds)}: expected one in (0, 1) per region ({len(self.regions)})")
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -186,7 +196,7 @@ class Predictor:
         input_mask = self.input_mask_rule(case.record)
         if return_probabilities:
             probs = self._probabilities(case.image, case.record)
-            classes = reducer(input_mask, self.regions, self.card.thresholds)(probs, case.nonzero)
+            classes = reducer(input_mask, self.regions, self.thresholds, self.class_weights)(probs, case.nonzero)
         else:  # labels only: no full-size probability maps are built
             probs = None
             classes = self._classes(case.image, case.record, case.nonzero, input_mask)
@@ -233,8 +243,9 @@ class Predictor:
             logits = self._logits(tensor, record, batch_windows, device)
             if self.regions is not None:
                 probs = sigmoid_(logits, far)
-                return classes_in_original_grid(probs, record, nonzero, input_mask, self.regions, self.card.thresholds)
-            return classes_in_original_grid(force_background_(softmax_(logits), far), record, nonzero, input_mask)
+                return classes_in_original_grid(probs, record, nonzero, input_mask, self.regions, self.thresholds)
+            probs = force_background_(softmax_(logits), far)
+            return classes_in_original_grid(probs, record, nonzero, input_mask, weights=self.class_weights)
 
         return run_with_oom_fallback(step, attempts, self.log)
 
@@ -306,17 +317,18 @@ def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tens
     return probs
 
 
-def reducer(input_mask: str, regions: Regions | None = None, thresholds: Sequence[float] = ()):
-    """``f(probs, nonzero)``: (C, ...) probabilities to class indices (:func:`labels_within_input`),
-    or for a region model to label values (:func:`regions_within_input`, per-region ``thresholds``)."""
+def reducer(input_mask: str, regions: Regions | None = None, thresholds: Sequence[float] = (), weights=None):
+    """``f(probs, nonzero)``: (C, ...) probabilities to class indices (:func:`labels_within_input`,
+    per-class ``weights``), or for a region model to label values (:func:`regions_within_input`,
+    per-region ``thresholds``)."""
     if regions is None:
-        return partial(labels_within_input, mode=input_mask)
+        return partial(labels_within_input, mode=input_mask, weights=weights)
     return partial(regions_within_input, mode=input_mask, regions=regions, thresholds=thresholds)
 
 
 def classes_in_original_grid(
     probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str,
-    regions: Regions | None = None, thresholds: Sequence[float] = (),
+    regions: Regions | None = None, thresholds: Sequence[float] = (), weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply
     (for a region model, with ``regions``: the label values of :func:`regions_within_input`).
@@ -330,7 +342,7 @@ def classes_in_original_grid(
     ornt = np.asarray(record.ornt)
     nonzero_ras = reorient_array(np.asarray(nonzero, dtype=bool), ornt)
     # what labels_within_input gives a voxel whose probabilities are the background one-hot
-    reduce = reducer(input_mask, regions, thresholds)
+    reduce = reducer(input_mask, regions, thresholds, weights)
     onehot = np.zeros((probs.shape[0], 1, 1, 2), dtype=np.float32)
     onehot[0] = 1.0 if regions is None else 0.0
     outside = reduce(onehot, np.array([[[False, True]]]))[0, 0]

@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 #: nnU-Net: an axis whose median voxel is over this many times the finest is anisotropic.
 ANISOTROPY_RATIO = 3.0
 #: On a CPU, the share of the time budget planned for training steps (the rest: validation,
-#: the loader's share of the cores, start-up) and the slowdown the loader process causes.
-CPU_STEP_SHARE = 0.9
+#: about 6 % of a 10-minute demo run) and the slowdown the loader process causes (measured
+#: 1.17). A run slower than planned anneals by the clock instead (recipe.schedule_progress).
+CPU_STEP_SHARE = 0.95
 LOADER_SLOWDOWN = 1.2
 #: Planned steps on a CPU: the patch doubles while more than the upper bound fit and halves
 #: (not below ``MIN_CPU_PATCH`` voxels) while fewer than the lower bound do.
@@ -205,9 +206,7 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
     t = cfg.train
     if device == "cuda":
         t.optimizer, t.lr, t.iters_per_epoch, t.epochs = "sgd", 0.01, ITERS_PER_EPOCH["cuda"], 1000
-        cfg.model.deep_supervision = True
         reasons["train.optimizer"] = "nnU-Net's SGD (Nesterov, momentum 0.99), lr 0.01, poly schedule"
-        reasons["model.deep_supervision"] = "nnU-Net's default on a GPU"
         t.num_workers = max(1, min(8, (os.cpu_count() or 2) - 1))
         cfg.infer.mirror, cfg.infer.batch_windows = True, 4
         reasons["infer.mirror"] = "test-time mirroring on a GPU (8 passes)"
@@ -218,8 +217,12 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
         reasons["train.epochs"] = (f"{steps} steps fill {minutes or 60:g} minutes; the schedule ends with them"
                                    if steps else "an upper bound: --max-minutes ends the run")
         t.num_workers = 1
-        cfg.infer.mirror, cfg.infer.batch_windows = False, 2
-        reasons["infer.mirror"] = "off on a CPU (8x the inference time)"
+        cfg.infer.mirror, cfg.infer.batch_windows = True, 2
+        reasons["infer.mirror"] = ("test-time mirroring (8 passes, 8x the inference time): +0.011 mean Dice on "
+                                   "held-out and shifted demo scans after a 10-minute CPU run (measured)")
+    cfg.model.deep_supervision = True
+    reasons["model.deep_supervision"] = ("nnU-Net's default; a 10-minute CPU run learns faster with it "
+                                         "(demo: shifted-scan Dice 0.83 vs 0.79-0.82 without, measured)")
     t.val_every = max(1, t.epochs // VALIDATIONS) if t.epochs < 1000 else 50
     reasons["train.val_every"] = f"about {VALIDATIONS} validations per run"
     reasons["train.num_workers"] = "loader processes beside training, one core left for the network on a CPU"
@@ -248,6 +251,8 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
     reasons["postprocess.largest_component"] = ("labels that are one component in every training case" if single
                                                 else "every label has several components in some training case")
     reasons["infer.overlap"] = "half-patch steps with Gaussian weights (nnU-Net)"
+    key = "postprocess.region_thresholds" if fp.regions else "postprocess.class_offsets"
+    reasons[key] = "null: chosen on the validation cases at the end of training (kept in the model card)"
     reasons["augment.p_flip"] = "each axis on its own" + (
         "; left-right flips swap the pairs" if lat.pairs else "; no left-right flips (unpaired lateral labels)"
         if lat.unpaired else "")

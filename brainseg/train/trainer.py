@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from ..card import ModelCard, Network, Normalization, package_versions
+from ..atomic import atomic_write_text
 from ..config import Config, dump_config
 from ..data.cache import cache_cases, intensity_statistics, median_spacing
 from ..data.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, training_ranges
@@ -48,8 +49,7 @@ from ..data.layouts import discover_dataset
 from ..data.loader import PatchDataset, RangeSampler, make_loader
 from ..data.preprocess import PREPROCESS_VERSION
 from ..errors import BrainsegError
-from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, save_checkpoint
-from ..model.checkpoint import nonfinite_tensors
+from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
 from ..model.unet import UNet3D, build_model
 from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
 from . import distributed as ddp
@@ -87,7 +87,7 @@ class Trainer:
         self.state = RunState()
         self.elapsed_before = 0.0  # training seconds before this invocation
         self._started = time.perf_counter()  # when this invocation's training started
-        self.innermost_min_mm3 = 0.0  # region models: the enhancing-tumour rule, chosen at the end
+        self.innermost_min_mm3, self.decision = 0.0, {}  # the rules chosen on validation at the end
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -161,15 +161,8 @@ class Trainer:
         if self.resume:
             self._load_state(self.run_dir / CHECKPOINT_LAST)
         self.dataset = PatchDataset(
-            self.train_cases,
-            cfg.train.patch_size,
-            cfg.train.batch_size,
-            cfg.train.foreground_fraction,
-            cfg.augment,
-            seed=cfg.train.seed,
-            rank=self.dist.rank,
-            laterality=self.laterality,
-            label_values=list(self.labels),
+            self.train_cases, cfg.train.patch_size, cfg.train.batch_size, cfg.train.foreground_fraction, cfg.augment,
+            seed=cfg.train.seed, rank=self.dist.rank, laterality=self.laterality, label_values=list(self.labels),
             region_table=table,
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)
@@ -194,7 +187,7 @@ class Trainer:
             versions=package_versions(),
             intensity=tuple(self.intensity),
             training_ranges=self.ranges,
-            **region_card_fields(self.regions, self.innermost_min_mm3),
+            **(region_card_fields(self.regions, self.innermost_min_mm3) | self.decision),
         )
 
     def _state_dict(self) -> dict:
@@ -357,9 +350,13 @@ class Trainer:
         bar.close()
         if failure:
             ddp.stop_together(self.dist, failure)
+        self.cfg = self.validation.checked_postprocess(self.model, self.card(), self.cfg, self.device)
+        self.decision = self.validation.choose_decision(self.model, self.card(), self.cfg, self.device)
         self.innermost_min_mm3 = self.validation.choose_innermost_min(self.model, self.card(), self.cfg, self.device)
         with ddp.together(self.dist, "writing the final checkpoint"):
             self._save(CHECKPOINT_FINAL)
+            if self.dist.is_main:  # the config as it ends: postprocessing checked on validation
+                atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
         self.tb.close()
         last = next((r for r in reversed(s.history) if "val_dice_mean" in r), {})
         return {
@@ -388,7 +385,6 @@ class Trainer:
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     """Train a model; returns a small summary (run folder, epochs, last validation Dice).
-
     ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``."""
     trainer = Trainer(data_dir, run_dir, config, **options)
     try:

@@ -1,0 +1,95 @@
+"""Class offsets: per-class log-probability offsets chosen on the validation cases.
+
+The search is tested on a real (tiny, untrained) network and a real NIfTI case whose
+reference is what the same network labels under a planted offset: the search must
+find that offset again and reach a Dice of 1. The card keeps the offsets, checks them,
+and ``postprocess.class_offsets`` overrides them at prediction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from brainseg.card import ModelCard
+from brainseg.config import load_config
+from brainseg.data.cases import Case
+from brainseg.errors import BrainsegError
+from brainseg.infer.predictor import Predictor
+from brainseg.model.checkpoint import load_model
+from brainseg.postprocess import labels_within_input
+from brainseg.runtime import DistInfo
+from brainseg.train.validation import Validation
+
+
+def test_weights_move_the_argmax_towards_the_weighted_class():
+    probs = np.array([0.5, 0.4, 0.1], dtype=np.float32).reshape(3, 1, 1, 1)
+    nonzero = np.ones((1, 1, 1), dtype=bool)
+    assert labels_within_input(probs, nonzero)[0, 0, 0] == 0
+    assert labels_within_input(probs, nonzero, weights=np.exp([0.0, 0.4, 0.0]))[0, 0, 0] == 1
+    assert labels_within_input(probs, nonzero, weights=np.exp([0.0, 0.2, 0.0]))[0, 0, 0] == 0
+    # the input-mask rule still wins outside the scan's non-zero region
+    assert labels_within_input(probs, ~nonzero, "restrict", np.exp([0.0, 0.4, 0.0]))[0, 0, 0] == 0
+
+
+def _phantom(path: Path) -> Path:
+    """A small head-like scan: a noisy ellipsoid of three intensities on an exact-zero background."""
+    rng = np.random.default_rng(3)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (40, 44, 36)], indexing="ij")
+    r = np.sqrt(x**2 + (y / 0.9) ** 2 + (z / 0.8) ** 2)
+    image = np.where(r < 0.85, 300.0 + 200.0 * (r < 0.6) + 150.0 * (r < 0.3), 0.0)
+    image = np.where(image > 0, image + rng.normal(0, 40.0, image.shape), 0.0).astype(np.float32)
+    nib.save(nib.Nifti1Image(image, np.diag([1.5, 1.5, 1.5, 1.0])), str(path))
+    return path
+
+
+def _label_under(predictor: Predictor, scan: Path, offsets, out: Path) -> Path:
+    planted = Predictor(predictor.model, replace(predictor.card, class_offsets=tuple(offsets)),
+                        predictor.infer, predictor.postprocess)
+    labels, _, geometry = planted.predict_case([scan])
+    nib.save(nib.Nifti1Image(labels.astype(np.uint8), geometry.affine), str(out))
+    return out
+
+
+def test_the_search_finds_a_planted_offset(tiny_checkpoint: Path, tmp_path: Path):
+    model, card = load_model(tiny_checkpoint)
+    cfg = load_config()
+    scan = _phantom(tmp_path / "case_0000.nii.gz")
+    plain = Predictor(model, card, cfg.infer, cfg.postprocess)
+    label = _label_under(plain, scan, [0.0, 0.6, 0.0], tmp_path / "case.nii.gz")
+    ref = np.asarray(nib.load(str(label)).dataobj)
+    argmax, _, _ = plain.predict_case([scan])
+    assert (argmax == 1).sum() < (ref == 1).sum()  # the planted offset grows class 1
+    validation = Validation([Case("case", (scan,), label)], card.label_values, DistInfo())
+    before = validation.dice(model, card, cfg, torch.device("cpu"))
+    offsets = validation.choose_decision(model, card, cfg, torch.device("cpu"))["class_offsets"]
+    assert len(offsets) == card.num_classes and offsets[0] == 0.0
+    tuned = replace(card, class_offsets=offsets)
+    after = validation.dice(model, tuned, cfg, torch.device("cpu"))
+    assert np.mean(list(after.values())) > np.mean(list(before.values()))
+    assert np.mean(list(after.values())) > 0.99, (offsets, after)
+    # the config fixes the offsets: none are chosen; [] gives the plain argmax back
+    fixed = replace(cfg, postprocess=replace(cfg.postprocess, class_offsets=[]))
+    assert validation.choose_decision(model, card, fixed, torch.device("cpu")) == {}
+    off = Predictor(model, tuned, fixed.infer, fixed.postprocess)
+    assert np.array_equal(off.predict_case([scan])[0], argmax)
+
+
+def test_the_card_keeps_and_checks_the_offsets(tiny_checkpoint: Path):
+    _, card = load_model(tiny_checkpoint)
+    assert card.class_offsets == ()
+    kept = ModelCard.from_dict(replace(card, class_offsets=(0.0, 0.4, -0.2)).to_dict())
+    assert kept.class_offsets == (0.0, 0.4, -0.2)
+    for bad in ([0.0, 0.4], [0.0, float("nan"), 0.0]):
+        raw = card.to_dict() | {"class_offsets": bad}
+        with pytest.raises(BrainsegError, match="class_offsets"):
+            ModelCard.from_dict(raw, source="x.pt")
+    cfg = load_config()
+    with pytest.raises(BrainsegError, match="class_offsets"):
+        model, _ = load_model(tiny_checkpoint)
+        Predictor(model, card, cfg.infer, replace(cfg.postprocess, class_offsets=[0.0, 1.0]))
