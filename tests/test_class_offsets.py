@@ -37,12 +37,15 @@ def test_weights_move_the_argmax_towards_the_weighted_class():
     assert labels_within_input(probs, ~nonzero, "restrict", np.exp([0.0, 0.4, 0.0]))[0, 0, 0] == 0
 
 
-def _phantom(path: Path) -> Path:
-    """A small head-like scan: a noisy ellipsoid of three intensities on an exact-zero background."""
+def _phantom(path: Path, island: bool = False) -> Path:
+    """A small head-like scan: a noisy ellipsoid of three intensities on an exact-zero
+    background (with ``island``, and a bright cube apart from it in a corner)."""
     rng = np.random.default_rng(3)
     x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in (40, 44, 36)], indexing="ij")
     r = np.sqrt(x**2 + (y / 0.9) ** 2 + (z / 0.8) ** 2)
     image = np.where(r < 0.85, 300.0 + 200.0 * (r < 0.6) + 150.0 * (r < 0.3), 0.0)
+    if island:
+        image[1:7, 1:7, 1:7] = 600.0
     image = np.where(image > 0, image + rng.normal(0, 40.0, image.shape), 0.0).astype(np.float32)
     nib.save(nib.Nifti1Image(image, np.diag([1.5, 1.5, 1.5, 1.0])), str(path))
     return path
@@ -93,3 +96,24 @@ def test_the_card_keeps_and_checks_the_offsets(tiny_checkpoint: Path):
     with pytest.raises(BrainsegError, match="class_offsets"):
         model, _ = load_model(tiny_checkpoint)
         Predictor(model, card, cfg.infer, replace(cfg.postprocess, class_offsets=[0.0, 1.0]))
+
+
+def test_largest_foreground_is_kept_only_where_validation_says_it_helps(tiny_checkpoint: Path, tmp_path: Path):
+    """nnU-Net keeps a postprocessing step only where validation says it helps: against a
+    reference with several foreground pieces the largest-foreground rule (which keeps one)
+    is switched off; against the rule's own output it stays."""
+    model, card = load_model(tiny_checkpoint)
+    cfg = load_config(overrides=["postprocess.largest_foreground=true", "postprocess.input_mask=restrict"])
+    off = replace(cfg, postprocess=replace(cfg.postprocess, largest_foreground=False))
+    scan = _phantom(tmp_path / "case_0000.nii.gz", island=True)
+    for kind, run_cfg, expect_on in (("pieces", off, False), ("one", cfg, True)):
+        labels, _, geometry = Predictor(model, card, run_cfg.infer, run_cfg.postprocess).predict_case([scan])
+        ref = tmp_path / f"{kind}.nii.gz"
+        nib.save(nib.Nifti1Image(labels.astype(np.uint8), geometry.affine), str(ref))
+        validation = Validation([Case(kind, (scan,), ref)], card.label_values, DistInfo())
+        checked = validation.checked_postprocess(model, card, cfg, torch.device("cpu"))
+        assert checked.postprocess.largest_foreground is expect_on, kind
+    from scipy import ndimage
+
+    pieces = np.asarray(nib.load(str(tmp_path / "pieces.nii.gz")).dataobj) > 0
+    assert ndimage.label(pieces, structure=np.ones((3, 3, 3)))[1] > 1  # really several
