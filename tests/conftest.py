@@ -126,7 +126,16 @@ def demo_data_copy(demo_data: Path, tmp_path: Path) -> Path:
 SLOW_ELSEWHERE = ("test_predict.py::test_torchrun_ranks_share_the_cases",)
 
 
+#: The longest tests (whole scripts end to end, minutes each), run first: under ``pytest -n``
+#: a long test that starts last keeps one worker busy after the others have finished.
+LONGEST_FIRST = (
+    "test_generalisation.py::test_the_check_runs_end_to_end",
+    "test_skip_ablation.py::test_script_runs_end_to_end_on_tiny_settings",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if item.nodeid.endswith(SLOW_ELSEWHERE):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: not item.nodeid.endswith(LONGEST_FIRST))  # stable: the rest keep their order
