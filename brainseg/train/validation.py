@@ -72,11 +72,16 @@ class Validation:
             return list(self.regions.dice(pred, ref).values())
         return [dice(pred == v, ref == v) for v in self.values]
 
-    def _segmented(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess):
-        """(prediction, reference, spacing) of each of this rank's cases, segmented as ``predict`` does."""
+    def _predictor(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess) -> Predictor:
+        """The predictor validation uses (no test-time mirroring); this rank's cases are read and preprocessed once."""
         predictor = Predictor(model, card, no_mirror(cfg), postprocess, device, max_voxels=cfg.data.max_voxels)
         if self._prepared is None:
             self._prepared = [predictor.prepare(list(c.images)) for c in self.cases]
+        return predictor
+
+    def _segmented(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess):
+        """(prediction, reference, spacing) of each of this rank's cases, segmented as ``predict`` does."""
+        predictor = self._predictor(model, card, cfg, device, postprocess)
         for source, case in zip(self.cases, self._prepared):
             pred, _ = predictor.segment(case)
             ref, _ = read_label(source.label, max_voxels=cfg.data.max_voxels)
@@ -126,9 +131,7 @@ class Validation:
         fixed = cfg.postprocess.region_thresholds if regions is not None else cfg.postprocess.class_offsets
         if fixed is not None:
             return {}
-        predictor = Predictor(model, card, no_mirror(cfg), cfg.postprocess, device, max_voxels=cfg.data.max_voxels)
-        if self._prepared is None:
-            self._prepared = [predictor.prepare(list(c.images)) for c in self.cases]
+        predictor = self._predictor(model, card, cfg, device, cfg.postprocess)
         kept = []
         with ddp.together(self.info, "choosing the voxel decision"):
             for source, case in list(zip(self.cases, self._prepared))[:DECISION_MAX_CASES]:
