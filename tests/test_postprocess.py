@@ -250,3 +250,28 @@ def test_volumes_use_the_determinant_of_a_sheared_affine(tmp_path: Path):
     # a component of 8 mm3 is below 8.5 mm3 (by column norms it would be 8.94 and stay)
     out = postprocess_labels(data, geom.spacing, PostprocessConfig(min_size_mm3={1: 8.5}))
     assert np.all(out[8:10, 8, 8:10] == 0) and np.count_nonzero(out == 1) == 27
+
+
+def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core():
+    """BraTS labels (2 oedema, 1 core, 4 enhancing): a core-less oedema blob larger than a
+    small tumour is what size alone keeps; ranked by the inner labels (4, then 1) the tumour
+    stays. With no enhancing voxel anywhere the core decides; without rank the size does."""
+    shape = (40, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    labels[_ball(shape, (12, 20, 20), 8)] = 2  # a FLAIR-bright blob, no core (~2100 voxels)
+    tumour = _ball(shape, (31, 20, 20), 5)  # the small tumour (~520 voxels)
+    labels[tumour] = 2
+    labels[_ball(shape, (31, 20, 20), 3)] = 4
+    labels[_ball(shape, (31, 20, 20), 1.5)] = 1
+    before = labels.copy()
+    cfg = PostprocessConfig(largest_foreground=True)
+    by_size = postprocess_labels(labels, (1, 1, 1), cfg)
+    assert by_size[12, 20, 20] == 2 and not by_size[tumour].any()
+    ranked = postprocess_labels(labels, (1, 1, 1), cfg, rank_by=(4, 1))
+    assert np.array_equal(ranked[tumour], labels[tumour]) and not ranked[12, 20, 20]
+    assert np.array_equal(ranked, np.where(tumour, labels, 0))
+    no_enhancing = np.where(labels == 4, 1, labels).astype(np.uint8)
+    no_enhancing[_ball(shape, (12, 20, 20), 1.0)] = 1  # the blob gets a smaller core than the tumour's
+    kept = postprocess_labels(no_enhancing, (1, 1, 1), cfg, rank_by=(4, 1))
+    assert kept[31, 20, 20] == 1 and not kept[12, 20, 20]
+    assert np.array_equal(labels, before)  # the input is not modified
