@@ -164,8 +164,8 @@ class PostprocessConfig:
     #: Keep only the largest connected component of the whole foreground (every non-zero label
     #: together; nnU-Net's "remove all but the largest foreground component"): for one
     #: structure per scan, a brain or a tumour; what lies apart from it becomes background.
-    #: A region model keeps the component with the most innermost-region voxels instead
-    #: (BraTS: enhancing tumour, then the core, then the size decide).
+    #: A region model keeps the component with the most voxels inside the outer region
+    #: instead (BraTS: the most tumour core; its size breaks a tie).
     largest_foreground: bool = False
     #: Labels whose holes are filled.
     fill_holes: list[int] = field(default_factory=list)

@@ -187,31 +187,32 @@ def _fill_label(out: np.ndarray, value: int) -> None:
     crop[holes & (crop == 0)] = value
 
 
-def main_component_mask(labels: np.ndarray, rank_by: Sequence[int] = ()) -> np.ndarray:
+def main_component_mask(labels: np.ndarray, core: Sequence[int] = ()) -> np.ndarray:
     """The foreground component (26-connected) that ``largest_foreground`` keeps: the one with
-    the most voxels of ``rank_by[0]``, ties broken by ``rank_by[1]``, ..., and by its size
-    last; with no ``rank_by`` the largest. A region model ranks by its inner labels (BraTS:
-    enhancing tumour, then the core): a FLAIR-bright blob without a core is a common false
-    positive, and it can outgrow a small tumour."""
+    the most voxels of the ``core`` labels, ties broken by its size; with no ``core`` the
+    largest. A region model ranks by its inner labels (BraTS: the tumour core, necrosis and
+    enhancing tumour together): a FLAIR-bright blob without a core is a common false
+    positive, and it can outgrow a small tumour. Enhancing tumour alone would not do: a
+    speck of it in a false blob would outrank a non-enhancing tumour."""
     foreground = labels > 0
-    if not rank_by:
+    if not core:
         return largest_component_mask(foreground)
     components, n = ndimage.label(foreground, structure=COMPONENT_STRUCTURE)
     if n <= 1:
         return foreground
-    keys = [np.bincount(components[labels == v], minlength=n + 1)[1:] for v in rank_by]
-    keys.append(np.bincount(components.ravel(), minlength=n + 1)[1:])
-    best = 1 + int(np.lexsort(keys[::-1])[-1])  # lexsort: the last key is the primary one
+    inner = np.bincount(components[np.isin(labels, core)], minlength=n + 1)[1:]
+    sizes = np.bincount(components.ravel(), minlength=n + 1)[1:]
+    best = 1 + int(np.lexsort((sizes, inner))[-1])  # lexsort: the last key is the primary one
     return components == best
 
 
 def postprocess_labels(
-    labels: np.ndarray, spacing: Sequence[float], config: PostprocessConfig, rank_by: Sequence[int] = ()
+    labels: np.ndarray, spacing: Sequence[float], config: PostprocessConfig, core: Sequence[int] = ()
 ) -> np.ndarray:
     """Clean a 3D label map per label; returns a new array of the same dtype.
 
     With ``config.largest_foreground`` first only one 26-connected component of the whole
-    foreground is kept, the largest, or with ``rank_by`` the one :func:`main_component_mask`
+    foreground is kept, the largest, or with ``core`` labels the one :func:`main_component_mask`
     ranks first. Then two passes over the labels named in ``config`` (labels
     absent from the map are skipped; the input is never modified):
 
@@ -233,7 +234,7 @@ def postprocess_labels(
     voxel_mm3 = voxel_volume(spacing)
     out = labels.copy()
     if config.largest_foreground:
-        out[~main_component_mask(out, rank_by)] = 0
+        out[~main_component_mask(out, core)] = 0
 
     largest = {int(v) for v in config.largest_component}
     min_size = {int(k): float(v) for k, v in (config.min_size_mm3 or {}).items()}

@@ -254,11 +254,13 @@ def test_volumes_use_the_determinant_of_a_sheared_affine(tmp_path: Path):
 
 def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core():
     """BraTS labels (2 oedema, 1 core, 4 enhancing): a core-less oedema blob larger than a
-    small tumour is what size alone keeps; ranked by the inner labels (4, then 1) the tumour
-    stays. With no enhancing voxel anywhere the core decides; without rank the size does."""
+    small tumour is what size alone keeps; ranked by the core labels (1 and 4 together) the
+    tumour stays. A speck of enhancing tumour in a false blob does not outrank a
+    non-enhancing tumour's larger core; with equal cores the size decides."""
     shape = (40, 40, 40)
     labels = np.zeros(shape, np.uint8)
-    labels[_ball(shape, (12, 20, 20), 8)] = 2  # a FLAIR-bright blob, no core (~2100 voxels)
+    blob = _ball(shape, (12, 20, 20), 8)
+    labels[blob] = 2  # a FLAIR-bright blob, no core (~2100 voxels)
     tumour = _ball(shape, (31, 20, 20), 5)  # the small tumour (~520 voxels)
     labels[tumour] = 2
     labels[_ball(shape, (31, 20, 20), 3)] = 4
@@ -267,11 +269,12 @@ def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core(
     cfg = PostprocessConfig(largest_foreground=True)
     by_size = postprocess_labels(labels, (1, 1, 1), cfg)
     assert by_size[12, 20, 20] == 2 and not by_size[tumour].any()
-    ranked = postprocess_labels(labels, (1, 1, 1), cfg, rank_by=(4, 1))
-    assert np.array_equal(ranked[tumour], labels[tumour]) and not ranked[12, 20, 20]
+    ranked = postprocess_labels(labels, (1, 1, 1), cfg, core=(1, 4))
     assert np.array_equal(ranked, np.where(tumour, labels, 0))
-    no_enhancing = np.where(labels == 4, 1, labels).astype(np.uint8)
-    no_enhancing[_ball(shape, (12, 20, 20), 1.0)] = 1  # the blob gets a smaller core than the tumour's
-    kept = postprocess_labels(no_enhancing, (1, 1, 1), cfg, rank_by=(4, 1))
-    assert kept[31, 20, 20] == 1 and not kept[12, 20, 20]
     assert np.array_equal(labels, before)  # the input is not modified
+    non_enhancing = np.where(labels == 4, 1, labels).astype(np.uint8)
+    non_enhancing[12, 20, 20] = 4  # an enhancing speck in the false blob
+    kept = postprocess_labels(non_enhancing, (1, 1, 1), cfg, core=(1, 4))
+    assert kept[31, 20, 20] == 1 and not kept[blob].any()
+    equal = np.where(tumour, 2, labels * blob).astype(np.uint8)  # no core anywhere: the size decides
+    assert postprocess_labels(equal, (1, 1, 1), cfg, core=(1, 4))[12, 20, 20] == 2

@@ -200,8 +200,8 @@ class Predictor:
         else:  # labels only: no full-size probability maps are built
             probs = None
             classes = self._classes(case.image, case.record, case.nonzero, input_mask)
-        rank_by = () if self.regions is None else self.regions.class_order[:0:-1]  # inner labels first
-        labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess, rank_by)
+        core = () if self.regions is None else self.regions.class_order[1:]  # the labels inside the outer region
+        labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess, core)
         if self.regions is not None:
             labels = innermost_rule(labels, case.geometry.spacing, self.regions, self.innermost_min_mm3)
         return labels, probs
