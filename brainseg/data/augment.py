@@ -6,10 +6,7 @@ patch straight from the cached volume in one interpolation. This module does the
 rest on the extracted patch: flips, then intensity transforms (background noise,
 low-resolution simulation, noise, blur, brightness, contrast, gamma, bias field). Each transform fires with its own
 probability; every random draw comes from the ``rng`` passed in, so a patch is a
-pure function of its index and the seed. Brightness, contrast, gamma and the bias field
-are drawn per channel, as nnU-Net draws the first three: each sequence of a
-multi-contrast scan has its own scale and its own field (a FLAIR brightened by its field
-where the T2 is not is not oedema). A one-channel patch sees the draws it saw before.
+pure function of its index and the seed.
 """
 
 from __future__ import annotations
@@ -100,17 +97,16 @@ def intensity(
         for c in range(image.shape[0]):
             sigma = rng.uniform(*cfg.blur_sigma)
             image[c] = gaussian_blur(image[c], sigma)
-    n = image.shape[0]
     if rng.random() < cfg.p_brightness:
         image *= np.float32(rng.uniform(*cfg.brightness_range))
     if rng.random() < cfg.p_contrast:
         factor = np.float32(rng.uniform(*cfg.contrast_range))
-        for c in range(n):
+        for c in range(image.shape[0]):
             lo, hi, mean = image[c].min(), image[c].max(), image[c].mean()
             image[c] = np.clip((image[c] - mean) * factor + mean, lo, hi)
     if rng.random() < cfg.p_gamma:
         gamma = rng.uniform(*cfg.gamma_range)
-        for c in range(n):
+        for c in range(image.shape[0]):
             lo, hi = image[c].min(), image[c].max()
             if hi - lo > 1e-6:
                 mean, std = image[c].mean(), image[c].std()
@@ -119,9 +115,10 @@ def intensity(
                 x = (x - x.mean()) / max(float(x.std()), 1e-6) * std + mean
                 image[c] = x
     if rng.random() < cfg.p_bias:
-        zero = np.zeros(n, np.float32) if raw_zero is None else np.asarray(raw_zero, np.float32)
-        for c in range(n):  # each sequence of a multi-contrast scan has its own field
-            image[c] = (image[c] - zero[c]) * _bias_field(image.shape[1:], rng, cfg.bias_strength) + zero[c]
+        field = _bias_field(image.shape[1:], rng, cfg.bias_strength)
+        zero = np.zeros(image.shape[0], np.float32) if raw_zero is None else np.asarray(raw_zero, np.float32)
+        for c in range(image.shape[0]):
+            image[c] = (image[c] - zero[c]) * field + zero[c]
     return image
 
 
