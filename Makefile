@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(BIN)/brainseg demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto tests
+	$(BIN)/python -m pytest -q -n auto --durations=15 tests
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not slow" tests

@@ -12,10 +12,15 @@ every test that reads it; a test that writes into a data folder takes
 
 ``slow`` marks the tests that train in a subprocess or under torchrun
 (``make test-fast`` = ``pytest -m "not slow"``).
+
+Under ``pytest -n N`` each worker and every process it starts compute on one thread
+(``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``): N workers with torch's default of
+one thread per core each would oversubscribe the cores.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -30,6 +35,10 @@ from brainseg.card import ModelCard, Network, Normalization, package_versions
 from brainseg.data.preprocess import PREPROCESS_VERSION
 from brainseg.model.checkpoint import save_checkpoint
 from brainseg.model.unet import UNet3D
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 TINY_LABELS = {"0": "background", "1": "a", "2": "b"}
 TINY_SPACING = [1.5, 1.5, 1.5]
