@@ -12,6 +12,13 @@ import os
 import re
 from pathlib import Path
 
+#: The checkpoints a run folder holds (written by training, read by ``load_model``).
+CHECKPOINT_LAST = "checkpoint_last.pt"
+CHECKPOINT_BEST = "checkpoint_best.pt"
+CHECKPOINT_FINAL = "checkpoint_final.pt"
+#: ``--checkpoint`` names: one file of a run folder, exactly.
+CHECKPOINT_CHOICES = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "last": CHECKPOINT_LAST}
+
 NIFTI_GZ = ".nii.gz"
 NIFTI_SUFFIXES = (NIFTI_GZ, ".nii")
 ITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr")

@@ -12,8 +12,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..data.check import check_dataset
-from ..data.fingerprint import Fingerprint
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..data.fingerprint import Fingerprint
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -43,6 +45,8 @@ def fingerprint_table(fp: Fingerprint) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.check import check_dataset
+
     def bar(cases):
         return tqdm(cases, desc="checking", unit="case", disable=args.no_progress, file=sys.stderr)
 

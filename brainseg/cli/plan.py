@@ -6,10 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
-
-from ..plan import plan_dataset
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -28,6 +25,8 @@ def register(sub) -> argparse.ArgumentParser:
 
 def planned_device(spec: str) -> str:
     if spec == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
     return "cuda" if spec.startswith("cuda") else "cpu"
 
@@ -39,6 +38,8 @@ def fingerprint_bar(enabled: bool):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..plan import plan_dataset
+
     plan, fp = plan_dataset(
         args.data,
         args.out,

@@ -6,8 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..infer.batch import predict
-from ..model.checkpoint import CHECKPOINT_CHOICES
+from ..naming import CHECKPOINT_CHOICES
 from .common import add_config_args, add_device_arg
 
 
@@ -31,6 +30,8 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..infer.batch import predict  # torch and the network: imported when the command runs
+
     """0 when every case was written or skipped, 1 if any failed."""
     same_name = {name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")}
     result = predict(

@@ -10,15 +10,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from ..config import Config, apply_overrides, config_from_dict, load_config
+from typing import TYPE_CHECKING
+
 from ..errors import BrainsegError
-from ..plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
-from ..runtime import check_device_spec, torchrun_env
-from ..train.distributed import PeerFailure
-from ..train.state import check_run_dir
-from ..train.trainer import train
 from .common import add_config_args, add_device_arg
 from .plan import fingerprint_bar, planned_device
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +45,10 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml.
     Under torchrun every rank plans alike without timing a step (rank 0 writes the files); nor is
     a step timed when ``--set`` fixes the epochs and the patch (all the timing would decide)."""
+    from ..config import apply_overrides, config_from_dict
+    from ..plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
+    from ..runtime import torchrun_env
+
     env = torchrun_env()
     fixed = {o.split("=", 1)[0].strip() for o in overrides}
     timed = not {"train.epochs", "train.patch_size"} <= fixed  # what the step time decides, unless --set fixes it
@@ -72,6 +75,13 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
+    # the library (torch, MONAI) is imported when a command runs, so `brainseg evaluate` does not pay for it
+    from ..config import load_config
+    from ..runtime import check_device_spec, torchrun_env
+    from ..train.distributed import PeerFailure
+    from ..train.state import check_run_dir
+    from ..train.trainer import train
+
     device = check_device_spec(args.device)
     overrides = list(args.overrides)
     if args.epochs is not None:

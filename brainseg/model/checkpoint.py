@@ -20,17 +20,13 @@ import torch
 from ..card import ModelCard
 from ..errors import BrainsegError
 from ..atomic import atomic_path
+from ..naming import CHECKPOINT_BEST, CHECKPOINT_CHOICES, CHECKPOINT_FINAL, CHECKPOINT_LAST  # noqa: F401 (re-exported)
 from .unet import UNet3D, build_model
 
-CHECKPOINT_LAST = "checkpoint_last.pt"
-CHECKPOINT_BEST = "checkpoint_best.pt"
-CHECKPOINT_FINAL = "checkpoint_final.pt"
 #: Which checkpoint of a run folder :func:`load_model` takes, in order of preference: the
 #: model at the end of training; for a run that has not finished, the one with the best
 #: validation Dice so far; else the latest state.
 RUN_PREFERENCE = (CHECKPOINT_FINAL, CHECKPOINT_BEST, CHECKPOINT_LAST)
-#: ``--checkpoint`` names: one file of a run folder, exactly.
-CHECKPOINT_CHOICES = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "last": CHECKPOINT_LAST}
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
