@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..data.fingerprint import Fingerprint

@@ -30,9 +30,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    """0 when every case was written or skipped, 1 if any failed."""
     from ..infer.batch import predict  # torch and the network: imported when the command runs
 
-    """0 when every case was written or skipped, 1 if any failed."""
     same_name = {name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")}
     result = predict(
         args.model, args.input, args.output, config_path=args.config, overrides=args.overrides,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from ..errors import BrainsegError
