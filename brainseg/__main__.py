@@ -1,6 +1,6 @@
 """`python -m brainseg` is the `brainseg` command."""
 
-from .cli import main
+from brainseg.cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

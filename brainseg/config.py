@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import typing
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
-from .errors import BrainsegError
+from brainseg.errors import BrainsegError
 
 
 @dataclass
@@ -261,10 +262,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return {}
         if not isinstance(value, dict):
             raise BrainsegError(f"config {where}: expected a mapping, got {value!r}")
-        return {
-            _coerce(k, args[0], f"{where} key"): _coerce(v, args[1], f"{where}[{k}]")
-            for k, v in value.items()
-        }
+        return {_coerce(k, args[0], f"{where} key"): _coerce(v, args[1], f"{where}[{k}]") for k, v in value.items()}
     return value
 
 
@@ -299,7 +297,9 @@ def _check_values(name: str, kwargs: dict[str, Any]) -> None:
     if name == "infer" and "overlap" in kwargs and not 0.0 <= kwargs["overlap"] < 1.0:
         raise BrainsegError(f"config infer.overlap: must be in [0, 1), got {kwargs['overlap']}")
     if name == "postprocess" and (kwargs.get("innermost_min_mm3") or 0.0) < 0:
-        raise BrainsegError(f"config postprocess.innermost_min_mm3: must be >= 0 or null, got {kwargs['innermost_min_mm3']}")
+        raise BrainsegError(
+            f"config postprocess.innermost_min_mm3: must be >= 0 or null, got {kwargs['innermost_min_mm3']}"
+        )
     if name == "data" and kwargs.get("target_spacing") is not None:
         spacing = kwargs["target_spacing"]
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -314,8 +314,7 @@ def _section_from_dict(klass, values: dict, name: str):
     unknown = sorted(set(values) - known)
     if unknown:
         raise BrainsegError(
-            f"config section '{name}': unknown field(s) {', '.join(unknown)}; "
-            f"known: {', '.join(sorted(known))}"
+            f"config section '{name}': unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
         )
     kwargs = {k: _coerce(v, hints[k], f"{name}.{k}") for k, v in values.items()}
     _check_values(name, kwargs)
@@ -329,9 +328,7 @@ def config_from_dict(values: dict | None) -> Config:
     hints = typing.get_type_hints(Config)
     unknown = sorted(set(values) - set(hints))
     if unknown:
-        raise BrainsegError(
-            f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}"
-        )
+        raise BrainsegError(f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
     sections = {k: _section_from_dict(hints[k], v or {}, k) for k, v in values.items()}
     return Config(**sections)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 
-
 # Control characters (a file name may hold a newline or a tab) printed as escapes.
 _ESCAPES = {i: f"\\x{i:02x}" for i in (*range(32), 127)}
 _ESCAPES.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import BrainsegError
+from brainseg.errors import BrainsegError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 AMP_CHOICES = ("none", "bf16", "fp16")
@@ -98,8 +98,12 @@ def rng_states() -> dict:
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": int(version), "internal": list(internal), "gauss": gauss},
     }
 

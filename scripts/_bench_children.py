@@ -15,7 +15,6 @@ from _bench_compare import mix_corrected
 from _bench_harness import _maxrss_mb, _reset_peak_rss, _spatial_voxels, _sync
 from _bench_monai import MonaiReference, ReferenceSpec, _case_id, monai_train_transforms
 
-
 # ----- training
 
 
@@ -26,8 +25,12 @@ def child_train(spec: dict) -> dict:
 
     config = load_config(spec["config"], spec.get("overrides", []))
     summary = trainer_mod.train(
-        Path(spec["data"]), Path(spec["run_dir"]), config, device=spec.get("device", "cpu"),
-        max_minutes=spec["minutes"], progress=False,
+        Path(spec["data"]),
+        Path(spec["run_dir"]),
+        config,
+        device=spec.get("device", "cpu"),
+        max_minutes=spec["minutes"],
+        progress=False,
     )
     with open(Path(spec["run_dir"]) / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
@@ -70,8 +73,13 @@ def child_infer_brainseg(spec: dict) -> dict:
         raise RuntimeError(f"cases failed: {summary.failed}")
     voxels = sum(_spatial_voxels(c.images[0]) for c in cases)
     return {
-        "seconds": seconds, "voxels": voxels, "cases": len(cases), "mvox_per_s": voxels / 1e6 / seconds,
-        "maxrss_mb": _maxrss_mb(), "maxrss_after_warmup_mb": rss_warm, "warmup_seconds": warmup_seconds,
+        "seconds": seconds,
+        "voxels": voxels,
+        "cases": len(cases),
+        "mvox_per_s": voxels / 1e6 / seconds,
+        "maxrss_mb": _maxrss_mb(),
+        "maxrss_after_warmup_mb": rss_warm,
+        "warmup_seconds": warmup_seconds,
         "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
         "torch_threads": torch.get_num_threads(),
     }
@@ -99,14 +107,21 @@ def child_infer_monai(spec: dict) -> dict:
     seconds = time.perf_counter() - t0
     voxels = sum(_spatial_voxels(p) for p in spec["images"])
     result = {
-        "seconds": seconds, "voxels": voxels, "cases": len(spec["images"]), "mvox_per_s": voxels / 1e6 / seconds,
-        "maxrss_mb": _maxrss_mb(), "maxrss_after_warmup_mb": rss_warm, "torch_threads": torch.get_num_threads(),
+        "seconds": seconds,
+        "voxels": voxels,
+        "cases": len(spec["images"]),
+        "mvox_per_s": voxels / 1e6 / seconds,
+        "maxrss_mb": _maxrss_mb(),
+        "maxrss_after_warmup_mb": rss_warm,
+        "torch_threads": torch.get_num_threads(),
         "input_mask": config.postprocess.input_mask,
     }
     shifted = {}
     for shift in spec.get("shifts", []):  # after the timing: the reference's own placement noise
         folder = out / ("shift_" + "_".join(str(v) for v in shift))
-        ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, folder, device, shift=shift)
+        ref = MonaiReference(
+            model, ReferenceSpec.from_card(card), config.postprocess.input_mask, folder, device, shift=shift
+        )
         for image in spec["images"]:
             ref(image, _case_id(image))
         shifted[str(folder)] = list(shift)
@@ -118,17 +133,23 @@ def child_infer_monai(spec: dict) -> dict:
 
 
 def _cached_cases(cache_dir: Path):
-    from brainseg.data.cache import CachedCase
-    from brainseg.data.preprocess import PreprocessRecord
+    from brainseg.preprocessing.cache import CachedCase
+    from brainseg.preprocessing.preprocess import PreprocessRecord
 
     out = []
     for meta_path in sorted(cache_dir.glob("*.json")):
         meta = json.loads(meta_path.read_text())
         cid = meta_path.stem
-        out.append(CachedCase(
-            cid, cache_dir / f"{cid}.npy", cache_dir / f"{cid}_seg.npy", cache_dir / f"{cid}_locs.npz",
-            PreprocessRecord.from_dict(meta["record"]), meta["classes"],
-        ))
+        out.append(
+            CachedCase(
+                cid,
+                cache_dir / f"{cid}.npy",
+                cache_dir / f"{cid}_seg.npy",
+                cache_dir / f"{cid}_locs.npz",
+                PreprocessRecord.from_dict(meta["record"]),
+                meta["classes"],
+            )
+        )
     return out
 
 
@@ -136,13 +157,13 @@ def child_loader_brainseg(spec: dict) -> dict:
     import torch
 
     from brainseg.config import AugmentConfig
-    from brainseg.data.loader import PatchDataset
+    from brainseg.train.sampling.loader import PatchDataset
 
     torch.set_num_threads(spec.get("threads", 1))
     cases = _cached_cases(Path(spec["cache"]))
     patch = [spec["patch"]] * 3
     # batch of 3 with one foreground-centred patch = MONAI's pos=1, neg=2
-    from brainseg.data import loader as loader_mod
+    from brainseg.train.sampling import loader as loader_mod
 
     ds = PatchDataset(cases, patch, batch_size=3, foreground_fraction=1 / 3, augment_cfg=AugmentConfig(), seed=0)
     for i in range(spec["warmup"]):
@@ -159,9 +180,15 @@ def child_loader_brainseg(spec: dict) -> dict:
         flags.append(spatial["n"] > before)
     seconds = time.perf_counter() - t0
     assert tuple(img.shape[1:]) == tuple(patch) and tuple(lab.shape) == tuple(patch)
-    return {"seconds": seconds, "patches": n, "patches_per_s": n / seconds, "maxrss_mb": _maxrss_mb(),
-            "maxrss_after_warmup_mb": rss_warm, "spatially_augmented": spatial["n"] / n,
-            **mix_corrected(times, flags, _p_spatial())}
+    return {
+        "seconds": seconds,
+        "patches": n,
+        "patches_per_s": n / seconds,
+        "maxrss_mb": _maxrss_mb(),
+        "maxrss_after_warmup_mb": rss_warm,
+        "spatially_augmented": spatial["n"] / n,
+        **mix_corrected(times, flags, _p_spatial()),
+    }
 
 
 def _p_spatial() -> float:
@@ -198,8 +225,9 @@ def child_loader_monai(spec: dict) -> dict:
     patch = [spec["patch"]] * 3
     cached, rand = monai_train_transforms(patch)
     items = [{"image": str(c.data_path), "label": str(c.seg_path)} for c in cases]
-    ds = CacheDataset(items, transform=Compose([*cached.transforms, *rand.transforms]), cache_rate=1.0,
-                      num_workers=0, progress=False)
+    ds = CacheDataset(
+        items, transform=Compose([*cached.transforms, *rand.transforms]), cache_rate=1.0, num_workers=0, progress=False
+    )
     for i in range(spec["warmup"]):
         ds[i % len(ds)]
     rss_warm = _maxrss_mb()
@@ -214,9 +242,15 @@ def child_loader_monai(spec: dict) -> dict:
         flags.append(any(t._do_transform for t in spatial_transforms))  # (bookkeeping, negligible)
     seconds = time.perf_counter() - t0
     assert tuple(sample["image"].shape[1:]) == tuple(patch)
-    return {"seconds": seconds, "patches": n, "patches_per_s": n / seconds, "maxrss_mb": _maxrss_mb(),
-            "maxrss_after_warmup_mb": rss_warm, "spatially_augmented": sum(flags) / n,
-            **mix_corrected(times, flags, _p_spatial())}
+    return {
+        "seconds": seconds,
+        "patches": n,
+        "patches_per_s": n / seconds,
+        "maxrss_mb": _maxrss_mb(),
+        "maxrss_after_warmup_mb": rss_warm,
+        "spatially_augmented": sum(flags) / n,
+        **mix_corrected(times, flags, _p_spatial()),
+    }
 
 
 # ----- scaling
@@ -247,9 +281,15 @@ def child_scale(spec: dict) -> dict:
     t0 = time.perf_counter()
     predict_one(predictor, case, output_paths(out, case.case_id, False))
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "voxels": _spatial_voxels(spec["image"]), "maxrss_mb": _maxrss_mb(),
-            "maxrss_base_mb": rss_base, "maxrss_warmup_mb": peak_warm, "torch_threads": torch.get_num_threads(),
-            "windows": predictor_windows(predictor, case)}
+    return {
+        "seconds": seconds,
+        "voxels": _spatial_voxels(spec["image"]),
+        "maxrss_mb": _maxrss_mb(),
+        "maxrss_base_mb": rss_base,
+        "maxrss_warmup_mb": peak_warm,
+        "torch_threads": torch.get_num_threads(),
+        "windows": predictor_windows(predictor, case),
+    }
 
 
 def predictor_windows(predictor, case) -> int:

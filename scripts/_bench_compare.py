@@ -1,11 +1,12 @@
 """The arithmetic of scripts/benchmark.py (pure functions, tested): mask agreement, Dice
 differences, placement ranges, linearity, the loader's mix correction, markdown tables.
-Dice is :func:`brainseg.metrics.dice`."""
+Dice is :func:`brainseg.evaluate.metrics.dice`."""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -17,7 +18,7 @@ def mask_agreement(a: np.ndarray, b: np.ndarray, labels: Sequence[int]) -> dict[
     the same over the voxels that are foreground in either map; ``dice``: per label,
     Dice between the two maps.
     """
-    from brainseg.metrics import dice_per_class
+    from brainseg.evaluate.metrics import dice_per_class
 
     a, b = np.asarray(a), np.asarray(b)
     if a.shape != b.shape:
@@ -91,5 +92,9 @@ def mix_corrected(times: Sequence[float], spatial: Sequence[bool], p: float) -> 
     if not t_s or not t_n:
         return {"patches_per_s_at_config_mix": None}
     mean_s, mean_n = float(np.mean(t_s)), float(np.mean(t_n))
-    return {"patches_per_s_at_config_mix": 1.0 / (p * mean_s + (1 - p) * mean_n),
-            "seconds_spatial_patch": mean_s, "seconds_plain_patch": mean_n, "p_spatial": p}
+    return {
+        "patches_per_s_at_config_mix": 1.0 / (p * mean_s + (1 - p) * mean_n),
+        "seconds_spatial_patch": mean_s,
+        "seconds_plain_patch": mean_n,
+        "p_spatial": p,
+    }

@@ -107,7 +107,11 @@ def run_child(kind: str, spec: dict, workdir: Path, timeout: float = 1800, env: 
     t0 = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, str(BENCHMARK), "--child", kind, str(spec_path), str(out_path)],
-        capture_output=True, text=True, timeout=timeout, env=full_env, cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=REPO,
     )
     wall = time.perf_counter() - t0
     ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -159,7 +163,7 @@ def _reset_peak_rss() -> float | None:
 
 
 def _spatial_voxels(path: str | Path) -> int:
-    from brainseg.io import read_geometry
+    from brainseg.io.images import read_geometry
 
     return int(np.prod(read_geometry(path).shape))
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
-from brainseg.card import ModelCard
+from brainseg.model.card import ModelCard
 
 MONAI_SW_BATCH = 4
 MONAI_OVERLAP = 0.5
@@ -24,7 +24,8 @@ def foreground_zscore(data: dict, scheme: str = "zscore") -> dict:
     (the value of a raw 0 after normalisation, or the noisy background's median)."""
     import torch
 
-    from brainseg.data.foreground import background_values, has_zero_background, normalise, threshold_mask
+    from brainseg.preprocessing.foreground import has_zero_background, threshold_mask
+    from brainseg.preprocessing.normalisation import background_values, normalise
 
     image = data["image"]
     arr = image.detach().cpu().numpy().astype(np.float32, copy=False)
@@ -48,7 +49,7 @@ class ReferenceSpec:
     scheme: str = "zscore"
 
     @classmethod
-    def from_card(cls, card: ModelCard) -> "ReferenceSpec":
+    def from_card(cls, card: ModelCard) -> ReferenceSpec:
         return cls(tuple(card.label_values), tuple(card.spacing), tuple(card.patch_size), card.normalization.scheme)
 
 
@@ -56,7 +57,13 @@ class MonaiReference:
     """The MONAI reference inference pipeline for one network (see the module docstring)."""
 
     def __init__(
-        self, model, spec: ReferenceSpec, input_mask: str, out_dir: Path, device, shift: Sequence[int] = (0, 0, 0),
+        self,
+        model,
+        spec: ReferenceSpec,
+        input_mask: str,
+        out_dir: Path,
+        device,
+        shift: Sequence[int] = (0, 0, 0),
         normalization: str = "brainseg",
     ):
         import torch
@@ -77,18 +84,26 @@ class MonaiReference:
             # "monai": the tutorials' NormalizeIntensityd(nonzero) for a network trained with it
             # (scripts/_generalisation_monai.py); "brainseg": the rule brainseg's networks learnt
             functools.partial(foreground_zscore, scheme=spec.scheme)
-            if normalization == "brainseg" else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+            if normalization == "brainseg"
+            else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
         ]
         self.pre = T.Compose(steps)
-        self.post = T.Compose([
-            T.Activationsd(keys="pred", softmax=True),
-            T.Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=False, to_tensor=True),
-        ])
+        self.post = T.Compose(
+            [
+                T.Activationsd(keys="pred", softmax=True),
+                T.Invertd(keys="pred", transform=self.pre, orig_keys="image", nearest_interp=False, to_tensor=True),
+            ]
+        )
         self.argmax = T.AsDiscrete(argmax=True)
         self.out_dir = Path(out_dir)
         self.saver = T.SaveImage(
-            output_dir=str(self.out_dir), output_postfix="", output_ext=".nii.gz", separate_folder=False,
-            output_dtype=np.uint8 if max(self.values) <= 255 else np.int16, resample=False, print_log=False,
+            output_dir=str(self.out_dir),
+            output_postfix="",
+            output_ext=".nii.gz",
+            separate_folder=False,
+            output_dtype=np.uint8 if max(self.values) <= 255 else np.int16,
+            resample=False,
+            print_log=False,
         )
 
     def __call__(self, image_path: str, case_id: str) -> Path:
@@ -102,8 +117,13 @@ class MonaiReference:
             image = torch.nn.functional.pad(image.as_tensor(), [v for k in reversed(self.shift) for v in (k, 0)])
         with torch.no_grad():
             logits = sliding_window_inference(
-                image, roi_size=list(self.spec.patch_size), sw_batch_size=MONAI_SW_BATCH,
-                predictor=self.model, overlap=MONAI_OVERLAP, mode="gaussian", cval=data.get("background", 0.0),
+                image,
+                roi_size=list(self.spec.patch_size),
+                sw_batch_size=MONAI_SW_BATCH,
+                predictor=self.model,
+                overlap=MONAI_OVERLAP,
+                mode="gaussian",
+                cval=data.get("background", 0.0),
             )
         if any(self.shift):
             logits = logits[(Ellipsis,) + tuple(slice(k, None) for k in self.shift)]
@@ -112,7 +132,7 @@ class MonaiReference:
         pred = data["pred"]
         if not data.get("zero_background", True):  # brainseg applies the input-mask rule only there
             cls = self.argmax(pred)
-        elif self.input_mask == "fill":  # the same rule as brainseg.postprocess.labels_within_input
+        elif self.input_mask == "fill":  # the same rule as brainseg.postprocess.decision.labels_within_input
             nonzero = (data["raw"] != 0).any(0, keepdim=True)
             cls = torch.where(nonzero, pred[1:].argmax(0, keepdim=True) + 1, 0)
         elif self.input_mask == "restrict":
@@ -129,7 +149,7 @@ class MonaiReference:
 
 
 def _case_id(image: str | Path) -> str:
-    from brainseg.naming import strip_suffix
+    from brainseg.io.naming import strip_suffix
 
     name = strip_suffix(image)
     return name[:-5] if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit() else name
@@ -156,31 +176,60 @@ def monai_train_transforms(patch: Sequence[int]):
     a = AugmentConfig()
     keys = ["image", "label"]
     rot = math.radians(a.rotate_degrees)
-    cached = T.Compose([
-        T.Lambdad(keys="image", func=_load_npy_image),
-        T.Lambdad(keys="label", func=_load_npy_label),
-        T.SpatialPadd(keys=keys, spatial_size=patch),  # our loader zero-pads too
-        T.FgBgToIndicesd(keys="label"),
-    ])
-    rand = T.Compose([
-        T.RandCropByPosNegLabeld(
-            keys=keys, label_key="label", spatial_size=patch, pos=1, neg=2, num_samples=1,
-            fg_indices_key="label_fg_indices", bg_indices_key="label_bg_indices",
-        ),
-        T.RandRotated(keys=keys, range_x=rot, range_y=rot, range_z=rot, prob=a.p_rotate,
-                      mode=("bilinear", "nearest"), padding_mode="zeros"),
-        T.RandZoomd(keys=keys, prob=a.p_scale, min_zoom=a.scale_range[0], max_zoom=a.scale_range[1],
-                    mode=("trilinear", "nearest"), padding_mode="constant"),
-        T.RandFlipd(keys=keys, spatial_axis=0, prob=a.p_flip),
-        T.RandFlipd(keys=keys, spatial_axis=1, prob=a.p_flip),
-        T.RandFlipd(keys=keys, spatial_axis=2, prob=a.p_flip),
-        T.RandGaussianNoised(keys="image", prob=a.p_noise, std=a.noise_std),
-        T.RandGaussianSmoothd(keys="image", sigma_x=tuple(a.blur_sigma), sigma_y=tuple(a.blur_sigma),
-                              sigma_z=tuple(a.blur_sigma), prob=a.p_blur),
-        T.RandScaleIntensityd(keys="image", factors=a.brightness_range[1] - 1.0, prob=a.p_brightness),
-        T.RandScaleIntensityFixedMeand(keys="image", factors=a.contrast_range[1] - 1.0, prob=a.p_contrast,
-                                       preserve_range=True),
-        T.RandAdjustContrastd(keys="image", gamma=tuple(a.gamma_range), prob=a.p_gamma, retain_stats=True),
-        T.RandBiasFieldd(keys="image", degree=2, coeff_range=(0.0, a.bias_strength / 3), prob=a.p_bias),
-    ])
+    cached = T.Compose(
+        [
+            T.Lambdad(keys="image", func=_load_npy_image),
+            T.Lambdad(keys="label", func=_load_npy_label),
+            T.SpatialPadd(keys=keys, spatial_size=patch),  # our loader zero-pads too
+            T.FgBgToIndicesd(keys="label"),
+        ]
+    )
+    rand = T.Compose(
+        [
+            T.RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=1,
+                neg=2,
+                num_samples=1,
+                fg_indices_key="label_fg_indices",
+                bg_indices_key="label_bg_indices",
+            ),
+            T.RandRotated(
+                keys=keys,
+                range_x=rot,
+                range_y=rot,
+                range_z=rot,
+                prob=a.p_rotate,
+                mode=("bilinear", "nearest"),
+                padding_mode="zeros",
+            ),
+            T.RandZoomd(
+                keys=keys,
+                prob=a.p_scale,
+                min_zoom=a.scale_range[0],
+                max_zoom=a.scale_range[1],
+                mode=("trilinear", "nearest"),
+                padding_mode="constant",
+            ),
+            T.RandFlipd(keys=keys, spatial_axis=0, prob=a.p_flip),
+            T.RandFlipd(keys=keys, spatial_axis=1, prob=a.p_flip),
+            T.RandFlipd(keys=keys, spatial_axis=2, prob=a.p_flip),
+            T.RandGaussianNoised(keys="image", prob=a.p_noise, std=a.noise_std),
+            T.RandGaussianSmoothd(
+                keys="image",
+                sigma_x=tuple(a.blur_sigma),
+                sigma_y=tuple(a.blur_sigma),
+                sigma_z=tuple(a.blur_sigma),
+                prob=a.p_blur,
+            ),
+            T.RandScaleIntensityd(keys="image", factors=a.brightness_range[1] - 1.0, prob=a.p_brightness),
+            T.RandScaleIntensityFixedMeand(
+                keys="image", factors=a.contrast_range[1] - 1.0, prob=a.p_contrast, preserve_range=True
+            ),
+            T.RandAdjustContrastd(keys="image", gamma=tuple(a.gamma_range), prob=a.p_gamma, retain_stats=True),
+            T.RandBiasFieldd(keys="image", degree=2, coeff_range=(0.0, a.bias_strength / 3), prob=a.p_bias),
+        ]
+    )
     return cached, rand

@@ -27,8 +27,14 @@ def report_tables(res: dict) -> str:
     parts = []
     m = res["machine"]
     net = res.get("network") or {}
-    net_text = (f"; network: U-Net {net.get('levels')} levels, {net.get('base_features')}-{net.get('max_features')} "
-                f"features, {net.get('norm')} norm, patch {net.get('patch_size')}") if net else ""
+    net_text = (
+        (
+            f"; network: U-Net {net.get('levels')} levels, {net.get('base_features')}-{net.get('max_features')} "
+            f"features, {net.get('norm')} norm, patch {net.get('patch_size')}"
+        )
+        if net
+        else ""
+    )
     parts.append(
         f"Machine: {m['cpu']}, {m['cores_usable']} cores, {m['memory_gb']} GB; torch {m['torch']}, "
         f"MONAI {m['monai']}; mode {'quick' if res['quick'] else 'full'}{net_text}; 1-min load at start "
@@ -38,65 +44,130 @@ def report_tables(res: dict) -> str:
     inf = res.get("inference")
     if inf:
         b, mo = inf["brainseg"], inf["monai"]
-        rows.append([f"inference, file to written mask (MVox/s, {len(inf['cases'])} cases)", _f(b["mvox_per_s"]),
-                     _f(mo["mvox_per_s"]), f"**{inf['ratio_vs_monai']:.2f}x**"])
+        rows.append(
+            [
+                f"inference, file to written mask (MVox/s, {len(inf['cases'])} cases)",
+                _f(b["mvox_per_s"]),
+                _f(mo["mvox_per_s"]),
+                f"**{inf['ratio_vs_monai']:.2f}x**",
+            ]
+        )
         comp = inf.get("brainseg_compiled")
         if comp and "mvox_per_s" in comp:
-            rows.append(["  same, brainseg windows through torch.compile (opt-in)", _f(comp["mvox_per_s"]), "",
-                         f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)"])
+            rows.append(
+                [
+                    "  same, brainseg windows through torch.compile (opt-in)",
+                    _f(comp["mvox_per_s"]),
+                    "",
+                    f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)",
+                ]
+            )
         nm = inf.get("brainseg_margin_0")
         if nm:
-            rows.append(["  same, brainseg with infer.margin=0 (fewest windows)", _f(nm["mvox_per_s"]), "",
-                         f"{nm['ratio_vs_monai']:.2f}x; voxels equal {nm['agreement'] * 100:.2f}%; Dice diff "
-                         + " / ".join(f"{v:+.4f}" for v in nm["dice_diff"].values())])
+            rows.append(
+                [
+                    "  same, brainseg with infer.margin=0 (fewest windows)",
+                    _f(nm["mvox_per_s"]),
+                    "",
+                    f"{nm['ratio_vs_monai']:.2f}x; voxels equal {nm['agreement'] * 100:.2f}%; Dice diff "
+                    + " / ".join(f"{v:+.4f}" for v in nm["dice_diff"].values()),
+                ]
+            )
         nc = inf.get("brainseg_no_crop")
         if nc:
-            rows.append(["  same, brainseg without the crop box, margin 0 (windows over the whole volume, like MONAI)", _f(nc["mvox_per_s"]), "",
-                         f"{nc['ratio_vs_monai']:.2f}x; voxels equal {nc['agreement'] * 100:.2f}%; Dice diff "
-                         + " / ".join(f"{v:+.4f}" for v in nc["dice_diff"].values())])
+            rows.append(
+                [
+                    "  same, brainseg without the crop box, margin 0 (windows over the whole volume, like MONAI)",
+                    _f(nc["mvox_per_s"]),
+                    "",
+                    f"{nc['ratio_vs_monai']:.2f}x; voxels equal {nc['agreement'] * 100:.2f}%; Dice diff "
+                    + " / ".join(f"{v:+.4f}" for v in nc["dice_diff"].values()),
+                ]
+            )
         rows.append(["inference peak RSS (MB, whole process)", f"{b['maxrss_mb']:.0f}", f"{mo['maxrss_mb']:.0f}", ""])
-        rows.append(["masks: voxels equal (all / foreground of either)",
-                     f"{inf['agreement'] * 100:.2f}% / {inf['agreement_foreground'] * 100:.2f}%", "",
-                     f"min case {inf['agreement_min'] * 100:.2f}%"])
+        rows.append(
+            [
+                "masks: voxels equal (all / foreground of either)",
+                f"{inf['agreement'] * 100:.2f}% / {inf['agreement_foreground'] * 100:.2f}%",
+                "",
+                f"min case {inf['agreement_min'] * 100:.2f}%",
+            ]
+        )
         db, dm = inf["dice_vs_reference_brainseg"], inf["dice_vs_reference_monai"]
-        rows.append(["Dice vs reference labels (" + ", ".join(f"label {k}" for k in db) + ")",
-                     " / ".join(_f(db[k], 3) for k in db), " / ".join(_f(dm[k], 3) for k in dm),
-                     "brainseg - MONAI: " + " / ".join(f"{inf['dice_diff'][k]:+.4f}" for k in db)])
+        rows.append(
+            [
+                "Dice vs reference labels (" + ", ".join(f"label {k}" for k in db) + ")",
+                " / ".join(_f(db[k], 3) for k in db),
+                " / ".join(_f(dm[k], 3) for k in dm),
+                "brainseg - MONAI: " + " / ".join(f"{inf['dice_diff'][k]:+.4f}" for k in db),
+            ]
+        )
         pl = inf.get("reference_placement")
         if pl:
             fr = ", ".join(str(s) for s in pl["shifts"])
-            rows.append([f"MONAI with its windows moved (shifts {fr} voxels): Dice range per label", "",
-                         " / ".join(f"{a:.3f}-{b:.3f}" for a, b in pl["dice_range"].values()),
-                         f"spread up to {pl['dice_spread_max']:.4f}; voxels equal to default MONAI "
-                         f"{pl['agreement_with_default_min'] * 100:.2f}% (min); brainseg outside the range by "
-                         f"{pl['brainseg_outside_range_max']:.4f} at most"])
+            rows.append(
+                [
+                    f"MONAI with its windows moved (shifts {fr} voxels): Dice range per label",
+                    "",
+                    " / ".join(f"{a:.3f}-{b:.3f}" for a, b in pl["dice_range"].values()),
+                    f"spread up to {pl['dice_spread_max']:.4f}; voxels equal to default MONAI "
+                    f"{pl['agreement_with_default_min'] * 100:.2f}% (min); brainseg outside the range by "
+                    f"{pl['brainseg_outside_range_max']:.4f} at most",
+                ]
+            )
     ld = res.get("loader")
     if ld:
         for p in (k for k in ld if k.isdigit()):
             e = ld[p]
             key = "patches_per_s_at_config_mix" if e["ratio_basis"] == "config mix" else "patches_per_s"
-            rows.append([f"training patches/s, {p}³, augmented (0 workers, 1 thread)",
-                         _f(e["brainseg"][key], 1), _f(e["monai"][key], 1),
-                         f"**{e['ratio_vs_monai']:.2f}x** ({e['ratio_basis']}; raw {e['ratio_vs_monai_raw']:.2f}x, "
-                         f"rotated/scaled {e['brainseg']['spatially_augmented']:.0%} / {e['monai']['spatially_augmented']:.0%})"])
+            rows.append(
+                [
+                    f"training patches/s, {p}³, augmented (0 workers, 1 thread)",
+                    _f(e["brainseg"][key], 1),
+                    _f(e["monai"][key], 1),
+                    f"**{e['ratio_vs_monai']:.2f}x** ({e['ratio_basis']}; raw {e['ratio_vs_monai_raw']:.2f}x, "
+                    f"rotated/scaled {e['brainseg']['spatially_augmented']:.0%} / {e['monai']['spatially_augmented']:.0%})",
+                ]
+            )
     tr = res.get("training")
     if tr:
         extra = " ".join(f"--set {o}" for o in tr.get("overrides", []))
-        rows.append([f"data wait, configs/demo.yaml {extra + ' ' if extra else ''}training (share of epoch time)",
-                     f"{tr['data_wait_fraction'] * 100:.1f}% (first epoch {tr['data_wait_fraction_first_epoch'] * 100:.1f}%)",
-                     "", f"{tr['steps']} steps, {tr['seconds_per_step']:.2f} s/step"])
+        rows.append(
+            [
+                f"data wait, configs/demo.yaml {extra + ' ' if extra else ''}training (share of epoch time)",
+                f"{tr['data_wait_fraction'] * 100:.1f}% (first epoch {tr['data_wait_fraction_first_epoch'] * 100:.1f}%)",
+                "",
+                f"{tr['steps']} steps, {tr['seconds_per_step']:.2f} s/step",
+            ]
+        )
     parts.append(markdown_table(rows, ["measurement", "brainseg", "MONAI reference", "ratio / note"]))
     crit = targets(res)
     if crit:
-        parts.append("Targets: " + "; ".join(
-            f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in crit.items()) + ".")
+        parts.append(
+            "Targets: "
+            + "; ".join(f"{k} {'yes' if v else ('n/a' if v is None else 'NO')}" for k, v in crit.items())
+            + "."
+        )
     sc = res.get("scaling")
     if sc:
-        srows = [[f"{r['size']}³", _f(r["mvox"], 1), r["windows"], _f(r["seconds"]), _f(r["seconds"] / r["mvox"], 3),
-                  _f(r["seconds"] / r["windows"] * 1000, 0), f"{r['delta_rss_mb']:.0f}",
-                  _f(r["delta_rss_mb"] / r["mvox"], 1)] for r in sc["rows"]]
-        parts.append(markdown_table(srows, ["volume", "MVox", "windows", "seconds", "s/MVox", "ms/window",
-                                            "peak extra RSS MB", "MB/MVox"]))
+        srows = [
+            [
+                f"{r['size']}³",
+                _f(r["mvox"], 1),
+                r["windows"],
+                _f(r["seconds"]),
+                _f(r["seconds"] / r["mvox"], 3),
+                _f(r["seconds"] / r["windows"] * 1000, 0),
+                f"{r['delta_rss_mb']:.0f}",
+                _f(r["delta_rss_mb"] / r["mvox"], 1),
+            ]
+            for r in sc["rows"]
+        ]
+        parts.append(
+            markdown_table(
+                srows, ["volume", "MVox", "windows", "seconds", "s/MVox", "ms/window", "peak extra RSS MB", "MB/MVox"]
+            )
+        )
         t, mem = sc["time"], sc["memory"]
         parts.append(
             "Linearity, largest/smallest: s/MVox "

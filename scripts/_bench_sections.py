@@ -3,11 +3,11 @@ inputs, runs the measuring children (``run_child``) and condenses what they retu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-
 from _bench_compare import dice_difference, linearity, mask_agreement, outside_range, placement_range
 from _bench_harness import REPO, log, run_child
 from _bench_monai import MONAI_OVERLAP, _case_id
@@ -24,7 +24,7 @@ def network_info(model: Path) -> dict:
 
 
 def make_data(root: Path, n: int, n_test: int) -> Path:
-    from brainseg.data.demo import make_demo_dataset
+    from brainseg.demo.tissue import make_demo_dataset
 
     return make_demo_dataset(root / "data", n=n, n_test=n_test, seed=0, verbose=False)
 
@@ -32,8 +32,17 @@ def make_data(root: Path, n: int, n_test: int) -> Path:
 def train_section(data: Path, workdir: Path, minutes: float, norm: str) -> dict:
     run_dir = workdir / "run"
     overrides = [f"model.norm={norm}"]
-    res = run_child("train", {"config": str(REPO / "configs" / "demo.yaml"), "data": str(data), "overrides": overrides,
-                              "run_dir": str(run_dir), "minutes": minutes}, workdir)
+    res = run_child(
+        "train",
+        {
+            "config": str(REPO / "configs" / "demo.yaml"),
+            "data": str(data),
+            "overrides": overrides,
+            "run_dir": str(run_dir),
+            "minutes": minutes,
+        },
+        workdir,
+    )
     rows = res["metrics"]
     waits = [float(r["data_wait_fraction"]) for r in rows]
     secs = [float(r["epoch_seconds"]) for r in rows]
@@ -57,7 +66,7 @@ def train_section(data: Path, workdir: Path, minutes: float, norm: str) -> dict:
         "load_1min_before": res["load_1min_before"],
         "other_cpu": res.get("other_cpu"),
         "note": "data_wait_fraction: time-weighted over epochs after the first (the first includes starting the "
-                "loader worker); configs/demo.yaml (num_workers=1), CPU",
+        "loader worker); configs/demo.yaml (num_workers=1), CPU",
     }
 
 
@@ -68,9 +77,16 @@ def _best(runs: list[dict], key: str) -> dict:
     return best
 
 
-def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repeats: int = 1,
-                      compile_variant: bool = False, device: str = "cpu",
-                      shift_fractions: Sequence[float] = ()) -> dict:
+def inference_section(
+    model: Path,
+    data: Path,
+    workdir: Path,
+    n_cases: int,
+    repeats: int = 1,
+    compile_variant: bool = False,
+    device: str = "cpu",
+    shift_fractions: Sequence[float] = (),
+) -> dict:
     from brainseg.model.checkpoint import load_card
 
     images = sorted(str(p) for p in (data / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
@@ -85,15 +101,19 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
     for r in range(repeats):  # interleaved, so both sides see the machine's ups and downs
         log(f"inference: brainseg on {len(images)} cases ({device}), run {r + 1}/{repeats}")
         runs_b.append(run_child("infer_brainseg", dict(common, out=str(out_b)), workdir))
-        log(f"inference: MONAI reference on {len(images)} cases ({device}), run {r + 1}/{repeats}"
-            + (f", then (untimed) with its windows shifted by {shifts}" if r == 0 and shifts else ""))
+        log(
+            f"inference: MONAI reference on {len(images)} cases ({device}), run {r + 1}/{repeats}"
+            + (f", then (untimed) with its windows shifted by {shifts}" if r == 0 and shifts else "")
+        )
         runs_m.append(run_child("infer_monai", dict(common, out=str(out_m), shifts=shifts if r == 0 else []), workdir))
     b, m = _best(runs_b, "mvox_per_s"), _best(runs_m, "mvox_per_s")
     compiled = None
     if compile_variant:
         log("inference: brainseg with torch.compile (opt-in; compile time in warmup_seconds)")
         try:
-            compiled = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_compiled"), compile=True), workdir)
+            compiled = run_child(
+                "infer_brainseg", dict(common, out=str(workdir / "pred_compiled"), compile=True), workdir
+            )
         except RuntimeError as exc:
             compiled = {"error": str(exc)[-600:]}
 
@@ -107,8 +127,15 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
             c = compare_masks(images, Path(folder), out_m, data, values)
             for v in per_label:
                 per_label[v].append(c["dice_vs_reference_brainseg"][v])
-            agreements.append({"shift": shift, "agreement": c["agreement"], "agreement_min": c["agreement_min"],
-                               "dice": c["dice_vs_reference_brainseg"], "dice_diff": c["dice_diff"]})
+            agreements.append(
+                {
+                    "shift": shift,
+                    "agreement": c["agreement"],
+                    "agreement_min": c["agreement_min"],
+                    "dice": c["dice_vs_reference_brainseg"],
+                    "dice_diff": c["dice_diff"],
+                }
+            )
         spread = placement_range(per_label)
         gap = outside_range(cmp["dice_vs_reference_brainseg"], spread["range"])
         placement = {
@@ -123,19 +150,29 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
     no_margin = None
     if compile_variant:  # the full run: what infer.margin costs and buys
         log("inference: brainseg with infer.margin=0 (outer windows flush on the non-zero box)")
-        nm = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_margin0"), overrides=["infer.margin=0"]),
-                       workdir)
+        nm = run_child(
+            "infer_brainseg", dict(common, out=str(workdir / "pred_margin0"), overrides=["infer.margin=0"]), workdir
+        )
         c = compare_masks(images, workdir / "pred_margin0", out_m, data, values)
-        no_margin = {"mvox_per_s": nm["mvox_per_s"], "ratio_vs_monai": nm["mvox_per_s"] / m["mvox_per_s"],
-                     **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")}}
+        no_margin = {
+            "mvox_per_s": nm["mvox_per_s"],
+            "ratio_vs_monai": nm["mvox_per_s"] / m["mvox_per_s"],
+            **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")},
+        }
     no_crop = None
     if compile_variant:  # the full run: how much of the difference the crop box makes
         log("inference: brainseg without the crop box and margin (windows over the whole volume, like MONAI)")
-        nc = run_child("infer_brainseg", dict(common, out=str(workdir / "pred_nocrop"), crop=False,
-                                              overrides=["infer.margin=0"]), workdir)
+        nc = run_child(
+            "infer_brainseg",
+            dict(common, out=str(workdir / "pred_nocrop"), crop=False, overrides=["infer.margin=0"]),
+            workdir,
+        )
         c = compare_masks(images, workdir / "pred_nocrop", out_m, data, values)
-        no_crop = {"mvox_per_s": nc["mvox_per_s"], "ratio_vs_monai": nc["mvox_per_s"] / m["mvox_per_s"],
-                   **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")}}
+        no_crop = {
+            "mvox_per_s": nc["mvox_per_s"],
+            "ratio_vs_monai": nc["mvox_per_s"] / m["mvox_per_s"],
+            **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")},
+        }
     ratio = b["mvox_per_s"] / m["mvox_per_s"]
     worst_deficit = max((-d for d in cmp["dice_diff"].values()), default=0.0)
     return {
@@ -148,7 +185,8 @@ def inference_section(model: Path, data: Path, workdir: Path, n_cases: int, repe
             "dice_diff_max_at_most_0.005": cmp["dice_diff_max"] <= 0.005,
             "dice_not_lower_by_more_than_0.005": worst_deficit <= 0.005,
             "dice_within_0.005_of_monai_placement_range": (
-                placement["brainseg_outside_range_max"] <= 0.005 if placement else None),
+                placement["brainseg_outside_range_max"] <= 0.005 if placement else None
+            ),
         },
         "brainseg_compiled": compiled,
         "brainseg_no_crop": no_crop,
@@ -164,8 +202,8 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
     """Masks of pipeline a (brainseg) against pipeline b (MONAI): agreement, Dice between them and vs the labels."""
     import nibabel as nib
 
-    from brainseg.io import read_image
-    from brainseg.metrics import dice
+    from brainseg.evaluate.metrics import dice
+    from brainseg.io.images import read_image
 
     fg = [v for v in values if v != 0]
     agreements, per_a, per_b = [], {v: [] for v in fg}, {v: [] for v in fg}
@@ -174,8 +212,11 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
         cid = _case_id(image)
         src = nib.load(image)
         pa, pb = nib.load(Path(out_a) / f"{cid}.nii.gz"), nib.load(Path(out_b) / f"{cid}.nii.gz")
-        geometry_ok &= pa.shape == src.shape[:3] == pb.shape and np.allclose(pa.affine, src.affine, atol=1e-4) \
+        geometry_ok &= (
+            pa.shape == src.shape[:3] == pb.shape
+            and np.allclose(pa.affine, src.affine, atol=1e-4)
             and np.allclose(pb.affine, src.affine, atol=1e-4)
+        )
         a, bb = np.asarray(pa.dataobj), np.asarray(pb.dataobj)
         agreements.append(mask_agreement(a, bb, values))
         ref_path = data / "labelsTs" / f"{cid}.nii.gz"
@@ -199,11 +240,12 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
     }
 
 
-def loader_section(data: Path, model: Path, workdir: Path, sizes: dict[int, int], warmup: int,
-                   repeats: int = 1) -> dict:
-    from brainseg.data.cache import cache_cases
+def loader_section(
+    data: Path, model: Path, workdir: Path, sizes: dict[int, int], warmup: int, repeats: int = 1
+) -> dict:
     from brainseg.data.layouts import discover_dataset
     from brainseg.model.checkpoint import load_card
+    from brainseg.preprocessing.cache import cache_cases
 
     card = load_card(model)
     ds = discover_dataset(data)
@@ -240,8 +282,8 @@ def make_scaled_volume(src: Path, size: int, spacing: Sequence[float], dst: Path
     import torch
     import torch.nn.functional as F
 
-    from brainseg.data.preprocess import ras_orientation, reorient_array
-    from brainseg.io import Geometry, read_image, write_image
+    from brainseg.io.images import Geometry, read_image, write_image
+    from brainseg.preprocessing.preprocess import ras_orientation, reorient_array
 
     data, geom = read_image(src)
     ras = reorient_array(data, ras_orientation(geom))
@@ -266,8 +308,11 @@ def scaling_section(model: Path, data: Path, workdir: Path, sizes: Sequence[int]
     for size in sizes:
         path = make_scaled_volume(src, size, card.spacing, folder / f"size{size}_0000.nii.gz")
         log(f"scaling: {size}^3")
-        r = run_child("scale", {"model": str(model), "image": str(path), "warmup": str(warm),
-                                "out": str(workdir / "scaling_out")}, workdir)
+        r = run_child(
+            "scale",
+            {"model": str(model), "image": str(path), "warmup": str(warm), "out": str(workdir / "scaling_out")},
+            workdir,
+        )
         r["size"] = size
         r["mvox"] = r["voxels"] / 1e6
         r["delta_rss_mb"] = r["maxrss_mb"] - r["maxrss_base_mb"]
@@ -281,8 +326,8 @@ def scaling_section(model: Path, data: Path, workdir: Path, sizes: Sequence[int]
         "time_per_window": linearity(windows, [r["seconds"] for r in rows]),
         "memory": linearity(mvox, [max(r["delta_rss_mb"], 1e-3) for r in rows]),
         "note": "memory: peak RSS during the case minus the RSS just before it (peak mark reset after a 64^3 "
-                "warm-up), VmHWM, fresh process per size. Windows per MVox grow with size toward 8x the cropped "
-                "volume (overlap 0.5 per axis), so s/MVox rises toward a constant; s/window stays flat.",
+        "warm-up), VmHWM, fresh process per size. Windows per MVox grow with size toward 8x the cropped "
+        "volume (overlap 0.5 per axis), so s/MVox rises toward a constant; s/window stays flat.",
     }
 
 
@@ -311,8 +356,10 @@ def gpu_section(model: Path, data: Path, workdir: Path, n_cases: int) -> dict:
             out[name] = {"error": str(exc)[-600:]}
     log("gpu: MONAI reference")
     out["monai"] = run_child("infer_monai", dict(common, out=str(workdir / "gpu_monai")), workdir)
-    best = max((v["mvox_per_s"] for k, v in out.items() if isinstance(v, dict) and "mvox_per_s" in v and k != "monai"),
-               default=None)
+    best = max(
+        (v["mvox_per_s"] for k, v in out.items() if isinstance(v, dict) and "mvox_per_s" in v and k != "monai"),
+        default=None,
+    )
     if best is not None:
         out["ratio_best_vs_monai"] = best / out["monai"]["mvox_per_s"]
     return out

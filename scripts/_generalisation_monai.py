@@ -33,8 +33,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:
@@ -66,28 +66,38 @@ def train_transforms(spacing: Sequence[float], patch: Sequence[int], samples: in
     from monai import transforms as T
 
     keys = ["image", "label"]
-    return T.Compose([
-        T.LoadImaged(keys=keys, image_only=True),
-        T.EnsureChannelFirstd(keys=keys),
-        T.Orientationd(keys=keys, axcodes="RAS"),
-        T.Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")),
-        T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
-        T.SpatialPadd(keys=keys, spatial_size=patch),
-        T.FgBgToIndicesd(keys="label"),
-        # -- cached up to here; random from here on
-        T.RandCropByPosNegLabeld(keys=keys, label_key="label", spatial_size=patch, pos=1, neg=1,
-                                 num_samples=samples, fg_indices_key="label_fg_indices",
-                                 bg_indices_key="label_bg_indices"),
-        T.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
-        T.RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
-        T.RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
-        T.RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
-        T.RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
-    ])
+    return T.Compose(
+        [
+            T.LoadImaged(keys=keys, image_only=True),
+            T.EnsureChannelFirstd(keys=keys),
+            T.Orientationd(keys=keys, axcodes="RAS"),
+            T.Spacingd(keys=keys, pixdim=spacing, mode=("bilinear", "nearest")),
+            T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
+            T.SpatialPadd(keys=keys, spatial_size=patch),
+            T.FgBgToIndicesd(keys="label"),
+            # -- cached up to here; random from here on
+            T.RandCropByPosNegLabeld(
+                keys=keys,
+                label_key="label",
+                spatial_size=patch,
+                pos=1,
+                neg=1,
+                num_samples=samples,
+                fg_indices_key="label_fg_indices",
+                bg_indices_key="label_bg_indices",
+            ),
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=0),
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=1),
+            T.RandFlipd(keys=keys, prob=0.5, spatial_axis=2),
+            T.RandScaleIntensityd(keys="image", factors=0.1, prob=1.0),
+            T.RandShiftIntensityd(keys="image", offsets=0.1, prob=1.0),
+        ]
+    )
 
 
-def train(data: Path, out: Path, minutes: float, seed: int, spacing_mm: float, features: Sequence[int],
-          samples: int) -> dict:
+def train(
+    data: Path, out: Path, minutes: float, seed: int, spacing_mm: float, features: Sequence[int], samples: int
+) -> dict:
     import torch
     from monai.data import CacheDataset, DataLoader
     from monai.losses import DiceCELoss
@@ -102,8 +112,9 @@ def train(data: Path, out: Path, minutes: float, seed: int, spacing_mm: float, f
     items = [{"image": str(c.images[0]), "label": str(c.label)} for c in ds.train]
     spacing = [spacing_mm] * 3
     t0 = time.perf_counter()
-    dataset = CacheDataset(items, transform=train_transforms(spacing, PATCH, samples), cache_rate=1.0,
-                           num_workers=0, progress=False)
+    dataset = CacheDataset(
+        items, transform=train_transforms(spacing, PATCH, samples), cache_rate=1.0, num_workers=0, progress=False
+    )
     cache_seconds = time.perf_counter() - t0
     loader = DataLoader(dataset, batch_size=1, shuffle=True, num_workers=0)
     net = network(features, len(labels))
@@ -132,12 +143,23 @@ def train(data: Path, out: Path, minutes: float, seed: int, spacing_mm: float, f
     torch.save(net.state_dict(), out / "model.pt")
     meta = {
         "pipeline": "MONAI tutorial reference (scripts/_generalisation_monai.py)",
-        "steps": steps, "epochs": epochs, "minutes": seconds / 60.0, "budget_minutes": minutes,
-        "cache_seconds": cache_seconds, "cases": len(items), "patches_per_step": samples,
+        "steps": steps,
+        "epochs": epochs,
+        "minutes": seconds / 60.0,
+        "budget_minutes": minutes,
+        "cache_seconds": cache_seconds,
+        "cases": len(items),
+        "patches_per_step": samples,
         "final_loss_mean_last_10": sum(losses[-10:]) / max(1, len(losses[-10:])),
-        "labels": labels, "spacing": spacing, "spacing_rule": f"fixed {spacing_mm:g} mm isotropic",
-        "patch_size": list(PATCH), "features": list(features), "threads": torch.get_num_threads(),
-        "lr": LR, "weight_decay": WEIGHT_DECAY, "seed": seed,
+        "labels": labels,
+        "spacing": spacing,
+        "spacing_rule": f"fixed {spacing_mm:g} mm isotropic",
+        "patch_size": list(PATCH),
+        "features": list(features),
+        "threads": torch.get_num_threads(),
+        "lr": LR,
+        "weight_decay": WEIGHT_DECAY,
+        "seed": seed,
     }
     (out / "train.json").write_text(json.dumps(meta, indent=1) + "\n")
     return meta
@@ -151,7 +173,9 @@ def predict(model_dir: Path, jobs: Sequence[tuple[Path, Path]]) -> dict:
     net = network(meta["features"], len(meta["labels"]))
     net.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
     net.eval()
-    spec = ReferenceSpec(tuple(sorted(int(k) for k in meta["labels"])), tuple(meta["spacing"]), tuple(meta["patch_size"]))
+    spec = ReferenceSpec(
+        tuple(sorted(int(k) for k in meta["labels"])), tuple(meta["spacing"]), tuple(meta["patch_size"])
+    )
     result = {}
     for images, out in jobs:
         t0 = time.perf_counter()
@@ -181,8 +205,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "train":
         features = [int(v) for v in args.features.split(",")]
         meta = train(args.data, args.out, args.minutes, args.seed, args.spacing, features, args.samples)
-        print(f"MONAI reference: {meta['steps']} steps ({meta['epochs']} epochs) in {meta['minutes']:.2f} min, "
-              f"{meta['threads']} threads; wrote {args.out / 'model.pt'}")
+        print(
+            f"MONAI reference: {meta['steps']} steps ({meta['epochs']} epochs) in {meta['minutes']:.2f} min, "
+            f"{meta['threads']} threads; wrote {args.out / 'model.pt'}"
+        )
     else:
         for out, r in predict(args.model, args.job).items():
             print(f"MONAI reference: {r['cases']} masks in {out} ({r['seconds']:.1f} s)")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import nibabel as nib
 import numpy as np
-
 from _bench_compare import markdown_table, mask_agreement
 from _bench_monai import _case_id
 
@@ -51,8 +51,13 @@ def mask_geometry(images_dir: Path, masks_dir: Path) -> dict[str, Any]:
         diff = float(np.abs(mask.affine - src.affine).max())
         values = np.unique(np.asarray(mask.dataobj)).tolist()
         ok = mask.shape == src.shape[:3] and diff <= AFFINE_ATOL and set(values) <= {0, *LABEL_NAMES}
-        cases[cid] = {"ok": bool(ok), "shape": list(mask.shape), "scan_shape": list(src.shape[:3]),
-                      "affine_max_abs_diff": diff, "values": [int(v) for v in values]}
+        cases[cid] = {
+            "ok": bool(ok),
+            "shape": list(mask.shape),
+            "scan_shape": list(src.shape[:3]),
+            "affine_max_abs_diff": diff,
+            "values": [int(v) for v in values],
+        }
     return {"ok": bool(cases) and all(c["ok"] for c in cases.values()), "cases": cases}
 
 
@@ -78,9 +83,17 @@ def summary_rows(report: dict) -> list[list[Any]]:
             if res is None:
                 continue
             steps = report["training"][key].get("steps")
-            rows.append([set_name, name, res["n_cases"], *(_f(res["dice"][n]) for n in LABEL_NAMES.values()),
-                         f"**{_f(res['mean'])}**", "-" if steps is None else steps,
-                         "yes" if res["geometry"]["ok"] else "**NO**"])
+            rows.append(
+                [
+                    set_name,
+                    name,
+                    res["n_cases"],
+                    *(_f(res["dice"][n]) for n in LABEL_NAMES.values()),
+                    f"**{_f(res['mean'])}**",
+                    "-" if steps is None else steps,
+                    "yes" if res["geometry"]["ok"] else "**NO**",
+                ]
+            )
     return rows
 
 
@@ -106,18 +119,38 @@ def tables(report: dict) -> str:
     pipelines = [PIPELINES[k] for k in PIPELINES if report["results"].get(k)]
     names = " / ".join(LABEL_NAMES.values())
     parts = [
-        markdown_table(summary_rows(report), ["data set", "pipeline", "cases", *LABEL_NAMES.values(), "mean Dice",
-                                              "training steps", "masks on the scans' grids"]),
+        markdown_table(
+            summary_rows(report),
+            [
+                "data set",
+                "pipeline",
+                "cases",
+                *LABEL_NAMES.values(),
+                "mean Dice",
+                "training steps",
+                "masks on the scans' grids",
+            ],
+        ),
         "Shifted scans, case by case (Dice " + names + ", mean in bold):",
-        markdown_table(case_rows(report), ["case", "settings", "brain", *pipelines,
-                                           *(["voxels equal (brainseg vs MONAI)"] if report.get("agreement_shifted") else [])]),
+        markdown_table(
+            case_rows(report),
+            [
+                "case",
+                "settings",
+                "brain",
+                *pipelines,
+                *(["voxels equal (brainseg vs MONAI)"] if report.get("agreement_shifted") else []),
+            ],
+        ),
     ]
     tr = report["training"]
     notes = [f"brainseg: {tr['brainseg'].get('note', '')}"]
     if "monai" in tr and tr["monai"]:
         m = tr["monai"]
-        notes.append(f"MONAI reference: BasicUNet {tuple(m['features'])}, {m['spacing_rule']}, patch "
-                     f"{m['patch_size'][0]}³ x {m['patches_per_step']}, {m['steps']} steps in "
-                     f"{m['minutes']:.1f} min, {m['threads']} threads")
+        notes.append(
+            f"MONAI reference: BasicUNet {tuple(m['features'])}, {m['spacing_rule']}, patch "
+            f"{m['patch_size'][0]}³ x {m['patches_per_step']}, {m['steps']} steps in "
+            f"{m['minutes']:.1f} min, {m['threads']} threads"
+        )
     parts.append("Training: " + "; ".join(notes) + ".")
     return "\n\n".join(parts)

@@ -27,7 +27,7 @@ demo's 0.88-1.08), the bias above 0.25 (demo 0.08-0.25), the field of view (demo
 box, centred) and the seeds lie outside its ranges; gamma, scales and noise levels are
 the issue's and may overlap the demo's as it widens them.
 
-Labels follow the demo's convention exactly (:func:`brainseg.data.demo_template.tissue_labels`
+Labels follow the demo's convention exactly (:func:`brainseg.demo.template.tissue_labels`
 with the brain = resampled ``template T1 > 0`` >= 0.5).
 
 Layout::
@@ -46,8 +46,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainseg.atomic import atomic_write_text
-from brainseg.data.demo_template import (
+from brainseg.demo.template import (
     LABELS,
     SubjectGrid,
     Template,
@@ -58,10 +57,11 @@ from brainseg.data.demo_template import (
     tissue_labels,
     world_box,
 )
-from brainseg.data.demo_template import orientation_matrix as _orientation_matrix
-from brainseg.data.demo_template import rotation as _rotation
-from brainseg.data.demo import HEMISPHERE_LABELS, hemisphere_labels
-from brainseg.io import write_image
+from brainseg.demo.template import orientation_matrix as _orientation_matrix
+from brainseg.demo.template import rotation as _rotation
+from brainseg.demo.tissue import HEMISPHERE_LABELS, hemisphere_labels
+from brainseg.io.atomic import atomic_write_text
+from brainseg.io.images import write_image
 
 GENERATOR = "scripts/_generalisation_shifted.py v3"
 CASE_PREFIX = "shifted"
@@ -92,8 +92,10 @@ class ScanSettings:
         sp = "x".join(f"{s:g}" for s in self.spacing)
         tilt = f" {self.tilt_degrees:g}deg oblique" if self.tilt_degrees else ""
         bg = "skull-stripped" if self.skull_stripped else f"noise {self.noise:.0%}"
-        return (f"{self.orientation} {sp} mm{tilt}, {bg}, x{self.scale:g} +{self.offset:g}, "
-                f"gamma {self.gamma:g}, bias {self.bias_std:g}")
+        return (
+            f"{self.orientation} {sp} mm{tilt}, {bg}, x{self.scale:g} +{self.offset:g}, "
+            f"gamma {self.gamma:g}, bias {self.bias_std:g}"
+        )
 
 
 # The six scans of the issue; cases past the sixth are drawn by :func:`drawn_settings`.
@@ -134,8 +136,9 @@ def scan_settings(seed: int, index: int) -> ScanSettings:
 # --------------------------------------------------------------------------- geometry
 
 
-def fixed_grid(settings: ScanSettings, lo: np.ndarray, hi: np.ndarray, centre: np.ndarray,
-               tilt_axis: np.ndarray) -> SubjectGrid:
+def fixed_grid(
+    settings: ScanSettings, lo: np.ndarray, hi: np.ndarray, centre: np.ndarray, tilt_axis: np.ndarray
+) -> SubjectGrid:
     """A grid of the settings' orientation, spacing and tilt covering the world box [lo, hi]."""
     spacing = np.asarray(settings.spacing, dtype=np.float64)
     direction = _rotation(tilt_axis, settings.tilt_degrees) @ _orientation_matrix(settings.orientation)
@@ -148,8 +151,9 @@ def fixed_grid(settings: ScanSettings, lo: np.ndarray, hi: np.ndarray, centre: n
     return SubjectGrid(shape, affine, settings.orientation, float(settings.tilt_degrees))
 
 
-def warped_coordinates(rng: np.random.Generator, grid: SubjectGrid, template_affine: np.ndarray,
-                       centre: np.ndarray) -> np.ndarray:
+def warped_coordinates(
+    rng: np.random.Generator, grid: SubjectGrid, template_affine: np.ndarray, centre: np.ndarray
+) -> np.ndarray:
     """Template voxel coordinates (3, X, Y, Z) of the grid's voxels through a shrink and a smooth warp."""
     shrink = rng.uniform(*SHRINK, size=3).astype(np.float32)
     warp_mm = float(rng.uniform(*WARP_MM))
@@ -175,11 +179,12 @@ def rician(rng: np.random.Generator, signal: np.ndarray, sigma: float) -> np.nda
     return np.hypot(real, imag).astype(np.float32)
 
 
-def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings, seed: int,
-              index: int, kind: str = "tissue") -> tuple[np.ndarray, np.ndarray, SubjectGrid, dict]:
+def make_scan(
+    template: Template, brain_map: np.ndarray, settings: ScanSettings, seed: int, index: int, kind: str = "tissue"
+) -> tuple[np.ndarray, np.ndarray, SubjectGrid, dict]:
     """(image float32, labels uint8, grid, measured facts) of one shifted scan; ``kind``
     "hemispheres" splits grey and white matter at the template's midline (the demo's
-    :func:`~brainseg.data.demo.hemisphere_labels`)."""
+    :func:`~brainseg.demo.tissue.hemisphere_labels`)."""
     rng = np.random.default_rng([seed, 2, index])
     lo, hi = world_box(template.affine, template.t1.shape)
     margin = rng.uniform(*MARGIN_MM, size=3)
@@ -211,7 +216,9 @@ def make_scan(template: Template, brain_map: np.ndarray, settings: ScanSettings,
         "axcodes": "".join(nib.aff2axcodes(grid.affine)),
         "voxel_mm": [round(float(v), 4) for v in np.linalg.norm(grid.affine[:3, :3], axis=0)],
         "brain_litres": round(float(brain.sum()) * voxel_ml / 1000.0, 4),
-        "label_litres": {str(v): round(float((labels == v).sum()) * voxel_ml / 1000.0, 4) for v in range(1, int(labels.max()) + 1)},
+        "label_litres": {
+            str(v): round(float((labels == v).sum()) * voxel_ml / 1000.0, 4) for v in range(1, int(labels.max()) + 1)
+        },
         "white_matter_median": float(np.median(image[labels == 3])),
         "noise_sigma": round(sigma * settings.scale, 4),
         "exact_zero_fraction": round(float(np.mean(image == 0)), 6),
@@ -227,11 +234,18 @@ def _manifest_matches(out: Path, n: int, seed: int, kind: str = "tissue") -> boo
         meta = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return False
-    if (meta.get("generator") != GENERATOR or meta.get("seed") != seed or len(meta.get("cases", [])) != n
-            or meta.get("kind", "tissue") != kind):
+    if (
+        meta.get("generator") != GENERATOR
+        or meta.get("seed") != seed
+        or len(meta.get("cases", [])) != n
+        or meta.get("kind", "tissue") != kind
+    ):
         return False
-    return all((out / "images" / f"{c['case_id']}_0000.nii.gz").is_file()
-               and (out / "labels" / f"{c['case_id']}.nii.gz").is_file() for c in meta["cases"])
+    return all(
+        (out / "images" / f"{c['case_id']}_0000.nii.gz").is_file()
+        and (out / "labels" / f"{c['case_id']}.nii.gz").is_file()
+        for c in meta["cases"]
+    )
 
 
 def make_shifted_set(out: Path, n: int = 6, seed: int = DEFAULT_SEED, log=print, kind: str = "tissue") -> dict:
@@ -254,11 +268,18 @@ def make_shifted_set(out: Path, n: int = 6, seed: int = DEFAULT_SEED, log=print,
         write_image(out / "images" / f"{settings.case_id}_0000.nii.gz", image, geometry, dtype=np.float32)
         write_image(out / "labels" / f"{settings.case_id}.nii.gz", labels, geometry, dtype=np.uint8)
         cases.append({**asdict(settings), "description": settings.describe(), **facts})
-        log(f"shifted set [{index + 1}/{n}] {settings.case_id}: {settings.describe()}, shape {grid.shape}, "
-            f"brain {facts['brain_litres']:.2f} L")
+        log(
+            f"shifted set [{index + 1}/{n}] {settings.case_id}: {settings.describe()}, shape {grid.shape}, "
+            f"brain {facts['brain_litres']:.2f} L"
+        )
     names = HEMISPHERE_LABELS if kind == "hemispheres" else LABELS
-    manifest = {"generator": GENERATOR, "seed": seed, "kind": kind, "labels": {str(v): k for k, v in names.items()},
-                "cases": cases}
+    manifest = {
+        "generator": GENERATOR,
+        "seed": seed,
+        "kind": kind,
+        "labels": {str(v): k for k, v in names.items()},
+        "cases": cases,
+    }
     text = json.dumps(manifest, indent=1) + "\n"
     atomic_write_text(out / "manifest.json", text)
     return json.loads(text)  # as a reuse reads it back

@@ -1,13 +1,13 @@
 """Boundary metrics for scripts/skip_ablation.py: surface Dice and Dice by distance to a boundary.
 
-Both build on brainseg's own surface definition (:mod:`brainseg.metrics`: a mask's
+Both build on brainseg's own surface definition (:mod:`brainseg.evaluate.metrics`: a mask's
 surface is the mask minus its 6-connected erosion, distances are Euclidean in mm with
 the voxel spacing applied), so they measure the same surfaces HD95 does.
 
 * :func:`surface_dice` (Nikolov et al. 2021, on voxel surfaces): the fraction of both
   surfaces that lies within ``tolerance_mm`` of the other surface,
   ``(|S_P within tol of S_R| + |S_R within tol of S_P|) / (|S_P| + |S_R|)``. Both masks
-  empty -> 1.0, exactly one empty -> 0.0 (the conventions of ``brainseg.metrics.dice``).
+  empty -> 1.0, exactly one empty -> 0.0 (the conventions of ``brainseg.evaluate.metrics.dice``).
   Surface voxels are voxel centres, so on 1.0-2.2 mm voxels a 1 mm tolerance accepts a
   surface voxel only where the other surface passes through the same voxel (or one
   closer than 1 mm: none on this grid unless the spacing is below 1 mm).
@@ -24,15 +24,15 @@ the voxel spacing applied), so they measure the same surfaces HD95 does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
 
-from brainseg.arrays import bounding_box as _bbox
-from brainseg.evaluate import score_labels
-from brainseg.metrics import check_spacing as _check_spacing
-from brainseg.metrics import dice, surface_distances
+from brainseg.evaluate.metrics import check_spacing as _check_spacing
+from brainseg.evaluate.metrics import dice, surface_distances
+from brainseg.evaluate.per_label import score_labels
+from brainseg.preprocessing.foreground import bounding_box as _bbox
 
 #: Distance bins (mm, lower edges; the last is open): about one voxel layer each on
 #: the demo data's 1.0-2.2 mm voxels (the first bin is the boundary layer itself), then
@@ -52,7 +52,9 @@ def surface_dices(
     return [int(np.count_nonzero(everything <= t)) / everything.size for t in tolerances_mm]
 
 
-def surface_dice(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 1.0) -> float:
+def surface_dice(
+    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float], tolerance_mm: float = 1.0
+) -> float:
     """Surface Dice at ``tolerance_mm`` (see :func:`surface_dices`)."""
     return surface_dices(pred_mask, ref_mask, spacing, [tolerance_mm])[0]
 
@@ -138,7 +140,7 @@ def case_scores(
     edges: Sequence[float] = DISTANCE_EDGES_MM,
     boundaries: bool = True,
 ) -> dict:
-    """Per-label Dice and HD95 (:func:`brainseg.evaluate.score_labels`), surface Dice and boundary counts.
+    """Per-label Dice and HD95 (:func:`brainseg.evaluate.per_label.score_labels`), surface Dice and boundary counts.
 
     ``surface_dice`` is keyed by tolerance (mm), then label. ``boundaries=False``: Dice
     only (training-set cases, where only Dice is asked).

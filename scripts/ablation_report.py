@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from brainseg.viz import LABEL_COLOURS, _canonical
+from brainseg.io.pictures import LABEL_COLOURS, _canonical
 
 #: Smallest Dice difference (in every seed, same sign) the findings call a difference.
 DICE_MARGIN = 0.005
@@ -69,12 +69,24 @@ def plot_train_vs_heldout(report: dict, path: Path) -> Path:
         for j, (key, label) in enumerate((("train_dice", "training subjects"), ("heldout_dice", "held-out subjects"))):
             values = [r[key] for r in res["per_seed"] if r.get(key) is not None]
             pos = i + (j - 0.5) * 0.35
-            ax.bar(pos, np.mean(values) if values else 0.0, width=0.33, color=_arm_colour(arm),
-                   alpha=0.45 if j == 0 else 0.9, label=label if i == 0 else None, edgecolor="black")
+            ax.bar(
+                pos,
+                np.mean(values) if values else 0.0,
+                width=0.33,
+                color=_arm_colour(arm),
+                alpha=0.45 if j == 0 else 0.9,
+                label=label if i == 0 else None,
+                edgecolor="black",
+            )
             ax.scatter([pos] * len(values), values, color="black", s=12, zorder=3)
     ax.set_xticks(range(len(arms)), arms)
-    lows = [r[k] for res in report["arms"].values() for r in res["per_seed"] for k in ("train_dice", "heldout_dice")
-            if r.get(k) is not None]
+    lows = [
+        r[k]
+        for res in report["arms"].values()
+        for r in res["per_seed"]
+        for k in ("train_dice", "heldout_dice")
+        if r.get(k) is not None
+    ]
     if lows:
         ax.set_ylim(max(0.0, min(lows) - 0.05), min(1.0, max(lows) + 0.02))
     ax.set_ylabel("mean foreground Dice")
@@ -97,7 +109,9 @@ def plot_slices(report: dict, path: Path, case) -> Path:
     fg = np.argwhere(ref > 0)
     z = int(round(fg[:, 2].mean())) if len(fg) else ref.shape[2] // 2
     n = max(int(ref.max()), 1)
-    cmap = ListedColormap([(0, 0, 0, 0)] + [LABEL_COLOURS[(i - 1) % len(LABEL_COLOURS)] + (0.5,) for i in range(1, n + 1)])
+    cmap = ListedColormap(
+        [(0, 0, 0, 0)] + [LABEL_COLOURS[(i - 1) % len(LABEL_COLOURS)] + (0.5,) for i in range(1, n + 1)]
+    )
     errors = ListedColormap([(0, 0, 0, 0), (1.0, 0.0, 0.0, 0.85)])
     inside = image[image != 0]
     lo, hi = np.percentile(inside, [1, 99]) if inside.size else (0.0, 1.0)
@@ -106,9 +120,13 @@ def plot_slices(report: dict, path: Path, case) -> Path:
     fig, axes = plt.subplots(2, len(arms) + 1, figsize=(3.2 * (len(arms) + 1), 6.6))
 
     def show(ax, labels2d, colours, vmax, title):
-        ax.imshow(image[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+        ax.imshow(
+            image[:, :, z].T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest"
+        )
         if labels2d is not None:
-            ax.imshow(labels2d.T, cmap=colours, origin="lower", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
+            ax.imshow(
+                labels2d.T, cmap=colours, origin="lower", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest"
+            )
         ax.set_title(title, fontsize=9)
         ax.axis("off")
 
@@ -177,8 +195,11 @@ def findings(report: dict) -> list[str]:
     out.append(
         f"With skips (concat) the network reached held-out Dice {base['heldout_dice']:.3f} and training-set Dice "
         f"{base['train_dice']:.3f} (gap {base['gap']:+.3f})."
-        + (" The gap is small: at this budget the network with skips does not overfit its training subjects."
-           if base["gap"] is not None and abs(base["gap"]) < 0.02 else "")
+        + (
+            " The gap is small: at this budget the network with skips does not overfit its training subjects."
+            if base["gap"] is not None and abs(base["gap"]) < 0.02
+            else ""
+        )
     )
     if n_seeds < 2:
         out.append("One seed only: no spread across seeds, so every difference below is indicative, not established.")
@@ -188,12 +209,16 @@ def findings(report: dict) -> list[str]:
         if not d or not d["heldout_dice"]:
             continue
         held, train, gap = d["heldout_dice"], d["train_dice"], d["gap"]
-        line = (f"**{arm} − concat** (per seed): held-out Dice {_seeds(held)}, training-set Dice {_seeds(train)}, "
-                f"gap {_seeds(gap)}, surface Dice at 1 mm {_seeds(d['surface_dice'])}, HD95 {_seeds(d['hd95'], 2)} mm "
-                f"(lower is better).")
+        line = (
+            f"**{arm} − concat** (per seed): held-out Dice {_seeds(held)}, training-set Dice {_seeds(train)}, "
+            f"gap {_seeds(gap)}, surface Dice at 1 mm {_seeds(d['surface_dice'])}, HD95 {_seeds(d['hd95'], 2)} mm "
+            f"(lower is better)."
+        )
         h, t, g = direction(held), direction(train), direction(gap)
         if h == "down" and t == "down":
-            line += " Lower on the training subjects as well as on the held-out ones: it fits its own training data worse."
+            line += (
+                " Lower on the training subjects as well as on the held-out ones: it fits its own training data worse."
+            )
         elif h == "unclear":
             line += f" Held-out Dice does not differ from concat by more than {DICE_MARGIN} consistently across seeds."
         if g == "up":
@@ -206,8 +231,10 @@ def findings(report: dict) -> list[str]:
         last = _last_bin_with_data(arms["concat"]["mean"]["boundary_dice"])
         at, deep = [row[0] for row in bd], [row[last] for row in bd]
         if all(v is not None for v in at + deep):
-            line += (f" At the boundary ({names[0]}) Dice changed by {_seeds(at)}; deep inside ({names[last]}) by "
-                     f"{_seeds(deep)}.")
+            line += (
+                f" At the boundary ({names[0]}) Dice changed by {_seeds(at)}; deep inside ({names[last]}) by "
+                f"{_seeds(deep)}."
+            )
             if all(a < dp - DICE_MARGIN for a, dp in zip(at, deep)):
                 line += f" The loss is larger at the boundary than deep inside in {every}."
         out.append(line)
@@ -218,13 +245,15 @@ def findings(report: dict) -> list[str]:
             "up": "Cutting the skips widened the gap: what the regulariser hypothesis predicts.",
             "down": "Cutting the skips narrowed the gap: the opposite of what the regulariser hypothesis predicts.",
             "unclear": "Cutting the skips did not widen the train − held-out gap: this run gives no support to the "
-                       "regulariser hypothesis (it cannot rule out a regularising effect in longer trainings or on "
-                       "fewer subjects, where a network has the chance to overfit).",
+            "regulariser hypothesis (it cannot rule out a regularising effect in longer trainings or on "
+            "fewer subjects, where a network has the chance to overfit).",
         }[g]
         out.append("**Regulariser hypothesis.** " + verdict)
         if direction(loss["none"]) == "down" and direction(arms["none"]["vs_concat"]["train_dice"]) == "down":
-            out.append("**Detail hypothesis.** Without skips Dice fell on training and held-out subjects alike, which "
-                       "is what the detail hypothesis predicts.")
+            out.append(
+                "**Detail hypothesis.** Without skips Dice fell on training and held-out subjects alike, which "
+                "is what the detail hypothesis predicts."
+            )
     if "none" in loss and "lowpass" in loss:
         full = arms["concat"]["mean"]["heldout_dice"] - arms["none"]["mean"]["heldout_dice"]
         if direction(loss["none"]) == "down":
@@ -235,16 +264,25 @@ def findings(report: dict) -> list[str]:
                 f"{100 * kept:.0f} % of the held-out Dice that cutting the skips lost (means over seeds: concat − none "
                 f"= {full:+.3f}; {'no better than no skips at all; ' if kept <= 0 else ''}steps per seed: lowpass "
                 f"{', '.join(map(str, steps[0]))}, concat {', '.join(map(str, steps[1]))}). "
-                + ("Most of the skips' benefit needs the fine detail." if kept < 0.25 else
-                   "Most of the skips' benefit survives without the fine detail." if kept > 0.75 else
-                   "Part of the benefit survives without the fine detail, part needs it.")
+                + (
+                    "Most of the skips' benefit needs the fine detail."
+                    if kept < 0.25
+                    else "Most of the skips' benefit survives without the fine detail."
+                    if kept > 0.75
+                    else "Part of the benefit survives without the fine detail, part needs it."
+                )
             )
         else:
-            out.append("Cutting the skips did not lower held-out Dice consistently, so the low-pass arm has no loss "
-                       "to explain in this run.")
+            out.append(
+                "Cutting the skips did not lower held-out Dice consistently, so the low-pass arm has no loss "
+                "to explain in this run."
+            )
     steps = {a: r["mean"]["steps"] for a, r in arms.items()}
-    out.append("The budget is wall time, not steps: mean steps per run " + ", ".join(
-        f"{a} {s:.0f}" for a, s in steps.items()) + " (an arm with cheaper steps takes more of them).")
+    out.append(
+        "The budget is wall time, not steps: mean steps per run "
+        + ", ".join(f"{a} {s:.0f}" for a, s in steps.items())
+        + " (an arm with cheaper steps takes more of them)."
+    )
     return out
 
 
@@ -279,21 +317,36 @@ def write_markdown(report: dict, path: Path) -> Path:
         )
     names = s["distance_bin_names"]
     share = next(iter(arms.values()))["per_seed"][0]["boundary_voxel_share"]
-    lines += ["", "Dice by distance to the nearest tissue boundary (pooled over the tissues and the held-out subjects):", "",
-              "| arm | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [
+        "",
+        "Dice by distance to the nearest tissue boundary (pooled over the tissues and the held-out subjects):",
+        "",
+        "| arm | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for arm, res in arms.items():
         std = res["std"]["boundary_dice"] or [None] * len(names)
         lines.append(f"| {arm} | " + " | ".join(_pm(m, sd) for m, sd in zip(res["mean"]["boundary_dice"], std)) + " |")
     lines.append("| share of tissue voxels | " + " | ".join(f"{100 * v:.0f} %" for v in share) + " |")
     labels = s["labels"]
-    lines += ["", "Held-out Dice per tissue (seed mean):", "", "| arm | " + " | ".join(labels.values()) + " |",
-              "|---|" + "---|" * len(labels)]
+    lines += [
+        "",
+        "Held-out Dice per tissue (seed mean):",
+        "",
+        "| arm | " + " | ".join(labels.values()) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
     for arm, res in arms.items():
         per = [np.mean([r["dice_per_label"][k] for r in res["per_seed"]]) for k in labels]
         lines.append(f"| {arm} | " + " | ".join(f"{v:.3f}" for v in per) + " |")
     cases = list(next(iter(arms.values()))["per_seed"][0]["cases"])
-    lines += ["", "Per held-out subject (mean over seeds): Dice / HD95 (finite, mm) / far false positives:", "",
-              "| subject | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    lines += [
+        "",
+        "Per held-out subject (mean over seeds): Dice / HD95 (finite, mm) / far false positives:",
+        "",
+        "| subject | " + " | ".join(arms) + " |",
+        "|---|" + "---|" * len(arms),
+    ]
     for cid in cases:
         cells = []
         for res in arms.values():

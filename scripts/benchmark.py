@@ -69,8 +69,9 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 if str(SCRIPTS) not in sys.path:
@@ -80,25 +81,53 @@ if str(SCRIPTS) not in sys.path:
 # arithmetic and the MONAI reference are importable from here too (tests, other scripts).
 from _bench_children import CHILDREN  # noqa: E402
 from _bench_compare import (  # noqa: E402,F401
-    dice_difference, linearity, markdown_table, mask_agreement, mix_corrected, outside_range, placement_range,
+    dice_difference,
+    linearity,
+    markdown_table,
+    mask_agreement,
+    mix_corrected,
+    outside_range,
+    placement_range,
 )
 from _bench_harness import load1, log, machine_info, wait_for_quiet  # noqa: E402
 from _bench_monai import MonaiReference, ReferenceSpec  # noqa: E402,F401
 from _bench_report import report_tables, targets  # noqa: E402
 from _bench_sections import (  # noqa: E402
-    gpu_section, inference_section, loader_section, make_data, network_info, scaling_section, train_section,
+    gpu_section,
+    inference_section,
+    loader_section,
+    make_data,
+    network_info,
+    scaling_section,
+    train_section,
 )
 
 # --------------------------------------------------------------------------- settings
 
 QUICK = dict(
-    n_subjects=6, n_test=2, train_minutes=0.6, loader_patches={64: 24, 128: 6}, loader_warmup=3,
-    scaling_sizes=[96, 128, 160], inference_cases=2, repeats=1, compile_variant=False, reference_shifts=[0.5],
+    n_subjects=6,
+    n_test=2,
+    train_minutes=0.6,
+    loader_patches={64: 24, 128: 6},
+    loader_warmup=3,
+    scaling_sizes=[96, 128, 160],
+    inference_cases=2,
+    repeats=1,
+    compile_variant=False,
+    reference_shifts=[0.5],
     norm="batch",
 )
 FULL = dict(
-    n_subjects=12, n_test=6, train_minutes=5.0, loader_patches={64: 150, 128: 40}, loader_warmup=5,
-    scaling_sizes=[128, 192, 256, 320], inference_cases=6, repeats=2, compile_variant=True, reference_shifts=[0.5],
+    n_subjects=12,
+    n_test=6,
+    train_minutes=5.0,
+    loader_patches={64: 150, 128: 40},
+    loader_warmup=5,
+    scaling_sizes=[128, 192, 256, 320],
+    inference_cases=6,
+    repeats=2,
+    compile_variant=True,
+    reference_shifts=[0.5],
     norm="batch",
 )
 
@@ -107,20 +136,27 @@ FULL = dict(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--quick", action="store_true", help="small run (< 3 min on 2 cores)")
     p.add_argument("--json", type=Path, default=None, help="write all figures to this JSON file")
     p.add_argument("--model", type=Path, default=None, help="reuse this run folder / checkpoint instead of training")
     p.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp folder)")
-    p.add_argument("--only", default="training,inference,loader,scaling,gpu",
-                   help="comma-separated sections to run (default: all)")
+    p.add_argument(
+        "--only", default="training,inference,loader,scaling,gpu", help="comma-separated sections to run (default: all)"
+    )
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load to drop below this first")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for --max-load at most")
     from brainseg.model.unet import NORMS
 
-    p.add_argument("--norm", choices=NORMS, default=None,
-                   help="normalisation of the benchmarked network (default batch: its output does not depend on "
-                        "where the windows fall; instance = configs/demo.yaml as it is)")
+    p.add_argument(
+        "--norm",
+        choices=NORMS,
+        default=None,
+        help="normalisation of the benchmarked network (default batch: its output does not depend on "
+        "where the windows fall; instance = configs/demo.yaml as it is)",
+    )
     p.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json file and exit")
     p.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -148,8 +184,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         workdir = args.workdir.resolve()
         workdir.mkdir(parents=True, exist_ok=True)
-    res: dict[str, Any] = {"quick": args.quick, "machine": machine_info(), "load_1min_start": load_start,
-                           "settings": {k: v for k, v in settings.items()}}
+    res: dict[str, Any] = {
+        "quick": args.quick,
+        "machine": machine_info(),
+        "load_1min_start": load_start,
+        "settings": {k: v for k, v in settings.items()},
+    }
     try:
         log(f"demo data: {settings['n_subjects']} subjects in {workdir}")
         data = make_data(workdir, settings["n_subjects"], settings["n_test"])
@@ -161,12 +201,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model = Path(res["training"]["run_dir"])
         res["network"] = network_info(model)
         if "inference" in sections:
-            res["inference"] = inference_section(model, data, workdir, settings["inference_cases"],
-                                                 settings["repeats"], settings["compile_variant"],
-                                                 shift_fractions=settings["reference_shifts"])
+            res["inference"] = inference_section(
+                model,
+                data,
+                workdir,
+                settings["inference_cases"],
+                settings["repeats"],
+                settings["compile_variant"],
+                shift_fractions=settings["reference_shifts"],
+            )
         if "loader" in sections:
-            res["loader"] = loader_section(data, model, workdir, settings["loader_patches"], settings["loader_warmup"],
-                                           settings["repeats"])
+            res["loader"] = loader_section(
+                data, model, workdir, settings["loader_patches"], settings["loader_warmup"], settings["repeats"]
+            )
         if "scaling" in sections:
             res["scaling"] = scaling_section(model, data, workdir, settings["scaling_sizes"])
         if "gpu" in sections:

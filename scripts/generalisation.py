@@ -33,8 +33,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
@@ -105,8 +106,12 @@ def brainseg_training(run_dir: Path) -> dict[str, Any]:
     except (OSError, IndexError):
         return {"run": str(run_dir), "steps": None, "note": f"{run_dir} (no metrics.csv: steps unknown)"}
     steps, minutes = int(last["step"]), float(last["elapsed_minutes"])
-    return {"run": str(run_dir), "steps": steps, "minutes": minutes,
-            "note": f"configs/demo.yaml, {steps} steps in {minutes:.1f} min ({run_dir})"}
+    return {
+        "run": str(run_dir),
+        "steps": steps,
+        "minutes": minutes,
+        "note": f"configs/demo.yaml, {steps} steps in {minutes:.1f} min ({run_dir})",
+    }
 
 
 def git_state() -> dict[str, Any]:
@@ -122,24 +127,39 @@ def score(pipeline: str, sets: dict[str, tuple[Path, Path]], masks: Path, out: P
     results = {}
     for key, (images, labels) in sets.items():
         eval_dir = fresh(out / "evaluation" / pipeline / key)
-        run(brainseg_cmd("evaluate", "--pred", masks / key, "--ref", labels, "--out", eval_dir, "--labels", "1,2,3"),
-            out / "logs" / f"evaluate_{pipeline}_{key}.log")
+        run(
+            brainseg_cmd("evaluate", "--pred", masks / key, "--ref", labels, "--out", eval_dir, "--labels", "1,2,3"),
+            out / "logs" / f"evaluate_{pipeline}_{key}.log",
+        )
         results[key] = report_mod.read_scores(eval_dir)
         results[key]["geometry"] = report_mod.mask_geometry(images, masks / key)
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, required=True, help="working folder: data, runs, masks, report")
-    p.add_argument("--minutes", type=float, default=None, help="training budget of each pipeline (default 10; 1 with --quick)")
-    p.add_argument("--quick", action="store_true", help="1-minute trainings, 4 demo subjects, 3 shifted scans (< 5 min)")
-    p.add_argument("--data", type=Path, default=None, help="demo data set to train on (default: OUT/demo, made if absent)")
+    p.add_argument(
+        "--minutes", type=float, default=None, help="training budget of each pipeline (default 10; 1 with --quick)"
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="1-minute trainings, 4 demo subjects, 3 shifted scans (< 5 min)"
+    )
+    p.add_argument(
+        "--data", type=Path, default=None, help="demo data set to train on (default: OUT/demo, made if absent)"
+    )
     p.add_argument("--model", type=Path, default=None, help="score this brainseg run folder instead of training one")
-    p.add_argument("--monai-model", type=Path, default=None, help="reuse a MONAI reference run folder (model.pt, train.json)")
+    p.add_argument(
+        "--monai-model", type=Path, default=None, help="reuse a MONAI reference run folder (model.pt, train.json)"
+    )
     p.add_argument("--skip-monai", action="store_true", help="brainseg only")
-    p.add_argument("--no-mirror", action="store_true",
-                   help="brainseg predicts without test-time mirroring (8x faster; a smoke run's setting, not the shipped one)")
+    p.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="brainseg predicts without test-time mirroring (8x faster; a smoke run's setting, not the shipped one)",
+    )
     p.add_argument("--n-shifted", type=int, default=None, help="shifted scans (default 6; 3 with --quick)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the shifted scans")
     p.add_argument("--json", type=Path, default=None, help="also write report.json here")
@@ -165,22 +185,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = ensure_demo(out, args.data.resolve() if args.data else None, settings["n_demo"])
     manifest = make_shifted_set(out / "shifted", settings["n_shifted"], args.seed, log=log)
     lap("data", t0)
-    sets = {"demo_heldout": (demo / "imagesTs", demo / "labelsTs"),
-            "shifted": (out / "shifted" / "images", out / "shifted" / "labels")}
+    sets = {
+        "demo_heldout": (demo / "imagesTs", demo / "labelsTs"),
+        "shifted": (out / "shifted" / "images", out / "shifted" / "labels"),
+    }
 
     t0 = time.perf_counter()
     model = args.model.resolve() if args.model else out / "brainseg_run"
     if args.model is None:
         fresh(model)
-        run(brainseg_cmd("train", "--data", demo, "--out", model, "--config", CONFIG, "--max-minutes",
-                         settings["minutes"], "--no-progress"), out / "logs" / "brainseg_train.log")
+        run(
+            brainseg_cmd(
+                "train",
+                "--data",
+                demo,
+                "--out",
+                model,
+                "--config",
+                CONFIG,
+                "--max-minutes",
+                settings["minutes"],
+                "--no-progress",
+            ),
+            out / "logs" / "brainseg_train.log",
+        )
     lap("brainseg_train", t0)
     t0 = time.perf_counter()
     masks_b = out / "masks" / "brainseg"
     for key, (images, _) in sets.items():
         no_mirror = ["--set", "infer.mirror=false"] if args.no_mirror else []
-        run(brainseg_cmd("predict", "--model", model, "--input", images, "--output", fresh(masks_b / key),
-                         "--no-progress", *no_mirror), out / "logs" / f"predict_brainseg_{key}.log")
+        run(
+            brainseg_cmd(
+                "predict",
+                "--model",
+                model,
+                "--input",
+                images,
+                "--output",
+                fresh(masks_b / key),
+                "--no-progress",
+                *no_mirror,
+            ),
+            out / "logs" / f"predict_brainseg_{key}.log",
+        )
     lap("brainseg_predict", t0)
     results = {"brainseg": score("brainseg", sets, masks_b, out)}
     training: dict[str, Any] = {"brainseg": brainseg_training(model)}
@@ -191,8 +238,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         t0 = time.perf_counter()
         monai_run = args.monai_model.resolve() if args.monai_model else out / "monai_run"
         if args.monai_model is None:
-            run([sys.executable, monai, "train", "--data", demo, "--out", fresh(monai_run), "--minutes",
-                 settings["minutes"]], out / "logs" / "monai_train.log")
+            run(
+                [
+                    sys.executable,
+                    monai,
+                    "train",
+                    "--data",
+                    demo,
+                    "--out",
+                    fresh(monai_run),
+                    "--minutes",
+                    settings["minutes"],
+                ],
+                out / "logs" / "monai_train.log",
+            )
         lap("monai_train", t0)
         t0 = time.perf_counter()
         masks_m = out / "masks" / "monai"
@@ -201,13 +260,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         lap("monai_predict", t0)
         results["monai"] = score("monai", sets, masks_m, out)
         training["monai"] = json.loads((monai_run / "train.json").read_text())
-        agree = report_mod.agreement(masks_b / "shifted", masks_m / "shifted",
-                                     [c["case_id"] for c in manifest["cases"]])
+        agree = report_mod.agreement(
+            masks_b / "shifted", masks_m / "shifted", [c["case_id"] for c in manifest["cases"]]
+        )
 
     report = {
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "settings": {**settings, "quick": args.quick, "seed": args.seed, "demo_data": str(demo),
-                     "config": str(CONFIG.relative_to(REPO)), "mirror": not args.no_mirror},
+        "settings": {
+            **settings,
+            "quick": args.quick,
+            "seed": args.seed,
+            "demo_data": str(demo),
+            "config": str(CONFIG.relative_to(REPO)),
+            "mirror": not args.no_mirror,
+        },
         "machine": machine_info(),
         "git": git_state(),
         "training": training,
@@ -226,7 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{report['machine']['cores_usable']} cores, torch {report['machine']['torch']}, "
         f"MONAI {report['machine']['monai']}, 1-min load {load_start} at the start, {report['load_1min']['end']} "
         f"at the end, commit {report['git']['commit'][:10]}"
-        f"{' + uncommitted changes' if report['git']['dirty_files'] else ''})\n\n{text}\n")
+        f"{' + uncommitted changes' if report['git']['dirty_files'] else ''})\n\n{text}\n"
+    )
     print(text)
     print(f"\n(total {report['total_seconds']:.0f} s; report in {out / 'report.md'} and {out / 'report.json'})")
     off_grid = [f"{k}/{s}" for k, r in results.items() for s, v in r.items() if not v["geometry"]["ok"]]

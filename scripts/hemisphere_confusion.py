@@ -21,8 +21,8 @@ import numpy as np
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS.parent))
 
-from brainseg.io import read_label  # noqa: E402
-from brainseg.metrics import dice, side_confusion  # noqa: E402
+from brainseg.evaluate.metrics import dice, side_confusion  # noqa: E402
+from brainseg.io.images import read_label  # noqa: E402
 
 
 def main(argv=None) -> int:

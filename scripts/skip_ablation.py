@@ -64,8 +64,18 @@ ARMS = {
 QUICK = {"minutes": 2.0, "seeds": 1, "n": 8}
 FULL = {"minutes": 2.5, "seeds": 2, "n": 10}
 TOLERANCES_MM = (1.0, 2.0)
-SCALARS = ("dice", "heldout_dice", "train_dice", "gap", "hd95", "hd95_n_inf", "surface_dice", "surface_dice_2mm",
-           "far_false_positives", "steps")
+SCALARS = (
+    "dice",
+    "heldout_dice",
+    "train_dice",
+    "gap",
+    "hd95",
+    "hd95_n_inf",
+    "surface_dice",
+    "surface_dice_2mm",
+    "far_false_positives",
+    "steps",
+)
 
 
 def log(msg: str) -> None:
@@ -88,8 +98,8 @@ def git_state() -> dict:
 
 def prepare_data(args, work: Path):
     """The data set folder and its (training, held-out) cases; demo data unless ``--data``."""
-    from brainseg.data.demo import make_demo_dataset
     from brainseg.data.layouts import discover_dataset
+    from brainseg.demo.tissue import make_demo_dataset
 
     if args.data is not None:
         data = Path(args.data)
@@ -145,7 +155,7 @@ def evaluate_arm(run_dir: Path, train_cases, heldout, labels, device: str) -> di
     """Predict held-out and training subjects with the run's model; score them."""
     from brainseg.infer.batch import inference_config
     from brainseg.infer.predictor import Predictor
-    from brainseg.io import read_label, write_image
+    from brainseg.io.images import read_label, write_image
     from brainseg.model.checkpoint import load_model
 
     model, card = load_model(run_dir, device)
@@ -197,7 +207,8 @@ def summarise_run(by_case: dict[str, dict], trained: list[dict], labels) -> dict
         "surface_dice_2mm": _case_mean(held, "surface_dice", 2.0),
         "dice_per_label": {str(v): float(np.mean([s["dice"][v] for s in held])) for v in labels},
         "train_dice_per_label": {str(v): float(np.mean([s["dice"][v] for s in trained])) for v in labels}
-        if trained else {},
+        if trained
+        else {},
         "boundary_dice": [float(x) for x in dice_by_distance(counts.sum(axis=0))],  # pooled over tissues too
         "boundary_dice_per_label": {str(v): [float(x) for x in row] for v, row in zip(labels, by_bin)},
         "boundary_voxel_share": [float(x) for x in voxels / max(voxels.sum(), 1)],
@@ -259,10 +270,16 @@ def paired_differences(arms: dict, base: str = "concat") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, figures, work/")
     p.add_argument("--quick", action="store_true", help=f"smaller run: {QUICK}")
-    p.add_argument("--minutes", type=float, help=f"training budget per arm and seed (default {FULL['minutes']}, quick {QUICK['minutes']})")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        help=f"training budget per arm and seed (default {FULL['minutes']}, quick {QUICK['minutes']})",
+    )
     p.add_argument("--seeds", type=int, help=f"seeds per arm (default {FULL['seeds']}, quick {QUICK['seeds']})")
     p.add_argument("--n", type=int, help=f"demo subjects (default {FULL['n']}, quick {QUICK['n']}; a quarter held out)")
     p.add_argument("--data", type=Path, help="an MSD/nnU-Net data set instead of demo data (labelsTs needed)")
@@ -286,7 +303,6 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the figures are files; set here, not in the library
     import torch
-
     from ablation_report import write_figures, write_markdown
 
     started = time.perf_counter()
@@ -303,8 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             info = train_arm(arm, seed, data, work, args.minutes, args.device, args.config)
             t0 = time.perf_counter()
             scores = evaluate_arm(Path(info["run_dir"]), train_cases, heldout, labels, args.device)
-            log(f"{arm} seed {seed}: held-out Dice {scores['dice']:.4f}, train Dice {scores['train_dice']:.4f} "
-                f"({time.perf_counter() - t0:.0f} s to predict and score)")
+            log(
+                f"{arm} seed {seed}: held-out Dice {scores['dice']:.4f}, train Dice {scores['train_dice']:.4f} "
+                f"({time.perf_counter() - t0:.0f} s to predict and score)"
+            )
             results[arm]["per_seed"].append({"seed": seed, **info, **scores})
     for arm in results.values():
         arm["mean"], arm["std"] = across_seeds(arm["per_seed"])

@@ -24,17 +24,17 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 import pytest
 import torch
 
 from brainseg.config import load_config
-from brainseg.card import ModelCard, Network, Normalization, package_versions
-from brainseg.data.preprocess import PREPROCESS_VERSION
+from brainseg.model.card import ModelCard, Network, Normalization, package_versions
 from brainseg.model.checkpoint import save_checkpoint
 from brainseg.model.unet import UNet3D
+from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from brainseg.card import CARD_FORMAT, ModelCard
 from brainseg.config import load_config
-from brainseg.data.demo import make_demo_dataset
+from brainseg.demo.tissue import make_demo_dataset
 from brainseg.errors import BrainsegError
-from brainseg.evaluate import evaluate_folders
+from brainseg.evaluate.per_label import evaluate_folders
 from brainseg.infer.batch import predict
+from brainseg.model.card import CARD_FORMAT, ModelCard
 from brainseg.model.checkpoint import load_card, load_checkpoint, load_model, save_checkpoint
 from brainseg.train.trainer import train
 
@@ -25,8 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _cli(*args: object) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "brainseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _stored(tiny_checkpoint: Path) -> dict:
@@ -94,8 +100,10 @@ def _one_scan(folder: Path) -> Path:
     "change, expected",
     [
         (lambda c: {k: v for k, v in c.items() if k != "spacing"}, "model card has no 'spacing'"),
-        (lambda c: dict(c, format=4, versions=dict(c["versions"], brainseg="9.1.0")),
-         "model card has format 4, this brainseg reads formats 1, 2, 3; it was written by a newer brainseg (9.1.0): upgrade brainseg"),
+        (
+            lambda c: dict(c, format=4, versions=dict(c["versions"], brainseg="9.1.0")),
+            "model card has format 4, this brainseg reads formats 1, 2, 3; it was written by a newer brainseg (9.1.0): upgrade brainseg",
+        ),
     ],
     ids=["missing-key", "future-format"],
 )
@@ -132,8 +140,19 @@ def test_config_values_are_checked_when_loaded(override, message):
 
 @pytest.mark.parametrize("command", ["train", "predict"])
 def test_a_bad_device_is_one_line(command, tiny_checkpoint, tmp_path):
-    args = (["train", "--data", tmp_path, "--out", tmp_path / "run"] if command == "train"
-            else ["predict", "--model", tiny_checkpoint, "--input", _one_scan(tmp_path / "scans"), "--output", tmp_path / "o"])
+    args = (
+        ["train", "--data", tmp_path, "--out", tmp_path / "run"]
+        if command == "train"
+        else [
+            "predict",
+            "--model",
+            tiny_checkpoint,
+            "--input",
+            _one_scan(tmp_path / "scans"),
+            "--output",
+            tmp_path / "o",
+        ]
+    )
     res = _cli(*args, "--device", "gpu")
     assert res.returncode == 1
     assert res.stderr.strip() == "brainseg: error: device 'gpu': expected auto, cpu, cuda or cuda:N"
@@ -149,11 +168,20 @@ def test_validation_dice_is_what_predict_and_evaluate_report(tmp_path):
     as validation decides (plain argmax, no test-time mirroring; the class offsets chosen
     after it are predict's addition)."""
     data = make_demo_dataset(tmp_path / "data", n=3, n_test=1, seed=4, verbose=False)
-    cfg = load_config(REPO / "configs" / "demo.yaml", [
-        "model.levels=3", "model.base_features=4", "model.max_features=16", "train.patch_size=[32,32,32]",
-        "train.epochs=1", "train.iters_per_epoch=3", "train.num_workers=0", "data.target_spacing=[3.0,3.0,3.0]",
-        "data.val_fraction=0.5",
-    ])
+    cfg = load_config(
+        REPO / "configs" / "demo.yaml",
+        [
+            "model.levels=3",
+            "model.base_features=4",
+            "model.max_features=16",
+            "train.patch_size=[32,32,32]",
+            "train.epochs=1",
+            "train.iters_per_epoch=3",
+            "train.num_workers=0",
+            "data.target_spacing=[3.0,3.0,3.0]",
+            "data.val_fraction=0.5",
+        ],
+    )
     torch.set_num_threads(1)
     train(data, tmp_path / "run", cfg, device="cpu", progress=False)
     state = load_checkpoint(tmp_path / "run" / "checkpoint_final.pt")

@@ -21,7 +21,7 @@ from brainseg.data.cases import DiscoveryError
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError
 from brainseg.infer.batch import predict
-from brainseg.io import Geometry, write_image
+from brainseg.io.images import Geometry, write_image
 
 MSD_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")  # Task01_BrainTumour's dataset.json order
 SHAPE = (24, 24, 24)

@@ -17,8 +17,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainseg.data.fingerprint import fingerprint_dataset
 from brainseg.data.layouts import discover_dataset
+from brainseg.plan.fingerprint import fingerprint_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPE = (28, 30, 26)
@@ -43,9 +43,15 @@ def _dataset(root: Path, n_channels: int = 1) -> Path:
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
     channels = {str(i): f"MR{i}" for i in range(n_channels)}
-    (root / "dataset.json").write_text(json.dumps({
-        "channel_names": channels, "labels": {"background": 0, "CSF": 1, "grey": 2, "white": 3}, "file_ending": ".nii.gz",
-    }))
+    (root / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": channels,
+                "labels": {"background": 0, "CSF": 1, "grey": 2, "white": 3},
+                "file_ending": ".nii.gz",
+            }
+        )
+    )
     return root
 
 
@@ -60,14 +66,23 @@ def _case(root: Path, case: str, image=None, label=None, affine=None, label_affi
 
 def _cli(*args) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "brainseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _sections(stdout: str) -> tuple[list[str], list[str]]:
     lines = stdout.splitlines()
-    e, w = lines.index(next(x for x in lines if x.startswith("errors ("))), lines.index(next(x for x in lines if x.startswith("warnings (")))
-    return [x.strip() for x in lines[e + 1:w]], [x.strip() for x in lines[w + 1:] if x.startswith("  ")]
+    e, w = (
+        lines.index(next(x for x in lines if x.startswith("errors ("))),
+        lines.index(next(x for x in lines if x.startswith("warnings ("))),
+    )
+    return [x.strip() for x in lines[e + 1 : w]], [x.strip() for x in lines[w + 1 :] if x.startswith("  ")]
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +93,15 @@ def planted(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, list[s
     img, lab = _brain()
     _case(root, "geom", label_affine=np.diag([1.0, 1.0, 1.0, 1.0]) + np.eye(4, k=3) * 0 + _shift(5.0))
     _case(root, "shape", label=lab[:-2])
-    nan = img.copy(); nan[10, 10, 10] = np.nan
+    nan = img.copy()
+    nan[10, 10, 10] = np.nan
     _case(root, "nan", image=nan)
-    inf = img.copy(); inf[3, 3, 3] = np.inf; inf[4, 4, 4] = -np.inf
+    inf = img.copy()
+    inf[3, 3, 3] = np.inf
+    inf[4, 4, 4] = -np.inf
     _case(root, "inf", image=inf)
-    bad = lab.copy(); bad[lab == 3] = 7
+    bad = lab.copy()
+    bad[lab == 3] = 7
     _case(root, "value", label=bad)
     _case(root, "fraction", label=lab.astype(np.float32) * 0.5)
     _case(root, "zero", image=np.zeros(SHAPE, np.float32))
@@ -131,7 +150,9 @@ def test_inf_voxels(planted):
 
 
 def test_label_values_outside_dataset_json(planted):
-    assert _has(planted[2], "labelsTr/value.nii.gz", "label values [7] are not among the data set's labels [0, 1, 2, 3]")
+    assert _has(
+        planted[2], "labelsTr/value.nii.gz", "label values [7] are not among the data set's labels [0, 1, 2, 3]"
+    )
 
 
 def test_non_integer_labels(planted):

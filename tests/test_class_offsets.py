@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.card import ModelCard
 from brainseg.config import load_config
 from brainseg.data.cases import Case
 from brainseg.errors import BrainsegError
 from brainseg.infer.predictor import Predictor
+from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model
-from brainseg.postprocess import labels_within_input
+from brainseg.postprocess.decision import labels_within_input
 from brainseg.runtime import DistInfo
 from brainseg.train.validation import Validation
 
@@ -52,8 +52,9 @@ def _phantom(path: Path, island: bool = False) -> Path:
 
 
 def _label_under(predictor: Predictor, scan: Path, offsets, out: Path) -> Path:
-    planted = Predictor(predictor.model, replace(predictor.card, class_offsets=tuple(offsets)),
-                        predictor.infer, predictor.postprocess)
+    planted = Predictor(
+        predictor.model, replace(predictor.card, class_offsets=tuple(offsets)), predictor.infer, predictor.postprocess
+    )
     labels, _, geometry = planted.predict_case([scan])
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), geometry.affine), str(out))
     return out

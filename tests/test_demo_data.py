@@ -21,11 +21,11 @@ import pytest
 from scipy.ndimage import map_coordinates
 
 from brainseg.errors import BrainsegError
-from brainseg.io import read_image, read_label
+from brainseg.io.images import read_image, read_label
 
 pytest.importorskip("nilearn")
-demo = pytest.importorskip("brainseg.data.demo")
-mni = pytest.importorskip("brainseg.data.demo_template")
+demo = pytest.importorskip("brainseg.demo.tissue")
+mni = pytest.importorskip("brainseg.demo.template")
 
 N = 4  # subjects in the shared demo data set (conftest.DEMO_N)
 EXPECTED_LABELS = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
@@ -44,7 +44,7 @@ def meta(demo_dir) -> dict:
 
 @pytest.fixture(scope="module")
 def cases(demo_dir, meta) -> list[dict]:
-    """Every case listed in dataset.json, read back with brainseg.io."""
+    """Every case listed in dataset.json, read back with brainseg.io.images."""
     loaded = []
     for entry in meta["training"] + meta["test"]:
         image, igeom = read_image(demo_dir / entry["image"])

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainseg.data.demo import HEMISPHERE_LABELS, make_demo_dataset
+from brainseg.demo.tissue import HEMISPHERE_LABELS, make_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,7 @@ def test_hemispheres_split_grey_and_white_matter_of_the_same_subjects(pair):
         np.testing.assert_array_equal(ti, hi)
         # left labels lie left of the midline in world (RAS) coordinates, right ones right of it
         ijk = np.argwhere(hl > 1)
-        x = (h.affine[0, :3] @ ijk.T + h.affine[0, 3])
+        x = h.affine[0, :3] @ ijk.T + h.affine[0, 3]
         values = hl[tuple(ijk.T)]
         left = np.isin(values, (2, 4))
         assert np.mean(x[left] < 0) > 0.97 and np.mean(x[~left] > 0) > 0.97
@@ -57,8 +57,24 @@ def test_hemispheres_split_grey_and_white_matter_of_the_same_subjects(pair):
 def test_spacing_gives_every_subject_that_voxel_size(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(
-        [sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "aniso"), "--n", "4", "--spacing", "0.9", "0.9", "4"],
-        capture_output=True, text=True, timeout=300, env=env, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "brainseg",
+            "demo-data",
+            str(tmp_path / "aniso"),
+            "--n",
+            "4",
+            "--spacing",
+            "0.9",
+            "0.9",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
     )
     assert res.returncode == 0, res.stderr
     files = sorted((tmp_path / "aniso").rglob("*.nii.gz"))
@@ -75,11 +91,19 @@ def test_spacing_gives_every_subject_that_voxel_size(tmp_path):
     assert any(codes[0] not in "LR" for codes in orders)  # subject 3 is stored PIR: its slices are still axial
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--kind", "lesions"], "invalid choice: 'lesions'"),
-    (["--spacing", "1", "0", "1"], "--spacing (1.0, 0.0, 1.0): expected three voxel sizes in mm"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--kind", "lesions"], "invalid choice: 'lesions'"),
+        (["--spacing", "1", "0", "1"], "--spacing (1.0, 0.0, 1.0): expected three voxel sizes in mm"),
+    ],
+)
 def test_bad_kind_or_spacing_is_one_line(tmp_path, args, message):
-    res = subprocess.run([sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "x"), "--n", "2", *args],
-                         capture_output=True, text=True, timeout=120, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "x"), "--n", "2", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert res.returncode != 0 and message in res.stderr and "Traceback" not in res.stderr

@@ -14,7 +14,7 @@ from brainseg.data.cases import Case, DiscoveryError, safe_case_id
 from brainseg.data.inputs import discover_inputs
 from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
-from brainseg.io import read_channels, read_label
+from brainseg.io.images import read_channels, read_label
 
 _TEMPLATE: dict[str, bytes] = {}
 
@@ -37,8 +37,13 @@ def write_json(path: Path, data: object) -> None:
     path.write_text(json.dumps(data))
 
 
-def msd(root: Path, train: dict[str, int], test: dict[str, int] | None = None,
-        meta: object | None = None, labels_ts: bool = False) -> Path:
+def msd(
+    root: Path,
+    train: dict[str, int],
+    test: dict[str, int] | None = None,
+    meta: object | None = None,
+    labels_ts: bool = False,
+) -> Path:
     """An MSD / nnU-Net folder: case id -> number of channels."""
     if meta is not None:
         write_json(root / "dataset.json", meta)
@@ -162,8 +167,10 @@ def test_brats_classic(tmp_path: Path) -> None:
     assert [c.case_id for c in ds.train] == ["BraTS2021_00000", "BraTS2021_00002"]
     case = ds.train[0]
     assert [p.name for p in case.images] == [
-        "BraTS2021_00000_t1.nii.gz", "BraTS2021_00000_t1ce.nii.gz",
-        "BraTS2021_00000_t2.nii.gz", "BraTS2021_00000_flair.nii.gz",
+        "BraTS2021_00000_t1.nii.gz",
+        "BraTS2021_00000_t1ce.nii.gz",
+        "BraTS2021_00000_t2.nii.gz",
+        "BraTS2021_00000_flair.nii.gz",
     ]
     assert case.label == root / "BraTS2021_00000" / "BraTS2021_00000_seg.nii.gz"
     assert [(c.case_id, c.label) for c in ds.test] == [("BraTS2021_00001", None)]
@@ -176,8 +183,10 @@ def test_brats_2023(tmp_path: Path) -> None:
     ds = discover_dataset(root)
     assert ds.channels == ("t1n", "t1c", "t2w", "t2f")
     assert [p.name for p in ds.train[0].images] == [
-        "BraTS-GLI-00000-000-t1n.nii.gz", "BraTS-GLI-00000-000-t1c.nii.gz",
-        "BraTS-GLI-00000-000-t2w.nii.gz", "BraTS-GLI-00000-000-t2f.nii.gz",
+        "BraTS-GLI-00000-000-t1n.nii.gz",
+        "BraTS-GLI-00000-000-t1c.nii.gz",
+        "BraTS-GLI-00000-000-t2w.nii.gz",
+        "BraTS-GLI-00000-000-t2f.nii.gz",
     ]
     assert ds.train[0].label.name == "BraTS-GLI-00000-000-seg.nii.gz"
 
@@ -204,7 +213,9 @@ def test_plain_with_channel_suffixes(tmp_path: Path) -> None:
     scan(root / "labels/x.nii.gz")
     ds = discover_dataset(root)
     assert ds.channels == ("0000", "0001")
-    assert ds.train == [Case("x", (root / "images/x_0000.nii.gz", root / "images/x_0001.nii.gz"), root / "labels/x.nii.gz")]
+    assert ds.train == [
+        Case("x", (root / "images/x_0000.nii.gz", root / "images/x_0001.nii.gz"), root / "labels/x.nii.gz")
+    ]
 
 
 def test_plain_exact_name_wins_over_channel_suffix(tmp_path: Path) -> None:
@@ -343,7 +354,10 @@ BAD_JSON = [
     ({"channel_names": {"0": "T1"}, "labels": ["background", "tumour"]}, '"labels" must be a mapping'),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 1.5}}, '"labels" has values of the wrong type'),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": "1"}}, '"labels" has values of the wrong type'),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2, 3]}}, '"regions_class_order" is missing'),
+    (
+        {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2, 3]}},
+        '"regions_class_order" is missing',
+    ),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 0}}, "value 0 is given to both"),
     ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": -1}}, "negative value"),
     ({"channel_names": {"0": "T1"}, "labels": {"0": "background", "one": "x"}}, "'one' is not a label value"),
@@ -478,7 +492,7 @@ def test_inputs_missing_channel(tmp_path: Path) -> None:
 
 def test_inputs_brats_root_and_case_folder(tmp_path: Path) -> None:
     root = tmp_path / "brats"
-    case_b = brats(root, "B", seg=False)
+    brats(root, "B", seg=False)
     case_a = brats(root, "A")
     cases = discover_inputs([root], n_channels=4)
     assert [c.case_id for c in cases] == ["A", "B"]

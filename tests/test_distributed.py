@@ -32,10 +32,16 @@ import torch
 from brainseg.config import load_config
 from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
-from brainseg.model.checkpoint import CHECKPOINT_LAST, load_model, nonfinite_tensors, resolve_checkpoint, save_checkpoint
+from brainseg.model.checkpoint import (
+    CHECKPOINT_LAST,
+    load_model,
+    nonfinite_tensors,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from brainseg.model.unet import UNet3D
 from brainseg.train.recipe import COARSEST_WEIGHT, SegLoss, deep_supervision_weights, run_budget
 from brainseg.train.trainer import Trainer
-from brainseg.model.unet import UNet3D
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -43,9 +49,14 @@ CONFIGS = REPO / "configs"
 #: Shrinks a shipped config in size only (features, patch, iterations, voxel size, loader
 #: processes); deep supervision, norm, optimizer, schedule and inference stay the config's.
 SMALL = [
-    "model.base_features=4", "model.max_features=16",
-    "train.iters_per_epoch=3", "train.epochs=1", "train.val_every=1", "train.num_workers=0",
-    "data.target_spacing=[4.0,4.0,4.0]", "infer.batch_windows=8",
+    "model.base_features=4",
+    "model.max_features=16",
+    "train.iters_per_epoch=3",
+    "train.epochs=1",
+    "train.val_every=1",
+    "train.num_workers=0",
+    "data.target_spacing=[4.0,4.0,4.0]",
+    "infer.batch_windows=8",
 ]
 #: Patch per config: brain_1mm_gpu has 6 levels (5 downsamplings, sides a multiple of 32;
 #: 32 would leave a 1-voxel bottleneck, which instance norm refuses in training), so 64.
@@ -61,14 +72,24 @@ def env() -> dict[str, str]:
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "brainseg", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "brainseg",
+        *args,
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
 
 
 def brainseg(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "brainseg", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env())
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *args], capture_output=True, text=True, timeout=timeout, env=env()
+    )
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -102,9 +123,20 @@ def finite_checkpoint(path: Path) -> dict:
 def test_shipped_config_trains_under_torchrun_then_predicts(config, demo_data, tmp_path):
     run_dir = tmp_path / "run"
     t0 = time.time()
-    res = torchrun("-v", "train", "--data", str(demo_data), "--out", str(run_dir), "--device", "cpu",
-                   "--no-progress", "--config", str(CONFIGS / config),
-                   *sets(SMALL + [f"train.patch_size={PATCH[config]}"]))
+    res = torchrun(
+        "-v",
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / config),
+        *sets(SMALL + [f"train.patch_size={PATCH[config]}"]),
+    )
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     assert res.stdout.count("trained 1 epochs") == 1  # rank 0 reports
     state = finite_checkpoint(run_dir / "checkpoint_final.pt")
@@ -124,8 +156,18 @@ def test_shipped_config_trains_under_torchrun_then_predicts(config, demo_data, t
 
     scan = sorted((demo_data / "imagesTs").iterdir())[0]
     pred = tmp_path / "pred"
-    res = brainseg("predict", "--model", str(run_dir), "--input", str(scan), "--output", str(pred),
-                   "--device", "cpu", "--no-progress")
+    res = brainseg(
+        "predict",
+        "--model",
+        str(run_dir),
+        "--input",
+        str(scan),
+        "--output",
+        str(pred),
+        "--device",
+        "cpu",
+        "--no-progress",
+    )
     assert res.returncode == 0, res.stderr
     mask = nib.load(pred / scan.name.replace("_0000", ""))
     assert mask.shape == nib.load(scan).shape
@@ -135,13 +177,24 @@ def test_shipped_config_trains_under_torchrun_then_predicts(config, demo_data, t
 @pytest.mark.slow
 def test_validation_shared_across_ranks_is_what_predict_and_evaluate_report(demo_data, tmp_path):
     """Two validation cases, one per rank: the all-reduced Dice equals predict + evaluate of the final model."""
-    from brainseg.evaluate import evaluate_folders
+    from brainseg.evaluate.per_label import evaluate_folders
     from brainseg.infer.batch import predict
 
     run_dir = tmp_path / "run"
-    res = torchrun("-v", "train", "--data", str(demo_data), "--out", str(run_dir), "--device", "cpu",
-                   "--no-progress", "--config", str(CONFIGS / "demo.yaml"),
-                   *sets(SMALL + ["train.patch_size=[32,32,32]", "data.val_fraction=0.5"]))
+    res = torchrun(
+        "-v",
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *sets(SMALL + ["train.patch_size=[32,32,32]", "data.val_fraction=0.5"]),
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     assert "over 2 case(s)" in res.stderr
     last = finite_checkpoint(run_dir / "checkpoint_final.pt")["history"][-1]
@@ -153,8 +206,9 @@ def test_validation_shared_across_ranks_is_what_predict_and_evaluate_report(demo
         (refs / f"{cid}.nii.gz").write_bytes((demo_data / "labelsTr" / f"{cid}.nii.gz").read_bytes())
     images = [demo_data / "imagesTr" / f"{cid}_0000.nii.gz" for cid in val_ids]
     as_validated = ["postprocess.class_offsets=[]", "infer.mirror=false"]  # plain argmax, no test-time mirroring
-    assert not predict(run_dir, images, tmp_path / "pred", device="cpu", checkpoint="final",
-                       overrides=as_validated).summary.failed
+    assert not predict(
+        run_dir, images, tmp_path / "pred", device="cpu", checkpoint="final", overrides=as_validated
+    ).summary.failed
     summary = evaluate_folders(tmp_path / "pred", refs, tmp_path / "eval", labels=[1, 2, 3], progress=False)
     for v in (1, 2, 3):
         assert summary["labels"][str(v)]["dice"]["mean"] == pytest.approx(last[f"val_dice_{v}"], abs=1e-6)
@@ -162,8 +216,13 @@ def test_validation_shared_across_ranks_is_what_predict_and_evaluate_report(demo
 
 # ----------------------------------------------------------------------------- non-finite steps
 
-NAN_RUN = ["train.patch_size=[32,32,32]", "train.batch_size=1", "train.iters_per_epoch=4", "train.epochs=2",
-           "model.levels=3"]
+NAN_RUN = [
+    "train.patch_size=[32,32,32]",
+    "train.batch_size=1",
+    "train.iters_per_epoch=4",
+    "train.epochs=2",
+    "model.levels=3",
+]
 
 
 def poisoned_cache(demo_data: Path, tmp_path: Path, overrides: list[str], which: str) -> Path:
@@ -187,8 +246,19 @@ def test_a_nan_batch_is_skipped_on_both_ranks_and_training_goes_on(demo_data, tm
     overrides = SMALL + NAN_RUN
     cache = poisoned_cache(demo_data, tmp_path, overrides, "one")
     run_dir = tmp_path / "run"
-    res = torchrun("train", "--data", str(demo_data), "--out", str(run_dir), "--device", "cpu", "--no-progress",
-                   "--config", str(CONFIGS / "demo.yaml"), *sets(overrides + [f"data.cache_dir={cache}"]))
+    res = torchrun(
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *sets(overrides + [f"data.cache_dir={cache}"]),
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     rows = read_metrics(run_dir)
     skipped = sum(int(r["skipped_steps"]) for r in rows)
@@ -206,8 +276,19 @@ def test_consecutive_nonfinite_steps_stop_training_with_one_line(demo_data, tmp_
     overrides = SMALL + NAN_RUN + ["train.max_nonfinite_steps=3"]
     cache = poisoned_cache(demo_data, tmp_path, overrides, "all")
     run_dir = tmp_path / "run"
-    res = torchrun("train", "--data", str(demo_data), "--out", str(run_dir), "--device", "cpu", "--no-progress",
-                   "--config", str(CONFIGS / "demo.yaml"), *sets(overrides + [f"data.cache_dir={cache}"]))
+    res = torchrun(
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *sets(overrides + [f"data.cache_dir={cache}"]),
+    )
     assert res.returncode != 0
     lines = error_lines(res.stderr)
     assert len(lines) == 1, res.stderr[-4000:]
@@ -287,8 +368,17 @@ def test_predict_takes_final_then_best_then_last_or_the_one_asked_for(tiny_check
     with pytest.raises(BrainsegError, match="not a folder"):
         resolve_checkpoint(run / "checkpoint_final.pt", "final")
     (tmp_path / "scans").mkdir()
-    res = brainseg("predict", "--model", str(run), "--checkpoint", "best", "--input", str(tmp_path / "scans"),
-                   "--output", str(tmp_path / "out"))
+    res = brainseg(
+        "predict",
+        "--model",
+        str(run),
+        "--checkpoint",
+        "best",
+        "--input",
+        str(tmp_path / "scans"),
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert res.returncode == 1 and len(error_lines(res.stderr)) == 1 and "checkpoint_best.pt: not found" in res.stderr
 
 
@@ -306,13 +396,33 @@ def test_resume_with_max_minutes_continues_the_budget_and_the_lr_schedule(demo_d
     spent and its learning rate goes on falling; resumed again, nothing is left; a larger
     --max-minutes extends the total, and the lr follows the new total."""
     budget_min = 0.1  # 6 s of training
-    overrides = SMALL + ["train.patch_size=[32,32,32]", "model.levels=3", "train.epochs=1000",
-                         "train.iters_per_epoch=3", "train.val_every=1000"]
+    overrides = SMALL + [
+        "train.patch_size=[32,32,32]",
+        "model.levels=3",
+        "train.epochs=1000",
+        "train.iters_per_epoch=3",
+        "train.val_every=1000",
+    ]
     run_dir = tmp_path / "run"
-    args = ["train", "--data", str(demo_data), "--out", str(run_dir), "--device", "cpu", "--no-progress",
-            "--config", str(CONFIGS / "demo.yaml"), *sets(overrides)]
-    proc = subprocess.Popen([sys.executable, "-m", "brainseg", *args, "--max-minutes", str(budget_min)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env())
+    args = [
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *sets(overrides),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "brainseg", *args, "--max-minutes", str(budget_min)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+    )
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         if (run_dir / CHECKPOINT_LAST).exists():
@@ -378,8 +488,13 @@ def test_ranks_agree_on_skips_stop_and_clock_and_share_one_error(tmp_path):
     every rank; an error inside ``together`` on rank 1 is its own line there and a quiet stop on rank 0."""
     script = tmp_path / "consensus.py"
     script.write_text(CONSENSUS_SCRIPT)
-    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          str(script)], capture_output=True, text=True, timeout=120, env=env())
+    res = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env(),
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ranks = {int(k): v for line in res.stdout.splitlines() if line.startswith("{") for k, v in json.loads(line).items()}
     for rank in (0, 1):
@@ -388,16 +503,26 @@ def test_ranks_agree_on_skips_stop_and_clock_and_share_one_error(tmp_path):
     assert ranks[0]["error"][:2] == ["peer", True] and "rank(s) 1 failed while testing" in ranks[0]["error"][2]
 
 
-
 @pytest.mark.slow
 def test_a_rank_that_fails_ends_both_ranks_promptly_with_one_line(demo_data_copy, tmp_path):
     cases = discover_dataset(demo_data_copy).train
     bad = Path(cases[1].label)  # rank 1 caches cases[1::2]
     bad.write_bytes(b"not a nifti file at all" * 10)
     t0 = time.time()
-    res = torchrun("train", "--data", str(demo_data_copy), "--out", str(tmp_path / "run"), "--device", "cpu",
-                   "--no-progress", "--config", str(CONFIGS / "demo.yaml"),
-                   *sets(SMALL + ["train.patch_size=[32,32,32]"]), timeout=120)
+    res = torchrun(
+        "train",
+        "--data",
+        str(demo_data_copy),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--config",
+        str(CONFIGS / "demo.yaml"),
+        *sets(SMALL + ["train.patch_size=[32,32,32]"]),
+        timeout=120,
+    )
     seconds = time.time() - t0
     assert res.returncode != 0
     lines = error_lines(res.stderr)

@@ -17,14 +17,8 @@ import torch
 from scipy import ndimage
 
 from brainseg.errors import BrainsegError, InputError
-from brainseg.evaluate import (
-    METRICS_NAME,
-    SUMMARY_NAME,
-    evaluate_case,
-    evaluate_folders,
-    parse_labels,
-)
-from brainseg.metrics import dice, hd95
+from brainseg.evaluate.metrics import dice, hd95
+from brainseg.evaluate.per_label import METRICS_NAME, SUMMARY_NAME, evaluate_case, evaluate_folders, parse_labels
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -345,7 +339,10 @@ def test_parse_labels():
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "brainseg", "evaluate", *args],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -384,13 +381,29 @@ def test_cli_success_and_bad_labels(tmp_path: Path):
     labels = _cube_labels()
     _write(tmp_path / "ref" / "a.nii.gz", labels)
     _write(tmp_path / "pred" / "a.nii.gz", labels)
-    ok = _cli("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
-              "--out", str(tmp_path / "out"), "--labels", "2")
+    ok = _cli(
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(tmp_path / "ref"),
+        "--out",
+        str(tmp_path / "out"),
+        "--labels",
+        "2",
+    )
     assert ok.returncode == 0, ok.stderr
     assert [r["label"] for r in _read_metrics(tmp_path / "out")] == ["2"]
 
-    bad = _cli("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"),
-               "--out", str(tmp_path / "out2"), "--labels", "1,x")
+    bad = _cli(
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(tmp_path / "ref"),
+        "--out",
+        str(tmp_path / "out2"),
+        "--labels",
+        "1,x",
+    )
     assert bad.returncode == 1
     assert bad.stderr.strip().startswith("brainseg: error: --labels '1,x'")
     assert not (tmp_path / "out2").exists()

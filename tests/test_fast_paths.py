@@ -11,9 +11,9 @@ import pytest
 import torch
 from scipy import ndimage
 
-from brainseg.data import augment, patches
 from brainseg.model.fast_paths import InstanceNormLeakyReLU, fold_batch_norm, fuse_instance_norm
 from brainseg.model.unet import UNet3D
+from brainseg.train.sampling import augment, patches
 
 
 @pytest.mark.parametrize("shape", [(40, 33, 28), (5, 1, 7), (2, 3, 9)])
@@ -96,17 +96,26 @@ def test_folded_batch_norm_is_the_same_network_in_eval_mode():
 
 def test_inversion_in_slabs_matches_the_full_inverse():
     """Any slab size gives the values invert_to_original gives (background one-hot outside the region)."""
-    from brainseg.data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original
+    from brainseg.preprocessing.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original
 
     rng = np.random.default_rng(3)
     for trial in range(30):
         ras = [int(v) for v in rng.integers(5, 25, 3)]
-        res = list(ras) if trial % 5 == 0 else [max(1, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.3, 2.5, 3))]
+        res = (
+            list(ras) if trial % 5 == 0 else [max(1, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.3, 2.5, 3))]
+        )
         bbox = [sorted(int(v) for v in rng.choice(np.arange(n + 1), 2, replace=False)) for n in res]
         scores = torch.softmax(torch.randn(3, *[b - a for a, b in bbox]), dim=0)
         record = PreprocessRecord(
-            original_shape=ras, ornt=[[0, 1], [1, 1], [2, 1]], ras_shape=ras, ras_spacing=[n / r for n, r in zip(res, ras)],
-            target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
+            original_shape=ras,
+            ornt=[[0, 1], [1, 1], [2, 1]],
+            ras_shape=ras,
+            ras_spacing=[n / r for n, r in zip(res, ras)],
+            target_spacing=[1.0] * 3,
+            resampled_shape=res,
+            bbox=bbox,
+            norm_mean=[0.0],
+            norm_std=[1.0],
         )
         expected = invert_to_original(scores, record).permute(1, 2, 3, 0)
         got = torch.zeros_like(expected)

@@ -15,16 +15,16 @@ import pytest
 import torch
 
 from brainseg.config import AugmentConfig, load_config
-from brainseg.data import augment
-from brainseg.data.foreground import far_background, has_zero_background, threshold_mask
-from brainseg.data.patches import extract_patch
-from brainseg.data.preprocess import preprocess
 from brainseg.infer.sliding_window import SlidingWindow
-from brainseg.io import Geometry, write_image
+from brainseg.io.images import Geometry, write_image
+from brainseg.preprocessing.foreground import far_background, has_zero_background, threshold_mask
+from brainseg.preprocessing.preprocess import preprocess
+from brainseg.train.sampling import augment
+from brainseg.train.sampling.patches import extract_patch
 
 pytest.importorskip("nilearn")
-demo = pytest.importorskip("brainseg.data.demo")
-mni = pytest.importorskip("brainseg.data.demo_template")
+demo = pytest.importorskip("brainseg.demo.tissue")
+mni = pytest.importorskip("brainseg.demo.template")
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +121,17 @@ def test_bias_field_multiplies_raw_intensities_not_normalised_ones():
     raw 0 has (``-mean / std``), so an exact-zero background stays exactly where it was and
     every brain voxel keeps its sign of (x - raw zero); about 0 it would flip dark tissue's
     contrast instead. The field's level varies from patch to patch (a constant term)."""
-    cfg = AugmentConfig(p_background_noise=0, p_lowres=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
-                        p_gamma=0, p_bias=1.0, bias_strength=0.5)
+    cfg = AugmentConfig(
+        p_background_noise=0,
+        p_lowres=0,
+        p_noise=0,
+        p_blur=0,
+        p_brightness=0,
+        p_contrast=0,
+        p_gamma=0,
+        p_bias=1.0,
+        bias_strength=0.5,
+    )
     raw = np.full((1, 32, 32, 32), 0.0, np.float32)
     raw[0, 4:28, 4:28, 4:28] = np.linspace(0.2, 1.0, 24**3, dtype=np.float32).reshape(24, 24, 24)
     mean, std = float(raw[raw > 0].mean()), float(raw[raw > 0].std())
@@ -143,8 +152,9 @@ def test_bias_field_multiplies_raw_intensities_not_normalised_ones():
 
 
 def test_background_noise_and_low_resolution_augmentations():
-    cfg = AugmentConfig(p_background_noise=1.0, p_lowres=0.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0,
-                        p_gamma=0, p_bias=0)
+    cfg = AugmentConfig(
+        p_background_noise=1.0, p_lowres=0.0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_gamma=0, p_bias=0
+    )
     patch = np.full((1, 8, 8, 8), -2.0, np.float32)
     patch[0, 2:6, 2:6, 2:6] = 1.0  # "brain"
     out = augment.intensity(patch, np.random.default_rng(0), cfg, background=[-2.0])
@@ -172,14 +182,33 @@ def test_input_mask_rule_applies_only_to_zero_background_scans(subjects, tiny_ch
     for mode in ("fill", "none"):
         outs[mode] = tmp_path / mode
         proc = subprocess.run(
-            [sys.executable, "-m", "brainseg", "predict", "--model", str(tiny_checkpoint), "--input", str(scans),
-             "--output", str(outs[mode]), "--device", "cpu", "--no-progress", "--set", f"postprocess.input_mask={mode}"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "brainseg",
+                "predict",
+                "--model",
+                str(tiny_checkpoint),
+                "--input",
+                str(scans),
+                "--output",
+                str(outs[mode]),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--set",
+                f"postprocess.input_mask={mode}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert proc.returncode == 0, proc.stderr
     import nibabel as nib
 
-    masks = {m: {c: np.asarray(nib.load(str(outs[m] / f"{c}.nii.gz")).dataobj) for c in ("stripped", "noisy")} for m in outs}
+    masks = {
+        m: {c: np.asarray(nib.load(str(outs[m] / f"{c}.nii.gz")).dataobj) for c in ("stripped", "noisy")} for m in outs
+    }
     assert np.array_equal(masks["fill"]["noisy"], masks["none"]["noisy"])
     assert not np.array_equal(masks["fill"]["stripped"], masks["none"]["stripped"])
     assert np.all(masks["fill"]["stripped"][halved["stripped"] == 0] == 0)
@@ -196,7 +225,7 @@ def test_config_has_the_new_augmentations():
 def test_quantile_normalisation_undoes_monotone_intensity_changes(subjects):
     """The rank-based z-score gives (nearly) the same brain whatever scale, offset and gamma
     the scan has; the plain z-score does not undo a gamma."""
-    from brainseg.data.foreground import normalise
+    from brainseg.preprocessing.normalisation import normalise
 
     image, labels, *_ = subjects[0]
     brain = labels > 0

@@ -24,7 +24,7 @@ if str(SCRIPTS) not in sys.path:
 
 import _generalisation_shifted as shifted  # noqa: E402
 
-from brainseg.data.demo_template import orientation_matrix  # noqa: E402
+from brainseg.demo.template import orientation_matrix  # noqa: E402
 
 N_SCANS = 7  # the six fixed scans and one drawn from the ranges
 SEED = 4321
@@ -47,8 +47,13 @@ def test_settings_lie_outside_the_demo_ranges():
     cases = [shifted.scan_settings(0, i) for i in range(6)]
     assert {c.scale for c in cases} == {1.0, 400.0, 2500.0}
     assert {c.orientation for c in cases} >= {"RAS", "ASL", "LPS", "LAS", "PIR"}
-    assert {tuple(c.spacing) for c in cases} >= {(1.0, 1.0, 1.0), (2.0, 2.0, 2.0), (1.5, 1.5, 1.5),
-                                                 (1.2, 1.0, 2.0), (1.4, 1.4, 1.4)}
+    assert {tuple(c.spacing) for c in cases} >= {
+        (1.0, 1.0, 1.0),
+        (2.0, 2.0, 2.0),
+        (1.5, 1.5, 1.5),
+        (1.2, 1.0, 2.0),
+        (1.4, 1.4, 1.4),
+    }
     assert max(c.tilt_degrees for c in cases) == 12.0  # the demo tilts 2-7 degrees
     assert sum(c.skull_stripped for c in cases) == 1  # most backgrounds are noise
     assert all(0.6 <= c.gamma <= 1.6 and c.bias_std >= 0.2 and c.noise > 0 for c in cases)
@@ -139,9 +144,24 @@ def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
     demo = demo_data_copy
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
     res = subprocess.run(
-        [sys.executable, str(SCRIPTS / "generalisation.py"), "--out", str(out), "--data", str(demo),
-         "--minutes", "0.15", "--n-shifted", "2", "--json", str(extra_json), "--no-mirror"],
-        capture_output=True, text=True, timeout=1500,
+        [
+            sys.executable,
+            str(SCRIPTS / "generalisation.py"),
+            "--out",
+            str(out),
+            "--data",
+            str(demo),
+            "--minutes",
+            "0.15",
+            "--n-shifted",
+            "2",
+            "--json",
+            str(extra_json),
+            "--no-mirror",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
     )
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
     report = json.loads((out / "report.json").read_text())

@@ -8,7 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from brainseg.io import read_image
+from brainseg.io.images import read_image
 
 
 def _write(path: Path, code: int) -> Path:
@@ -22,7 +22,7 @@ def _write(path: Path, code: int) -> Path:
 
 def test_qform_and_sform_codes_both_zero_warn_with_the_assumed_orientation(tmp_path, caplog):
     path = _write(tmp_path / "no_orientation.nii.gz", code=0)
-    with caplog.at_level(logging.WARNING, logger="brainseg.io"):
+    with caplog.at_level(logging.WARNING, logger="brainseg.io.images"):
         _, geom = read_image(path)
         read_image(path)  # once per file
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -35,6 +35,6 @@ def test_qform_and_sform_codes_both_zero_warn_with_the_assumed_orientation(tmp_p
 
 def test_a_file_with_an_orientation_reads_silently(tmp_path, caplog):
     path = _write(tmp_path / "scanner.nii.gz", code=1)
-    with caplog.at_level(logging.WARNING, logger="brainseg.io"):
+    with caplog.at_level(logging.WARNING, logger="brainseg.io.images"):
         read_image(path)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -37,7 +37,7 @@ import torch
 from brainseg.cli import main
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import InputError
-from brainseg.evaluate import evaluate_folders
+from brainseg.evaluate.per_label import evaluate_folders
 from brainseg.model.checkpoint import CHECKPOINT_LAST, RUN_PREFERENCE, resolve_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,18 +49,30 @@ CHECKPOINT_WRITE_LIMIT = 40_000  # cache files here are <= 25 kB, a checkpoint ~
 
 # A network and schedule that train in a fraction of a second per epoch on one thread.
 TINY_TRAIN = [
-    "--set", "model.levels=2",
-    "--set", "model.base_features=4",
-    "--set", "model.max_features=8",
-    "--set", "train.patch_size=[16,16,16]",
-    "--set", "train.batch_size=1",
-    "--set", "train.iters_per_epoch=2",
-    "--set", "train.num_workers=0",
-    "--set", "train.val_every=1000",
-    "--set", "train.optimizer=adamw",
-    "--set", "train.checkpoint_every=1",
-    "--set", "data.target_spacing=[1.5,1.5,1.5]",
-    "--set", "infer.batch_windows=8",
+    "--set",
+    "model.levels=2",
+    "--set",
+    "model.base_features=4",
+    "--set",
+    "model.max_features=8",
+    "--set",
+    "train.patch_size=[16,16,16]",
+    "--set",
+    "train.batch_size=1",
+    "--set",
+    "train.iters_per_epoch=2",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.val_every=1000",
+    "--set",
+    "train.optimizer=adamw",
+    "--set",
+    "train.checkpoint_every=1",
+    "--set",
+    "data.target_spacing=[1.5,1.5,1.5]",
+    "--set",
+    "infer.batch_windows=8",
 ]
 
 
@@ -80,7 +92,12 @@ def brainseg_cmd(*args: object) -> list[str]:
 def cli(*args: object, timeout: float = 120, preexec_fn=None) -> subprocess.CompletedProcess:
     """The real command line in a subprocess."""
     return subprocess.run(
-        brainseg_cmd(*args), capture_output=True, text=True, timeout=timeout, env=_env(), cwd=REPO,
+        brainseg_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        cwd=REPO,
         preexec_fn=preexec_fn,
     )
 
@@ -192,7 +209,17 @@ def make_bad(kind: str, path: Path, tmp: Path) -> str:
 
 
 SCAN_KINDS = [
-    "truncated", "not_an_image", "empty", "2d", "4d", "nan", "zeros", "singular", "huge", "folder", "dangling",
+    "truncated",
+    "not_an_image",
+    "empty",
+    "2d",
+    "4d",
+    "nan",
+    "zeros",
+    "singular",
+    "huge",
+    "folder",
+    "dangling",
 ] + ([] if IS_ROOT else ["unreadable"])  # root reads anything: the permission case needs another user
 
 
@@ -273,8 +300,18 @@ def test_predict_bad_scans_fail_alone_with_one_line_each(tmp_path: Path, tiny_ch
     before = snapshot(scans, tiny_checkpoint)
     out = tmp_path / "out"
 
-    res = cli("predict", "--model", tiny_checkpoint, "--input", scans, "--output", out, "--no-progress",
-              "--set", "data.max_voxels=30000")
+    res = cli(
+        "predict",
+        "--model",
+        tiny_checkpoint,
+        "--input",
+        scans,
+        "--output",
+        out,
+        "--no-progress",
+        "--set",
+        "data.max_voxels=30000",
+    )
 
     assert res.returncode == 1, res.stderr
     assert_one_line_each(res.stderr, expected, "brainseg: error: ")
@@ -314,8 +351,9 @@ def test_file_names_cannot_make_ids_that_leave_the_output_folder(tmp_path: Path,
     save(scans / "two\nlines.nii.gz", phantom())
     out = tmp_path / "in" / "out"
 
-    rc, err = in_process(capsys, "predict", "--model", tiny_checkpoint, "--input", scans, "--output", out,
-                         "--no-progress")
+    rc, err = in_process(
+        capsys, "predict", "--model", tiny_checkpoint, "--input", scans, "--output", out, "--no-progress"
+    )
 
     assert rc == 1
     lines = [line for line in err.splitlines() if line.strip()]
@@ -381,8 +419,10 @@ def test_evaluate_bad_masks_fail_alone_with_one_line_each(tmp_path: Path):
 TRAIN_LABEL_KINDS = {
     "label_shape": (lambda lab: (lab[:, :, :16], AFFINE), r"label geometry \(.*\) differs from its image"),
     "label_affine": (lambda lab: (lab, shifted()), r"label geometry \(.*\) differs from its image"),
-    "label_values": (lambda lab: (np.where(lab == 2, 7, lab).astype(np.uint8), AFFINE),
-                     r"label values \[7\] are not among the data set's labels \[0, 1, 2\]"),
+    "label_values": (
+        lambda lab: (np.where(lab == 2, 7, lab).astype(np.uint8), AFFINE),
+        r"label values \[7\] are not among the data set's labels \[0, 1, 2\]",
+    ),
     "label_fraction": (lambda lab: (lab * 0.5, AFFINE), r"non-integer values"),
 }
 
@@ -459,8 +499,9 @@ def test_output_below_a_regular_file(tmp_path: Path, tiny_checkpoint: Path, caps
     assert res.stderr.strip() == f"brainseg: error: {blocker / 'out'}: Not a directory"
 
     data = make_train_set(tmp_path / "data")
-    rc, err = in_process(capsys, "train", "--data", data, "--out", blocker / "run", "--epochs", "1",
-                         "--no-progress", *TINY_TRAIN)
+    rc, err = in_process(
+        capsys, "train", "--data", data, "--out", blocker / "run", "--epochs", "1", "--no-progress", *TINY_TRAIN
+    )
     assert rc == 1
     assert err.strip() == f"brainseg: error: {blocker / 'run'}: Not a directory"
     assert blocker.read_text() == "a file, not a folder\n"
@@ -489,8 +530,17 @@ def test_disk_full_during_writes_leaves_no_partial_file(tmp_path: Path, tiny_che
     save(scans / "a.nii.gz", phantom())
     save(scans / "b.nii.gz", phantom(seed=1))
     out = tmp_path / "out"
-    res = cli("predict", "--model", tiny_checkpoint, "--input", scans, "--output", out, "--no-progress",
-              preexec_fn=file_size_limit(64))
+    res = cli(
+        "predict",
+        "--model",
+        tiny_checkpoint,
+        "--input",
+        scans,
+        "--output",
+        out,
+        "--no-progress",
+        preexec_fn=file_size_limit(64),
+    )
     assert res.returncode == 1
     assert "Traceback" not in res.stderr
     assert error_lines(res.stderr, "brainseg: error: ") == [
@@ -502,10 +552,21 @@ def test_disk_full_during_writes_leaves_no_partial_file(tmp_path: Path, tiny_che
     lab = labels_of(phantom())
     save(tmp_path / "ref" / "c.nii.gz", lab)
     save(tmp_path / "pred" / "c.nii.gz", lab)
-    res = cli("evaluate", "--pred", tmp_path / "pred", "--ref", tmp_path / "ref", "--out", tmp_path / "eval",
-              preexec_fn=file_size_limit(64))
+    res = cli(
+        "evaluate",
+        "--pred",
+        tmp_path / "pred",
+        "--ref",
+        tmp_path / "ref",
+        "--out",
+        tmp_path / "eval",
+        preexec_fn=file_size_limit(64),
+    )
     assert res.returncode == 1
-    assert res.stderr.strip() == f"brainseg: error: {tmp_path / 'eval' / 'metrics.csv'}: cannot be written (File too large)"
+    assert (
+        res.stderr.strip()
+        == f"brainseg: error: {tmp_path / 'eval' / 'metrics.csv'}: cannot be written (File too large)"
+    )
     assert list((tmp_path / "eval").iterdir()) == []
     # Training on a full disk: the end of test_sigkill_during_training_never_leaves_a_corrupt_checkpoint.
 
@@ -533,8 +594,13 @@ def test_sigkill_during_training_never_leaves_a_corrupt_checkpoint(tmp_path: Pat
     for attempt in range(3):
         stamp = (last.stat().st_ino, last.stat().st_mtime_ns) if last.exists() else None
         log = (tmp_path / f"stderr{attempt}.txt").open("w")
-        proc = subprocess.Popen(brainseg_cmd(*args, *(["--resume"] if stamp else [])),
-                                stdout=subprocess.DEVNULL, stderr=log, env=_env(), cwd=REPO)
+        proc = subprocess.Popen(
+            brainseg_cmd(*args, *(["--resume"] if stamp else [])),
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=_env(),
+            cwd=REPO,
+        )
         deadline = time.monotonic() + 60
         # Wait until this run has saved a checkpoint of its own ...
         while proc.poll() is None and time.monotonic() < deadline:
@@ -586,12 +652,23 @@ def test_sigkill_during_predict_then_rerun_writes_only_the_missing_cases(tmp_pat
         save(scans / f"{cid}.nii.gz", phantom(seed=i))
     out = tmp_path / "out"
     # mirror=true: 8 passes per case, so the run is still going when it is killed.
-    args = ["predict", "--model", tiny_checkpoint, "--input", scans, "--output", out, "--no-progress",
-            "--set", "infer.mirror=true"]
+    args = [
+        "predict",
+        "--model",
+        tiny_checkpoint,
+        "--input",
+        scans,
+        "--output",
+        out,
+        "--no-progress",
+        "--set",
+        "infer.mirror=true",
+    ]
     before = snapshot(scans, tiny_checkpoint)
 
-    proc = subprocess.Popen(brainseg_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            env=_env(), cwd=REPO)
+    proc = subprocess.Popen(
+        brainseg_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=_env(), cwd=REPO
+    )
     seen: dict[str, tuple[int, int]] = {}
     deadline = time.monotonic() + 90
     while proc.poll() is None and time.monotonic() < deadline and len(seen) < 2:
@@ -641,9 +718,7 @@ class _Payload:
         return (exec, (self.code,))
 
 
-def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(
-    tmp_path: Path, tiny_checkpoint: Path, capsys
-):
+def test_a_checkpoint_carrying_code_is_refused_and_the_code_never_runs(tmp_path: Path, tiny_checkpoint: Path, capsys):
     marker = tmp_path / "pwned"
     crafted = tmp_path / "crafted.pt"
     payload = _Payload(f"open({str(marker)!r}, 'w').write('code ran')")

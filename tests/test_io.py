@@ -1,4 +1,4 @@
-"""brainseg.io on real files: geometry round trips, other formats, and bad inputs.
+"""brainseg.io.images on real files: geometry round trips, other formats, and bad inputs.
 
 Every test writes genuine NIfTI / MetaImage / NRRD files into ``tmp_path`` (or reads
 the test files nibabel and dipy ship) and checks what brainseg reads back, with
@@ -18,9 +18,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from brainseg.atomic import atomic_path, atomic_write_text
 from brainseg.errors import BrainsegError, InputError
-from brainseg.io import Geometry, read_channels, read_image, read_label, write_image
+from brainseg.io.atomic import atomic_path, atomic_write_text
+from brainseg.io.images import Geometry, read_channels, read_image, read_label, write_image
 
 ATOL = 1e-5
 

@@ -18,25 +18,32 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
-from brainseg import lateral
-from brainseg.card import ModelCard
-from brainseg.config import AugmentConfig, InferConfig, PostprocessConfig, load_config
-from brainseg.data import augment
-from brainseg.data.cache import cache_cases
-from brainseg.data.layouts import discover_dataset
-from brainseg.data.loader import PatchDataset
-from brainseg.data.patches import extract_patch
-from brainseg.errors import BrainsegError
-from brainseg.infer.predictor import Predictor
-from brainseg.infer.sliding_window import SlidingWindow
-from brainseg.model.checkpoint import load_model
-from brainseg.model.unet import UNet3D
-from brainseg.train.recipe import resolve_laterality
 from conftest import make_tiny_checkpoint
 from test_train import brainseg_cmd, run
 
-HEMI = {0: "background", 1: "CSF", 2: "left grey matter", 3: "right grey matter", 4: "left white matter", 5: "right white matter"}
+from brainseg.config import AugmentConfig, InferConfig, PostprocessConfig, load_config
+from brainseg.data.layouts import discover_dataset
+from brainseg.errors import BrainsegError
+from brainseg.infer.predictor import Predictor
+from brainseg.infer.sliding_window import SlidingWindow
+from brainseg.labels import laterality as lateral
+from brainseg.model.card import ModelCard
+from brainseg.model.checkpoint import load_model
+from brainseg.model.unet import UNet3D
+from brainseg.preprocessing.cache import cache_cases
+from brainseg.train.recipe import resolve_laterality
+from brainseg.train.sampling import augment
+from brainseg.train.sampling.loader import PatchDataset
+from brainseg.train.sampling.patches import extract_patch
+
+HEMI = {
+    0: "background",
+    1: "CSF",
+    2: "left grey matter",
+    3: "right grey matter",
+    4: "left white matter",
+    5: "right white matter",
+}
 PAIRS = [[2, 3], [4, 5]]
 SWAP = [0, 1, 3, 2, 5, 4]  # class index -> class index under a left-right flip (labels 0..5 = classes 0..5)
 LEFT, RIGHT = (2, 4), (3, 5)
@@ -47,24 +54,42 @@ LEFT, RIGHT = (2, 4), (3, 5)
 
 def test_names_pair_by_side_word_in_every_atlas_style():
     labels = {
-        0: "background", 1: "CSF",
-        2: "left grey matter", 3: "right grey matter",          # left X / right X
-        4: "Left-Hippocampus", 5: "Right-Hippocampus",          # FreeSurfer aseg
-        6: "ctx-lh-insula", 7: "ctx-rh-insula",                 # FreeSurfer aparc
-        8: "Amygdala_L", 9: "Amygdala_R",                       # _L / _R
-        10: "LEFT PUTAMEN", 11: "right putamen",                # any case
-        12: "Brain-Stem", 13: "lesion",                         # not lateralised
+        0: "background",
+        1: "CSF",
+        2: "left grey matter",
+        3: "right grey matter",  # left X / right X
+        4: "Left-Hippocampus",
+        5: "Right-Hippocampus",  # FreeSurfer aseg
+        6: "ctx-lh-insula",
+        7: "ctx-rh-insula",  # FreeSurfer aparc
+        8: "Amygdala_L",
+        9: "Amygdala_R",  # _L / _R
+        10: "LEFT PUTAMEN",
+        11: "right putamen",  # any case
+        12: "Brain-Stem",
+        13: "lesion",  # not lateralised
     }
     found = lateral.from_names(labels)
     assert found.pairs == ((2, 3), (4, 5), (6, 7), (8, 9), (10, 11))
     assert found.unpaired == () and found.may_flip_left_right
     # a lateralised label without a partner (or with two) forbids left-right flips
-    odd = lateral.from_names({0: "background", 1: "Left-Thalamus", 2: "Right-Thalamus", 3: "Left-Lesion",
-                              4: "lh.caudate", 5: "Caudate_L", 6: "Right-Caudate"})
+    odd = lateral.from_names(
+        {
+            0: "background",
+            1: "Left-Thalamus",
+            2: "Right-Thalamus",
+            3: "Left-Lesion",
+            4: "lh.caudate",
+            5: "Caudate_L",
+            6: "Right-Caudate",
+        }
+    )
     assert odd.pairs == ((1, 2), (4, 6))  # lh.caudate and Right-Caudate differ only in the side word
     assert odd.unpaired == (3, 5) and not odd.may_flip_left_right  # Left-Lesion; Caudate_L (side word last)
     assert odd.to_config() is None  # a run config then keeps "from the names", which finds them again
-    assert "3 (Left-Lesion)" in odd.describe(dict(enumerate(["background", "Left-Thalamus", "Right-Thalamus", "Left-Lesion"])))
+    assert "3 (Left-Lesion)" in odd.describe(
+        dict(enumerate(["background", "Left-Thalamus", "Right-Thalamus", "Left-Lesion"]))
+    )
     assert lateral.from_names({0: "background", 1: "tumour"}).to_config() == []
 
 
@@ -72,9 +97,13 @@ def test_config_pairs_are_checked_against_the_label_table():
     assert lateral.resolve(PAIRS, HEMI).pairs == ((2, 3), (4, 5))
     assert lateral.resolve([], HEMI).pairs == ()  # [] = no pairs whatever the names say
     assert lateral.resolve(None, HEMI).pairs == ((2, 3), (4, 5))
-    for bad, words in (([[2, 2]], "two different"), ([[2, 9]], "9 is not a foreground label"),
-                       ([[0, 1]], "0 is not a foreground label"), ([[2, 3], [3, 4]], "in two pairs"),
-                       ([[1, 2, 3]], "not a pair")):
+    for bad, words in (
+        ([[2, 2]], "two different"),
+        ([[2, 9]], "9 is not a foreground label"),
+        ([[0, 1]], "0 is not a foreground label"),
+        ([[2, 3], [3, 4]], "in two pairs"),
+        ([[1, 2, 3]], "not a pair"),
+    ):
         with pytest.raises(BrainsegError) as err:
             lateral.resolve(bad, HEMI)
         assert words in str(err.value) and "labels.mirror_pairs" in str(err.value) and "\n" not in str(err.value)
@@ -100,7 +129,9 @@ def test_the_trainer_records_the_pairs_and_warns_about_unpaired_labels(caplog):
         recorded, found = resolve_laterality(config, {**HEMI, 6: "left lesion"})
     assert not found.may_flip_left_right and recorded.labels.mirror_pairs is None
     assert [r.levelname for r in caplog.records] == ["WARNING"]
-    assert caplog.records[0].getMessage() == "lateralised labels without a partner: 6 (left lesion) -> no left-right flips"
+    assert (
+        caplog.records[0].getMessage() == "lateralised labels without a partner: 6 (left lesion) -> no left-right flips"
+    )
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="brainseg.train.recipe"):
         recorded, found = resolve_laterality(config, {0: "background", 1: "tumour"})
@@ -181,7 +212,9 @@ def test_patches_of_an_unpaired_data_set_never_flip_left_right(hemi_cache):
     unpaired = lateral.from_names({**HEMI, 3: "right grey matter (cortex)"})  # 2 and 3 no longer pair
     assert unpaired.unpaired == (2, 3) and not unpaired.may_flip_left_right
     paired = lateral.from_names(HEMI)
-    make = lambda cfg, lat: PatchDataset(hemi_cache, [24, 24, 24], 2, 0.5, cfg, seed=3, laterality=lat, label_values=list(HEMI))
+    make = lambda cfg, lat: PatchDataset(
+        hemi_cache, [24, 24, 24], 2, 0.5, cfg, seed=3, laterality=lat, label_values=list(HEMI)
+    )
     plain = make(spatial_only(0.5), lateral.Laterality())  # no lateral labels: patches as before
     odd, pairs = make(spatial_only(0.5), unpaired), make(spatial_only(0.5), paired)
     flipped_lr = 0
@@ -261,7 +294,9 @@ def test_the_predictor_mirrors_on_the_subjects_left_right_axis(hemi_cache, tmp_p
     its anterior-posterior axis (file axis 0) mirrors the mask without swapping."""
     path = make_tiny_checkpoint(tmp_path / "old.pt", labels={str(k): v for k, v in HEMI.items()}, seed=1)
     model, card = load_model(path)
-    card = dataclasses.replace(card, config={k: v for k, v in card.config.items() if k != "labels"})  # a card from before the field
+    card = dataclasses.replace(
+        card, config={k: v for k, v in card.config.items() if k != "labels"}
+    )  # a card from before the field
     image, seg = hemi_cache[0].load(mmap=False)  # RAS at 3 mm: a real brain's intensities
     ras = extract_patch(image, seg, np.array(seg.shape) / 2.0, [20, 20, 20])[0][0] + 5.0  # positive everywhere
     asl = np.transpose(ras, (1, 2, 0))[:, :, ::-1]  # file axes (A, S, L)
@@ -290,22 +325,46 @@ def test_the_predictor_mirrors_on_the_subjects_left_right_axis(hemi_cache, tmp_p
 # ----------------------------------------------------------------------------- end to end through the CLI
 
 TINY = [
-    "--set", "model.levels=2", "--set", "model.base_features=4", "--set", "model.max_features=8",
-    "--set", "train.patch_size=[24,24,24]", "--set", "train.batch_size=2", "--set", "train.iters_per_epoch=2",
-    "--set", "train.num_workers=0", "--set", "train.val_every=1", "--set", "train.optimizer=adamw",
-    "--set", "data.target_spacing=[3.0,3.0,3.0]", "--set", "infer.batch_windows=8",
+    "--set",
+    "model.levels=2",
+    "--set",
+    "model.base_features=4",
+    "--set",
+    "model.max_features=8",
+    "--set",
+    "train.patch_size=[24,24,24]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.iters_per_epoch=2",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.val_every=1",
+    "--set",
+    "train.optimizer=adamw",
+    "--set",
+    "data.target_spacing=[3.0,3.0,3.0]",
+    "--set",
+    "infer.batch_windows=8",
 ]
 
 
 def train_one_epoch(data: Path, run_dir: Path, *extra: str):
-    return run(brainseg_cmd("train", "--data", str(data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY, *extra))
+    return run(
+        brainseg_cmd(
+            "train", "--data", str(data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY, *extra
+        )
+    )
 
 
 def test_bad_config_pairs_stop_training_with_one_line(hemi_data, tmp_path):
     res = train_one_epoch(hemi_data, tmp_path / "run", "--set", "labels.mirror_pairs=[[2,9]]")
     assert res.returncode != 0
     errors = [line for line in res.stderr.splitlines() if "error" in line]
-    assert errors == ["brainseg: error: config labels.mirror_pairs: 9 is not a foreground label of the data set"], res.stderr
+    assert errors == ["brainseg: error: config labels.mirror_pairs: 9 is not a foreground label of the data set"], (
+        res.stderr
+    )
     assert "Traceback" not in res.stderr
 
 
@@ -314,15 +373,30 @@ def test_train_records_the_pairs_and_predict_mirrors_with_them(hemi_data, tmp_pa
     run_dir = tmp_path / "run"
     res = train_one_epoch(hemi_data, run_dir)
     assert res.returncode == 0, res.stderr
-    assert "left/right label pairs: 2 (left grey matter) <-> 3 (right grey matter), 4 (left white matter) <-> 5 (right white matter)" in res.stderr
+    assert (
+        "left/right label pairs: 2 (left grey matter) <-> 3 (right grey matter), 4 (left white matter) <-> 5 (right white matter)"
+        in res.stderr
+    )
     card = torch.load(run_dir / "checkpoint_final.pt", map_location="cpu", weights_only=True)["card"]
     assert card["config"]["labels"]["mirror_pairs"] == PAIRS
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["labels"]["mirror_pairs"] == PAIRS
     assert ModelCard.from_dict(card).config["labels"]["mirror_pairs"] == PAIRS
 
     out = tmp_path / "masks"
-    res = run(brainseg_cmd("predict", "--model", str(run_dir), "--input", str(hemi_data / "imagesTs"),
-                           "--output", str(out), "--set", "infer.mirror=true", "--no-progress"))
+    res = run(
+        brainseg_cmd(
+            "predict",
+            "--model",
+            str(run_dir),
+            "--input",
+            str(hemi_data / "imagesTs"),
+            "--output",
+            str(out),
+            "--set",
+            "infer.mirror=true",
+            "--no-progress",
+        )
+    )
     assert res.returncode == 0, res.stderr
     scan = nib.load(str(hemi_data / "imagesTs" / "demo_002_0000.nii.gz"))
     mask = nib.load(str(out / "demo_002.nii.gz"))

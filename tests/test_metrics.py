@@ -1,4 +1,4 @@
-"""brainseg.metrics and brainseg.arrays on arrays with answers known by hand."""
+"""brainseg.evaluate.metrics and brainseg.preprocessing.foreground on arrays with answers known by hand."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from brainseg.arrays import bounding_box
-from brainseg.metrics import check_spacing, dice, dice_per_class, hd95, side_confusion, surface_distances
+from brainseg.evaluate.metrics import check_spacing, dice, dice_per_class, hd95, side_confusion, surface_distances
+from brainseg.preprocessing.foreground import bounding_box
 
 
 def _cube(shape, lo, size) -> np.ndarray:

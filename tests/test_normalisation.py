@@ -10,20 +10,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from brainseg.card import ChannelIntensity, ModelCard
 from brainseg.config import PostprocessConfig, load_config
-from brainseg.data.cache import cache_cases, intensity_statistics
-from brainseg.data.foreground import has_zero_background, normalise, subject_mask
 from brainseg.data.layouts import discover_dataset
-from brainseg.data.preprocess import preprocess
 from brainseg.errors import BrainsegError
 from brainseg.infer.predictor import Predictor
-from brainseg.io import Geometry, read_channels, write_image
+from brainseg.io.images import Geometry, read_channels, write_image
+from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model
+from brainseg.preprocessing.cache import cache_cases, intensity_statistics
+from brainseg.preprocessing.foreground import has_zero_background, subject_mask
+from brainseg.preprocessing.normalisation import ChannelIntensity, normalise
+from brainseg.preprocessing.preprocess import preprocess
 from brainseg.train.recipe import label_table
 
 SPACING = [1.5, 1.5, 1.5]
@@ -64,13 +64,17 @@ def test_ct_is_cropped_to_the_body_and_its_zero_hu_tissue_is_tissue():
         assert not rec.zero_background and rec.far_constant == (scheme == "zscore")  # ct: no far constant
         # the crop box holds the body with its margin and is smaller than the volume
         body_box = [np.flatnonzero(body.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
-        for (lo, hi), idx, n in zip(rec.bbox, body_box, SHAPE):
+        for (lo, hi), idx, _n in zip(rec.bbox, body_box, SHAPE):
             assert lo <= idx[0] and hi >= idx[-1] + 1
         assert np.prod([hi - lo for lo, hi in rec.bbox]) < 0.6 * np.prod(SHAPE)
         # the exact-0 HU voxels are normalised as tissue: one value, the normalised 0 HU, not the background's
         sl = tuple(slice(lo, hi) for lo, hi in rec.bbox)
         inner = img[0][block[sl]]
-        expected = (np.clip(0.0, -50.0, 1000.0) - 40.0) / 300.0 if scheme == "ct" else (0.0 - rec.norm_mean[0]) / rec.norm_std[0]
+        expected = (
+            (np.clip(0.0, -50.0, 1000.0) - 40.0) / 300.0
+            if scheme == "ct"
+            else (0.0 - rec.norm_mean[0]) / rec.norm_std[0]
+        )
         np.testing.assert_allclose(inner, expected, rtol=1e-5, atol=1e-6)
         assert abs(float(inner[0]) - rec.background[0]) > 0.05
     # ct: clipped to the data set's percentiles, then z-scored with its statistics
@@ -223,7 +227,19 @@ def test_train_and_predict_with_the_ct_scheme(tmp_path):
     assert card.normalization.scheme == "ct"
     assert card.intensity == tuple(intensity_statistics(discover_dataset(root).train))
     out = tmp_path / "pred"
-    res = run(brainseg_cmd("predict", "--model", str(run_dir / "checkpoint_final.pt"), "--input",
-                           str(root / "imagesTr"), "--output", str(out), "--device", "cpu", "--no-progress"))
+    res = run(
+        brainseg_cmd(
+            "predict",
+            "--model",
+            str(run_dir / "checkpoint_final.pt"),
+            "--input",
+            str(root / "imagesTr"),
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+        )
+    )
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in out.glob("*.nii.gz")) == ["c0.nii.gz", "c1.nii.gz", "c2.nii.gz"]

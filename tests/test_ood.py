@@ -19,20 +19,26 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.card import ModelCard
-from brainseg.data.fingerprint import fingerprint_dataset, scan_reasons, training_ranges
 from brainseg.data.layouts import discover_dataset
-from brainseg.io import read_channels
+from brainseg.io.images import read_channels
+from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_checkpoint, save_checkpoint
-from brainseg.ranges import TrainingRanges
+from brainseg.plan.fingerprint import fingerprint_dataset, training_ranges
+from brainseg.quality.ood import TrainingRanges, scan_reasons
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, cwd=REPO) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "brainseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, env=env, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +57,11 @@ def scans(iso_demo: Path, tmp_path_factory) -> dict[str, Path]:
     src = sorted((iso_demo / "imagesTs").glob("*_0000.nii.gz"))[0]
     img = nib.load(src)
     data = np.asarray(img.dataobj, dtype=np.float32)
-    out = {"same": folder / "same_0000.nii.gz", "coarse": folder / "coarse_0000.nii.gz", "flipped": folder / "flipped_0000.nii.gz"}
+    out = {
+        "same": folder / "same_0000.nii.gz",
+        "coarse": folder / "coarse_0000.nii.gz",
+        "flipped": folder / "flipped_0000.nii.gz",
+    }
     nib.save(nib.Nifti1Image(data, img.affine), out["same"])
     coarse_affine = img.affine.copy()
     coarse_affine[:3, :3] *= 2.0
@@ -78,7 +88,9 @@ def test_the_held_out_scan_is_in_distribution(scans, ranges):
 
 def test_twice_the_voxel_size_is_flagged(scans, ranges):
     reasons = _reasons(scans["coarse"], ranges)
-    assert any(r.startswith("voxel size 3x3x3 mm outside training 1.5x1.5x1.5-1.5x1.5x1.5 mm") for r in reasons), reasons
+    assert any(r.startswith("voxel size 3x3x3 mm outside training 1.5x1.5x1.5-1.5x1.5x1.5 mm") for r in reasons), (
+        reasons
+    )
 
 
 def test_a_flipped_intensity_scale_is_flagged(scans, ranges):
@@ -103,7 +115,9 @@ def test_predict_writes_the_ood_column_and_one_warning_per_flagged_case(scans, r
     inputs.mkdir()
     for path in scans.values():
         os.symlink(path, inputs / path.name)
-    res = _cli("predict", "--model", model, "--input", inputs, "--output", tmp_path / "out", "--device", "cpu", "--no-progress")
+    res = _cli(
+        "predict", "--model", model, "--input", inputs, "--output", tmp_path / "out", "--device", "cpu", "--no-progress"
+    )
     assert res.returncode == 0, res.stderr
     rows = {r["case"]: r for r in csv.DictReader(open(tmp_path / "out" / "volumes.csv"))}
     assert rows["same"]["ood"] == ""

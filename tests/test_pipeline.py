@@ -16,21 +16,45 @@ import pytest
 def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     out = tmp_path / "demo"
     tiny = [
-        "--set", "model.levels=3", "--set", "model.base_features=4", "--set", "model.max_features=16",
-        "--set", "train.patch_size=[32,32,32]", "--set", "train.iters_per_epoch=4",
-        "--set", "train.num_workers=0", "--set", "train.val_every=1", "--set", "train.epochs=2",
-        "--set", "data.target_spacing=[3.0,3.0,3.0]",
+        "--set",
+        "model.levels=3",
+        "--set",
+        "model.base_features=4",
+        "--set",
+        "model.max_features=16",
+        "--set",
+        "train.patch_size=[32,32,32]",
+        "--set",
+        "train.iters_per_epoch=4",
+        "--set",
+        "train.num_workers=0",
+        "--set",
+        "train.val_every=1",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "data.target_spacing=[3.0,3.0,3.0]",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(
         [sys.executable, "-m", "brainseg", "demo", "--out", str(out), "--n", "3", "--max-minutes", "2", *tiny],
-        capture_output=True, text=True, timeout=600, env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "Dice on the held-out demo subjects" in res.stdout
     assert "mean foreground" in res.stdout
-    for path in ("data/dataset.json", "run/checkpoint_final.pt", "run/curves.png",
-                 "predictions/volumes.csv", "evaluation/metrics.csv", "evaluation/summary.json", "overlay.png"):
+    for path in (
+        "data/dataset.json",
+        "run/checkpoint_final.pt",
+        "run/curves.png",
+        "predictions/volumes.csv",
+        "evaluation/metrics.csv",
+        "evaluation/summary.json",
+        "overlay.png",
+    ):
         assert (out / path).is_file(), path
     assert (out / "overlay.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -48,7 +72,10 @@ def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     # a second run reuses the finished pieces instead of redoing them
     res2 = subprocess.run(
         [sys.executable, "-m", "brainseg", "demo", "--out", str(out), "--n", "3", *tiny],
-        capture_output=True, text=True, timeout=300, env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert res2.returncode == 0, res2.stderr[-2000:]
     assert "reused" in res2.stderr  # the step lines are log messages (stderr)

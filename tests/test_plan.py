@@ -14,27 +14,43 @@ import torch
 import yaml
 
 from brainseg.config import load_config
-from brainseg.data.fingerprint import CaseFingerprint, ChannelStats, Fingerprint
 from brainseg.model.unet import UNet3D
 from brainseg.plan import plan_config, render_plan
+from brainseg.plan.fingerprint import CaseFingerprint, Fingerprint
 from brainseg.plan.network import gpu_memory_gb, topology
+from brainseg.quality.scan_stats import ChannelStats
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, timeout=900) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-m", "brainseg", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )
 
 
 def _case(i, spacing, extent=(140.0, 170.0, 140.0), zero=True, outside=0.0, unlabelled=0.0, components=None):
     stats = ChannelStats([0, 1, 5, 25, 50, 75, 95, 99, 100], 50.0, 20.0, zero, 0.3)
     return CaseFingerprint(
-        case_id=f"c{i}", shape=[100, 100, 100], spacing=list(spacing), ras_spacing=list(spacing),
-        ras_shape=[100, 100, 100], axcodes="RAS", obliquity=0.0, channels=[stats], extent_mm=list(extent),
-        label_volumes={1: 1000.0, 2: 2000.0}, label_components=components or {1: 3, 2: 1},
-        labels_outside_scan=outside, scan_unlabelled=unlabelled,
+        case_id=f"c{i}",
+        shape=[100, 100, 100],
+        spacing=list(spacing),
+        ras_spacing=list(spacing),
+        ras_shape=[100, 100, 100],
+        axcodes="RAS",
+        obliquity=0.0,
+        channels=[stats],
+        extent_mm=list(extent),
+        label_volumes={1: 1000.0, 2: 2000.0},
+        label_components=components or {1: 3, 2: 1},
+        labels_outside_scan=outside,
+        scan_unlabelled=unlabelled,
     )
 
 
@@ -84,7 +100,9 @@ def test_pairs_ct_and_single_component_labels():
     assert plan.config.labels.mirror_pairs == [[1, 2]]
     assert plan.config.postprocess.largest_component == [1, 2]
     unpaired = plan_config(_fp([_case(0, [1.0] * 3)], {0: "bg", 1: "left lesion", 2: "other"}), measure=False)
-    assert unpaired.config.labels.mirror_pairs is None and "no left-right flips" in unpaired.reasons["labels.mirror_pairs"]
+    assert (
+        unpaired.config.labels.mirror_pairs is None and "no left-right flips" in unpaired.reasons["labels.mirror_pairs"]
+    )
     ct = plan_config(_fp([_case(0, [1.0] * 3)], channels=("CT",)), measure=False)
     assert ct.config.data.normalization == "ct"
 
@@ -125,8 +143,24 @@ def test_plan_command_on_demo_data(demo_data, tmp_path):
 @pytest.mark.slow
 def test_train_without_config_plans_first(demo_data, tmp_path):
     run = tmp_path / "run"
-    res = _cli("train", "--data", demo_data, "--out", run, "--device", "cpu", "--no-progress", "--max-minutes", 10,
-               "--set", "train.epochs=1", "--set", "train.iters_per_epoch=2", "--set", "train.num_workers=0")
+    res = _cli(
+        "train",
+        "--data",
+        demo_data,
+        "--out",
+        run,
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--max-minutes",
+        10,
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.iters_per_epoch=2",
+        "--set",
+        "train.num_workers=0",
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.startswith("plan: ")
     assert (run / "plan.yaml").is_file() and (run / "fingerprint.json").is_file()

@@ -9,12 +9,9 @@ import numpy as np
 import pytest
 
 from brainseg.config import PostprocessConfig
-from brainseg.postprocess import (
-    label_volumes,
-    postprocess_labels,
-    probabilities_to_labels,
-    write_volumes_csv,
-)
+from brainseg.postprocess.components import postprocess_labels
+from brainseg.postprocess.decision import probabilities_to_labels
+from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
 
 
 def _ball(shape: tuple[int, int, int], center: tuple[float, float, float], radius: float) -> np.ndarray:
@@ -201,7 +198,7 @@ def test_removed_island_takes_the_label_it_sits_in(tmp_path: Path):
     background hole; one in the open becomes background. Read from a real NIfTI file."""
     import nibabel as nib
 
-    from brainseg.io import read_label
+    from brainseg.io.images import read_label
 
     labels = np.zeros((20, 20, 20), dtype=np.uint8)
     labels[2:16, 2:16, 2:16] = 1  # a structure
@@ -228,8 +225,8 @@ def test_volumes_use_the_determinant_of_a_sheared_affine(tmp_path: Path):
     """Column norms overstate the voxel volume of a sheared grid; |det| is right."""
     import nibabel as nib
 
-    from brainseg.evaluate import evaluate_case
-    from brainseg.io import read_label
+    from brainseg.evaluate.per_label import evaluate_case
+    from brainseg.io.images import read_label
 
     affine = np.eye(4)
     affine[:3, :3] = [[1.0, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 2.0]]  # det 2, column norms 1 x 1.118 x 2

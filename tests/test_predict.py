@@ -14,8 +14,8 @@ import csv
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import nibabel as nib
 import numpy as np
@@ -31,7 +31,7 @@ from brainseg.infer.predictor import (
     run_with_oom_fallback,
 )
 from brainseg.model.checkpoint import load_model
-from brainseg.postprocess import postprocess_labels
+from brainseg.postprocess.components import postprocess_labels
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = {0, 1, 2}
@@ -275,8 +275,15 @@ def test_torchrun_ranks_share_the_cases(tmp_path: Path, tiny_checkpoint: Path):
         save_nifti(scans / f"{name}.nii.gz", head_phantom(BASE_SHAPE, seed=i), np.diag([1.5, 1.5, 1.5, 1.0]))
     out = tmp_path / "out"
 
-    result = run_cli("--model", tiny_checkpoint, "--input", scans, "--output", out,
-                     env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"})
+    result = run_cli(
+        "--model",
+        tiny_checkpoint,
+        "--input",
+        scans,
+        "--output",
+        out,
+        env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"},
+    )
 
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["b.nii.gz", "volumes_rank1.csv"]
@@ -408,23 +415,32 @@ def test_oom_fallback_tries_one_window_then_cpu_output():
 def test_labels_only_inversion_matches_the_full_probability_path(mode: str):
     """The fast path (only the crop box's region interpolated, argmax there) gives the labels
     the full path (every class map un-cropped, resampled and reoriented) gives."""
-    from brainseg.data.preprocess import PreprocessRecord, invert_to_original
     from brainseg.infer.predictor import classes_in_original_grid
-    from brainseg.postprocess import labels_within_input
+    from brainseg.postprocess.decision import labels_within_input
+    from brainseg.preprocessing.preprocess import PreprocessRecord, invert_to_original
 
     rng = np.random.default_rng(1)
     ornts = ([[0, 1], [1, 1], [2, 1]], [[1, -1], [2, 1], [0, -1]], [[2, 1], [0, -1], [1, 1]])
     for trial in range(12):
         ras = [int(v) for v in rng.integers(6, 30, 3)]
-        res = list(ras) if trial % 4 == 0 else [max(2, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.4, 2.2, 3))]
+        res = (
+            list(ras) if trial % 4 == 0 else [max(2, int(round(r * f))) for r, f in zip(ras, rng.uniform(0.4, 2.2, 3))]
+        )
         bbox = [sorted(int(v) for v in rng.choice(np.arange(n + 1), 2, replace=False)) for n in res]
         ornt = np.asarray(ornts[trial % 3], dtype=float)
         original = [0, 0, 0]
         for file_axis, (ras_axis, _) in enumerate(ornt):
             original[file_axis] = ras[int(ras_axis)]
         record = PreprocessRecord(
-            original_shape=original, ornt=ornt.tolist(), ras_shape=ras, ras_spacing=[n / r for n, r in zip(res, ras)],
-            target_spacing=[1.0] * 3, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
+            original_shape=original,
+            ornt=ornt.tolist(),
+            ras_shape=ras,
+            ras_spacing=[n / r for n, r in zip(res, ras)],
+            target_spacing=[1.0] * 3,
+            resampled_shape=res,
+            bbox=bbox,
+            norm_mean=[0.0],
+            norm_std=[1.0],
         )
         probs = torch.softmax(3 * torch.randn(4, *[b - a for a, b in bbox]), dim=0)
         nonzero = rng.random(original) < 0.7

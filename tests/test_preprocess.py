@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.data.preprocess import PreprocessRecord, invert_to_original, preprocess, ras_orientation
-from brainseg.io import read_channels
+from brainseg.io.images import read_channels
+from brainseg.preprocessing.preprocess import PreprocessRecord, invert_to_original, preprocess, ras_orientation
 
 
 def _affine(rng: np.random.Generator, spacing, oblique: bool) -> np.ndarray:
@@ -86,10 +86,14 @@ def test_axis_aligned_grid_is_monais_spacing_grid(tmp_path: Path):
         target = [float(v) for v in rng.uniform(0.9, 2.0, 3)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            ref = T.Compose([
-                T.LoadImage(image_only=True), T.EnsureChannelFirst(), T.Orientation(axcodes="RAS"),
-                T.Spacing(pixdim=target, mode="bilinear"),
-            ])(str(path))
+            ref = T.Compose(
+                [
+                    T.LoadImage(image_only=True),
+                    T.EnsureChannelFirst(),
+                    T.Orientation(axcodes="RAS"),
+                    T.Spacing(pixdim=target, mode="bilinear"),
+                ]
+            )(str(path))
         data, geometry = read_channels([path])
         image, _, _ = preprocess(data, geometry, target, normalization="none", crop_to_nonzero=False)
         assert image.shape[1:] == tuple(ref.shape[1:])
@@ -101,15 +105,22 @@ def test_inversion_samples_the_resampled_grid_at_the_scans_voxels():
     linear ramp over the (cropped) resampled grid comes back as the same ramp in the
     scan's voxels, inside the crop box; outside it all probability is background."""
     rng = np.random.default_rng(2)
-    for trial in range(6):
+    for _trial in range(6):
         ras = [int(v) for v in rng.integers(12, 30, 3)]
         ras_spacing = [float(v) for v in rng.uniform(0.8, 2.4, 3)]
         target = [float(v) for v in rng.uniform(0.9, 2.0, 3)]
         res = [int(np.round((n - 1) * s / t)) + 1 for n, s, t in zip(ras, ras_spacing, target)]
         bbox = [[int(n) // 5, int(n) - int(n) // 6] for n in res]
         record = PreprocessRecord(
-            original_shape=ras, ornt=[[0, 1], [1, 1], [2, 1]], ras_shape=ras, ras_spacing=ras_spacing,
-            target_spacing=target, resampled_shape=res, bbox=bbox, norm_mean=[0.0], norm_std=[1.0],
+            original_shape=ras,
+            ornt=[[0, 1], [1, 1], [2, 1]],
+            ras_shape=ras,
+            ras_spacing=ras_spacing,
+            target_spacing=target,
+            resampled_shape=res,
+            bbox=bbox,
+            norm_mean=[0.0],
+            norm_std=[1.0],
         )
         coef = rng.normal(size=3)
         grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in bbox], indexing="ij"), -1)

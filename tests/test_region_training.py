@@ -19,15 +19,16 @@ import pytest
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 
-from brainseg.card import CARD_FORMAT, REGION_CARD_FORMAT, ModelCard
 from brainseg.config import LabelsConfig, config_from_dict, load_config
-from brainseg.data.patches import foreground_center, region_locations
 from brainseg.errors import BrainsegError
 from brainseg.infer.predictor import Predictor
+from brainseg.labels.regions import BRATS_2021, BRATS_2023, Regions
+from brainseg.model.card import CARD_FORMAT, REGION_CARD_FORMAT, ModelCard
 from brainseg.model.checkpoint import load_checkpoint, load_model, save_checkpoint
-from brainseg.postprocess import INNERMOST_CANDIDATES_MM3, innermost_rule, postprocess_labels, regions_within_input
-from brainseg.regions import BRATS_2021, BRATS_2023, Regions
+from brainseg.postprocess.components import postprocess_labels
+from brainseg.postprocess.decision import INNERMOST_CANDIDATES_MM3, innermost_rule, regions_within_input
 from brainseg.train.recipe import SegLoss, region_targets, resolve_regions
+from brainseg.train.sampling.patches import foreground_center, region_locations
 from brainseg.train.validation import THRESHOLD_CANDIDATES, innermost_scores, smallest_best
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,11 +36,32 @@ BRATS_VALUES = [0, 1, 2, 4]
 LABELS = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"}
 REGIONS_SET = "labels.regions={WT: [1, 2, 4], TC: [1, 4], ET: [4]}"
 TINY = [
-    "--set", "train.patch_size=[16,16,16]", "--set", "train.batch_size=2", "--set", "train.iters_per_epoch=2",
-    "--set", "train.num_workers=0", "--set", "train.val_every=1", "--set", "train.threads=1",
-    "--set", "model.levels=2", "--set", "model.base_features=4", "--set", "model.deep_supervision=true",
-    "--set", "data.target_spacing=[3,3,3]", "--set", "data.val_fraction=0.25",
-    "--set", "infer.batch_windows=2", "--set", "postprocess.input_mask=restrict",
+    "--set",
+    "train.patch_size=[16,16,16]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.iters_per_epoch=2",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.val_every=1",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "model.levels=2",
+    "--set",
+    "model.base_features=4",
+    "--set",
+    "model.deep_supervision=true",
+    "--set",
+    "data.target_spacing=[3,3,3]",
+    "--set",
+    "data.val_fraction=0.25",
+    "--set",
+    "infer.batch_windows=2",
+    "--set",
+    "postprocess.input_mask=restrict",
 ]
 
 
@@ -71,7 +93,12 @@ def write_brats_case(root: Path, case_id: str, rng: np.random.Generator, shape=(
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
     brain = sum(((g - s / 2) / (s / 2.2)) ** 2 for g, s in zip(grid, shape)) <= 1.0
     label[~brain] = 0
-    contrast = {"t1": (1, 0.8, 0.9, 0.7), "t1ce": (1, 0.9, 1.0, 2.5), "t2": (1, 1.6, 2.0, 1.3), "flair": (1, 1.2, 2.2, 1.1)}
+    contrast = {
+        "t1": (1, 0.8, 0.9, 0.7),
+        "t1ce": (1, 0.9, 1.0, 2.5),
+        "t2": (1, 1.6, 2.0, 1.3),
+        "flair": (1, 1.2, 2.2, 1.1),
+    }
     for name, (base, necrosis, oedema, enhancing) in contrast.items():
         image = np.choose(np.searchsorted(BRATS_VALUES, label), [base, necrosis, oedema, enhancing]).astype(np.float32)
         image = (image * 100 + rng.normal(0, 5, shape)) * brain
@@ -92,8 +119,19 @@ def brats_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def region_run(brats_data, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("region_run") / "run"
-    result = run_cli("train", "--data", str(brats_data), "--out", str(run), "--epochs", "2", "--no-progress",
-                     "--set", REGIONS_SET, *TINY)
+    result = run_cli(
+        "train",
+        "--data",
+        str(brats_data),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--no-progress",
+        "--set",
+        REGIONS_SET,
+        *TINY,
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -152,8 +190,9 @@ def test_label_loss_is_monai_dice_ce_as_before():
     torch.manual_seed(0)
     classes, _ = _batch()
     logits = torch.randn(2, 4, 24, 24, 24)
-    reference = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
-                           smooth_nr=1e-5, smooth_dr=1e-5)(logits, classes[:, None])
+    reference = DiceCELoss(
+        include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
+    )(logits, classes[:, None])
     assert torch.equal(SegLoss()(logits, classes), reference)
 
 
@@ -257,8 +296,17 @@ def test_cli_training_on_brats_layout_writes_a_region_card(region_run: Path):
 def test_predict_writes_brats_labels_in_the_scans_geometry_and_region_probabilities(region_run, brats_data, tmp_path):
     case = brats_data / "BraTS2021_00001"
     out = tmp_path / "pred"
-    result = run_cli("predict", "--model", str(region_run), "--input", str(case), "--output", str(out),
-                     "--save-probabilities", "--no-progress")
+    result = run_cli(
+        "predict",
+        "--model",
+        str(region_run),
+        "--input",
+        str(case),
+        "--output",
+        str(out),
+        "--save-probabilities",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     scan = nib.load(str(case / "BraTS2021_00001_t1.nii.gz"))
     mask = nib.load(str(out / "BraTS2021_00001.nii.gz"))
@@ -333,8 +381,17 @@ def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpo
     nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([1.4, 1.4, 1.6, 1])), str(scan))
     masks = {}
     for name, model in (("old", old_path), ("new", path)):
-        result = run_cli("predict", "--model", str(model), "--input", str(scan.parent), "--output",
-                         str(tmp_path / name), "--save-probabilities", "--no-progress")
+        result = run_cli(
+            "predict",
+            "--model",
+            str(model),
+            "--input",
+            str(scan.parent),
+            "--output",
+            str(tmp_path / name),
+            "--save-probabilities",
+            "--no-progress",
+        )
         assert result.returncode == 0, result.stderr
         masks[name] = np.asarray(nib.load(str(tmp_path / name / "head.nii.gz")).dataobj)
         probs = np.asarray(nib.load(str(tmp_path / name / "head_probabilities.nii.gz")).dataobj)
@@ -351,8 +408,20 @@ def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpo
 def test_tumour_demo_end_to_end(tmp_path):
     tiny = [a for a in TINY if a != "--set" and not a.startswith(("data.val_fraction", "postprocess"))]
     sets = [x for item in tiny for x in ("--set", item)]
-    result = run_cli("demo", "--kind", "tumour", "--n", "4", "--out", str(tmp_path / "demo"), "--max-minutes", "0.2",
-                     "--set", "train.epochs=2", *sets)
+    result = run_cli(
+        "demo",
+        "--kind",
+        "tumour",
+        "--n",
+        "4",
+        "--out",
+        str(tmp_path / "demo"),
+        "--max-minutes",
+        "0.2",
+        "--set",
+        "train.epochs=2",
+        *sets,
+    )
     assert result.returncode == 0, result.stderr
     assert "Dice per tumour region" in result.stdout
     table = result.stdout.split("Dice per tumour region", 1)[1].splitlines()

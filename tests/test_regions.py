@@ -19,10 +19,10 @@ import pytest
 from brainseg.cli import main
 from brainseg.data.cases import DiscoveryError
 from brainseg.data.layouts import discover_dataset
-from brainseg.evaluate_regions import evaluate_region_folders, regions_from_spec
 from brainseg.errors import BrainsegError
-from brainseg.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, region_scores
-from brainseg.regions import BRATS_2021, BRATS_2023
+from brainseg.evaluate.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, region_scores
+from brainseg.evaluate.per_region import evaluate_region_folders, regions_from_spec
+from brainseg.labels.regions import BRATS_2021, BRATS_2023
 
 REPO = Path(__file__).resolve().parents[1]
 NNUNET_REGIONS = {
@@ -66,12 +66,19 @@ def test_region_dataset_json_gives_regions_and_the_label_table(tmp_path):
     # plain labels (the Decathlon's Task01 names): no regions
     plain = dict(NNUNET_REGIONS, labels={"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3})
     ds = discover_dataset(msd_root(tmp_path / "plain", plain))  # regions_class_order ignored, as nnU-Net does
-    assert ds.regions is None and ds.labels == {0: "background", 1: "edema", 2: "non-enhancing tumor", 3: "enhancing tumour"}
+    assert ds.regions is None and ds.labels == {
+        0: "background",
+        1: "edema",
+        2: "non-enhancing tumor",
+        3: "enhancing tumour",
+    }
 
 
 BAD_REGIONS = [
-    ({"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3]}},
-     '"labels" defines regions (\'whole tumor\', \'tumor core\') but "regions_class_order" is missing'),
+    (
+        {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3]}},
+        "\"labels\" defines regions ('whole tumor', 'tumor core') but \"regions_class_order\" is missing",
+    ),
     ({"regions_class_order": [1, 2]}, '"regions_class_order" must list one label value per region (3:'),
     ({"regions_class_order": "1,2,3"}, '"regions_class_order" must list one label value per region'),
     ({"regions_class_order": [1, 2, 1]}, "'enhancing tumor' writes label 1, which it does not contain [3]"),
@@ -143,8 +150,14 @@ def test_region_scores_follow_the_brats_conventions():
 
 def evaluate_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "brainseg", "evaluate", *args], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", "evaluate", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
 
 
 def write_cases(root: Path, et: int) -> None:
@@ -163,14 +176,32 @@ def write_cases(root: Path, et: int) -> None:
 @pytest.mark.parametrize("et, year", [(4, 2021), (3, 2023)])
 def test_evaluate_regions_brats_picks_the_year_and_writes_csv_and_summary(tmp_path, caplog, et, year):
     write_cases(tmp_path, et)
-    res = evaluate_cli("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "ev"),
-                       "--regions", "brats")
+    res = evaluate_cli(
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(tmp_path / "ref"),
+        "--out",
+        str(tmp_path / "ev"),
+        "--regions",
+        "brats",
+    )
     assert res.returncode == 0, res.stderr
     assert f"BraTS {year} regions" in res.stderr and "3 case(s) scored, 0 failed" in res.stdout
     with open(tmp_path / "ev" / "metrics.csv", newline="") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
-    assert list(next(iter(rows.values()))) == ["case", "WT_dice", "WT_hd95_mm", "TC_dice", "TC_hd95_mm", "ET_dice", "ET_hd95_mm"]
-    assert all(float(rows["perfect"][k]) == (1.0 if k.endswith("dice") else 0.0) for k in rows["perfect"] if k != "case")
+    assert list(next(iter(rows.values()))) == [
+        "case",
+        "WT_dice",
+        "WT_hd95_mm",
+        "TC_dice",
+        "TC_hd95_mm",
+        "ET_dice",
+        "ET_hd95_mm",
+    ]
+    assert all(
+        float(rows["perfect"][k]) == (1.0 if k.endswith("dice") else 0.0) for k in rows["perfect"] if k != "case"
+    )
     assert float(rows["missed"]["ET_dice"]) == 0.0 and float(rows["missed"]["ET_hd95_mm"]) == 373.13
     assert float(rows["missed"]["TC_dice"]) == 1.0 and float(rows["missed"]["WT_dice"]) == 1.0
     assert float(rows["none"]["ET_dice"]) == 1.0 and float(rows["none"]["ET_hd95_mm"]) == 0.0
@@ -196,18 +227,36 @@ def test_evaluate_regions_brats_picks_the_year_and_writes_csv_and_summary(tmp_pa
 def test_evaluate_regions_from_dataset_json_and_refusals(tmp_path, capsys, tiny_checkpoint_factory):
     write_cases(tmp_path, 3)  # values 1, 2, 3 read as nnU-Net's regions: whole tumor [1,2,3], tumor core [2,3], ...
     meta = msd_root(tmp_path / "ds", NNUNET_REGIONS) / "dataset.json"
-    res = evaluate_cli("--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "ev"),
-                       "--regions", str(meta))
+    res = evaluate_cli(
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(tmp_path / "ref"),
+        "--out",
+        str(tmp_path / "ev"),
+        "--regions",
+        str(meta),
+    )
     assert res.returncode == 0, res.stderr
     header = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()[0]
-    assert header == ("case,whole tumor_dice,whole tumor_hd95_mm,tumor core_dice,tumor core_hd95_mm,"
-                      "enhancing tumor_dice,enhancing tumor_hd95_mm")
+    assert header == (
+        "case,whole tumor_dice,whole tumor_hd95_mm,tumor core_dice,tumor core_hd95_mm,"
+        "enhancing tumor_dice,enhancing tumor_hd95_mm"
+    )
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["regions"]["tumor core"]["labels"] == [2, 3]
     # "missed" wrote ET (3) as 1: nnU-Net's tumor core [2, 3] loses those voxels
     assert summary["regions"]["tumor core"]["dice"]["mean"] < 1.0
     # refusals: one error line, exit 1, nothing written (in-process: the CLI's start-up is the slow part)
-    common = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--out", str(tmp_path / "bad")]
+    common = [
+        "evaluate",
+        "--pred",
+        str(tmp_path / "pred"),
+        "--ref",
+        str(tmp_path / "ref"),
+        "--out",
+        str(tmp_path / "bad"),
+    ]
     for args, expected in (
         (["--regions", "bogus"], "--regions 'bogus': expected brats, brats2021, brats2023 or a dataset.json"),
         (["--model", str(tiny_checkpoint_factory())], "the model card defines no regions"),

@@ -25,7 +25,6 @@ sys.path.insert(0, str(SCRIPTS))
 import ablation_metrics as am  # noqa: E402
 from ablation_report import direction  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- surface Dice
 
 
@@ -206,8 +205,12 @@ def test_old_cards_without_skip_mode_still_load(tmp_path):
         hparams = dict(net.hparams)
         del hparams["skip_mode"]
         card = {  # format 1: the network under "model", no preprocess_version
-            "format": 1, "model": hparams, "labels": {"0": "background", "1": "a"}, "channels": ["T1"],
-            "spacing": [1.0, 1.0, 1.0], "patch_size": [8, 8, 8],
+            "format": 1,
+            "model": hparams,
+            "labels": {"0": "background", "1": "a"},
+            "channels": ["T1"],
+            "spacing": [1.0, 1.0, 1.0],
+            "patch_size": [8, 8, 8],
             "normalization": {"scheme": "zscore", "mask": "nonzero", "crop_to_nonzero": True},
         }
         path = save_checkpoint(tmp_path / f"old_{skips}.pt", {"model": net.state_dict(), "card": card})
@@ -235,8 +238,18 @@ def test_skip_mode_config_and_its_errors():
 def test_script_runs_end_to_end_on_tiny_settings(tmp_path):
     out = tmp_path / "ablation"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, str(SCRIPTS / "skip_ablation.py"), "--out", str(out), "--minutes", "0.03",
-           "--seeds", "1", "--n", "3"]
+    cmd = [
+        sys.executable,
+        str(SCRIPTS / "skip_ablation.py"),
+        "--out",
+        str(out),
+        "--minutes",
+        "0.03",
+        "--seeds",
+        "1",
+        "--n",
+        "3",
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -18,26 +18,38 @@ import pytest
 import torch
 
 import brainseg
-from brainseg.data.loader import PatchDataset
 from brainseg.config import AugmentConfig
-from brainseg.card import CARD_FORMAT, ModelCard
-from brainseg.data.preprocess import PREPROCESS_VERSION
+from brainseg.model.card import CARD_FORMAT, ModelCard
 from brainseg.model.checkpoint import CHECKPOINT_LAST
+from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
+from brainseg.train.sampling.loader import PatchDataset
 
 # A network and schedule small enough for seconds per epoch on 2 CPU cores.
 TINY = [
-    "--set", "model.levels=3",
-    "--set", "model.base_features=4",
-    "--set", "model.max_features=16",
-    "--set", "train.patch_size=[32,32,32]",
-    "--set", "train.batch_size=2",
-    "--set", "train.iters_per_epoch=3",
-    "--set", "train.num_workers=0",
-    "--set", "train.val_every=1",
-    "--set", "train.optimizer=adamw",
-    "--set", "train.lr=0.003",
-    "--set", "data.target_spacing=[3.0,3.0,3.0]",
-    "--set", "infer.batch_windows=8",
+    "--set",
+    "model.levels=3",
+    "--set",
+    "model.base_features=4",
+    "--set",
+    "model.max_features=16",
+    "--set",
+    "train.patch_size=[32,32,32]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.iters_per_epoch=3",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.val_every=1",
+    "--set",
+    "train.optimizer=adamw",
+    "--set",
+    "train.lr=0.003",
+    "--set",
+    "data.target_spacing=[3.0,3.0,3.0]",
+    "--set",
+    "infer.batch_windows=8",
 ]
 
 
@@ -58,10 +70,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
     run_dir = tmp_path / "run"
-    res = run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "2", "--no-progress", *TINY))
+    res = run(
+        brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "2", "--no-progress", *TINY)
+    )
     assert res.returncode == 0, res.stderr
     assert "trained 2 epochs" in res.stdout
-    for name in ("checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_final.pt", "metrics.csv", "curves.png", "config.yaml", "split.json"):
+    for name in (
+        "checkpoint_last.pt",
+        "checkpoint_best.pt",
+        "checkpoint_final.pt",
+        "metrics.csv",
+        "curves.png",
+        "config.yaml",
+        "split.json",
+    ):
         assert (run_dir / name).is_file(), name
     assert any((run_dir / "tensorboard").iterdir())
     rows = read_metrics(run_dir)
@@ -94,9 +116,18 @@ def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
 @pytest.mark.slow
 def test_existing_run_is_not_overwritten_without_resume(demo_data, tmp_path):
     run_dir = tmp_path / "run"
-    assert run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY)).returncode == 0
+    assert (
+        run(
+            brainseg_cmd(
+                "train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY
+            )
+        ).returncode
+        == 0
+    )
     before = (run_dir / CHECKPOINT_LAST).read_bytes()
-    res = run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY))
+    res = run(
+        brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "1", "--no-progress", *TINY)
+    )
     assert res.returncode == 1
     assert "--resume" in res.stderr and "Traceback" not in res.stderr
     assert (run_dir / CHECKPOINT_LAST).read_bytes() == before
@@ -107,7 +138,9 @@ def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_pa
     epochs = "5"
     # Uninterrupted reference run.
     ref = tmp_path / "ref"
-    res = run(brainseg_cmd("train", "--data", str(demo_data), "--out", str(ref), "--epochs", epochs, "--no-progress", *TINY))
+    res = run(
+        brainseg_cmd("train", "--data", str(demo_data), "--out", str(ref), "--epochs", epochs, "--no-progress", *TINY)
+    )
     assert res.returncode == 0, res.stderr
 
     # Same run, killed (SIGKILL) as soon as its first checkpoint exists, then resumed.
@@ -115,7 +148,9 @@ def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_pa
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(
         brainseg_cmd("train", "--data", str(demo_data), "--out", str(cut), "--epochs", epochs, "--no-progress", *TINY),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
     )
     deadline = time.time() + 240
     while not (cut / CHECKPOINT_LAST).exists() and proc.poll() is None and time.time() < deadline:
@@ -139,8 +174,8 @@ def test_resume_after_a_kill_gives_the_same_losses_and_weights(demo_data, tmp_pa
 
 
 def test_patches_are_a_function_of_seed_and_index_and_oversample_foreground(demo_data, tmp_path):
-    from brainseg.data.cache import cache_cases
     from brainseg.data.layouts import discover_dataset
+    from brainseg.preprocessing.cache import cache_cases
 
     ds = discover_dataset(demo_data)
     cached = cache_cases(ds.train, tmp_path / "cache", [3.0, 3.0, 3.0], [0, 1, 2, 3], progress=False)
@@ -165,11 +200,12 @@ def test_tiny_net_overfits_one_real_volume():
     The volume is a 32^3 block (3 mm voxels) from the middle of the MNI template,
     with ventricles (CSF), deep and cortical grey matter and white matter in it.
     """
-    from brainseg.data.demo_template import load_template, template_labels
-    from brainseg.data.foreground import zscore_foreground
-    from brainseg.data.preprocess import resample_image, resample_labels
-    from brainseg.model import UNet3D
     from monai.losses import DiceCELoss
+
+    from brainseg.demo.template import load_template, template_labels
+    from brainseg.model import UNet3D
+    from brainseg.preprocessing.normalisation import zscore_foreground
+    from brainseg.preprocessing.resample import resample_image, resample_labels
 
     tpl = load_template()
     labels = template_labels(tpl.t1, tpl.gm, tpl.wm)
@@ -203,9 +239,24 @@ def test_tiny_net_overfits_one_real_volume():
 def test_torchrun_two_gloo_processes_train(demo_data, tmp_path):
     run_dir = tmp_path / "ddp"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",  # a free port
-        "-m", "brainseg", "train", "--data", str(demo_data), "--out", str(run_dir),
-        "--epochs", "2", "--device", "cpu", "--no-progress", *TINY,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",  # a free port
+        "-m",
+        "brainseg",
+        "train",
+        "--data",
+        str(demo_data),
+        "--out",
+        str(run_dir),
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *TINY,
     ]
     res = run(cmd, timeout=400)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]

@@ -15,11 +15,11 @@ import pytest
 from scipy import ndimage
 
 from brainseg.cli import main
-from brainseg.data.demo_tumour import make_tumour_dataset
 from brainseg.data.inputs import discover_inputs
 from brainseg.data.layouts import discover_dataset
+from brainseg.demo.tumour import make_tumour_dataset
 from brainseg.errors import BrainsegError
-from brainseg.regions import BRATS_2021, BRATS_2023
+from brainseg.labels.regions import BRATS_2021, BRATS_2023
 
 REPO = Path(__file__).resolve().parents[1]
 SEED = 3
@@ -31,8 +31,9 @@ def sets(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("tumour")
     return {
         "brats2021": make_tumour_dataset(root / "b21", n=4, n_test=1, seed=SEED, layout="brats2021", verbose=False),
-        "brats2023": make_tumour_dataset(root / "b23", n=2, n_test=1, seed=SEED, layout="brats2023", verbose=False,
-                                         spacing=(3, 3, 3)),
+        "brats2023": make_tumour_dataset(
+            root / "b23", n=2, n_test=1, seed=SEED, layout="brats2023", verbose=False, spacing=(3, 3, 3)
+        ),
         "msd": make_tumour_dataset(root / "msd", n=2, n_test=1, seed=SEED, layout="msd", verbose=False),
     }
 
@@ -146,9 +147,14 @@ def test_cases_vary_in_kind_size_and_place(sets):
     sizes = [int((s > 0).sum()) for s in segs]
     centres = [np.argwhere(s > 0).mean(axis=0) for s in segs]
     assert max(sizes) > 1.5 * min(sizes)
-    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1:]) > 3  # voxels
+    assert min(np.linalg.norm(a - b) for i, a in enumerate(centres) for b in centres[i + 1 :]) > 3  # voxels
     meta = json.loads((root / "brainseg-demo.json").read_text())
-    assert [(c["necrosis"], c["enhancing"]) for c in meta["cases"]] == [(True, True), (False, True), (False, False), (True, True)]
+    assert [(c["necrosis"], c["enhancing"]) for c in meta["cases"]] == [
+        (True, True),
+        (False, True),
+        (False, False),
+        (True, True),
+    ]
     for case, seg in zip(meta["cases"], segs):
         assert case["volume_mm3"]["enhancing"] == pytest.approx((seg == 4).sum() * 8.0)
 
@@ -176,8 +182,14 @@ def test_cli_writes_the_tumour_kind_and_refuses_layouts_of_other_kinds(tmp_path,
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
     def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "brainseg", "demo-data", *args], capture_output=True, text=True,
-                              env=env, cwd=REPO, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "brainseg", "demo-data", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=REPO,
+            timeout=300,
+        )
 
     out = tmp_path / "msd"
     res = cli(str(out), "--kind", "tumour", "--layout", "msd", "--n", "2", "--n-test", "1", "--spacing", "3", "3", "3")

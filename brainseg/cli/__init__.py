@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import BrainsegError, one_line
-from . import check, demo, demo_data, evaluate, plan, predict, train
-from .common import add_verbosity_args, configure_logging
+from brainseg.cli import check, demo, demo_data, evaluate, plan, predict, train
+from brainseg.cli.common import add_verbosity_args, configure_logging
+from brainseg.errors import BrainsegError, one_line
 
 COMMANDS = (demo_data, check, plan, train, predict, evaluate, demo)
 

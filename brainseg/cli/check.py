@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from ..data.fingerprint import Fingerprint
+    from brainseg.plan.fingerprint import Fingerprint
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -33,8 +33,14 @@ def fingerprint_table(fp: Fingerprint) -> str:
     head += [f"{name} p1..p99" for name in fp.channels] + ["labels (ml)"]
     rows = [head]
     for c in fp.cases:
-        row = [c.case_id, _fmt(c.ras_shape, 4), _fmt(c.ras_spacing), c.axcodes, f"{c.obliquity:.1f}",
-               "zero" if c.zero_background else "noise"]
+        row = [
+            c.case_id,
+            _fmt(c.ras_shape, 4),
+            _fmt(c.ras_spacing),
+            c.axcodes,
+            f"{c.obliquity:.1f}",
+            "zero" if c.zero_background else "noise",
+        ]
         for ch in c.channels:
             row.append(f"{ch.percentiles[1]:.4g}..{ch.percentiles[7]:.4g}")
         row.append(" ".join(f"{k}:{v / 1000:.3g}" for k, v in sorted(c.label_volumes.items())) or "-")
@@ -44,7 +50,7 @@ def fingerprint_table(fp: Fingerprint) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.check import check_dataset
+    from brainseg.plan.check import check_dataset
 
     def bar(cases):
         return tqdm(cases, desc="checking", unit="case", disable=args.no_progress, file=sys.stderr)
@@ -52,14 +58,17 @@ def run(args: argparse.Namespace) -> int:
     report = check_dataset(args.data, progress=bar)
     if report.dataset is not None:
         ds = report.dataset
-        print(f"{args.data}: {ds.layout} layout, {len(ds.train)} training and {len(ds.test)} test case(s), "
-              f"channels {', '.join(ds.channels)}, labels "
-              + ", ".join(f"{k} {v}" for k, v in sorted(ds.labels.items())))
+        print(
+            f"{args.data}: {ds.layout} layout, {len(ds.train)} training and {len(ds.test)} test case(s), "
+            f"channels {', '.join(ds.channels)}, labels " + ", ".join(f"{k} {v}" for k, v in sorted(ds.labels.items()))
+        )
         if report.fingerprint is not None and report.fingerprint.cases:
             print(fingerprint_table(report.fingerprint))
             lat = report.fingerprint.laterality
             if lat.pairs:
-                print("left/right pairs (swapped on left-right flips): " + ", ".join(f"{a}<->{b}" for a, b in lat.pairs))
+                print(
+                    "left/right pairs (swapped on left-right flips): " + ", ".join(f"{a}<->{b}" for a, b in lat.pairs)
+                )
             if ds.regions is not None:
                 print("regions: " + ", ".join(f"{n}={list(v)}" for n, v in zip(ds.regions.names, ds.regions.labels)))
     print(f"errors ({len(report.errors)}):")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..errors import one_line
+from brainseg.errors import one_line
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..data.demo import KINDS
+from brainseg.demo.tissue import KINDS
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -17,15 +17,19 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, default=10.0, help="training budget in minutes")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--kind", choices=KINDS, default="tissue",
-                   help="tissue (default), hemispheres, or tumour: BraTS-like tumours, a region model "
-                   "(WT, TC, ET) trained with configs/brats_cpu.yaml")
+    p.add_argument(
+        "--kind",
+        choices=KINDS,
+        default="tissue",
+        help="tissue (default), hemispheres, or tumour: BraTS-like tumours, a region model "
+        "(WT, TC, ET) trained with configs/brats_cpu.yaml",
+    )
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import TUMOUR_CASES, run_demo
-    from ..runtime import check_device_spec
+    from brainseg.demo.pipeline import TUMOUR_CASES, run_demo
+    from brainseg.runtime import check_device_spec
 
     result = run_demo(
         args.out,

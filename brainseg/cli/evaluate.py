@@ -7,9 +7,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import BrainsegError
-from ..evaluate import METRICS_NAME, SUMMARY_NAME, evaluate_folders, format_table, parse_labels
-from ..evaluate_regions import evaluate_region_folders, format_region_table, regions_from_spec
+from brainseg.errors import BrainsegError
+from brainseg.evaluate.per_label import (
+    METRICS_NAME,
+    SUMMARY_NAME,
+    evaluate_folders,
+    format_table,
+    parse_labels,
+)
+from brainseg.evaluate.per_region import (
+    evaluate_region_folders,
+    format_region_table,
+    regions_from_spec,
+)
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -18,18 +28,24 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--ref", type=Path, required=True, help="folder of reference masks")
     p.add_argument("--out", type=Path, required=True, help="folder for metrics.csv and summary.json")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--labels", default=None, help="comma-separated labels to score (default: all non-zero in the references)")
     which.add_argument(
-        "--regions", default=None, metavar="SPEC",
-        help="score nested regions instead of labels (BraTS conventions: HD95 373.13 mm when one side is empty): "
-             "brats (2021 or 2023 by the references' labels), brats2021, brats2023, or a dataset.json with regions",
+        "--labels", default=None, help="comma-separated labels to score (default: all non-zero in the references)"
     )
-    which.add_argument("--model", type=Path, default=None, help="score the regions of this model (checkpoint or run folder)")
+    which.add_argument(
+        "--regions",
+        default=None,
+        metavar="SPEC",
+        help="score nested regions instead of labels (BraTS conventions: HD95 373.13 mm when one side is empty): "
+        "brats (2021 or 2023 by the references' labels), brats2021, brats2023, or a dataset.json with regions",
+    )
+    which.add_argument(
+        "--model", type=Path, default=None, help="score the regions of this model (checkpoint or run folder)"
+    )
     return p
 
 
 def _model_regions(path: Path):
-    from ..model.checkpoint import load_card  # torch only when asked for
+    from brainseg.model.checkpoint import load_card  # torch only when asked for
 
     card = load_card(path)
     regions = getattr(card, "regions", None)

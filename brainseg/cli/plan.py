@@ -13,12 +13,25 @@ def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="configure training for a data set (writes a commented YAML config)")
     p.add_argument("--data", type=Path, required=True, help="data set folder (MSD, BraTS or images/labels layout)")
     p.add_argument("--out", type=Path, default=Path("plan.yaml"), help="the config to write (default: plan.yaml)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="what training will run on (auto: cuda when there is one)")
-    p.add_argument("--gpu-memory", type=float, default=8.0, metavar="GB",
-                   help="GPU memory the training step may use (default 8, nnU-Net's reference)")
-    p.add_argument("--minutes", type=float, default=None,
-                   help="the training time to plan for (CPU: sizes the network and sets the steps)")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="what training will run on (auto: cuda when there is one)",
+    )
+    p.add_argument(
+        "--gpu-memory",
+        type=float,
+        default=8.0,
+        metavar="GB",
+        help="GPU memory the training step may use (default 8, nnU-Net's reference)",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="the training time to plan for (CPU: sizes the network and sets the steps)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -34,11 +47,12 @@ def planned_device(spec: str) -> str:
 def fingerprint_bar(enabled: bool):
     def bar(cases):
         return tqdm(cases, desc="fingerprint", unit="case", disable=not enabled, file=sys.stderr)
+
     return bar
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..plan import plan_dataset
+    from brainseg.plan import plan_dataset
 
     plan, fp = plan_dataset(
         args.data,

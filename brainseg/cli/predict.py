@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..naming import CHECKPOINT_CHOICES
-from .common import add_config_args, add_device_arg
+from brainseg.cli.common import add_config_args, add_device_arg
+from brainseg.io.naming import CHECKPOINT_CHOICES
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -31,12 +31,21 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case was written or skipped, 1 if any failed."""
-    from ..infer.batch import predict  # torch and the network: imported when the command runs
+    from brainseg.infer.batch import (
+        predict,  # torch and the network: imported when the command runs
+    )
 
-    same_name = {name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")}
+    same_name = {
+        name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")
+    }
     result = predict(
-        args.model, args.input, args.output, config_path=args.config, overrides=args.overrides,
-        progress=not args.no_progress and sys.stderr.isatty(), **same_name,
+        args.model,
+        args.input,
+        args.output,
+        config_path=args.config,
+        overrides=args.overrides,
+        progress=not args.no_progress and sys.stderr.isatty(),
+        **same_name,
     )
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     print(f"brainseg predict: {where}{result.summary.report()}")

@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import BrainsegError
-from .common import add_config_args, add_device_arg
-from .plan import fingerprint_bar, planned_device
+from brainseg.cli.common import add_config_args, add_device_arg
+from brainseg.cli.plan import fingerprint_bar, planned_device
+from brainseg.errors import BrainsegError
 
 if TYPE_CHECKING:
-    from ..config import Config
+    from brainseg.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,9 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
     """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml.
     Under torchrun every rank plans alike without timing a step (rank 0 writes the files); nor is
     a step timed when ``--set`` fixes the epochs and the patch (all the timing would decide)."""
-    from ..config import apply_overrides, config_from_dict
-    from ..plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
-    from ..runtime import torchrun_env
+    from brainseg.config import apply_overrides, config_from_dict
+    from brainseg.plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
+    from brainseg.runtime import torchrun_env
 
     env = torchrun_env()
     fixed = {o.split("=", 1)[0].strip() for o in overrides}
@@ -62,7 +62,9 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
         write=env.is_main,
     )
     if env.is_main:
-        print(f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)")
+        print(
+            f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)"
+        )
     planned = plan.config.to_dict()
     if fixed & {"model.levels", "train.patch_size"} and not fixed & {"model.strides", "model.kernels"}:
         # the planned per-stage lists fit the planned levels and patch: overridden, they go
@@ -75,11 +77,11 @@ def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
 
 def run(args: argparse.Namespace) -> int:
     # the library (torch, MONAI) is imported when a command runs, so `brainseg evaluate` does not pay for it
-    from ..config import load_config
-    from ..runtime import check_device_spec, torchrun_env
-    from ..train.distributed import PeerFailure
-    from ..train.state import check_run_dir
-    from ..train.trainer import train
+    from brainseg.config import load_config
+    from brainseg.runtime import check_device_spec, torchrun_env
+    from brainseg.train.distributed import PeerFailure
+    from brainseg.train.state import check_run_dir
+    from brainseg.train.trainer import train
 
     device = check_device_spec(args.device)
     overrides = list(args.overrides)

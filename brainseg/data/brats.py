@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
-from ..naming import strip_suffix
-from .cases import Candidate, Show, id_ok
+from brainseg.data.cases import Candidate, Show, id_ok
+from brainseg.io.naming import strip_suffix
 
 __all__ = ["BRATS_2023", "BRATS_CLASSIC", "SEQUENCE_SYNONYMS", "sequence_of"]
 
@@ -184,7 +184,9 @@ def brats_candidate(
     missing = [(r, i) for i, r in enumerate(order) if r not in case.roles]
     if missing:
         roles = ", ".join(r for r, _ in missing)
-        model = f" (the model's channel {', '.join(repr(channel_names[i]) for _, i in missing)})" if channel_names else ""
+        model = (
+            f" (the model's channel {', '.join(repr(channel_names[i]) for _, i in missing)})" if channel_names else ""
+        )
         problems.append(f"{where}: case {cid!r} is missing {roles}{model}; expected {_style_help(style)}")
         ok = False
     if not ok:

@@ -3,7 +3,7 @@
 :class:`Case` is one subject (:mod:`.layouts` finds those of a training data set,
 :mod:`.inputs` those to predict on); :class:`Dataset` a discovered training data set.
 Candidates are grouped from file names only (no image is opened): ``ID_0000``,
-``ID_0001``, ... are the channels of case ``ID`` (the rule of :mod:`brainseg.naming`).
+``ID_0001``, ... are the channels of case ``ID`` (the rule of :mod:`brainseg.io.naming`).
 
 Everything wrong with a folder is collected and raised at once as one
 :class:`DiscoveryError` that names each offending file or case. Hidden files (names
@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
-from typing import Callable, Iterable, Sequence
 
-from ..regions import Regions
-from ..errors import BrainsegError
-from ..naming import channel_stem, channel_tag, is_image_file, split_channel, strip_suffix
+from brainseg.errors import BrainsegError
+from brainseg.io.naming import (
+    channel_stem,
+    channel_tag,
+    is_image_file,
+    split_channel,
+    strip_suffix,
+)
+from brainseg.labels.regions import Regions
 
 __all__ = ["Case", "Dataset", "DiscoveryError", "safe_case_id"]
 
@@ -101,8 +107,7 @@ def safe_case_id(case_id: str, source: str) -> str:
     reason = unsafe_reason(case_id)
     if reason is not None:
         raise DiscoveryError(
-            f"{source}: case id {case_id!r} {reason} (case ids name output files, "
-            "so they must be plain file names)"
+            f"{source}: case id {case_id!r} {reason} (case ids name output files, so they must be plain file names)"
         )
     return case_id
 
@@ -183,9 +188,7 @@ class Candidate:
         return min((f for fs in self.channels.values() for f in fs), key=lambda p: p.name)
 
 
-def group_channels(
-    files: Iterable[Path], where: str, exact: frozenset[str] = frozenset()
-) -> dict[str, Candidate]:
+def group_channels(files: Iterable[Path], where: str, exact: frozenset[str] = frozenset()) -> dict[str, Candidate]:
     """Group scan files into cases: ``ID_NNNN`` files by ID, any other file on its own.
 
     A file whose stem is in ``exact`` is a single-channel case under its full stem even
@@ -228,9 +231,7 @@ def assemble(
         for ch, fs in sorted(c.channels.items()):
             if len(fs) > 1:
                 what = f" channel _{channel_tag(ch)}" if c.kind == "suffixed" else ""
-                problems.append(
-                    f"duplicate case id {cid!r}{what}: " + " and ".join(show(f) for f in fs)
-                )
+                problems.append(f"duplicate case id {cid!r}{what}: " + " and ".join(show(f) for f in fs))
                 ok = False
         if c.kind == "brats":
             if len(c.names) != n:

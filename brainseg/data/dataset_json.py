@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
-from ..errors import BrainsegError
-from ..naming import IMAGE_SUFFIXES, image_suffix
-from ..regions import Regions
-from .cases import Show
+from brainseg.data.cases import Show
+from brainseg.errors import BrainsegError
+from brainseg.io.naming import IMAGE_SUFFIXES, image_suffix
+from brainseg.labels.regions import Regions
 
 _INT_KEY_RE = re.compile(r"^[0-9]+$")
 
@@ -36,8 +36,13 @@ class JsonInfo:
 def _jtype(value: object) -> str:
     """A JSON-ish name for the type of ``value`` for messages."""
     return {
-        dict: "an object", list: "a list", str: "a string", bool: "a boolean",
-        int: "an integer", float: "a number", type(None): "null",
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "null",
     }.get(type(value), type(value).__name__)
 
 
@@ -72,9 +77,7 @@ def read_dataset_json(path: Path, problems: list[str]) -> JsonInfo:
         if isinstance(ending, str) and ending.lower() in IMAGE_SUFFIXES:
             info.file_ending = ending.lower()
         else:
-            problems.append(
-                f'{name}: field "file_ending" must be one of {", ".join(IMAGE_SUFFIXES)}, got {ending!r}'
-            )
+            problems.append(f'{name}: field "file_ending" must be one of {", ".join(IMAGE_SUFFIXES)}, got {ending!r}')
     return info
 
 
@@ -169,7 +172,7 @@ def _parse_regions(
     if not isinstance(class_order, list) or not all(_is_int(x) for x in class_order) or len(class_order) != len(names):
         problems.append(
             f'{name}: field "regions_class_order" must list one label value per region ({len(names)}: '
-            f'{", ".join(map(repr, names))}), got {class_order!r}'
+            f"{', '.join(map(repr, names))}), got {class_order!r}"
         )
         return {}, None
     try:
@@ -189,9 +192,7 @@ def _parse_plain_labels(name: str, value: dict, help_: str, problems: list[str])
             if v < 0:
                 problems.append(f'{name}: field "labels": {label_name!r} has negative value {v}')
             elif v in out:
-                problems.append(
-                    f'{name}: field "labels": value {v} is given to both {out[v]!r} and {label_name!r}'
-                )
+                problems.append(f'{name}: field "labels": value {v} is given to both {out[v]!r} and {label_name!r}')
             elif not label_name.strip():
                 problems.append(f'{name}: field "labels": value {v} has an empty name')
             else:
@@ -199,9 +200,7 @@ def _parse_plain_labels(name: str, value: dict, help_: str, problems: list[str])
     elif all(isinstance(v, str) for v in value.values()):  # MSD: "value" -> name
         for k, label_name in value.items():
             if not _INT_KEY_RE.match(k):
-                problems.append(
-                    f'{name}: field "labels": key {k!r} is not a label value (expected {help_})'
-                )
+                problems.append(f'{name}: field "labels": key {k!r} is not a label value (expected {help_})')
             elif int(k) in out:
                 problems.append(f'{name}: field "labels": value {int(k)} is given twice')
             elif not label_name.strip():

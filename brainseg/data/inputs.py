@@ -15,13 +15,35 @@ index order, as nnU-Net does.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from ..naming import IMAGE_SUFFIXES, channel_stem, image_suffix, split_channel, strip_suffix
-from .brats import brats_candidate, is_brats_case_folder, scan_brats, sequence_of
-from .cases import Candidate, Case, DiscoveryError, assemble, expected_channels, group_channels, list_dirs, list_images, plural, shower
-from .dataset_json import read_dataset_json
+from brainseg.data.brats import (
+    brats_candidate,
+    is_brats_case_folder,
+    scan_brats,
+    sequence_of,
+)
+from brainseg.data.cases import (
+    Candidate,
+    Case,
+    DiscoveryError,
+    assemble,
+    expected_channels,
+    group_channels,
+    list_dirs,
+    list_images,
+    plural,
+    shower,
+)
+from brainseg.data.dataset_json import read_dataset_json
+from brainseg.io.naming import (
+    IMAGE_SUFFIXES,
+    channel_stem,
+    image_suffix,
+    split_channel,
+    strip_suffix,
+)
 
 __all__ = ["discover_inputs"]
 
@@ -84,7 +106,10 @@ def _msd_candidates(
     if all(o is None for o in order):
         log.warning(
             "%s: dataset.json names the channels %s, the model %s: none match, so the _000N files are "
-            "taken in index order", folder, list(listed), list(channel_names)
+            "taken in index order",
+            folder,
+            list(listed),
+            list(channel_names),
         )
         return cands
     if None in order or len(set(order)) < len(order):
@@ -111,9 +136,7 @@ def _msd_candidates(
     return out
 
 
-def _inputs_from_folder(
-    folder: Path, channel_names: Sequence[str] | None, problems: list[str]
-) -> list[Candidate]:
+def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, problems: list[str]) -> list[Candidate]:
     """Candidate cases of one input folder (MSD root, BraTS root or case, scans folder)."""
     show = shower(None)
     if (folder / "dataset.json").is_file() or (folder / "imagesTs").is_dir() or (folder / "imagesTr").is_dir():

@@ -17,7 +17,7 @@ Three on-disk layouts are read by :func:`discover_dataset`:
     One folder per case holding ``ID_t1``, ``ID_t1ce``, ``ID_t2``, ``ID_flair`` and
     ``ID_seg`` (BraTS up to 2021) or ``ID-t1n``, ``ID-t1c``, ``ID-t2w``, ``ID-t2f`` and
     ``ID-seg`` (BraTS 2023 on). Cases without a segmentation go to the test split. The
-    regions are BraTS's WT/TC/ET (:data:`~brainseg.regions.BRATS_2021`, or ``BRATS_2023``
+    regions are BraTS's WT/TC/ET (:data:`~brainseg.labels.regions.BRATS_2021`, or ``BRATS_2023``
     for the 2023 names); the labels are left to be inferred from the data.
 ``plain``
     ``images/`` and ``labels/``, matched by file name (``X.nii.gz`` with ``X.nii.gz``, or
@@ -32,15 +32,20 @@ is opened here. Every problem is collected and raised at once
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
-from ..regions import brats_regions
-from ..naming import NIFTI_GZ, channel_tag, image_suffix, is_image_file, strip_suffix
-from .brats import BRATS_SEG, BRATS_STYLES, BratsCase, brats_candidate, brats_role, scan_brats
-from .cases import (
-    Case,
+from brainseg.data.brats import (
+    BRATS_SEG,
+    BRATS_STYLES,
+    BratsCase,
+    brats_candidate,
+    brats_role,
+    scan_brats,
+)
+from brainseg.data.cases import (
     Candidate,
+    Case,
     Dataset,
     DiscoveryError,
     Show,
@@ -54,7 +59,15 @@ from .cases import (
     shower,
     unsafe_reason,
 )
-from .dataset_json import JsonInfo, check_endings, read_dataset_json
+from brainseg.data.dataset_json import JsonInfo, check_endings, read_dataset_json
+from brainseg.io.naming import (
+    NIFTI_GZ,
+    channel_tag,
+    image_suffix,
+    is_image_file,
+    strip_suffix,
+)
+from brainseg.labels.regions import brats_regions
 
 __all__ = ["discover_dataset"]
 
@@ -97,18 +110,14 @@ def _pair(
             continue
         if cid not in labels and not any(strip_suffix(f) == cid for f in label_files):
             suffix = image_suffix(c.first_file()) or NIFTI_GZ
-            problems.append(
-                f"{show(c.first_file())}: case {cid!r} has no label (expected {label_dir}/{cid}{suffix})"
-            )
+            problems.append(f"{show(c.first_file())}: case {cid!r} has no label (expected {label_dir}/{cid}{suffix})")
     seen_labels: set[str] = set()
     for f in label_files:
         lid = strip_suffix(f)
         if lid not in cands and lid not in seen_labels and unsafe_reason(lid) is None:
             problems.append(f"{show(f)}: label without an image (no case {lid!r} in {image_dir})")
         seen_labels.add(lid)
-    return [
-        Case(cid, imgs, labels[cid]) for cid, imgs in sorted(images.items()) if cid in labels
-    ]
+    return [Case(cid, imgs, labels[cid]) for cid, imgs in sorted(images.items()) if cid in labels]
 
 
 def _detect_layout(root: Path) -> str | None:
@@ -162,15 +171,31 @@ def _read_msd(root: Path, problems: list[str]) -> Dataset:
         problems.append(f"case {cid!r} is in both imagesTr and imagesTs")
 
     tr_images = assemble(tr.values(), n, why, problems, show)
-    train = _pair(
-        tr, tr_images, _index_labels(tr_labels or [], problems, show), tr_labels or [],
-        "imagesTr", "labelsTr", problems, show,
-    ) if tr_labels is not None else []
+    train = (
+        _pair(
+            tr,
+            tr_images,
+            _index_labels(tr_labels or [], problems, show),
+            tr_labels or [],
+            "imagesTr",
+            "labelsTr",
+            problems,
+            show,
+        )
+        if tr_labels is not None
+        else []
+    )
     ts_images = assemble(ts.values(), n, why, problems, show)
     if ts_labels is not None:
         test = _pair(
-            ts, ts_images, _index_labels(ts_labels, problems, show), ts_labels,
-            "imagesTs", "labelsTs", problems, show,
+            ts,
+            ts_images,
+            _index_labels(ts_labels, problems, show),
+            ts_labels,
+            "imagesTs",
+            "labelsTs",
+            problems,
+            show,
         )
     else:
         test = [Case(cid, imgs) for cid, imgs in sorted(ts_images.items())]
@@ -232,8 +257,15 @@ def _read_brats(root: Path, problems: list[str]) -> Dataset:
     elif not train and not problems:
         problems.append(f"no case has a segmentation (ID{'-' if style == '2023' else '_'}seg): nothing to train on")
     regions = brats_regions((3,) if style == "2023" else (4,))  # enhancing tumour is 3 from BraTS 2023 on
-    return Dataset(root, "brats", channels, {}, sorted(train, key=lambda c: c.case_id),
-                   sorted(test, key=lambda c: c.case_id), regions=regions)
+    return Dataset(
+        root,
+        "brats",
+        channels,
+        {},
+        sorted(train, key=lambda c: c.case_id),
+        sorted(test, key=lambda c: c.case_id),
+        regions=regions,
+    )
 
 
 def discover_dataset(root: Path) -> Dataset:

@@ -1,1 +1,3 @@
-"""Inference stage: sliding windows and batch prediction."""
+"""Inference: the sliding window (``sliding_window``), one case through a trained model
+(``predictor``) and many cases to files (``batch``).
+"""

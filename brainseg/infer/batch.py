@@ -28,26 +28,26 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..atomic import atomic_write_text
-from ..card import ModelCard
-from ..config import Config, apply_overrides, config_from_dict, load_config
-from ..data.cases import Case
-from ..data.inputs import discover_inputs
-from ..errors import BrainsegError, InputError
-from ..io import write_image
-from ..model.checkpoint import load_model
-from ..naming import NIFTI_GZ, PROBABILITIES_TAG
-from ..postprocess import label_volumes, write_volumes_csv
-from ..runtime import resolve_device, torchrun_env
-from .predictor import Predictor
+from brainseg.config import Config, apply_overrides, config_from_dict, load_config
+from brainseg.data.cases import Case
+from brainseg.data.inputs import discover_inputs
+from brainseg.errors import BrainsegError, InputError
+from brainseg.infer.predictor import Predictor
+from brainseg.io.atomic import atomic_write_text
+from brainseg.io.images import write_image
+from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
+from brainseg.model.card import ModelCard
+from brainseg.model.checkpoint import load_model
+from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
+from brainseg.runtime import resolve_device, torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,11 @@ def predict_cases(
             continue
         try:
             volumes, background, ood = predict_one(predictor, case, outputs)
-            summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = volumes, background, ood
+            summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
+                volumes,
+                background,
+                ood,
+            )
         except (BrainsegError, OSError, torch.cuda.OutOfMemoryError) as exc:
             line = error_line(case, exc)
             log.error(line, exc_info=debug)

@@ -11,8 +11,8 @@
 so the mask has exactly the input's shape and affine. A region model (``card.regions``) has
 one sigmoid output per region instead: each region's probability is thresholded (the
 card's ``thresholds``), the regions write their labels by the class order
-(:func:`~brainseg.postprocess.regions_within_input`), and after the per-label clean-up
-the enhancing-tumour rule (:func:`~brainseg.postprocess.innermost_rule`) applies. :meth:`Predictor.prepare` does the
+(:func:`~brainseg.postprocess.decision.regions_within_input`), and after the per-label clean-up
+the enhancing-tumour rule (:func:`~brainseg.postprocess.decision.innermost_rule`) applies. :meth:`Predictor.prepare` does the
 reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
 prepares its cases once and segments them with the same code ``brainseg predict`` runs.
 The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.batch`.
@@ -23,24 +23,37 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Sequence, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import torch
 
-from ..card import ModelCard
-from ..config import InferConfig, PostprocessConfig
-from ..data.fingerprint import scan_reasons
-from ..data.foreground import far_background, subject_mask
-from ..data.preprocess import PreprocessRecord, invert_region_slabs, invert_to_original, preprocess, reorient_array, undo_reorient_array
-from ..errors import BrainsegError
-from ..io import DEFAULT_MAX_VOXELS, Geometry, read_channels
-from ..lateral import from_run_config
-from ..postprocess import innermost_rule, labels_within_input, postprocess_labels, regions_within_input
-from ..regions import Regions
-from .sliding_window import SlidingWindow
+from brainseg.config import InferConfig, PostprocessConfig
+from brainseg.errors import BrainsegError
+from brainseg.infer.sliding_window import SlidingWindow
+from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_channels
+from brainseg.labels.laterality import from_run_config
+from brainseg.labels.regions import Regions
+from brainseg.model.card import ModelCard
+from brainseg.postprocess.components import postprocess_labels
+from brainseg.postprocess.decision import (
+    innermost_rule,
+    labels_within_input,
+    regions_within_input,
+)
+from brainseg.preprocessing.foreground import far_background, subject_mask
+from brainseg.preprocessing.preprocess import (
+    PreprocessRecord,
+    invert_region_slabs,
+    invert_to_original,
+    preprocess,
+    reorient_array,
+    undo_reorient_array,
+)
+from brainseg.quality.ood import scan_reasons
 
 T = TypeVar("T")
 #: One inference attempt: (windows per forward pass, device of the accumulators).
@@ -57,7 +70,7 @@ class PreparedCase:
     #: The first file's own grid, which the mask is written in.
     geometry: Geometry
     #: Voxels of the original grid that are not exact-zero background (some channel is not 0,
-    #: or enclosed by such voxels: :func:`~brainseg.data.foreground.subject_mask`): the input-mask rule's mask.
+    #: or enclosed by such voxels: :func:`~brainseg.preprocessing.foreground.subject_mask`): the input-mask rule's mask.
     nonzero: np.ndarray
     #: Why the scan is unlike the training scans (the card's ranges); empty: it is not, or unknown.
     ood: list[str] = field(default_factory=list)
@@ -145,22 +158,33 @@ class Predictor:
         pairs = self.laterality.pairs and self.regions is None
         swap = self.laterality.channel_permutation(self.label_values) if pairs else None
         self.window = SlidingWindow.from_config(
-            self.model, card.patch_size, self.num_classes, infer, self.device,
-            swap_channels=swap, flip_left_right=self.laterality.may_flip_left_right,
+            self.model,
+            card.patch_size,
+            self.num_classes,
+            infer,
+            self.device,
+            swap_channels=swap,
+            flip_left_right=self.laterality.may_flip_left_right,
         )
         chosen = postprocess.innermost_min_mm3
         #: The enhancing-tumour rule's volume: the config's, else the one training chose (the card's).
         self.innermost_min_mm3 = float(card.innermost_min_mm3 if chosen is None else chosen)
         offsets = card.class_offsets if postprocess.class_offsets is None else tuple(postprocess.class_offsets)
         if offsets and (self.regions is not None or len(offsets) != self.num_classes):
-            raise BrainsegError(f"postprocess.class_offsets {list(offsets)}: expected one per class ({self.num_classes}) of a label model, or []")
+            raise BrainsegError(
+                f"postprocess.class_offsets {list(offsets)}: expected one per class ({self.num_classes}) of a label model, or []"
+            )
         #: Label models: per class, the factor its probability gets before the argmax (None: plain argmax).
         self.class_weights = np.exp(np.asarray(offsets, dtype=np.float32)) if any(offsets) else None
         fixed = postprocess.region_thresholds
         #: Region models: per region, the probability a voxel needs (the config's, else the card's).
         self.thresholds = card.thresholds if fixed is None else tuple(float(t) for t in fixed)
-        if self.regions is not None and (len(self.thresholds) != len(self.regions) or not all(0 < t < 1 for t in self.thresholds)):
-            raise BrainsegError(f"postprocess.region_thresholds {list(self.thresholds)}: expected one in (0, 1) per region ({len(self.regions)})")
+        if self.regions is not None and (
+            len(self.thresholds) != len(self.regions) or not all(0 < t < 1 for t in self.thresholds)
+        ):
+            raise BrainsegError(
+                f"postprocess.region_thresholds {list(self.thresholds)}: expected one in (0, 1) per region ({len(self.regions)})"
+            )
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -272,7 +296,11 @@ class Predictor:
         )
 
     def _probabilities_once(
-        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device,
+        self,
+        image: torch.Tensor,
+        record: PreprocessRecord,
+        batch_windows: int,
+        output_device: torch.device,
         far: np.ndarray | None,
     ) -> np.ndarray:
         logits = self._logits(image, record, batch_windows, output_device)
@@ -310,7 +338,7 @@ def sigmoid_(logits: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
 @torch.inference_mode()  # the sliding window's output is an inference tensor
 def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
     """In place: the background one-hot where ``far`` (a noisy scan's far background, see
-    :func:`~brainseg.data.foreground.far_background`); ``probs`` is (C, x, y, z)."""
+    :func:`~brainseg.preprocessing.foreground.far_background`); ``probs`` is (C, x, y, z)."""
     if far is not None and far.any():
         where = torch.from_numpy(far).to(probs.device)
         probs[:, where] = 0.0
@@ -328,14 +356,19 @@ def reducer(input_mask: str, regions: Regions | None = None, thresholds: Sequenc
 
 
 def classes_in_original_grid(
-    probs: torch.Tensor, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str,
-    regions: Regions | None = None, thresholds: Sequence[float] = (), weights: np.ndarray | None = None,
+    probs: torch.Tensor,
+    record: PreprocessRecord,
+    nonzero: np.ndarray,
+    input_mask: str,
+    regions: Regions | None = None,
+    thresholds: Sequence[float] = (),
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """``labels_within_input(invert_to_original(probs, record), nonzero, input_mask)``, cheaply
     (for a region model, with ``regions``: the label values of :func:`regions_within_input`).
 
     Only the region of the original grid that the crop box reaches is interpolated
-    (:func:`~brainseg.data.preprocess.invert_region_slabs`, a slab at a time) and reduced to class indices
+    (:func:`~brainseg.preprocessing.preprocess.invert_region_slabs`, a slab at a time) and reduced to class indices
     there; outside it the probabilities are the background one-hot (no region: all 0), whose label (per
     ``nonzero`` and ``input_mask``) is filled in directly. The reorientation is undone
     on the small integer map instead of the C float maps.

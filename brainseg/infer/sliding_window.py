@@ -16,7 +16,7 @@ cropped off again. The windows then sit exactly one step apart and no voxel of t
 volume is within ``margin`` of the outer windows' edges, where a network sees the
 least context. This matters for a volume cropped to its non-zero box (the default):
 there the border is the brain's outer rim. The padding takes the case's normalised
-background value (``pad_value``, per channel; :class:`~brainseg.data.preprocess.PreprocessRecord`),
+background value (``pad_value``, per channel; :class:`~brainseg.preprocessing.preprocess.PreprocessRecord`),
 so it shows the network what the uncropped volume has there, as training patches do. Measured
 against MONAI tiling the whole volume (scripts/benchmark.py, same weights): windows
 flush on the rim gave CSF Dice 0.007-0.037 below MONAI's (three demo models);
@@ -40,7 +40,7 @@ Test-time mirroring (``mirror``) averages the logits over the 8 flip combination
 three axes. Axis 0 of the (preprocessed, RAS-ordered) volume is the subject's left-right
 axis: a combination that flips it turns left structures into right ones, so its flipped-back
 logits take their channels from ``swap_channels`` (each left/right pair's channels swapped,
-:meth:`~brainseg.lateral.Laterality.channel_permutation`) before they are averaged, which
+:meth:`~brainseg.labels.laterality.Laterality.channel_permutation`) before they are averaged, which
 keeps the average equivariant: the mirrored scan gets the mirrored, side-swapped prediction.
 With ``flip_left_right`` False (a lateralised label without a partner) those combinations are
 left out (4 instead of 8 passes).
@@ -50,15 +50,15 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import InferConfig
-from ..model.fast_paths import fold_batch_norm, fuse_instance_norm
-from ..runtime import autocast
+from brainseg.config import InferConfig
+from brainseg.model.fast_paths import fold_batch_norm, fuse_instance_norm
+from brainseg.runtime import autocast
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -156,9 +156,15 @@ class SlidingWindow:
 
     @classmethod
     def from_config(
-        cls, model: torch.nn.Module, patch_size: Sequence[int], num_classes: int, infer: InferConfig,
-        device: str | torch.device = "cpu", swap_channels: Sequence[int] | None = None, flip_left_right: bool = True,
-    ) -> "SlidingWindow":
+        cls,
+        model: torch.nn.Module,
+        patch_size: Sequence[int],
+        num_classes: int,
+        infer: InferConfig,
+        device: str | torch.device = "cpu",
+        swap_channels: Sequence[int] | None = None,
+        flip_left_right: bool = True,
+    ) -> SlidingWindow:
         """A sliding window with the ``infer`` section's settings (the left-right ones: see the module docstring)."""
         return cls(
             model,

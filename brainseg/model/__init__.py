@@ -1,5 +1,6 @@
-"""Model stage: the 3D U-Net."""
+"""The network: the 3D U-Net (``unet``), its inference-time rewrites (``fast_paths``), the model
+card (``card``: what a checkpoint says about its model) and checkpoints (``checkpoint``)."""
 
-from .unet import UNet3D, build_model, feature_list
+from brainseg.model.unet import UNet3D, build_model, feature_list
 
 __all__ = ["UNet3D", "build_model", "feature_list"]

@@ -4,7 +4,7 @@ A checkpoint is a plain dict of tensors and primitive containers, so it loads wi
 ``torch.load(..., weights_only=True)``: a file whose pickle carries code is refused
 and the code never runs. Besides the weights it holds the optimizer, schedule and
 scaler states, the epoch, RNG states and a **model card**
-(:class:`~brainseg.card.ModelCard`, stored as its ``to_dict()``).
+(:class:`~brainseg.model.card.ModelCard`, stored as its ``to_dict()``).
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ from typing import Any
 
 import torch
 
-from ..card import ModelCard
-from ..errors import BrainsegError
-from ..atomic import atomic_path
-from ..naming import CHECKPOINT_BEST, CHECKPOINT_CHOICES, CHECKPOINT_FINAL, CHECKPOINT_LAST  # noqa: F401 (re-exported)
-from .unet import UNet3D, build_model
+from brainseg.errors import BrainsegError
+from brainseg.io.atomic import atomic_path
+from brainseg.io.naming import (  # noqa: F401 (re-exported)
+    CHECKPOINT_BEST,
+    CHECKPOINT_CHOICES,
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LAST,
+)
+from brainseg.model.card import ModelCard
+from brainseg.model.unet import UNet3D, build_model
 
 #: Which checkpoint of a run folder :func:`load_model` takes, in order of preference: the
 #: model at the end of training; for a run that has not finished, the one with the best
@@ -101,7 +106,8 @@ def load_card(path: str | os.PathLike) -> ModelCard:
 def nonfinite_tensors(weights: dict[str, Any]) -> list[str]:
     """The names of the floating-point tensors of a state dict that hold NaN or inf."""
     return [
-        k for k, v in weights.items()
+        k
+        for k, v in weights.items()
         if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())
     ]
 

@@ -140,11 +140,23 @@ def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
     if norm.bias is not None:
         bias = bias + norm.bias.float()
     out = nn.Conv3d(
-        conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
-        dilation=conv.dilation, groups=conv.groups, bias=True, padding_mode=conv.padding_mode,
-        device=conv.weight.device, dtype=conv.weight.dtype,
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
     )
-    fmt = torch.channels_last_3d if conv.weight.is_contiguous(memory_format=torch.channels_last_3d) else torch.contiguous_format
+    fmt = (
+        torch.channels_last_3d
+        if conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+        else torch.contiguous_format
+    )
     weight = (conv.weight.float() * scale.view(-1, 1, 1, 1, 1)).to(conv.weight.dtype)
     out.weight = nn.Parameter(weight.contiguous(memory_format=fmt), requires_grad=False)
     out.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)

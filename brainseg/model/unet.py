@@ -19,13 +19,13 @@ information than a cut network does). See docs/skip_connections.md.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import BrainsegError
+from brainseg.errors import BrainsegError
 
 
 def feature_list(levels: int, base_features: int, max_features: int) -> list[int]:
@@ -79,7 +79,9 @@ def _triple(value) -> tuple[int, int, int]:
     return tuple(int(v) for v in value)
 
 
-def stage_geometry(levels: int, strides=None, kernels=None) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
+def stage_geometry(
+    levels: int, strides=None, kernels=None
+) -> tuple[list[tuple[int, int, int]], list[tuple[int, int, int]]]:
     """Per downsampling its stride, per level its kernel (dynamic-network-architectures' lists):
     ``strides`` has ``levels - 1`` entries (null: 2 on every axis), ``kernels`` ``levels``
     (null: 3 on every axis); an anisotropic plan pools the coarse axis later (stride 1) and
@@ -87,7 +89,9 @@ def stage_geometry(levels: int, strides=None, kernels=None) -> tuple[list[tuple[
     strides = [(2, 2, 2)] * (levels - 1) if strides is None else [_triple(s) for s in strides]
     kernels = [(3, 3, 3)] * levels if kernels is None else [_triple(k) for k in kernels]
     if len(strides) != levels - 1 or any(v not in (1, 2) for s in strides for v in s):
-        raise BrainsegError(f"model.strides: expected {levels - 1} triples of 1 or 2 (one per downsampling), got {strides}")
+        raise BrainsegError(
+            f"model.strides: expected {levels - 1} triples of 1 or 2 (one per downsampling), got {strides}"
+        )
     if len(kernels) != levels or any(v not in (1, 3, 5) for k in kernels for v in k):
         raise BrainsegError(f"model.kernels: expected {levels} triples of 1, 3 or 5 (one per level), got {kernels}")
     return strides, kernels
@@ -164,8 +168,11 @@ class UNet3D(nn.Module):
         f = self.features
         self.encoder = nn.ModuleList(
             ConvBlock(
-                in_channels if i == 0 else f[i - 1], f[i], norm,
-                stride=1 if i == 0 else self.strides[i - 1], kernel=self.kernels[i],
+                in_channels if i == 0 else f[i - 1],
+                f[i],
+                norm,
+                stride=1 if i == 0 else self.strides[i - 1],
+                kernel=self.kernels[i],
             )
             for i in range(levels)
         )

@@ -1,19 +1,20 @@
 """Self-configuration: a data set's fingerprint in, a commented config out (``brainseg plan``).
 
-:mod:`.rules` decides (each decision with its reason), :mod:`.network` sizes the U-Net
-(per-axis pooling and kernels, GPU memory, the CPU step time), :mod:`.render` writes the
-plan as a YAML config that ``--config`` reads back.
+:mod:`.fingerprint` measures the training set (nnU-Net's fingerprint), :mod:`.check` checks it
+(``brainseg check``), :mod:`.rules` decides (each decision with its reason), :mod:`.network`
+sizes the U-Net (per-axis pooling and kernels, GPU memory, the CPU step time), :mod:`.render`
+writes the plan as a YAML config that ``--config`` reads back.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..atomic import atomic_write_text
-from ..data.fingerprint import FINGERPRINT_FILE, Fingerprint, fingerprint_dataset
-from ..data.layouts import discover_dataset
-from .render import render_plan
-from .rules import Plan, plan_config
+from brainseg.data.layouts import discover_dataset
+from brainseg.io.atomic import atomic_write_text
+from brainseg.plan.fingerprint import FINGERPRINT_FILE, Fingerprint, fingerprint_dataset
+from brainseg.plan.render import render_plan
+from brainseg.plan.rules import Plan, plan_config
 
 #: What ``brainseg train`` without ``--config`` writes into the run folder.
 PLAN_FILE = "plan.yaml"

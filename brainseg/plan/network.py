@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..model.unet import UNet3D, divisors, feature_list
+from brainseg.model.unet import UNet3D, divisors, feature_list
 
 #: Pool an axis only while its feature map has at least this many voxels after pooling.
 MIN_FEATURE_MAP = 4
@@ -88,22 +88,36 @@ def feature_map_elements(patch: Sequence[int], topo: Topology, base_features: in
     return total
 
 
-def gpu_memory_gb(patch: Sequence[int], topo: Topology, base_features: int, max_features: int, batch: int,
-                  bytes_per_element: int = 2) -> float:
+def gpu_memory_gb(
+    patch: Sequence[int], topo: Topology, base_features: int, max_features: int, batch: int, bytes_per_element: int = 2
+) -> float:
     """A training step's GPU memory (GB) at mixed precision, from the feature-map sizes."""
     elements = feature_map_elements(patch, topo, base_features, max_features) * batch * TENSORS_PER_LEVEL
     return elements * bytes_per_element / 1024**3 + CUDA_OVERHEAD_GB
 
 
 def measure_step_seconds(
-    patch: Sequence[int], topo: Topology, in_channels: int, num_classes: int, base_features: int,
-    max_features: int, batch: int, steps: int = 3,
+    patch: Sequence[int],
+    topo: Topology,
+    in_channels: int,
+    num_classes: int,
+    base_features: int,
+    max_features: int,
+    batch: int,
+    steps: int = 3,
 ) -> float:
     """The median time of ``steps`` CPU training steps (forward, cross-entropy, backward, AdamW)
     of the real network on random data, after one warm-up step."""
     torch.manual_seed(0)
-    net = UNet3D(in_channels, num_classes, levels=topo.levels, base_features=base_features,
-                 max_features=max_features, strides=topo.strides, kernels=topo.kernels)
+    net = UNet3D(
+        in_channels,
+        num_classes,
+        levels=topo.levels,
+        base_features=base_features,
+        max_features=max_features,
+        strides=topo.strides,
+        kernels=topo.kernels,
+    )
     net.to(memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch, in_channels, *patch).to(memory_format=torch.channels_last_3d)

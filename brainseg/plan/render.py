@@ -6,8 +6,8 @@ import dataclasses
 
 import yaml
 
-from ..config import Config
-from .rules import Plan
+from brainseg.config import Config
+from brainseg.plan.rules import Plan
 
 
 def _value(value) -> str:
@@ -17,7 +17,10 @@ def _value(value) -> str:
 
 def render_plan(plan: Plan, title: str) -> str:
     """The plan as a commented config: ``--config`` reads it back exactly."""
-    lines = [f"# {title}", "# written by `brainseg plan`; edit any field (or override it with --set section.field=value)."]
+    lines = [
+        f"# {title}",
+        "# written by `brainseg plan`; edit any field (or override it with --set section.field=value).",
+    ]
     lines += [f"# {note}" for note in plan.notes]
     lines.append(f"# {plan.summary()}")
     for section in dataclasses.fields(Config):

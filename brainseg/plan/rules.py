@@ -19,9 +19,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..config import Config
-from ..data.fingerprint import Fingerprint
-from .network import Topology, gpu_memory_gb, measure_step_seconds, round_patch, topology
+from brainseg.config import Config
+from brainseg.plan.fingerprint import Fingerprint
+from brainseg.plan.network import (
+    Topology,
+    gpu_memory_gb,
+    measure_step_seconds,
+    round_patch,
+    topology,
+)
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +98,9 @@ def target_spacing(fp: Fingerprint) -> tuple[list[float], str]:
             f"median {_fmt(median)} mm; anisotropic (axis {coarse} over {ANISOTROPY_RATIO:g}x the finest): "
             "its 10th percentile, the low-resolution axis kept (nnU-Net)"
         )
-    return [round(float(v), 4) for v in median], f"the training cases' median voxel size (range {_fmt(spacings.min(0))} to {_fmt(spacings.max(0))} mm)"
+    return [
+        round(float(v), 4) for v in median
+    ], f"the training cases' median voxel size (range {_fmt(spacings.min(0))} to {_fmt(spacings.max(0))} mm)"
 
 
 def median_shape(fp: Fingerprint, spacing) -> list[float]:
@@ -114,8 +122,9 @@ def _scaled_patch(shape, voxels: float, spacing, max_levels: int) -> tuple[list[
     return round_patch(raw, topo.divisor, shape), topo
 
 
-def plan_network(fp: Fingerprint, cfg: Config, reasons: dict, device: str, gpu_memory: float,
-                 minutes: float | None, measure: bool) -> tuple[float | None, int]:
+def plan_network(
+    fp: Fingerprint, cfg: Config, reasons: dict, device: str, gpu_memory: float, minutes: float | None, measure: bool
+) -> tuple[float | None, int]:
     spacing = cfg.data.target_spacing
     shape = median_shape(fp, spacing)
     n_in = len(fp.channels)
@@ -149,8 +158,10 @@ def plan_network(fp: Fingerprint, cfg: Config, reasons: dict, device: str, gpu_m
                 voxels /= 2
             else:
                 break
-        why = (f"median foreground shape {_fmt(shape)} at the target spacing, sized for "
-               f"{minutes or 60:g} minutes on this CPU" + (f" ({seconds:.2f} s per step measured)" if seconds else ""))
+        why = (
+            f"median foreground shape {_fmt(shape)} at the target spacing, sized for "
+            f"{minutes or 60:g} minutes on this CPU" + (f" ({seconds:.2f} s per step measured)" if seconds else "")
+        )
     cfg.train.patch_size, cfg.train.batch_size = patch, batch
     cfg.model.levels, cfg.model.base_features, cfg.model.max_features = topo.levels, base, top
     cfg.model.strides = None if topo.isotropic else [list(s) for s in topo.strides]
@@ -187,20 +198,24 @@ def input_mask(fp: Fingerprint) -> tuple[str, str]:
     outside = max(c.labels_outside_scan for c in zero)
     unlabelled = max(c.scan_unlabelled for c in zero)
     if outside < MASK_TOLERANCE and unlabelled < MASK_TOLERANCE:
-        return "fill", (f"in every zero-background training case ({len(zero)}) the labels are non-zero exactly where "
-                        "the scan is; applied per case, only to scans with an exact-zero background")
+        return "fill", (
+            f"in every zero-background training case ({len(zero)}) the labels are non-zero exactly where "
+            "the scan is; applied per case, only to scans with an exact-zero background"
+        )
     if outside < MASK_TOLERANCE:
         return "restrict", f"labels never lie where the scan is zero ({len(zero)} zero-background case(s))"
     return "none", f"{outside:.1%} of some case's labels lie where the scan is zero"
 
 
-def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, minutes: float | None = None,
-                measure: bool = True) -> Plan:
+def plan_config(
+    fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, minutes: float | None = None, measure: bool = True
+) -> Plan:
     """The config for a data set with ``fp``; ``measure``: time the CPU step (False under
     torchrun, where every rank must plan the same: the step time is then not measured and
     ``--max-minutes`` ends the run)."""
     if not fp.cases:
-        from ..errors import BrainsegError
+        from brainseg.errors import BrainsegError
+
         raise BrainsegError("cannot plan: no training case could be fingerprinted")
     cfg, reasons = Config(), {}
     cfg.data.target_spacing, reasons["data.target_spacing"] = target_spacing(fp)
@@ -221,17 +236,26 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
         t.epochs = math.ceil(expected * CPU_STEP_HEADROOM) if steps and minutes else expected
         reasons["train.optimizer"] = "AdamW, lr 0.003: learns fastest in short CPU runs (measured on the demo task)"
         reasons["train.epochs"] = (
-            (f"an upper bound, {CPU_STEP_HEADROOM:g}x the {steps} steps measured to fill {minutes:g} minutes: "
-             "--max-minutes ends the run and the schedule follows the clock") if steps and minutes
-            else f"{steps} steps fill 60 minutes; the schedule ends with them" if steps
-            else "an upper bound: --max-minutes ends the run")
+            (
+                f"an upper bound, {CPU_STEP_HEADROOM:g}x the {steps} steps measured to fill {minutes:g} minutes: "
+                "--max-minutes ends the run and the schedule follows the clock"
+            )
+            if steps and minutes
+            else f"{steps} steps fill 60 minutes; the schedule ends with them"
+            if steps
+            else "an upper bound: --max-minutes ends the run"
+        )
         t.num_workers = 1
         cfg.infer.mirror, cfg.infer.batch_windows = True, 2
-        reasons["infer.mirror"] = ("test-time mirroring (8 passes, 8x the inference time): +0.011 mean Dice on "
-                                   "held-out and shifted demo scans after a 10-minute CPU run (measured)")
+        reasons["infer.mirror"] = (
+            "test-time mirroring (8 passes, 8x the inference time): +0.011 mean Dice on "
+            "held-out and shifted demo scans after a 10-minute CPU run (measured)"
+        )
     cfg.model.deep_supervision = True
-    reasons["model.deep_supervision"] = ("nnU-Net's default; a 10-minute CPU run learns faster with it "
-                                         "(demo: shifted-scan Dice 0.83 vs 0.79-0.82 without, measured)")
+    reasons["model.deep_supervision"] = (
+        "nnU-Net's default; a 10-minute CPU run learns faster with it "
+        "(demo: shifted-scan Dice 0.83 vs 0.79-0.82 without, measured)"
+    )
     t.val_every = max(1, expected // VALIDATIONS) if expected < 1000 else 50
     reasons["train.val_every"] = f"about {VALIDATIONS} validations per run"
     reasons["train.num_workers"] = "loader processes beside training, one core left for the network on a CPU"
@@ -241,7 +265,9 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
         cfg.labels.mirror_pairs = [list(p) for p in lat.pairs]
         reasons["labels.mirror_pairs"] = "from the label names: swapped whenever a flip mirrors left and right"
     elif lat.unpaired:
-        reasons["labels.mirror_pairs"] = f"lateralised labels {list(lat.unpaired)} without partners: no left-right flips"
+        reasons["labels.mirror_pairs"] = (
+            f"lateralised labels {list(lat.unpaired)} without partners: no left-right flips"
+        )
     else:
         cfg.labels.mirror_pairs = []
         reasons["labels.mirror_pairs"] = "no lateralised label names: flips need no swaps"
@@ -255,19 +281,29 @@ def plan_config(fp: Fingerprint, device: str = "cpu", gpu_memory: float = 8.0, m
     cfg.postprocess.largest_foreground = least >= ONE_FOREGROUND
     reasons["postprocess.largest_foreground"] = (
         f"the largest component holds >= {least:.1%} of the labelled foreground in every training case: "
-        "what lies apart from it is removed" if cfg.postprocess.largest_foreground
-        else f"in some training case the largest foreground component holds only {least:.1%} of the labels")
-    reasons["postprocess.largest_component"] = ("labels that are one component in every training case" if single
-                                                else "every label has several components in some training case")
+        "what lies apart from it is removed"
+        if cfg.postprocess.largest_foreground
+        else f"in some training case the largest foreground component holds only {least:.1%} of the labels"
+    )
+    reasons["postprocess.largest_component"] = (
+        "labels that are one component in every training case"
+        if single
+        else "every label has several components in some training case"
+    )
     reasons["infer.overlap"] = "half-patch steps with Gaussian weights (nnU-Net)"
     key = "postprocess.region_thresholds" if fp.regions else "postprocess.class_offsets"
     reasons[key] = "null: chosen on the validation cases at the end of training (kept in the model card)"
     reasons["augment.p_flip"] = "each axis on its own" + (
-        "; left-right flips swap the pairs" if lat.pairs else "; no left-right flips (unpaired lateral labels)"
-        if lat.unpaired else "")
+        "; left-right flips swap the pairs"
+        if lat.pairs
+        else "; no left-right flips (unpaired lateral labels)"
+        if lat.unpaired
+        else ""
+    )
     notes = [
         f"{len(fp.cases)} training case(s), layout {fp.layout or '?'}, channels {', '.join(fp.channels)}",
-        "labels " + (", ".join(f"{k} {v}" for k, v in sorted(fp.labels.items())) or f"{fp.label_values} (from the label maps)"),
+        "labels "
+        + (", ".join(f"{k} {v}" for k, v in sorted(fp.labels.items())) or f"{fp.label_values} (from the label maps)"),
         f"median voxel size {_fmt(fp.median('ras_spacing'))} mm, median foreground {_fmt(fp.median('extent_mm'))} mm",
     ]
     plan = Plan(cfg, reasons, notes, seconds, steps)

@@ -24,14 +24,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..errors import BrainsegError, one_line
-from ..runtime import DistInfo, torchrun_env
+from brainseg.errors import BrainsegError, one_line
+from brainseg.runtime import DistInfo, torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def _raise_together(error: BaseException | None, info: DistInfo, what: str) -> N
         dist.all_gather_object(messages, None if error is None else one_line(str(error) or type(error).__name__))
     except (RuntimeError, dist.DistError) as exc:  # the other side is gone
         if error is not None:
-            raise error
+            raise error from None
         raise lost_peer(exc) from None
     failed = [r for r, m in enumerate(messages) if m is not None]
     if error is not None and messages.index(messages[info.rank]) == info.rank:

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, atomic_write_text
-from ..regions import Regions
+from brainseg.io.atomic import atomic_path, atomic_write_text
+from brainseg.labels.regions import Regions
 
 
 def training_bar(total_steps: int, step: int, budget: float | None, elapsed: float, enabled: bool) -> tqdm:
     """The training progress bar: to the last step, or under a time budget (seconds) to what
     is left of it (``elapsed``: training seconds before this invocation)."""
     if budget is None:
-        return tqdm(total=total_steps, initial=step, desc="training", unit="it", disable=not enabled,
-                    dynamic_ncols=True)
+        return tqdm(
+            total=total_steps, initial=step, desc="training", unit="it", disable=not enabled, dynamic_ncols=True
+        )
     left = max(0.0, budget - elapsed)
     return tqdm(
         total=int(left),

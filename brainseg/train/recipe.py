@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
-from ..config import Config, LabelsConfig
-from ..data.cases import Case
-from ..errors import BrainsegError
-from ..io import read_label
-from ..lateral import Laterality, resolve
-from ..regions import Regions
-from ..runtime import torchrun_env
+from brainseg.config import Config, LabelsConfig
+from brainseg.data.cases import Case
+from brainseg.errors import BrainsegError
+from brainseg.io.images import read_label
+from brainseg.labels.laterality import Laterality, resolve
+from brainseg.labels.regions import Regions
+from brainseg.runtime import torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,15 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
 def resolve_laterality(config: Config, labels: dict[int, str]) -> tuple[Config, Laterality]:
     """The data set's left/right label pairs (``labels.mirror_pairs``, else from the label names)
     and a copy of ``config`` recording them, as the run's config and model card store them
-    (:meth:`~brainseg.lateral.Laterality.to_config`). Logs one line: the pairs (info), a warning
+    (:meth:`~brainseg.labels.laterality.Laterality.to_config`). Logs one line: the pairs (info), a warning
     naming the lateralised labels without a partner (then no patch is flipped left-right), or
     (debugging) that there are none."""
     found = resolve(config.labels.mirror_pairs, labels)
     level = logging.WARNING if not found.may_flip_left_right else logging.INFO if found.pairs else logging.DEBUG
     log.log(level, found.describe(labels))
     return replace(config, labels=replace(config.labels, mirror_pairs=found.to_config())), found
+
+
 def resolve_regions(config: LabelsConfig, dataset_regions: Regions | None, labels: dict[int, str]) -> Regions | None:
     """What the network learns: the config's ``labels.regions`` when given ({}: per-label
     training), else the data set's regions (in ``labels.regions_class_order`` if that is set);
@@ -65,8 +67,10 @@ def resolve_regions(config: LabelsConfig, dataset_regions: Regions | None, label
     else:
         regions = Regions.from_config(config.regions, config.regions_class_order)
     if regions is None and config.regions_class_order is not None:
-        raise BrainsegError("config labels.regions_class_order is set but there are no regions (labels.regions, "
-                            "or a data set that defines them)")
+        raise BrainsegError(
+            "config labels.regions_class_order is set but there are no regions (labels.regions, "
+            "or a data set that defines them)"
+        )
     if regions is not None:
         regions.class_table(labels)  # one error line when a region names an unknown label
     if regions is not None and torchrun_env().is_main:
@@ -85,10 +89,14 @@ def output_count(labels: dict[int, str], regions: Regions | None) -> int:
 
 
 def region_card_fields(regions: Regions | None, innermost_min_mm3: float) -> dict:
-    """The model card's region fields (:class:`~brainseg.card.ModelCard`): none for a label model."""
+    """The model card's region fields (:class:`~brainseg.model.card.ModelCard`): none for a label model."""
     if regions is None:
         return {}
-    return {"regions": regions, "region_thresholds": (0.5,) * len(regions), "innermost_min_mm3": float(innermost_min_mm3)}
+    return {
+        "regions": regions,
+        "region_thresholds": (0.5,) * len(regions),
+        "innermost_min_mm3": float(innermost_min_mm3),
+    }
 
 
 def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
@@ -143,7 +151,7 @@ def region_targets(classes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
 
 class SegLoss(torch.nn.Module):
     """Dice + cross-entropy (MONAI's DiceCELoss, softmax over the classes), or with a
-    ``region_table`` (:meth:`~brainseg.regions.Regions.class_table`) Dice + BCE per region
+    ``region_table`` (:meth:`~brainseg.labels.regions.Regions.class_table`) Dice + BCE per region
     (:class:`RegionLoss`) against the region masks of the class-index target; with optional
     deep supervision: a list of outputs (finest first) is scored against the target
     resampled (nearest) to each, with :func:`deep_supervision_weights`."""
@@ -173,9 +181,11 @@ class SegLoss(torch.nn.Module):
         total = sum(weights)
         loss = 0.0
         for w, out in zip(weights, outputs):
-            t = target if out.shape[2:] == target.shape[2:] else F.interpolate(
-                target.float(), size=out.shape[2:], mode="nearest"
-            ).long()
+            t = (
+                target
+                if out.shape[2:] == target.shape[2:]
+                else F.interpolate(target.float(), size=out.shape[2:], mode="nearest").long()
+            )
             loss = loss + (w / total) * self._score(out, t)
         return loss
 

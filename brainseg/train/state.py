@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_text
-from ..errors import BrainsegError
-from ..model.checkpoint import CHECKPOINT_LAST
+from brainseg.errors import BrainsegError
+from brainseg.io.atomic import atomic_write_text
+from brainseg.model.checkpoint import CHECKPOINT_LAST
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
     if resume and not last.is_file():
         raise BrainsegError(f"{run_dir}: nothing to resume (no {CHECKPOINT_LAST})")
     if not resume and last.is_file():
-        raise BrainsegError(f"{run_dir}: already holds a training run; use --resume to continue it or choose a new --out")
+        raise BrainsegError(
+            f"{run_dir}: already holds a training run; use --resume to continue it or choose a new --out"
+        )
 
 
 def write_run_files(run_dir: Path, config_yaml: str, train_cases, val_cases) -> None:
@@ -73,7 +75,7 @@ class RunState:
         }
 
     @classmethod
-    def from_checkpoint(cls, st: dict[str, Any]) -> "RunState":
+    def from_checkpoint(cls, st: dict[str, Any]) -> RunState:
         budget = st.get("budget")  # absent before budgets were stored
         return cls(
             epoch=int(st["epoch"]),

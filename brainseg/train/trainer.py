@@ -40,24 +40,64 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..card import ModelCard, Network, Normalization, package_versions
-from ..atomic import atomic_write_text
-from ..config import Config, dump_config
-from ..data.cache import cache_cases, intensity_statistics, median_spacing
-from ..data.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, training_ranges
-from ..data.layouts import discover_dataset
-from ..data.loader import PatchDataset, RangeSampler, make_loader
-from ..data.preprocess import PREPROCESS_VERSION
-from ..errors import BrainsegError
-from ..model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
-from ..model.unet import UNet3D, build_model
-from ..runtime import autocast, resolve_device, restore_rng_states, rng_states, seed_everything, torchrun_env
-from . import distributed as ddp
-from .recipe import SegLoss, label_table, make_optimizer, poly_lr, resolve_laterality, run_budget, schedule_progress, split_cases
-from .recipe import output_count, region_card_fields, region_table, resolve_regions
-from .monitor import TensorBoard, curve_names, plot_curves, training_bar, write_metrics_csv
-from .state import RunState, StepOutcome, check_run_dir, write_run_files
-from .validation import Validation
+from brainseg.config import Config, dump_config
+from brainseg.data.layouts import discover_dataset
+from brainseg.errors import BrainsegError
+from brainseg.io.atomic import atomic_write_text
+from brainseg.model.card import ModelCard, Network, Normalization, package_versions
+from brainseg.model.checkpoint import (
+    CHECKPOINT_BEST,
+    CHECKPOINT_FINAL,
+    CHECKPOINT_LAST,
+    load_checkpoint,
+    nonfinite_tensors,
+    save_checkpoint,
+)
+from brainseg.model.unet import UNet3D, build_model
+from brainseg.plan.fingerprint import (
+    FINGERPRINT_FILE,
+    fingerprint_dataset,
+    training_ranges,
+)
+from brainseg.preprocessing.cache import (
+    cache_cases,
+    intensity_statistics,
+    median_spacing,
+)
+from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
+from brainseg.runtime import (
+    autocast,
+    resolve_device,
+    restore_rng_states,
+    rng_states,
+    seed_everything,
+    torchrun_env,
+)
+from brainseg.train import distributed as ddp
+from brainseg.train.monitor import (
+    TensorBoard,
+    curve_names,
+    plot_curves,
+    training_bar,
+    write_metrics_csv,
+)
+from brainseg.train.recipe import (
+    SegLoss,
+    label_table,
+    make_optimizer,
+    output_count,
+    poly_lr,
+    region_card_fields,
+    region_table,
+    resolve_laterality,
+    resolve_regions,
+    run_budget,
+    schedule_progress,
+    split_cases,
+)
+from brainseg.train.sampling.loader import PatchDataset, RangeSampler, make_loader
+from brainseg.train.state import RunState, StepOutcome, check_run_dir, write_run_files
+from brainseg.train.validation import Validation
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +186,9 @@ class Trainer:
         self.val_sources = list(val_cases)  # validated from their files, as predict reads them
         self.validation = Validation(self.val_sources, list(self.labels), self.dist, self.regions)
         table = region_table(self.regions, self.labels)  # class index -> regions, or None
-        self.model: UNet3D = build_model(len(self.channels), output_count(self.labels, self.regions), **asdict(cfg.model))
+        self.model: UNet3D = build_model(
+            len(self.channels), output_count(self.labels, self.regions), **asdict(cfg.model)
+        )
         self.model.check_patch_size(cfg.train.patch_size)
         self.model.to(self.device)
         # channels-last (NDHWC) is faster for Conv3d on CUDA and, measured, on CPU (oneDNN) too
@@ -161,8 +203,15 @@ class Trainer:
         if self.resume:
             self._load_state(self.run_dir / CHECKPOINT_LAST)
         self.dataset = PatchDataset(
-            self.train_cases, cfg.train.patch_size, cfg.train.batch_size, cfg.train.foreground_fraction, cfg.augment,
-            seed=cfg.train.seed, rank=self.dist.rank, laterality=self.laterality, label_values=list(self.labels),
+            self.train_cases,
+            cfg.train.patch_size,
+            cfg.train.batch_size,
+            cfg.train.foreground_fraction,
+            cfg.augment,
+            seed=cfg.train.seed,
+            rank=self.dist.rank,
+            laterality=self.laterality,
+            label_values=list(self.labels),
             region_table=table,
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)

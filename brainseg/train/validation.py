@@ -4,13 +4,13 @@
 :func:`validation_dice` segments each case with the :class:`~brainseg.infer.predictor.Predictor`
 that ``predict`` uses (windows, input-mask rule, far background, postprocessing), on the
 case's own files, and scores the mask in the case's own grid against its label file with
-:func:`brainseg.metrics.dice`. Under torchrun each rank scores ``cases[rank::world]`` and
+:func:`brainseg.evaluate.metrics.dice`. Under torchrun each rank scores ``cases[rank::world]`` and
 the per-label Dice sums and the case count are all-reduced, so every rank returns the
 same means, the means one process would compute.
 
 A region model is scored per region (Dice of each region's mask, by region name), as
 BraTS is. At the end of its training :meth:`Validation.choose_innermost_min` picks the
-enhancing-tumour rule's volume: the candidate (:data:`~brainseg.postprocess.INNERMOST_CANDIDATES_MM3`)
+enhancing-tumour rule's volume: the candidate (:data:`~brainseg.postprocess.decision.INNERMOST_CANDIDATES_MM3`)
 with the best mean region Dice over the validation cases, the smallest on a tie.
 
 Before that, :meth:`Validation.choose_decision` picks how voxels are decided: for a label
@@ -25,22 +25,27 @@ which an offset corrects (+0.02-0.03 CSF Dice measured on held-out and shifted s
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import numpy as np
 import torch
 
-from ..card import ModelCard
-from ..config import Config
-from ..data.cases import Case
-from ..infer.predictor import Predictor
-from ..io import read_label
-from ..metrics import dice
-from ..postprocess import INNERMOST_CANDIDATES_MM3, innermost_rule, labels_within_input, regions_within_input
-from ..regions import Regions
-from ..runtime import DistInfo
-from . import distributed as ddp
+from brainseg.config import Config
+from brainseg.data.cases import Case
+from brainseg.evaluate.metrics import dice, region_dice
+from brainseg.infer.predictor import Predictor
+from brainseg.io.images import read_label
+from brainseg.labels.regions import Regions
+from brainseg.model.card import ModelCard
+from brainseg.postprocess.decision import (
+    INNERMOST_CANDIDATES_MM3,
+    innermost_rule,
+    labels_within_input,
+    regions_within_input,
+)
+from brainseg.runtime import DistInfo
+from brainseg.train import distributed as ddp
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +62,9 @@ DECISION_MAX_CASES = 4
 class Validation:
     """The validation cases of this rank, read and preprocessed once, segmented at every call."""
 
-    def __init__(self, cases: Sequence[Case], label_values: Sequence[int], info: DistInfo, regions: Regions | None = None):
+    def __init__(
+        self, cases: Sequence[Case], label_values: Sequence[int], info: DistInfo, regions: Regions | None = None
+    ):
         self.info = info
         self.cases = list(cases)[info.rank :: info.world_size]
         self.values = [int(v) for v in sorted(label_values) if v != 0]
@@ -69,10 +76,12 @@ class Validation:
     def _scores(self, pred, ref) -> list[float]:
         """Dice per key (label value or region) of one case."""
         if self.regions is not None:
-            return list(self.regions.dice(pred, ref).values())
+            return list(region_dice(pred, ref, self.regions).values())
         return [dice(pred == v, ref == v) for v in self.values]
 
-    def _predictor(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess) -> Predictor:
+    def _predictor(
+        self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess
+    ) -> Predictor:
         """The predictor validation uses (no test-time mirroring); this rank's cases are read and preprocessed once."""
         predictor = Predictor(model, card, no_mirror(cfg), postprocess, device, max_voxels=cfg.data.max_voxels)
         if self._prepared is None:
@@ -99,7 +108,11 @@ class Validation:
         return scores
 
     def choose_innermost_min(
-        self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device,
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        cfg: Config,
+        device: torch.device,
         candidates: Sequence[float] = INNERMOST_CANDIDATES_MM3,
     ) -> float:
         """Region models: the enhancing-tumour rule's volume (mm^3) with the best mean region Dice
@@ -117,10 +130,11 @@ class Validation:
         best = smallest_best(candidates, means)
         table = ", ".join(f"{c:g}: {m:.4f}" for c, m in zip(candidates, means))
         if self.info.is_main:
-            log.info(f"enhancing-tumour rule ({self.regions.names[-1]} under N mm^3 -> label {self.regions.innermost[1]}): "
-                     f"mean region Dice by N {table}; chosen {best:g} mm^3")
+            log.info(
+                f"enhancing-tumour rule ({self.regions.names[-1]} under N mm^3 -> label {self.regions.innermost[1]}): "
+                f"mean region Dice by N {table}; chosen {best:g} mm^3"
+            )
         return best
-
 
     def choose_decision(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device) -> dict:
         """The card fields of the voxel decision with the best mean validation Dice over all
@@ -147,8 +161,10 @@ class Validation:
             decide = lambda p, nz, mode, x: regions_within_input(p, nz, mode, regions, x)  # noqa: E731
 
         def scores(settings) -> list[float]:  # mean Dice over all ranks' cases, per setting
-            local = [sum(float(np.mean(self._scores(decide(p, nz, mode, x), ref))) for p, nz, mode, ref in kept)
-                     for x in settings]
+            local = [
+                sum(float(np.mean(self._scores(decide(p, nz, mode, x), ref))) for p, nz, mode, ref in kept)
+                for x in settings
+            ]
             *totals, count = ddp.sum_across_ranks(local + [float(len(kept))], self.info)
             return [t / count for t in totals] if count else []
 
@@ -165,10 +181,11 @@ class Validation:
         names = [card.labels[int(v)] for v in values] if regions is None else list(regions.names)
         if self.info.is_main:
             table = ", ".join(f"{n} {x:g}" for n, x, x0 in zip(names, best, start) if x != x0)
-            log.info(f"voxel decision chosen on the validation cases ({'log-probability offsets' if regions is None else 'thresholds'}): "
-                     f"{table}; validation Dice {before:.4f} -> {current:.4f}")
+            log.info(
+                f"voxel decision chosen on the validation cases ({'log-probability offsets' if regions is None else 'thresholds'}): "
+                f"{table}; validation Dice {before:.4f} -> {current:.4f}"
+            )
         return {"class_offsets" if regions is None else "region_thresholds": tuple(float(x) for x in best)}
-
 
     def checked_postprocess(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device) -> Config:
         """``cfg``, with ``postprocess.largest_foreground`` switched off when it does not raise the
@@ -187,8 +204,10 @@ class Validation:
         if count and with_rule > without:
             return cfg
         if self.info.is_main and count:
-            log.info(f"postprocess.largest_foreground off: validation Dice {without / count:.4f} without it, "
-                     f"{with_rule / count:.4f} with it")
+            log.info(
+                f"postprocess.largest_foreground off: validation Dice {without / count:.4f} without it, "
+                f"{with_rule / count:.4f} with it"
+            )
         return off if count else cfg
 
 
@@ -202,7 +221,7 @@ def innermost_scores(pred, ref, spacing, regions: Regions, candidates: Sequence[
     """One case's mean region Dice with the enhancing-tumour rule at each candidate volume."""
     out = []
     for t in candidates:
-        scores = regions.dice(innermost_rule(pred, spacing, regions, t), ref)
+        scores = region_dice(innermost_rule(pred, spacing, regions, t), ref, regions)
         out.append(sum(scores.values()) / len(scores))
     return out
 
