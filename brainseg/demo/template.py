@@ -4,7 +4,7 @@ nilearn ships the template (T1 plus grey- and white-matter probability maps, 1 m
 197 x 233 x 189, skull-stripped), so nothing is downloaded. The label convention is
 described in :mod:`brainseg.demo.tissue`; :func:`tissue_labels` applies it. The grid and
 field helpers here are shared by the demo subjects (:mod:`brainseg.demo.tissue`) and the
-shifted generalisation set (``scripts/_generalisation_shifted.py``).
+shifted scans of the generalisation benchmark (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -24,8 +24,8 @@ WM maps scaled to [0, 1]; each voxel takes the argmax of ``[background, CSF, GM,
 WM]`` where background is 1 outside the brain and 0 inside, and CSF is
 ``clip(1 - GM - WM, 0, 1)`` inside the brain and 0 outside; ties go to the lower
 label. Labels: 0 background, 1 CSF, 2 grey matter, 3 white matter. On the template
-the brain is ``T1 > 0`` (:func:`~.demo_template.template_labels`); on a subject it is
-the resampled brain mask >= 0.5 (:func:`~.demo_template.tissue_labels`). The template,
+the brain is ``T1 > 0`` (:func:`~brainseg.demo.template.template_labels`); on a subject it is
+the resampled brain mask >= 0.5 (:func:`~brainseg.demo.template.tissue_labels`). The template,
 the convention and the grid helpers are in :mod:`brainseg.demo.template`.
 
 The output is an nnU-Net / Medical Segmentation Decathlon folder::
@@ -78,7 +78,7 @@ COARSE_NODES = 5  # control points per axis of the displacement field
 SUBFOLDERS = ("imagesTr", "labelsTr", "imagesTs", "labelsTs")
 #: What the labels are: ``tissue`` (CSF, grey, white matter) or ``hemispheres`` (grey and white
 #: matter split at the template's midline, x = 0 mm, into left and right; CSF is not split), or
-#: ``tumour`` (BraTS-like four-contrast cases, written by :mod:`.demo_tumour`, not here).
+#: ``tumour`` (BraTS-like four-contrast cases, written by :mod:`brainseg.demo.tumour`, not here).
 KINDS = ("tissue", "hemispheres", "tumour")
 HEMISPHERE_LABELS: dict[str, int] = {
     "background": 0,

@@ -1,7 +1,7 @@
 """The demo brain-tumour data set (BraTS-like), made from the MNI ICBM152 2009a template.
 
-Every case is the template (:mod:`.demo_template`) warped as the tissue demo warps it
-(:func:`.demo.template_coordinates`: a smooth displacement and a global size change) on
+Every case is the template (:mod:`brainseg.demo.template`) warped as the tissue demo warps it
+(:func:`brainseg.demo.tissue.template_coordinates`: a smooth displacement and a global size change) on
 one axis-aligned RAS grid of ``spacing`` mm (2 mm by default), skull-stripped (the
 background exactly 0), seen in four co-registered contrasts, with a tumour:
 

@@ -3,11 +3,11 @@
 nnU-Net's rules where they fit: the median voxel size (an anisotropic data set keeps its
 coarse axis at its 10th percentile), a patch from the median shape at that voxel size
 within a compute budget, pooling and kernels per axis (:mod:`.network`), batch size 2.
-Ours where nnU-Net has none: on a CPU the budget is a measured step time, so that
-``minutes`` of training gets enough steps and the learning-rate schedule ends with the
-planned steps (a run then repeats itself exactly, rather than following the clock);
-normalisation by modality; the input-mask rule from how the labels sit against the
-scans' non-zero region; left/right label swaps on flips from the label names.
+Ours where nnU-Net has none: on a CPU the budget is a step of the real network timed on
+this machine, so that ``minutes`` of training gets enough steps and the learning-rate
+schedule ends with the planned steps (a run then repeats itself exactly, rather than
+following the clock); normalisation by modality; the input-mask rule from how the labels
+sit against the scans' non-zero region; left/right label swaps on flips from the label names.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ log = logging.getLogger(__name__)
 
 #: nnU-Net: an axis whose median voxel is over this many times the finest is anisotropic.
 ANISOTROPY_RATIO = 3.0
-#: On a CPU, the share of the time budget planned for training steps (the rest: validation,
-#: about 6 % of a 10-minute demo run) and the slowdown the loader process causes (measured
-#: 1.17). A run slower than planned anneals by the clock instead (recipe.schedule_progress).
+#: On a CPU, the share of the time budget planned for training steps (the rest is validation)
+#: and how much slower a step runs beside the patch-loading process than timed alone. A run
+#: slower than planned anneals by the clock instead (recipe.schedule_progress).
 CPU_STEP_SHARE = 0.95
 LOADER_SLOWDOWN = 1.2
-#: Under a time budget the planned epochs are this many times the steps measured to fill it:
-#: the clock ends the run and the schedule follows the clock, so a run faster than its
-#: three-step timing (measured 0.37 s per step after a planned 0.48) still uses its budget.
+#: Under a time budget the planned epochs are this many times the steps timed to fill it:
+#: the clock ends the run and the schedule follows the clock, so a run that steps faster
+#: than its short timing said still uses its whole budget.
 CPU_STEP_HEADROOM = 1.5
 #: Planned steps on a CPU: the patch doubles while more than the upper bound fit and halves
 #: (not below ``MIN_CPU_PATCH`` voxels) while fewer than the lower bound do.
@@ -160,7 +160,7 @@ def plan_network(
                 break
         why = (
             f"median foreground shape {_fmt(shape)} at the target spacing, sized for "
-            f"{minutes or 60:g} minutes on this CPU" + (f" ({seconds:.2f} s per step measured)" if seconds else "")
+            f"{minutes or 60:g} minutes on this CPU" + (f" ({seconds:.2f} s per step, timed here)" if seconds else "")
         )
     cfg.train.patch_size, cfg.train.batch_size = patch, batch
     cfg.model.levels, cfg.model.base_features, cfg.model.max_features = topo.levels, base, top
@@ -234,10 +234,10 @@ def plan_config(
         t.optimizer, t.lr, t.iters_per_epoch = "adamw", 0.003, ITERS_PER_EPOCH["cpu"]
         expected = max(1, steps // t.iters_per_epoch) if steps else 1000
         t.epochs = math.ceil(expected * CPU_STEP_HEADROOM) if steps and minutes else expected
-        reasons["train.optimizer"] = "AdamW, lr 0.003: learns fastest in short CPU runs (measured on the demo task)"
+        reasons["train.optimizer"] = "AdamW, lr 0.003: learns fastest in short CPU runs"
         reasons["train.epochs"] = (
             (
-                f"an upper bound, {CPU_STEP_HEADROOM:g}x the {steps} steps measured to fill {minutes:g} minutes: "
+                f"an upper bound, {CPU_STEP_HEADROOM:g}x the {steps} steps timed to fill {minutes:g} minutes: "
                 "--max-minutes ends the run and the schedule follows the clock"
             )
             if steps and minutes
@@ -248,14 +248,11 @@ def plan_config(
         t.num_workers = 1
         cfg.infer.mirror, cfg.infer.batch_windows = True, 2
         reasons["infer.mirror"] = (
-            "test-time mirroring (8 passes, 8x the inference time): +0.011 mean Dice on "
-            "held-out and shifted demo scans after a 10-minute CPU run (measured)"
+            "test-time mirroring (8 passes, 8x the inference time): the average over the flips "
+            "segments better than one pass"
         )
     cfg.model.deep_supervision = True
-    reasons["model.deep_supervision"] = (
-        "nnU-Net's default; a 10-minute CPU run learns faster with it "
-        "(demo: shifted-scan Dice 0.83 vs 0.79-0.82 without, measured)"
-    )
+    reasons["model.deep_supervision"] = "nnU-Net's default; a short CPU run learns faster with it"
     t.val_every = max(1, expected // VALIDATIONS) if expected < 1000 else 50
     reasons["train.val_every"] = f"about {VALIDATIONS} validations per run"
     reasons["train.num_workers"] = "loader processes beside training, one core left for the network on a CPU"

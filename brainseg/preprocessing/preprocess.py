@@ -273,8 +273,8 @@ def invert_region_slabs(
     before its reorientation; outside it that is the background one-hot), in slabs along the
     first axis, each of at most about ``max_elements`` values: ``(slab (x, Y, Z, C) float32, its slices in the RAS grid)``, in order.
 
-    Peak memory is a few slabs whatever the volume's size (the whole region at once
-    took ~3 C-channel copies of it).
+    Peak memory is a few slabs whatever the volume's size, not several C-channel copies of
+    the whole region, which inverting it at once would hold.
     """
     scores = scores.float()
     c = scores.shape[0]

@@ -191,7 +191,7 @@ class Trainer:
         )
         self.model.check_patch_size(cfg.train.patch_size)
         self.model.to(self.device)
-        # channels-last (NDHWC) is faster for Conv3d on CUDA and, measured, on CPU (oneDNN) too
+        # channels-last (NDHWC) is faster for Conv3d on CUDA and on the CPU (oneDNN) too
         self.channels_last = cfg.train.channels_last
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)

@@ -5,15 +5,14 @@ Sample ``i`` (a global counter over the whole run) is a pure function of
 on the number of worker processes, a resumed run draws exactly the patches the
 uninterrupted run would have drawn, and each DDP rank draws different patches.
 Within each batch the last ``ceil(batch * foreground_fraction)`` samples are centred
-on a voxel of a randomly chosen foreground class present in their case.
-
-A flip along axis 0 (the subject's left-right axis: the cache is in RAS order) swaps the
-labels of each left/right pair of the dataset's :class:`~brainseg.labels.laterality.Laterality`, and
-does not happen when a lateralised label has no partner (:func:`~brainseg.train.sampling.augment.flip`).
 on a voxel of a randomly chosen foreground class present in their case; for region
 training (a ``region_table``) on a voxel of a randomly chosen region present in it
 (:func:`~brainseg.train.sampling.patches.region_locations`: the stored voxels of its classes).
 Targets stay class indices either way; the loss turns them into region masks.
+
+A flip along axis 0 (the subject's left-right axis: the cache is in RAS order) swaps the
+labels of each left/right pair of the dataset's :class:`~brainseg.labels.laterality.Laterality`, and
+does not happen when a lateralised label has no partner (:func:`~brainseg.train.sampling.augment.flip`).
 """
 
 from __future__ import annotations

@@ -116,7 +116,8 @@ def extract_patch(
     b = scale * (origin - np.asarray(lo, dtype=np.float64)) - 1.0
     # torch orders grid coordinates (x, y, z) = (W, H, D) = our (Z, Y, X): reverse the components.
     # The grid is affine in each output axis, so it is built by broadcasting three 1-D ramps
-    # (one full-size pass; F.affine_grid's batched matmul is several times slower on the CPU).
+    # (one full-size pass; F.affine_grid's batched matrix product over every voxel is what
+    # made spatially augmented patches slow on the CPU).
     a_t = torch.from_numpy(np.ascontiguousarray(a[::-1], dtype=np.float32))
     b_t = torch.from_numpy(np.ascontiguousarray(b[::-1], dtype=np.float32))
     u = [torch.linspace(-1.0, 1.0, p) for p in patch]
