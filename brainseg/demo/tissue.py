@@ -322,7 +322,7 @@ def make_demo_dataset(
     out = Path(out)
     if kind not in KINDS or kind == "tumour":
         raise BrainsegError(
-            f"--kind {kind!r}: expected one of {', '.join(KINDS[:2])} (tumour: demo_tumour.make_tumour_dataset)"
+            f"--kind {kind!r}: expected one of {', '.join(KINDS[:2])} (tumour: brainseg.demo.tumour.make_tumour_dataset)"
         )
     if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0 or max(spacing) > 10):
         raise BrainsegError(f"--spacing {spacing}: expected three voxel sizes in mm, each in (0, 10]")
