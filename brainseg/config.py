@@ -40,7 +40,8 @@ InputMask = Literal["none", "restrict", "fill"]
 
 @dataclass
 class DataConfig:
-    #: Voxel size (mm) everything is resampled to; null = the training set's median.
+    #: Voxel size (mm) everything is resampled to; null = the plan's rule over the training cases:
+    #: their median, an anisotropic axis (over 3x the finest) its 10th percentile.
     target_spacing: list[float] | None = None
     #: Intensity normalisation per channel, with the foreground's statistics over the whole
     #: volume: "zscore" (mean, std), "quantile" (percentiles mapped onto a standard normal's:
