@@ -14,23 +14,41 @@ import typing
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from brainseg.errors import BrainsegError
 
+# The enum-like settings, declared once: the dataclass fields below use them, the loader checks
+# values against them (``typing.get_args``), and every module that takes one imports it from here.
+#: Intensity normalisation (``data.normalization``; the model card's scheme).
+NormalizationScheme = Literal["zscore", "quantile", "none", "ct"]
+#: The U-Net's normalisation layer (``model.norm``).
+Norm = Literal["instance", "batch", "group", "none"]
+#: What a U-Net skip is (``model.skip_mode``).
+SkipMode = Literal["concat", "none", "add", "lowpass"]
+#: ``train.optimizer``.
+Optimizer = Literal["sgd", "adamw"]
+#: ``train.lr_schedule``.
+LrSchedule = Literal["poly", "constant"]
+#: Mixed precision on CUDA (``train.amp``, ``infer.amp``).
+Amp = Literal["bf16", "fp16", "none"]
+#: How the input's non-zero region decides voxels (``postprocess.input_mask``).
+InputMask = Literal["none", "restrict", "fill"]
+
 
 @dataclass
 class DataConfig:
-    #: Voxel size (mm) everything is resampled to; null = the training set's median.
+    #: Voxel size (mm) everything is resampled to; null = the plan's rule over the training cases:
+    #: their median, an anisotropic axis (over 3x the finest) its 10th percentile.
     target_spacing: list[float] | None = None
     #: Intensity normalisation per channel, with the foreground's statistics over the whole
     #: volume: "zscore" (mean, std), "quantile" (percentiles mapped onto a standard normal's:
     #: unchanged by scale, offset, gamma or contrast changes), "ct" (clip to the training
     #: set's foreground 0.5-99.5 percentiles, z-score with its mean and std; kept in the
     #: model card) or "none".
-    normalization: str = "zscore"
+    normalization: NormalizationScheme = "zscore"
     #: Crop each case to the bounding box of its non-zero voxels before training/inference.
     crop_to_nonzero: bool = True
     #: Fraction of training cases held out for validation (at least one case).
@@ -48,14 +66,13 @@ class ModelConfig:
     base_features: int = 32
     max_features: int = 320
     #: "instance", "batch", "group" or "none".
-    norm: str = "instance"
+    norm: Norm = "instance"
     deep_supervision: bool = False
-    #: Cut every skip connection (the ablation that shows what they carry).
-    skip_connections: bool = True
-    #: What a skip is: "concat" (the U-Net), "none" (cut), "add" (added, not concatenated) or
-    #: "lowpass" (concatenated after pooling to the bottleneck's grid and upsampling back);
-    #: skip_connections: false means "none". See docs/skip_connections.md.
-    skip_mode: str = "concat"
+    #: What a skip is: "concat" (the U-Net), "none" (cut: the ablation that shows what skips
+    #: carry), "add" (added, not concatenated) or "lowpass" (concatenated after pooling to the
+    #: bottleneck's grid and upsampling back). See docs/skip_connections.md. The older field
+    #: ``skip_connections`` is still read: false means "none" (:func:`_legacy_model_fields`).
+    skip_mode: SkipMode = "concat"
     #: Per downsampling, its stride per RAS axis ([[2, 2, 1], [2, 2, 2], ...]: levels - 1
     #: triples of 1 or 2); null = 2 on every axis. Anisotropic data pool the coarse axis later.
     strides: list[list[int]] | None = None
@@ -112,16 +129,16 @@ class TrainConfig:
     epochs: int = 1000
     iters_per_epoch: int = 250
     #: "sgd" (Nesterov, nnU-Net's default) or "adamw".
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.01
     momentum: float = 0.99
     weight_decay: float = 3e-5
     #: "poly" (lr * (1 - epoch/epochs)^0.9) or "constant".
-    lr_schedule: str = "poly"
+    lr_schedule: LrSchedule = "poly"
     #: Fraction of patches centred on a foreground voxel of a random present class.
     foreground_fraction: float = 0.33
     #: Mixed precision on CUDA: "bf16", "fp16" or "none" (always fp32 on CPU).
-    amp: str = "bf16"
+    amp: Amp = "bf16"
     #: Channels-last (NDHWC) activations: faster Conv3d on CUDA and on CPU (oneDNN).
     channels_last: bool = True
     #: Validate (sliding-window Dice on held-out cases) every N epochs.
@@ -153,7 +170,7 @@ class InferConfig:
     #: windows may end flush on the brain's rim, where the network sees the least context.
     margin: float = 0.125
     #: Mixed precision on CUDA: "bf16", "fp16" or "none".
-    amp: str = "bf16"
+    amp: Amp = "bf16"
     #: Channels-last (NDHWC) memory layout for the network's activations.
     channels_last: bool = True
 
@@ -175,7 +192,7 @@ class PostprocessConfig:
     #: Use the input's non-zero region: "none"; "restrict" (all-zero voxels are
     #: background); "fill" (also every non-zero voxel gets a foreground label, for
     #: skull-stripped tissue segmentation).
-    input_mask: str = "none"
+    input_mask: InputMask = "none"
     #: Region models (BraTS): the enhancing-tumour rule. When the innermost region (the last
     #: of the class order: ET) covers less than this many mm^3 in a case, its voxels take the
     #: label of the region before it (TC: necrosis, 1), BraTS's fix for false-positive ET.
@@ -249,6 +266,10 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise BrainsegError(f"config {where}: expected a number, got {value!r}")
         return float(value)
+    if origin is Literal:
+        if value not in args:
+            raise BrainsegError(f"config {where}: {value!r} is not one of {', '.join(args)}")
+        return value
     if annotation is str:
         if not isinstance(value, str):
             raise BrainsegError(f"config {where}: expected a string, got {value!r}")
@@ -266,25 +287,9 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-#: The allowed values of every enum-like field, checked when a config is loaded.
-CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("data", "normalization"): ("zscore", "quantile", "none", "ct"),
-    ("model", "norm"): ("instance", "batch", "group", "none"),
-    ("model", "skip_mode"): ("concat", "none", "add", "lowpass"),
-    ("train", "optimizer"): ("sgd", "adamw"),
-    ("train", "lr_schedule"): ("poly", "constant"),
-    ("train", "amp"): ("bf16", "fp16", "none"),
-    ("infer", "amp"): ("bf16", "fp16", "none"),
-    ("postprocess", "input_mask"): ("none", "restrict", "fill"),
-}
-
-
 def _check_values(name: str, kwargs: dict[str, Any]) -> None:
-    """One line naming the field and what it may be, for a value outside its range."""
-    for key, value in kwargs.items():
-        allowed = CHOICES.get((name, key))
-        if allowed is not None and value not in allowed:
-            raise BrainsegError(f"config {name}.{key}: {value!r} is not one of {', '.join(allowed)}")
+    """One line naming the field and what it may be, for a value outside its range (the
+    enum-like fields are checked against their ``Literal`` type by :func:`_coerce`)."""
     for key in ("patch_size",):
         if key in kwargs and (len(kwargs[key]) != 3 or min(kwargs[key]) < 1):
             raise BrainsegError(f"config {name}.{key}: expected 3 positive integers, got {kwargs[key]}")
@@ -306,9 +311,27 @@ def _check_values(name: str, kwargs: dict[str, Any]) -> None:
             raise BrainsegError(f"config data.target_spacing: expected 3 positive numbers or null, got {spacing}")
 
 
+def _legacy_model_fields(values: dict) -> dict:
+    """A ``model`` section as written before ``skip_mode`` replaced ``skip_connections`` (old
+    configs and model cards): ``skip_connections: false`` becomes ``skip_mode: "none"``, true
+    leaves ``skip_mode`` as it is. A new dict; the caller's is not changed."""
+    if "skip_connections" not in values:
+        return values
+    out = dict(values)
+    skips = _coerce(out.pop("skip_connections"), bool, "model.skip_connections")
+    if not skips:
+        mode = out.get("skip_mode", "none")
+        if mode not in ("concat", "none"):
+            raise BrainsegError(f"config model.skip_connections: false contradicts model.skip_mode: {mode}")
+        out["skip_mode"] = "none"
+    return out
+
+
 def _section_from_dict(klass, values: dict, name: str):
     if not isinstance(values, dict):
         raise BrainsegError(f"config section '{name}' must be a mapping")
+    if name == "model":
+        values = _legacy_model_fields(values)
     hints = typing.get_type_hints(klass)
     known = {f.name for f in dataclasses.fields(klass)}
     unknown = sorted(set(values) - known)

@@ -11,14 +11,15 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
 
+from brainseg.config import Amp
 from brainseg.errors import BrainsegError
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
-def autocast(device: torch.device, amp: str):
+def autocast(device: torch.device, amp: Amp):
     """Mixed precision on a GPU (``bf16``/``fp16``); on the CPU, or with ``none``, full float32."""
     if device.type == "cuda" and amp in ("bf16", "fp16"):
         return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
@@ -94,7 +95,7 @@ def seed_everything(seed: int) -> None:
 
 def rng_states() -> dict:
     """Python's, NumPy's and torch's global generator states, as weights-only-loadable data."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
+    name, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state(legacy=True))
     version, internal, gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

@@ -6,12 +6,13 @@ import os
 import shutil
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
 import pytest
 import torch
 
-from brainseg.config import load_config
+from brainseg.config import Config, load_config
 from brainseg.demo.tissue import make_demo_dataset
 from brainseg.errors import BrainsegError
 from brainseg.evaluate.per_label import evaluate_folders
@@ -79,6 +80,23 @@ def test_a_format_1_card_still_reads(tiny_checkpoint):
     assert card.format == 1 and card.preprocess_version == 4 and card.num_classes == 3
 
 
+def test_a_card_with_the_old_skip_connections_field_loads(tiny_checkpoint, tmp_path):
+    """Cards written before ``skip_mode``: ``skip_connections`` false means "none", true "concat";
+    the weights load into the same network."""
+    state = load_checkpoint(tiny_checkpoint)
+    network = {k: v for k, v in state["card"]["network"].items() if k != "skip_mode"}
+    for skips, mode in ((True, "concat"), (False, "none")):
+        card = ModelCard.from_dict(dict(state["card"], network=dict(network, skip_connections=skips)))
+        assert card.network.architecture.skip_mode == mode
+        assert "skip_connections" not in card.to_dict()["network"]
+    old = dict(state, card=dict(state["card"], network=dict(network, skip_connections=True)))
+    model, _ = load_model(save_checkpoint(tmp_path / "old.pt", old))
+    new, _ = load_model(tiny_checkpoint)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(model(x), new(x))
+
+
 def _broken_checkpoint(tiny_checkpoint: Path, folder: Path, change) -> Path:
     state = load_checkpoint(tiny_checkpoint)
     state["card"] = change(dict(state["card"]))
@@ -136,6 +154,33 @@ def test_config_values_are_checked_when_loaded(override, message):
     with pytest.raises(BrainsegError) as info:
         load_config(overrides=[override])
     assert str(info.value).startswith(message)
+
+
+def test_every_enum_like_field_is_checked_against_its_literal_type():
+    """The allowed values are the ``Literal`` annotations: each loads, anything else is one line
+    naming the field and the values."""
+    checked = []
+    for section, klass in typing.get_type_hints(Config).items():
+        for name, kind in typing.get_type_hints(klass).items():
+            if typing.get_origin(kind) is not typing.Literal:
+                continue
+            field = f"{section}.{name}"
+            for value in typing.get_args(kind):
+                assert getattr(getattr(load_config(overrides=[f"{field}={value}"]), section), name) == value
+            with pytest.raises(BrainsegError) as info:
+                load_config(overrides=[f"{field}=bogus"])
+            assert str(info.value) == f"config {field}: 'bogus' is not one of {', '.join(typing.get_args(kind))}"
+            checked.append(field)
+    assert sorted(checked) == [
+        "data.normalization",
+        "infer.amp",
+        "model.norm",
+        "model.skip_mode",
+        "postprocess.input_mask",
+        "train.amp",
+        "train.lr_schedule",
+        "train.optimizer",
+    ]
 
 
 @pytest.mark.parametrize("command", ["train", "predict"])

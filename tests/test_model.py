@@ -67,7 +67,7 @@ def test_per_axis_strides_and_kernels_pool_the_coarse_axis_later():
 
 
 def test_skip_switch_removes_the_concatenation():
-    net = UNet3D(1, 2, levels=3, base_features=4, skip_connections=False)
+    net = UNet3D(1, 2, levels=3, base_features=4, skip_mode="none")
     for i, block in enumerate(net.decoder):
         assert block[0].in_channels == net.features[i]
 
@@ -82,7 +82,7 @@ def _fit_fine_detail(skips: bool, steps: int = 120) -> float:
     """
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
-    net = UNet3D(1, 2, levels=3, base_features=4, max_features=16, skip_connections=skips)
+    net = UNet3D(1, 2, levels=3, base_features=4, max_features=16, skip_mode="concat" if skips else "none")
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
     for _ in range(steps):
         x = torch.randn(2, 1, 16, 16, 16, generator=g)

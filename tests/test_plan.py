@@ -83,6 +83,33 @@ def test_target_spacing_is_the_median_or_keeps_an_anisotropic_axis():
     assert aniso.config.model.strides is not None and aniso.config.model.strides[0] == [2, 2, 1]
 
 
+def test_a_null_target_spacing_trains_at_the_plans_spacing(tmp_path):
+    """The trainer with ``data.target_spacing: null`` and the plan choose one voxel size: on an
+    anisotropic data set the coarse axis takes its 10th percentile (3.4 mm), not the median (5)."""
+    import nibabel as nib
+
+    from brainseg.data.layouts import discover_dataset
+    from brainseg.plan.fingerprint import fingerprint_dataset
+    from brainseg.train.trainer import Trainer
+
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i, z in enumerate([3.0, 4.0, 5.0, 6.0, 7.0]):
+        image = np.zeros((16, 16, 6), np.float32)
+        image[4:12, 4:12, 1:5] = 100.0 + rng.normal(0.0, 5.0, (8, 8, 4))
+        affine = np.diag([0.9, 0.9, z, 1.0])
+        nib.save(nib.Nifti1Image(image, affine), data / "images" / f"c{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image((image > 0).astype(np.uint8), affine), data / "labels" / f"c{i}.nii.gz")
+    cfg = load_config(overrides=["data.target_spacing=null"])
+    trainer = Trainer(data, tmp_path / "run", cfg, device="cpu", progress=False)
+    trainer._prepare_cases()
+    fp = fingerprint_dataset(discover_dataset(data), tmp_path / "fingerprint.json", cfg.data.max_voxels)
+    planned = plan_config(fp, minutes=10, measure=False).config.data.target_spacing
+    assert trainer.spacing == planned == [0.9, 0.9, pytest.approx(3.4)]
+
+
 def test_input_mask_rule_follows_the_labels():
     fill = plan_config(_fp([_case(i, [1.5] * 3) for i in range(3)]), measure=False)
     assert fill.config.postprocess.input_mask == "fill"

@@ -19,6 +19,8 @@ from brainseg.model import UNet3D
 from brainseg.model.checkpoint import load_model, save_checkpoint
 from brainseg.model.unet import _low_pass
 
+JOIN_CLASSES = {"concat": "ConcatJoin", "none": "SkipJoin", "add": "AddJoin", "lowpass": "LowPassJoin"}
+
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
@@ -151,7 +153,8 @@ def test_every_skip_mode_keeps_shapes_and_gradients(mode):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
     doubled = mode in ("concat", "lowpass")
     assert [b[0].in_channels for b in net.decoder] == [f * (2 if doubled else 1) for f in net.features[:-1]]
-    assert net.hparams["skip_mode"] == mode and net.hparams["skip_connections"] == (mode != "none")
+    assert net.hparams["skip_mode"] == mode and "skip_connections" not in net.hparams
+    assert [type(j).__name__ for j in net.joins] == [JOIN_CLASSES[mode]] * 3  # chosen once, at construction
 
 
 def test_low_pass_skips_reach_the_decoder_at_the_bottleneck_resolution_only():
@@ -201,9 +204,10 @@ def test_low_pass_skips_cannot_apply_a_voxel_scale_rule_that_concat_skips_learn(
 def test_old_cards_without_skip_mode_still_load(tmp_path):
     """A card written before skip_mode existed: skip_connections alone decides."""
     for skips, mode in ((True, "concat"), (False, "none")):
-        net = UNet3D(1, 2, levels=2, base_features=4, skip_connections=skips)
+        net = UNet3D(1, 2, levels=2, base_features=4, skip_mode=mode)
         hparams = dict(net.hparams)
         del hparams["skip_mode"]
+        hparams["skip_connections"] = skips
         card = {  # format 1: the network under "model", no preprocess_version
             "format": 1,
             "model": hparams,
@@ -224,11 +228,22 @@ def test_old_cards_without_skip_mode_still_load(tmp_path):
 def test_skip_mode_config_and_its_errors():
     assert load_config().model.skip_mode == "concat"
     assert load_config(overrides=["model.skip_mode=lowpass"]).model.skip_mode == "lowpass"
-    assert UNet3D(1, 2, levels=2, skip_connections=False).skip_mode == "none"
     with pytest.raises(BrainsegError, match="skip_mode must be one of"):
-        UNet3D(1, 2, levels=2, skip_mode="sum")
-    with pytest.raises(BrainsegError, match="contradicts"):
-        UNet3D(1, 2, levels=2, skip_connections=False, skip_mode="lowpass")
+        UNet3D(1, 2, levels=2, skip_mode="sum")  # type: ignore[arg-type]
+
+
+def test_old_configs_with_skip_connections_still_load():
+    """``model.skip_connections`` (before ``skip_mode``): false means "none", true keeps the mode;
+    false beside another mode than concat or none is a contradiction, named in one line."""
+    assert load_config(overrides=["model.skip_connections=false"]).model.skip_mode == "none"
+    assert load_config(overrides=["model.skip_connections=true"]).model.skip_mode == "concat"
+    both = ["model.skip_connections=true", "model.skip_mode=add"]
+    assert load_config(overrides=both).model.skip_mode == "add"
+    assert "skip_connections" not in load_config().to_dict()["model"]
+    with pytest.raises(
+        BrainsegError, match="^config model.skip_connections: false contradicts model.skip_mode: lowpass$"
+    ):
+        load_config(overrides=["model.skip_connections=false", "model.skip_mode=lowpass"])
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -31,7 +31,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from brainseg.config import InferConfig, PostprocessConfig
+from brainseg.config import InferConfig, InputMask, PostprocessConfig
 from brainseg.errors import BrainsegError
 from brainseg.infer.sliding_window import SlidingWindow
 from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_channels
@@ -250,12 +250,14 @@ class Predictor:
         labels, probs = self.segment(case, return_probabilities)
         return labels, probs, case.geometry, case.record
 
-    def input_mask_rule(self, record: PreprocessRecord) -> str:
+    def input_mask_rule(self, record: PreprocessRecord) -> InputMask:
         """The ``postprocess.input_mask`` rule for this case: as configured where the case's
         background is exactly 0, else ``"none"`` (on a noisy background "non-zero" is everywhere)."""
         return self.postprocess.input_mask if record.zero_background else "none"
 
-    def _classes(self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray, input_mask: str) -> np.ndarray:
+    def _classes(
+        self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray, input_mask: InputMask
+    ) -> np.ndarray:
         """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
         on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
         output_device = self.device if on_gpu else torch.device("cpu")
@@ -346,7 +348,7 @@ def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tens
     return probs
 
 
-def reducer(input_mask: str, regions: Regions | None = None, thresholds: Sequence[float] = (), weights=None):
+def reducer(input_mask: InputMask, regions: Regions | None = None, thresholds: Sequence[float] = (), weights=None):
     """``f(probs, nonzero)``: (C, ...) probabilities to class indices (:func:`labels_within_input`,
     per-class ``weights``), or for a region model to label values (:func:`regions_within_input`,
     per-region ``thresholds``)."""
@@ -359,7 +361,7 @@ def classes_in_original_grid(
     probs: torch.Tensor,
     record: PreprocessRecord,
     nonzero: np.ndarray,
-    input_mask: str,
+    input_mask: InputMask,
     regions: Regions | None = None,
     thresholds: Sequence[float] = (),
     weights: np.ndarray | None = None,

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainseg.config import InferConfig
+from brainseg.config import Amp, InferConfig
 from brainseg.model.fast_paths import fold_batch_norm, fuse_instance_norm
 from brainseg.runtime import autocast
 
@@ -119,7 +119,7 @@ class SlidingWindow:
         sigma_scale: float = 0.125,
         mirror: bool = False,
         margin: float = 0.125,
-        amp: str = "bf16",
+        amp: Amp = "bf16",
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         swap_channels: Sequence[int] | None = None,

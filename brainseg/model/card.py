@@ -42,9 +42,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast, get_args
 
-from brainseg.config import ModelConfig, config_from_dict
+from brainseg.config import ModelConfig, NormalizationScheme, config_from_dict
 from brainseg.errors import BrainsegError
 from brainseg.labels.regions import Regions
 from brainseg.preprocessing.normalisation import ChannelIntensity
@@ -58,7 +58,7 @@ REGION_CARD_FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)
 #: What a format-1 card's preprocessing was (it did not say).
 FORMAT1_PREPROCESS_VERSION = 4
-NORMALIZATION_SCHEMES = ("zscore", "quantile", "none", "ct")
+NORMALIZATION_SCHEMES: tuple[NormalizationScheme, ...] = get_args(NormalizationScheme)
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Network:
 class Normalization:
     """How intensities were normalised: ``scheme`` over the ``mask`` voxels' statistics."""
 
-    scheme: str = "zscore"
+    scheme: NormalizationScheme = "zscore"
     mask: str = "foreground"
     crop_to_nonzero: bool = True
 
@@ -188,11 +188,6 @@ class ModelCard:
             spacing = tuple(float(s) for s in raw["spacing"])
             patch = tuple(int(p) for p in raw["patch_size"])
             norm = dict(raw["normalization"])
-            normalization = Normalization(
-                scheme=str(norm.get("scheme", "zscore")),
-                mask=str(norm.get("mask", "foreground")),
-                crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)),
-            )
             preprocess_version = int(raw.get("preprocess_version", FORMAT1_PREPROCESS_VERSION))
             intensity = tuple(ChannelIntensity.from_dict(c) for c in raw.get("intensity") or ())
             ranges = raw.get("training_ranges")
@@ -226,8 +221,14 @@ class ModelCard:
             raise fail(
                 f"has class_offsets {list(class_offsets)}: expected one finite number per class of a label model, or none"
             )
-        if normalization.scheme not in NORMALIZATION_SCHEMES:
-            raise fail(f"has normalization scheme {normalization.scheme!r} (known: {', '.join(NORMALIZATION_SCHEMES)})")
+        scheme = norm.get("scheme", "zscore")
+        if scheme not in NORMALIZATION_SCHEMES:
+            raise fail(f"has normalization scheme {scheme!r} (known: {', '.join(NORMALIZATION_SCHEMES)})")
+        normalization = Normalization(
+            scheme=cast(NormalizationScheme, scheme),
+            mask=str(norm.get("mask", "foreground")),
+            crop_to_nonzero=bool(norm.get("crop_to_nonzero", True)),
+        )
         if normalization.scheme == "ct" and len(intensity) != len(channels):
             raise fail(
                 f"has normalization scheme 'ct' but intensities for {len(intensity)} of {len(channels)} channel(s)"
@@ -240,8 +241,8 @@ class ModelCard:
             network=network,
             labels=dict(sorted(labels.items())),
             channels=channels,
-            spacing=spacing,  # type: ignore[arg-type]
-            patch_size=patch,  # type: ignore[arg-type]
+            spacing=spacing,
+            patch_size=patch,
             normalization=normalization,
             preprocess_version=preprocess_version,
             config=dict(config),

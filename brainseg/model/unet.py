@@ -4,28 +4,30 @@ The encoder's feature list is computed once (:func:`feature_list`) and the decod
 takes its channel counts from it, so the arithmetic lives in one place. Each stage
 is two ``Conv3d -> norm -> LeakyReLU`` blocks; the encoder downsamples with a
 strided convolution, the decoder upsamples with a transposed convolution, pads or
-crops to the skip's exact size (odd shapes work) and concatenates the skip.
-``skip_connections=False`` cuts every skip (the decoder then sees only the
-upsampled coarse features), the ablation that shows what the skips carry.
+crops to the skip's exact size (odd shapes work) and joins the skip.
 
-``skip_mode`` chooses what a skip is (:data:`SKIP_MODES`): ``concat`` (the U-Net),
-``none`` (cut, the same as ``skip_connections=False``), ``add`` (the skip is added to
-the upsampled features, ResNet/LinkNet style, no extra decoder channels) or
-``lowpass`` (concatenated after average pooling to the bottleneck's resolution and
-trilinear upsampling back: the short path from encoder to decoder stays, the detail
-finer than the bottleneck's grid is gone, so the decoder sees no finer spatial
-information than a cut network does). See docs/skip_connections.md.
+``skip_mode`` (:data:`~brainseg.config.SkipMode`) chooses the join, once, at
+construction (:func:`skip_join`): ``concat`` (the U-Net), ``none`` (the skip is cut: the
+decoder sees only the upsampled coarse features, the ablation that shows what the skips
+carry), ``add`` (the skip is added to the upsampled features, ResNet/LinkNet style, no
+extra decoder channels) or ``lowpass`` (concatenated after average pooling to the
+bottleneck's resolution and trilinear upsampling back: the short path from encoder to
+decoder stays, the detail finer than the bottleneck's grid is gone, so the decoder sees no
+finer spatial information than a cut network does). See docs/skip_connections.md.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainseg.config import ModelConfig, Norm, SkipMode
 from brainseg.errors import BrainsegError
+from brainseg.model.card import Network
 
 
 def feature_list(levels: int, base_features: int, max_features: int) -> list[int]:
@@ -38,13 +40,13 @@ def feature_list(levels: int, base_features: int, max_features: int) -> list[int
 
 
 #: What ``model.skip_mode`` may name.
-SKIP_MODES = ("concat", "none", "add", "lowpass")
+SKIP_MODES: tuple[SkipMode, ...] = get_args(SkipMode)
 
 #: The normalisations ``model.norm`` may name.
-NORMS = ("instance", "batch", "group", "none")
+NORMS: tuple[Norm, ...] = get_args(Norm)
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
+def _norm(kind: Norm, channels: int) -> nn.Module:
     if kind == "instance":
         return nn.InstanceNorm3d(channels, affine=True, eps=1e-5)
     if kind == "batch":
@@ -59,7 +61,7 @@ def _norm(kind: str, channels: int) -> nn.Module:
 class ConvBlock(nn.Sequential):
     """Two ``Conv3d(kernel) -> norm -> LeakyReLU`` layers; the first may be strided."""
 
-    def __init__(self, in_channels: int, out_channels: int, norm: str, stride=1, kernel=3):
+    def __init__(self, in_channels: int, out_channels: int, norm: Norm, stride=1, kernel=3):
         bias = norm == "none"
         kernel = _triple(kernel)
         padding = tuple(k // 2 for k in kernel)
@@ -76,7 +78,8 @@ class ConvBlock(nn.Sequential):
 def _triple(value) -> tuple[int, int, int]:
     if isinstance(value, int):
         return (value, value, value)
-    return tuple(int(v) for v in value)
+    x, y, z = (int(v) for v in value)
+    return (x, y, z)
 
 
 def stage_geometry(
@@ -114,6 +117,57 @@ def _low_pass(x: torch.Tensor, factor) -> torch.Tensor:
     return F.interpolate(coarse, size=x.shape[2:], mode="trilinear", align_corners=False)
 
 
+class SkipJoin(nn.Module):
+    """How a decoder level joins the upsampled features ``x`` with the encoder's ``skip``
+    (same spatial size); this base class cuts the skip (``none``)."""
+
+    #: The decoder block's input channels per channel of its level.
+    width = 1
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+class AddJoin(SkipJoin):
+    """``add``: the skip is added to the upsampled features."""
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return x + skip
+
+
+class ConcatJoin(SkipJoin):
+    """``concat``: the skip, then the upsampled features, along the channel axis."""
+
+    width = 2
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return torch.cat([skip, x], dim=1)
+
+
+class LowPassJoin(ConcatJoin):
+    """``lowpass``: concatenated after :func:`_low_pass` by ``factor`` (to the bottleneck's grid)."""
+
+    def __init__(self, factor: Sequence[int]):
+        super().__init__()
+        self.factor = tuple(int(f) for f in factor)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return super().forward(x, _low_pass(skip, self.factor))
+
+
+def skip_join(mode: SkipMode, factor: Sequence[int]) -> SkipJoin:
+    """The join of ``model.skip_mode`` for a level ``factor`` (per axis) finer than the bottleneck."""
+    if mode == "concat":
+        return ConcatJoin()
+    if mode == "add":
+        return AddJoin()
+    if mode == "lowpass":
+        return LowPassJoin(factor)
+    if mode == "none":
+        return SkipJoin()
+    raise BrainsegError(f"model.skip_mode must be one of {', '.join(SKIP_MODES)}, got {mode!r}")
+
+
 class UNet3D(nn.Module):
     """3D U-Net. ``forward`` returns logits ``(N, num_classes, X, Y, Z)``.
 
@@ -128,20 +182,13 @@ class UNet3D(nn.Module):
         levels: int = 5,
         base_features: int = 32,
         max_features: int = 320,
-        norm: str = "instance",
+        norm: Norm = "instance",
         deep_supervision: bool = False,
-        skip_connections: bool = True,
-        skip_mode: str = "concat",
+        skip_mode: SkipMode = "concat",
         strides: Sequence[Sequence[int]] | None = None,
         kernels: Sequence[Sequence[int]] | None = None,
     ):
         super().__init__()
-        if skip_mode not in SKIP_MODES:
-            raise BrainsegError(f"model.skip_mode must be one of {', '.join(SKIP_MODES)}, got {skip_mode!r}")
-        if not skip_connections:  # the older switch: false cuts the skips whatever the mode
-            if skip_mode not in ("concat", "none"):
-                raise BrainsegError(f"model.skip_connections: false contradicts model.skip_mode: {skip_mode}")
-            skip_mode = "none"
         if in_channels < 1 or num_classes < 1:  # a region model may have a single output
             raise BrainsegError(
                 f"a model needs >= 1 input channel and >= 1 output, got {in_channels} and {num_classes}"
@@ -150,20 +197,18 @@ class UNet3D(nn.Module):
         self.levels = levels
         self.deep_supervision = deep_supervision
         self.skip_mode = skip_mode
-        self.skip_connections = skip_connections = skip_mode != "none"
-        self.hparams = dict(
-            in_channels=in_channels,
-            num_classes=num_classes,
+        architecture = ModelConfig(
             levels=levels,
             base_features=base_features,
             max_features=max_features,
             norm=norm,
             deep_supervision=deep_supervision,
-            skip_connections=skip_connections,
             skip_mode=skip_mode,
-            strides=None if strides is None else [list(_triple(v)) for v in strides],
-            kernels=None if kernels is None else [list(_triple(v)) for v in kernels],
+            strides=_lists(strides),
+            kernels=_lists(kernels),
         )
+        #: The keyword arguments of :func:`build_model` that rebuild this network (the card's form).
+        self.hparams = Network(in_channels, num_classes, architecture).kwargs()
         self.strides, self.kernels = stage_geometry(levels, strides, kernels)
         f = self.features
         self.encoder = nn.ModuleList(
@@ -181,9 +226,11 @@ class UNet3D(nn.Module):
             nn.ConvTranspose3d(f[i + 1], f[i], kernel_size=self.strides[i], stride=self.strides[i], bias=False)
             for i in range(levels - 1)
         )
+        # Decoder stage i joins level i's skip; lowpass pools it to the bottleneck's grid.
+        joins = [skip_join(skip_mode, divisors(self.strides[i:])) for i in range(levels - 1)]
+        self.joins = nn.ModuleList(joins)
         self.decoder = nn.ModuleList(
-            ConvBlock(f[i] * (2 if skip_mode in ("concat", "lowpass") else 1), f[i], norm, kernel=self.kernels[i])
-            for i in range(levels - 1)
+            ConvBlock(f[i] * joins[i].width, f[i], norm, kernel=self.kernels[i]) for i in range(levels - 1)
         )
         heads = range(levels - 1) if deep_supervision else range(min(1, levels - 1))
         self.heads = nn.ModuleList(nn.Conv3d(f[i], num_classes, 1) for i in heads)
@@ -212,13 +259,7 @@ class UNet3D(nn.Module):
         outputs = []
         for i in reversed(range(self.levels - 1)):
             skip = skips.pop()
-            x = _match_size(self.upsample[i](x), skip.shape[2:])
-            if self.skip_mode == "add":
-                x = x + skip
-            elif self.skip_mode != "none":
-                if self.skip_mode == "lowpass":
-                    skip = _low_pass(skip, divisors(self.strides[i:]))
-                x = torch.cat([skip, x], dim=1)
+            x = self.joins[i](_match_size(self.upsample[i](x), skip.shape[2:]), skip)
             x = self.decoder[i](x)
             if self.deep_supervision and self.training:
                 outputs.append(self.heads[i](x))
@@ -227,12 +268,17 @@ class UNet3D(nn.Module):
         return self.heads[0](x)
 
 
+def _lists(triples: Sequence[Sequence[int]] | None) -> list[list[int]] | None:
+    """Per-level triples as the config writes them (lists of ints), or None."""
+    return None if triples is None else [list(_triple(v)) for v in triples]
+
+
 def divisors(strides: Sequence[Sequence[int]]) -> tuple[int, int, int]:
     """Per axis, the product of the strides (the total downsampling)."""
     out = [1, 1, 1]
     for s in strides:
         out = [o * int(v) for o, v in zip(out, s)]
-    return tuple(out)
+    return (out[0], out[1], out[2])
 
 
 def build_model(in_channels: int, num_classes: int, **kwargs) -> UNet3D:

@@ -15,11 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from brainseg.config import Config
+from brainseg.config import Config, InputMask, NormalizationScheme
 from brainseg.plan.fingerprint import Fingerprint
 from brainseg.plan.network import (
     Topology,
@@ -71,11 +72,12 @@ class Plan:
 
     def summary(self) -> str:
         c = self.config
+        spacing = "x".join(f"{s:g}" for s in c.data.target_spacing or ())
         net = f"{c.model.levels} levels, {c.model.base_features}-{c.model.max_features} features"
         if c.model.strides is not None:
             net += ", anisotropic pooling"
         return (
-            f"plan: {'x'.join(f'{s:g}' for s in c.data.target_spacing)} mm, patch {'x'.join(map(str, c.train.patch_size))}"
+            f"plan: {spacing} mm, patch {'x'.join(map(str, c.train.patch_size))}"
             f" x{c.train.batch_size}, {net}, {c.train.epochs} epochs x {c.train.iters_per_epoch} steps"
             + (f" (~{self.step_seconds:.2f} s/step)" if self.step_seconds else "")
             + f", {c.data.normalization}, input_mask {c.postprocess.input_mask}"
@@ -87,8 +89,12 @@ def _fmt(values) -> str:
     return "x".join(f"{v:.3g}" for v in values)
 
 
-def target_spacing(fp: Fingerprint) -> tuple[list[float], str]:
-    spacings = np.array([c.ras_spacing for c in fp.cases], dtype=float)
+def spacing_rule(case_spacings: Sequence[Sequence[float]]) -> tuple[list[float], str]:
+    """The target voxel size from the training cases' voxel sizes (RAS order), with its reason:
+    the median per axis, except that an anisotropic axis (median over ``ANISOTROPY_RATIO``
+    times the finest) takes its 10th percentile. The plan and the trainer (for a null
+    ``data.target_spacing``) both use it."""
+    spacings = np.array(case_spacings, dtype=float)
     median = np.median(spacings, axis=0)
     coarse = int(np.argmax(median))
     if median[coarse] > ANISOTROPY_RATIO * median.min():
@@ -180,7 +186,7 @@ def plan_network(
     return None, 0
 
 
-def normalization(fp: Fingerprint) -> tuple[str, str]:
+def normalization(fp: Fingerprint) -> tuple[NormalizationScheme, str]:
     names = [c.lower() for c in fp.channels]
     if names and all("ct" == n or n.startswith("ct") for n in names):
         return "ct", "CT channels: clipped to the data set's foreground 0.5-99.5 percentiles, then z-scored"
@@ -191,7 +197,7 @@ def normalization(fp: Fingerprint) -> tuple[str, str]:
     )
 
 
-def input_mask(fp: Fingerprint) -> tuple[str, str]:
+def input_mask(fp: Fingerprint) -> tuple[InputMask, str]:
     zero = [c for c in fp.cases if c.zero_background and c.label_volumes]
     if not zero:
         return "none", "no training case has an exact-zero background"
@@ -218,7 +224,7 @@ def plan_config(
 
         raise BrainsegError("cannot plan: no training case could be fingerprinted")
     cfg, reasons = Config(), {}
-    cfg.data.target_spacing, reasons["data.target_spacing"] = target_spacing(fp)
+    cfg.data.target_spacing, reasons["data.target_spacing"] = spacing_rule([c.ras_spacing for c in fp.cases])
     cfg.data.normalization, reasons["data.normalization"] = normalization(fp)
     reasons["data.crop_to_nonzero"] = "crop to the subject (exact-zero background) or its threshold mask plus 5 mm"
     seconds, steps = plan_network(fp, cfg, reasons, device, gpu_memory, minutes, measure)

@@ -7,9 +7,11 @@ enhancing-tumour rule for region models (:func:`innermost_rule`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import get_args
 
 import numpy as np
 
+from brainseg.config import InputMask
 from brainseg.io.images import voxel_volume
 from brainseg.labels.regions import Regions
 
@@ -33,11 +35,12 @@ def probabilities_to_labels(probs: np.ndarray) -> np.ndarray:
     return np.argmax(probs, axis=0).astype(dtype)
 
 
-INPUT_MASK_MODES = ("none", "restrict", "fill")
+#: What ``postprocess.input_mask`` may name.
+INPUT_MASK_MODES: tuple[InputMask, ...] = get_args(InputMask)
 
 
 def labels_within_input(
-    probs: np.ndarray, nonzero: np.ndarray, mode: str = "none", weights: np.ndarray | None = None
+    probs: np.ndarray, nonzero: np.ndarray, mode: InputMask = "none", weights: np.ndarray | None = None
 ) -> np.ndarray:
     """Class indices from probabilities, using where the input scan is non-zero; with
     ``weights`` (C,) each class's probability is scaled by its weight before the argmax
@@ -67,7 +70,7 @@ def labels_within_input(
 
 
 def regions_within_input(
-    probs: np.ndarray, nonzero: np.ndarray, mode: str, regions: Regions, thresholds: Sequence[float]
+    probs: np.ndarray, nonzero: np.ndarray, mode: InputMask, regions: Regions, thresholds: Sequence[float]
 ) -> np.ndarray:
     """A label map (label values) from (R, X, Y, Z) region probabilities: region r holds where
     its probability reaches ``thresholds[r]``, and the regions write their labels in class order

@@ -20,10 +20,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from brainseg.config import NormalizationScheme
 from brainseg.data.cases import Case
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path, atomic_write_text
@@ -51,7 +53,7 @@ class CachedCase:
     classes: list[int]  # foreground classes present
 
     def load(self, mmap: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        mode = "r" if mmap else None
+        mode: Literal["r"] | None = "r" if mmap else None
         return np.load(self.data_path, mmap_mode=mode), np.load(self.seg_path, mmap_mode=mode)
 
     def locations(self) -> dict[int, np.ndarray]:
@@ -63,12 +65,6 @@ def ras_spacing(case: Case, max_voxels: int) -> list[float]:
     """A case's voxel size in RAS axis order, from its first channel's header."""
     geom = read_geometry(case.images[0], max_voxels=max_voxels)
     return to_ras(geom.spacing, geom)
-
-
-def median_spacing(cases: Sequence[Case], max_voxels: int) -> list[float]:
-    """The data set's median voxel size per RAS axis (nnU-Net's default target)."""
-    spacings = np.array([ras_spacing(c, max_voxels) for c in cases])
-    return [round(float(v), 4) for v in np.median(spacings, axis=0)]
 
 
 def _cache_key(case: Case, settings: dict) -> str:
@@ -86,7 +82,7 @@ INTENSITY_SAMPLES = 10_000
 def cache_settings(
     target_spacing: Sequence[float],
     label_values: Sequence[int],
-    normalization: str,
+    normalization: NormalizationScheme,
     crop_to_nonzero: bool,
     intensity: Sequence[ChannelIntensity] | None = None,
 ) -> dict:
@@ -152,7 +148,7 @@ def cache_case(
     cache_dir: Path,
     target_spacing: Sequence[float],
     label_values: Sequence[int],
-    normalization: str = "zscore",
+    normalization: NormalizationScheme = "zscore",
     crop_to_nonzero: bool = True,
     max_voxels: int = 1024**3,
     intensity: Sequence[ChannelIntensity] | None = None,

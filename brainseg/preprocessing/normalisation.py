@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, get_args
 
 import numpy as np
 
+from brainseg.config import NormalizationScheme
 from brainseg.preprocessing.foreground import SAMPLE
 
 
@@ -40,7 +41,8 @@ def zscore_foreground(data: np.ndarray, mask: np.ndarray | None = None) -> tuple
 QUANTILE_LEVELS = (0.5, 2.0, 5.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 95.0, 98.0, 99.5)
 
 
-NORMALIZATIONS = ("zscore", "quantile", "none", "ct")
+#: What ``data.normalization`` may name.
+NORMALIZATIONS: tuple[NormalizationScheme, ...] = get_args(NormalizationScheme)
 
 
 #: nnU-Net's rule: the statistics come from the subject mask of a zero-background case only
@@ -69,7 +71,7 @@ def _quantile_map(x: np.ndarray, landmarks: np.ndarray, targets: np.ndarray, std
 
 
 def normalise(
-    data: np.ndarray, mask: np.ndarray, scheme: str, intensity: Sequence | None = None
+    data: np.ndarray, mask: np.ndarray, scheme: NormalizationScheme, intensity: Sequence | None = None
 ) -> tuple[np.ndarray, list[float], list[float], np.ndarray]:
     """Normalise every voxel of (C, X, Y, Z) with statistics of the voxels in ``mask``.
 

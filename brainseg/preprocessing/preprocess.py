@@ -42,6 +42,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brainseg.config import NormalizationScheme
 from brainseg.io.images import Geometry
 from brainseg.preprocessing.foreground import (
     beyond_margin,
@@ -161,7 +162,7 @@ def preprocess(
     geometry: Geometry,
     target_spacing: Sequence[float],
     label: np.ndarray | None = None,
-    normalization: str = "zscore",
+    normalization: NormalizationScheme = "zscore",
     crop_to_nonzero: bool = True,
     intensity: Sequence | None = None,
     subject: np.ndarray | None = None,

@@ -1,16 +1,58 @@
-"""What a run leaves for people to read: metrics.csv, TensorBoard logs, curves.png, the progress bar."""
+"""What a run leaves for people to read: metrics.csv (one row per epoch, :class:`EpochTally`),
+TensorBoard logs, curves.png (:class:`RunLog` writes all three), the progress bar."""
 
 from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from brainseg.io.atomic import atomic_path, atomic_write_text
 from brainseg.labels.regions import Regions
+from brainseg.train.state import RunState, StepOutcome
+
+
+@dataclass
+class EpochTally:
+    """What one epoch's steps add up to, for its metrics row."""
+
+    lr: float  # the last step's learning rate
+    start: float = field(default_factory=time.perf_counter)
+    losses: list[float] = field(default_factory=list)  # of the steps that trained
+    wait: float = 0.0  # seconds spent waiting for the loader
+    skipped: int = 0  # steps skipped for a non-finite loss or gradient
+
+    def add(self, outcome: StepOutcome, lr: float, wait: float) -> None:
+        self.lr, self.wait, self.skipped = lr, self.wait + wait, self.skipped + outcome.skipped
+        if not outcome.skipped:
+            self.losses.append(outcome.loss)
+
+    def row(self, state: RunState, iters_per_epoch: int) -> dict:
+        """The epoch's metrics.csv row; ``state`` as the epoch ends (a partial epoch, cut by the
+        clock or a failure, counts as the fraction of its steps done)."""
+        seconds = time.perf_counter() - self.start
+        partial = (state.step % iters_per_epoch) / iters_per_epoch
+        return {
+            "epoch": state.epoch + partial if partial else state.epoch,
+            "step": state.step,
+            "train_loss": float(np.mean(self.losses)) if self.losses else float("nan"),
+            "lr": self.lr,
+            "skipped_steps": self.skipped,
+            "epoch_seconds": seconds,
+            "data_wait_fraction": self.wait / max(seconds, 1e-9),
+            "elapsed_minutes": state.elapsed / 60.0,
+        }
+
+
+def validation_fields(dice: Mapping) -> dict:
+    """A row's validation columns: the mean Dice and one per label value (region name)."""
+    return {"val_dice_mean": float(np.mean(list(dice.values()))), **{f"val_dice_{c}": d for c, d in dice.items()}}
 
 
 def training_bar(total_steps: int, step: int, budget: float | None, elapsed: float, enabled: bool) -> tqdm:
@@ -109,3 +151,26 @@ class TensorBoard:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+class RunLog:
+    """Rank 0's record of a run in ``run_dir``: metrics.csv (the whole history, rewritten each
+    epoch), TensorBoard scalars and curves.png (after a validation and after the last epoch);
+    ``run_dir`` None (the other ranks): nothing."""
+
+    def __init__(self, run_dir: Path | None, curves: dict):
+        self.run_dir = run_dir
+        self.curves = curves
+        self.tb = TensorBoard(run_dir / "tensorboard" if run_dir is not None else None)
+
+    def write(self, history: Sequence[dict], step: int, last_epoch: bool) -> None:
+        if self.run_dir is None:
+            return
+        row = history[-1]
+        write_metrics_csv(self.run_dir / "metrics.csv", history)
+        self.tb.log(row, step)
+        if "val_dice_mean" in row or last_epoch:
+            plot_curves(self.run_dir / "curves.png", history, self.curves)
+
+    def close(self) -> None:
+        self.tb.close()

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import replace
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss, DiceLoss
 
-from brainseg.config import Config, LabelsConfig
+from brainseg.config import Config, LabelsConfig, LrSchedule, Optimizer, TrainConfig
 from brainseg.data.cases import Case
 from brainseg.errors import BrainsegError
 from brainseg.io.images import read_label
@@ -32,6 +33,7 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
     else:
         values: set[int] = set()
         for case in cases:
+            assert case.label is not None  # training cases are labelled
             lab, _ = read_label(case.label, max_voxels=max_voxels)
             values.update(int(v) for v in np.unique(lab))
         labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(values | {0})}
@@ -158,6 +160,7 @@ class SegLoss(torch.nn.Module):
 
     def __init__(self, region_table: np.ndarray | None = None):
         super().__init__()
+        self.loss: torch.nn.Module
         if region_table is None:
             self.table = None
             self.loss = DiceCELoss(
@@ -179,7 +182,7 @@ class SegLoss(torch.nn.Module):
             return self._score(outputs, target)
         weights = deep_supervision_weights(len(outputs))
         total = sum(weights)
-        loss = 0.0
+        loss = torch.zeros((), device=target.device)
         for w, out in zip(weights, outputs):
             t = (
                 target
@@ -190,22 +193,22 @@ class SegLoss(torch.nn.Module):
         return loss
 
 
-def make_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay
         )
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise BrainsegError(f"train.optimizer must be sgd or adamw, got {cfg.optimizer!r}")
+    raise BrainsegError(f"train.optimizer must be one of {', '.join(get_args(Optimizer))}, got {cfg.optimizer!r}")
 
 
-def poly_lr(lr0: float, progress: float, schedule: str) -> float:
+def poly_lr(lr0: float, progress: float, schedule: LrSchedule) -> float:
     if schedule == "constant":
         return lr0
     if schedule == "poly":
         return lr0 * (1.0 - min(max(progress, 0.0), 1.0)) ** 0.9
-    raise BrainsegError(f"train.lr_schedule must be poly or constant, got {schedule!r}")
+    raise BrainsegError(f"train.lr_schedule must be one of {', '.join(get_args(LrSchedule))}, got {schedule!r}")
 
 
 def run_budget(stored: float | None, requested: float | None) -> float | None:

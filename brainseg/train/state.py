@@ -4,6 +4,9 @@
 every checkpoint (:meth:`RunState.checkpoint_fields`, :meth:`RunState.from_checkpoint`;
 checkpoints from before a field existed load with its default). It also keeps the count
 of steps skipped for a non-finite loss or gradient (:meth:`RunState.count_step`).
+:func:`checkpoint_state` is what a checkpoint holds besides it (weights, optimizer, scaler, RNG
+states, the model card), :func:`write_checkpoint` writes one (never with non-finite weights),
+:func:`restore_checkpoint` reads one back into a resumed run.
 :func:`check_run_dir` says whether a folder can take a new run or be resumed.
 """
 
@@ -15,9 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
-from brainseg.model.checkpoint import CHECKPOINT_LAST
+from brainseg.model.card import ModelCard
+from brainseg.model.checkpoint import CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
+from brainseg.runtime import restore_rng_states, rng_states
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +109,39 @@ class RunState:
                 f"({self.nonfinite_run} in a row, {self.skipped_steps} in this run)"
             )
         return self.nonfinite_run
+
+
+def checkpoint_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler, state: RunState, card: ModelCard
+) -> dict[str, Any]:
+    """A checkpoint's contents: weights, optimizer and gradient-scaler states, the run's
+    :class:`RunState`, the RNG states and the model card (a plain dict)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        **state.checkpoint_fields(),
+        "rng": rng_states(),
+        "card": card.to_dict(),
+    }
+
+
+def write_checkpoint(path: Path, checkpoint: dict[str, Any], step: int) -> None:
+    """Write :func:`checkpoint_state`'s ``checkpoint`` to ``path``, never with non-finite weights."""
+    bad = nonfinite_tensors(checkpoint["model"])
+    if bad:
+        raise BrainsegError(
+            f"{path}: not written: the model weights hold NaN or inf at step {step} ({len(bad)} tensor(s), e.g. {bad[0]})"
+        )
+    save_checkpoint(path, checkpoint)
+
+
+def restore_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler) -> RunState:
+    """Load ``path`` into the model, optimizer and scaler and restore the RNG states; the run's state."""
+    st = load_checkpoint(path, map_location="cpu")
+    model.load_state_dict(st["model"])
+    optimizer.load_state_dict(st["optimizer"])
+    if st.get("scaler"):
+        scaler.load_state_dict(st["scaler"])
+    restore_rng_states(st.get("rng") or {})
+    return RunState.from_checkpoint(st)

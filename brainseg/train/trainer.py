@@ -36,8 +36,8 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 
 from brainseg.config import Config, dump_config
@@ -45,42 +45,15 @@ from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
 from brainseg.model.card import ModelCard, Network, Normalization, package_versions
-from brainseg.model.checkpoint import (
-    CHECKPOINT_BEST,
-    CHECKPOINT_FINAL,
-    CHECKPOINT_LAST,
-    load_checkpoint,
-    nonfinite_tensors,
-    save_checkpoint,
-)
+from brainseg.model.checkpoint import CHECKPOINT_BEST, CHECKPOINT_FINAL, CHECKPOINT_LAST
 from brainseg.model.unet import UNet3D, build_model
-from brainseg.plan.fingerprint import (
-    FINGERPRINT_FILE,
-    fingerprint_dataset,
-    training_ranges,
-)
-from brainseg.preprocessing.cache import (
-    cache_cases,
-    intensity_statistics,
-    median_spacing,
-)
+from brainseg.plan.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, training_ranges
+from brainseg.plan.rules import spacing_rule
+from brainseg.preprocessing.cache import cache_cases, intensity_statistics, ras_spacing
 from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
-from brainseg.runtime import (
-    autocast,
-    resolve_device,
-    restore_rng_states,
-    rng_states,
-    seed_everything,
-    torchrun_env,
-)
+from brainseg.runtime import autocast, resolve_device, seed_everything, torchrun_env
 from brainseg.train import distributed as ddp
-from brainseg.train.monitor import (
-    TensorBoard,
-    curve_names,
-    plot_curves,
-    training_bar,
-    write_metrics_csv,
-)
+from brainseg.train.monitor import EpochTally, RunLog, curve_names, training_bar, validation_fields
 from brainseg.train.recipe import (
     SegLoss,
     label_table,
@@ -96,7 +69,15 @@ from brainseg.train.recipe import (
     split_cases,
 )
 from brainseg.train.sampling.loader import PatchDataset, RangeSampler, make_loader
-from brainseg.train.state import RunState, StepOutcome, check_run_dir, write_run_files
+from brainseg.train.state import (
+    RunState,
+    StepOutcome,
+    check_run_dir,
+    checkpoint_state,
+    restore_checkpoint,
+    write_checkpoint,
+    write_run_files,
+)
 from brainseg.train.validation import Validation
 
 log = logging.getLogger(__name__)
@@ -127,7 +108,8 @@ class Trainer:
         self.state = RunState()
         self.elapsed_before = 0.0  # training seconds before this invocation
         self._started = time.perf_counter()  # when this invocation's training started
-        self.innermost_min_mm3, self.decision = 0.0, {}  # the rules chosen on validation at the end
+        self.innermost_min_mm3 = 0.0  # the rules chosen on validation at the end
+        self.decision: dict[str, Any] = {}
 
     # ----------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -155,7 +137,9 @@ class Trainer:
         self.regions = resolve_regions(cfg.labels, ds.regions, self.labels)  # None: per-label training
         self.channels = list(ds.channels)
         train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed)
-        spacing = cfg.data.target_spacing or median_spacing(ds.train, cfg.data.max_voxels)
+        spacing = cfg.data.target_spacing
+        if spacing is None:  # the plan's rule over the training cases' voxel sizes
+            spacing, _ = spacing_rule([ras_spacing(c, cfg.data.max_voxels) for c in ds.train])
         self.spacing = [float(s) for s in spacing]
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir / "cache"
@@ -194,14 +178,14 @@ class Trainer:
         # channels-last (NDHWC) is faster for Conv3d on CUDA and on the CPU (oneDNN) too
         self.channels_last = cfg.train.channels_last
         if self.channels_last:
-            self.model.to(memory_format=torch.channels_last_3d)
+            self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.optimizer = make_optimizer(self.model, cfg.train)
         self.amp = cfg.train.amp if self.device.type == "cuda" else "none"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.loss_fn = SegLoss(table)
 
         if self.resume:
-            self._load_state(self.run_dir / CHECKPOINT_LAST)
+            self.state = restore_checkpoint(self.run_dir / CHECKPOINT_LAST, self.model, self.optimizer, self.scaler)
         self.dataset = PatchDataset(
             self.train_cases,
             cfg.train.patch_size,
@@ -216,16 +200,18 @@ class Trainer:
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)
         self.loader = make_loader(self.dataset, self.sampler, cfg.train.num_workers, self.device.type == "cuda")
-        self.tb = TensorBoard(self.run_dir / "tensorboard" if self.dist.is_main else None)
+        self.log = RunLog(self.run_dir if self.dist.is_main else None, curve_names(self.labels, self.regions))
 
     # ----------------------------------------------------------------- checkpoints
     def card(self) -> ModelCard:
+        x, y, z = self.spacing
+        px, py, pz = (int(p) for p in self.cfg.train.patch_size)
         return ModelCard(
             network=Network.from_kwargs(self.model.hparams),
             labels=dict(self.labels),
             channels=tuple(self.channels),
-            spacing=tuple(self.spacing),
-            patch_size=tuple(int(p) for p in self.cfg.train.patch_size),
+            spacing=(x, y, z),
+            patch_size=(px, py, pz),
             normalization=Normalization(
                 scheme=self.cfg.data.normalization,
                 mask="foreground",  # non-zero voxels, or a threshold mask on a noisy background
@@ -240,35 +226,12 @@ class Trainer:
         )
 
     def _state_dict(self) -> dict:
-        return {
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            **self.state.checkpoint_fields(),
-            "rng": rng_states(),
-            "card": self.card().to_dict(),
-        }
-
-    def _load_state(self, path: Path) -> None:
-        st = load_checkpoint(path, map_location="cpu")
-        self.model.load_state_dict(st["model"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        if st.get("scaler"):
-            self.scaler.load_state_dict(st["scaler"])
-        self.state = RunState.from_checkpoint(st)
-        restore_rng_states(st.get("rng") or {})
+        return checkpoint_state(self.model, self.optimizer, self.scaler, self.state, self.card())
 
     def _save(self, name: str) -> None:
         """Rank 0 writes checkpoint ``name``, never with non-finite weights."""
-        if not self.dist.is_main:
-            return
-        bad = nonfinite_tensors(self.model.state_dict())
-        if bad:
-            raise BrainsegError(
-                f"{self.run_dir / name}: not written: the model weights hold NaN or inf at step "
-                f"{self.state.step} ({len(bad)} tensor(s), e.g. {bad[0]})"
-            )
-        save_checkpoint(self.run_dir / name, self._state_dict())
+        if self.dist.is_main:
+            write_checkpoint(self.run_dir / name, self._state_dict(), self.state.step)
 
     # ----------------------------------------------------------------- loop
     def _lr(self, clock: float) -> float:
@@ -339,51 +302,36 @@ class Trainer:
         clock = 0.0
         self.model.train()
         while s.epoch < cfg.epochs and not stop:
-            epoch_start = time.perf_counter()
+            tally = EpochTally(lr=cfg.lr)
             first = s.step - s.epoch * cfg.iters_per_epoch  # > 0 when resuming mid-epoch
             self.sampler.start = s.step * cfg.batch_size
             self.sampler.count = (cfg.iters_per_epoch - first) * cfg.batch_size
-            losses, wait, skipped, lr = [], 0.0, 0, cfg.lr
             it = iter(self.loader)
             for _ in range(cfg.iters_per_epoch - first):
                 t0 = time.perf_counter()
                 image, target = next(it)
-                wait += time.perf_counter() - t0
+                wait = time.perf_counter() - t0
                 lr = self._lr(clock)
                 out_of_time = self._out_of_time(time.perf_counter() - self._started)
                 outcome = self._train_step(image, target, lr, stop=out_of_time)
                 clock = outcome.clock
                 s.step += 1
-                skipped += outcome.skipped
-                if not outcome.skipped:
-                    losses.append(outcome.loss)
+                tally.add(outcome, lr, wait)
                 failure = self._count_skip(outcome, lr)
                 bar.update(min(int(clock), bar.total) - bar.n if timed else 1)
                 if outcome.stop or failure:
                     stop = True
                     break
             del it
-            epoch_seconds = time.perf_counter() - epoch_start
             s.elapsed = self.elapsed_before + (time.perf_counter() - self._started)
             complete = s.step % cfg.iters_per_epoch == 0
             if complete:
                 s.epoch += 1
-            row = {
-                "epoch": s.epoch if complete else s.epoch + (s.step % cfg.iters_per_epoch) / cfg.iters_per_epoch,
-                "step": s.step,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
-                "lr": lr,
-                "skipped_steps": skipped,
-                "epoch_seconds": epoch_seconds,
-                "data_wait_fraction": wait / max(epoch_seconds, 1e-9),
-                "elapsed_minutes": s.elapsed / 60.0,
-            }
+            row = tally.row(s, cfg.iters_per_epoch)
             last_epoch = s.epoch >= cfg.epochs or stop
             best = False
             if failure is None and (last_epoch or (complete and s.epoch % cfg.val_every == 0)):
-                dice = self.validate()  # on every rank, each its share
-                row["val_dice_mean"] = float(np.mean(list(dice.values())))
-                row.update({f"val_dice_{c}": d for c, d in dice.items()})
+                row |= validation_fields(self.validate())  # on every rank, each its share
                 if row["val_dice_mean"] > s.best_dice:
                     s.best_dice, best = row["val_dice_mean"], True
             s.history.append(row)
@@ -395,7 +343,7 @@ class Trainer:
             )
             save_last = failure is None and (last_epoch or not complete or s.epoch % max(1, cfg.checkpoint_every) == 0)
             with ddp.together(self.dist, "writing checkpoints and logs"):
-                self._log_epoch(row, best, save_last, last_epoch)
+                self._log_epoch(best, save_last, last_epoch)
         bar.close()
         if failure:
             ddp.stop_together(self.dist, failure)
@@ -406,8 +354,8 @@ class Trainer:
             self._save(CHECKPOINT_FINAL)
             if self.dist.is_main:  # the config as it ends: postprocessing checked on validation
                 atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
-        self.tb.close()
-        last = next((r for r in reversed(s.history) if "val_dice_mean" in r), {})
+        self.log.close()
+        last: dict = next((r for r in reversed(s.history) if "val_dice_mean" in r), {})
         return {
             "run_dir": str(self.run_dir),
             "epochs": s.epoch,
@@ -417,19 +365,13 @@ class Trainer:
             "stopped_by_time": stop,
         }
 
-    def _log_epoch(self, row: dict, best: bool, save_last: bool, last_epoch: bool) -> None:
+    def _log_epoch(self, best: bool, save_last: bool, last_epoch: bool) -> None:
         """Rank 0: the best and last checkpoints, metrics.csv, TensorBoard, the curves."""
-        if not self.dist.is_main:
-            return
-        s = self.state
         if best:
             self._save(CHECKPOINT_BEST)
         if save_last:
             self._save(CHECKPOINT_LAST)
-        write_metrics_csv(self.run_dir / "metrics.csv", s.history)
-        self.tb.log(row, s.step)
-        if "val_dice_mean" in row or last_epoch:
-            plot_curves(self.run_dir / "curves.png", s.history, curve_names(self.labels, self.regions))
+        self.log.write(self.state.history, self.state.step, last_epoch)
 
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
