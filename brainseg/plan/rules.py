@@ -71,6 +71,7 @@ class Plan:
 
     def summary(self) -> str:
         c = self.config
+        assert c.data.target_spacing is not None  # planning always sets it
         net = f"{c.model.levels} levels, {c.model.base_features}-{c.model.max_features} features"
         if c.model.strides is not None:
             net += ", anisotropic pooling"

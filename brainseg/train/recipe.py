@@ -13,7 +13,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from brainseg.config import Config, LabelsConfig
 from brainseg.data.cases import Case
-from brainseg.errors import BrainsegError
+from brainseg.errors import BrainsegError, InputError
 from brainseg.io.images import read_label
 from brainseg.labels.laterality import Laterality, resolve
 from brainseg.labels.regions import Regions
@@ -32,6 +32,8 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
     else:
         values: set[int] = set()
         for case in cases:
+            if case.label is None:
+                raise InputError(case.images[0], "training case has no label file")
             lab, _ = read_label(case.label, max_voxels=max_voxels)
             values.update(int(v) for v in np.unique(lab))
         labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(values | {0})}
@@ -158,6 +160,8 @@ class SegLoss(torch.nn.Module):
 
     def __init__(self, region_table: np.ndarray | None = None):
         super().__init__()
+        self.table: torch.Tensor | None
+        self.loss: torch.nn.Module
         if region_table is None:
             self.table = None
             self.loss = DiceCELoss(
@@ -179,14 +183,16 @@ class SegLoss(torch.nn.Module):
             return self._score(outputs, target)
         weights = deep_supervision_weights(len(outputs))
         total = sum(weights)
-        loss = 0.0
+        loss: torch.Tensor | None = None
         for w, out in zip(weights, outputs):
             t = (
                 target
                 if out.shape[2:] == target.shape[2:]
                 else F.interpolate(target.float(), size=out.shape[2:], mode="nearest").long()
             )
-            loss = loss + (w / total) * self._score(out, t)
+            term = (w / total) * self._score(out, t)
+            loss = term if loss is None else loss + term
+        assert loss is not None  # deep supervision gives at least one output
         return loss
 
 
