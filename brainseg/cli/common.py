@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -30,7 +31,7 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 def add_verbosity_args(p: argparse.ArgumentParser, top_level: bool) -> None:
     """``--quiet``/``--verbose``, before or after the command name."""
-    default = {} if top_level else {"default": argparse.SUPPRESS}
+    default: dict[str, Any] = {} if top_level else {"default": argparse.SUPPRESS}
     group = p.add_mutually_exclusive_group()
     group.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only", **default)
     group.add_argument("-v", "--verbose", action="store_true", help="also debugging messages", **default)

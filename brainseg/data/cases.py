@@ -254,10 +254,10 @@ def assemble(
             )
             ok = False
         else:
-            missing = [i for i in range(n) if i not in c.channels]
+            absent = [i for i in range(n) if i not in c.channels]
             extra = sorted(i for i in c.channels if i >= n)
-            if missing:
-                names = ", ".join(channel_stem(cid, i) for i in missing)
+            if absent:
+                names = ", ".join(channel_stem(cid, i) for i in absent)
                 problems.append(f"{c.where}: case {cid!r} is missing channel file(s) {names} ({why})")
                 ok = False
             if extra:

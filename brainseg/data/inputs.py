@@ -119,9 +119,10 @@ def _msd_candidates(
             f"to one of its channels {list(listed)} (the model's channels: {list(channel_names)})"
         )
         return []
+    picks = [o for o in order if o is not None]  # all of order: None was ruled out above
     out = []
     for c in cands:
-        missing = [j for j in order if j not in c.channels]
+        missing = [j for j in picks if j not in c.channels]
         if c.kind == "single" or missing:
             if missing:
                 names = ", ".join(f"{channel_stem(c.case_id, j)} ({listed[j]})" for j in missing)
@@ -130,7 +131,7 @@ def _msd_candidates(
                 out.append(c)  # assemble names it
             continue
         moved = Candidate(c.case_id, where)
-        for i, j in enumerate(order):
+        for i, j in enumerate(picks):
             moved.channels[i] = c.channels[j]
         out.append(moved)
     return out

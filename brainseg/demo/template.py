@@ -75,15 +75,18 @@ def template_dir() -> Path:
 def load_template() -> Template:
     """Load the T1, GM and WM template maps, scaled to [0, 1] (divided by 255)."""
     folder = template_dir()
-    maps = {}
-    affine = None
+    maps: dict[str, np.ndarray] = {}
+    affine: np.ndarray | None = None
     for key, name in TEMPLATE_FILES.items():
         img = nib.load(str(folder / name))
+        if not isinstance(img, nib.Nifti1Image):
+            raise BrainsegError(f"{folder / name}: template map is not a NIfTI image")
         if affine is None:
             affine = np.asarray(img.affine, dtype=np.float64)
         elif img.shape != maps["t1"].shape or not np.allclose(img.affine, affine):
             raise BrainsegError(f"{folder / name}: template map is not on the T1 template's grid")
         maps[key] = np.asarray(img.dataobj, dtype=np.float32) / np.float32(255.0)
+    assert affine is not None  # TEMPLATE_FILES is not empty
     return Template(maps["t1"], maps["gm"], maps["wm"], affine)
 
 

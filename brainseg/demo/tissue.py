@@ -110,7 +110,8 @@ def subject_grid(
     direction = rotation(axis, tilt) @ orientation_matrix(orientation)
     # Extent of the box along each (possibly tilted) voxel axis.
     extent = np.abs(direction.T) @ (world_hi - world_lo)
-    shape = tuple(int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing))
+    sizes = [int(math.ceil(e / s)) + 1 for e, s in zip(extent, spacing)]
+    shape = (sizes[0], sizes[1], sizes[2])
     linear = direction @ np.diag(spacing)
     centre = (world_lo + world_hi) / 2.0
     affine = np.eye(4)

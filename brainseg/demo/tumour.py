@@ -45,6 +45,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -307,7 +308,7 @@ def make_tumour_dataset(
     n_test: int | None = None,
     seed: int = 0,
     layout: str = "brats2021",
-    spacing: tuple[float, float, float] | None = None,
+    spacing: Sequence[float] | None = None,
     verbose: bool = True,
 ) -> Path:
     """Write ``n`` synthetic tumour cases at ``out`` in ``layout`` (see the module docstring).
@@ -319,9 +320,9 @@ def make_tumour_dataset(
     out = Path(out)
     if layout not in LAYOUTS:
         raise BrainsegError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    spacing = (DEFAULT_SPACING_MM,) * 3 if spacing is None else tuple(float(s) for s in spacing)
-    if len(spacing) != 3 or min(spacing) < 0.5 or max(spacing) > 4:
-        raise BrainsegError(f"--spacing {spacing}: the tumour demo needs three voxel sizes in mm, each in [0.5, 4]")
+    sizes_mm = (DEFAULT_SPACING_MM,) * 3 if spacing is None else tuple(float(s) for s in spacing)
+    if len(sizes_mm) != 3 or min(sizes_mm) < 0.5 or max(sizes_mm) > 4:
+        raise BrainsegError(f"--spacing {sizes_mm}: the tumour demo needs three voxel sizes in mm, each in [0.5, 4]")
     n_train, n_test = _split_sizes(n, n_test, seed)
     template = load_template()
     brain_map = (template.t1 > 0).astype(np.float32)
@@ -331,7 +332,7 @@ def make_tumour_dataset(
     start = time.perf_counter()
     for index, cid in enumerate(ids):
         held_out = index >= n_train
-        images, labels, geometry, info = make_tumour_case(template, brain_map, seed, index, spacing)
+        images, labels, geometry, info = make_tumour_case(template, brain_map, seed, index, sizes_mm)
         _write_case(out, layout, held_out, cid, images, labels, geometry)
         cases.append({"id": cid, "split": "test" if held_out else "train", **info})
         if verbose:
@@ -356,7 +357,7 @@ def make_tumour_dataset(
         "name": TUMOUR_NAME,
         "layout": layout,
         "seed": seed,
-        "spacing_mm": list(spacing),
+        "spacing_mm": list(sizes_mm),
         "labels": values,
         "regions": regions.to_dict() if layout != "msd" else {"from": "dataset.json"},
         "train": ids[:n_train],

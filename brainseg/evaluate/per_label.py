@@ -230,7 +230,7 @@ def write_metrics_csv(path: str | os.PathLike, rows: Sequence[dict]) -> Path:
 
 def _complete_rows(rows_by_case: dict[str, list[dict]], labels: Sequence[int]) -> list[dict]:
     """Exactly one row per case and label: absent labels get the both-empty row."""
-    out = []
+    out: list[dict] = []
     for case in sorted(rows_by_case):
         have = {r["label"]: r for r in rows_by_case[case]}
         out.extend(have.get(v) or empty_row(case, v) for v in labels)

@@ -28,6 +28,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -107,7 +108,7 @@ def write_region_csv(path: Path, names: Sequence[str], rows: dict[str, dict[str,
 def summarize_regions(
     regions: Regions, rows: dict[str, dict[str, tuple[float, float]]], failed: list[dict], penalty_mm: float
 ) -> dict:
-    per_region = {}
+    per_region: dict[str, dict[str, Any]] = {}
     for name, values in zip(regions.names, regions.labels):
         per_region[name] = {
             "labels": list(values),
@@ -162,9 +163,9 @@ def evaluate_region_folders(
         return region_scores(pred, ref, regions, geometry.spacing, penalty_mm)
 
     rows = score_pairs(pairs, score, failed, progress)
-    for cid, values in sorted(stray.items()):
+    for cid, held in sorted(stray.items()):
         log.warning(
-            f"{cid}: the prediction holds label(s) {values}, which no region contains "
+            f"{cid}: the prediction holds label(s) {held}, which no region contains "
             f"({', '.join(f'{n} = {list(v)}' for n, v in zip(regions.names, regions.labels))})"
         )
     write_region_csv(out_dir / METRICS_NAME, regions.names, rows)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import numpy.typing as npt
 
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path
@@ -118,7 +119,7 @@ def _check_affine(path, affine: np.ndarray) -> None:
         raise InputError(path, "the affine (voxel-to-world transform) is singular or zero")
 
 
-def _spatial_shape(path, shape: Sequence[int]) -> tuple[int, ...]:
+def _spatial_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
     """Validate a file's shape; return its 3D spatial shape."""
     shape = tuple(int(s) for s in shape)
     # Trailing singleton axes beyond the third are not real dimensions.
@@ -134,7 +135,7 @@ def _spatial_shape(path, shape: Sequence[int]) -> tuple[int, ...]:
         )
     if min(shape) < 1:
         raise InputError(path, f"has an empty dimension {shape}")
-    return shape
+    return shape[0], shape[1], shape[2]
 
 
 def read_geometry(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Geometry:
@@ -201,7 +202,7 @@ def _open_nifti(path: Path, max_voxels: int):
             "".join(nib.aff2axcodes(affine)),
             sizes,
         )
-    geom = Geometry(shape=tuple(shape[:3]), affine=affine, header=header, path=str(path))
+    geom = Geometry(shape=shape, affine=affine, header=header, path=str(path))
 
     def load() -> np.ndarray:
         try:
@@ -239,7 +240,7 @@ def _open_itk(path: Path, max_voxels: int):
     affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
     affine[:3, 3] = lps_to_ras @ origin
     _check_affine(path, affine)
-    geom = Geometry(shape=tuple(shape[:3]), affine=affine, header=None, path=str(path))
+    geom = Geometry(shape=shape, affine=affine, header=None, path=str(path))
 
     def load() -> np.ndarray:
         try:
@@ -291,6 +292,7 @@ def read_channels(
         raise InputError(None, "no channel files given")
     arrays = []
     first: Geometry | None = None
+    first_path = Path(paths[0])
     for p in paths:
         data, geom = read_image(p, max_voxels=max_voxels)
         if not data.any():
@@ -301,9 +303,10 @@ def read_channels(
             raise InputError(
                 p,
                 f"geometry ({geom.describe()}) differs from the case's first channel "
-                f"{Path(first.path).name} ({first.describe()})",
+                f"{first_path.name} ({first.describe()})",
             )
         arrays.append(data)
+    assert first is not None  # paths is not empty, so the loop set it
     return np.stack(arrays, axis=0), first
 
 
@@ -325,7 +328,7 @@ def write_image(
     path: str | os.PathLike,
     data: np.ndarray,
     reference: Geometry,
-    dtype: np.dtype | str | None = None,
+    dtype: npt.DTypeLike | None = None,
 ) -> Path:
     """Write ``data`` (the reference's shape, or shape + one trailing axis) as NIfTI.
 

@@ -15,6 +15,7 @@ tests/test_fast_paths.py holds them to the plain modules.
 from __future__ import annotations
 
 import copy
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class InstanceNormLeakyReLU(nn.Module):
         return y
 
 
-def _plain_instance_norm(module: nn.Module) -> bool:
+def _plain_instance_norm(module: nn.Module) -> TypeGuard[nn.InstanceNorm3d]:
     return isinstance(module, nn.InstanceNorm3d) and not module.track_running_stats
 
 
@@ -125,6 +126,11 @@ def _foldable_batch_norm(conv: nn.Module, norm: nn.Module | None) -> bool:
     )
 
 
+def _three(values: tuple[int, ...]) -> tuple[int, int, int]:
+    """A Conv3d's per-axis setting (always three values) as the fixed-length tuple its constructor takes."""
+    return values[0], values[1], values[2]
+
+
 @torch.no_grad()
 def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
     """One ``Conv3d`` computing ``norm(conv(x))`` with the norm's running statistics (eval mode).
@@ -132,20 +138,23 @@ def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
     ``scale = gamma / sqrt(running_var + eps)`` multiplies each output channel's kernel;
     the bias becomes ``(bias - running_mean) * scale + beta``. New tensors (a snapshot
     of the current values), with the kernel's memory format."""
-    scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+    running_mean, running_var = norm.running_mean, norm.running_var
+    if running_mean is None or running_var is None:
+        raise ValueError("a BatchNorm3d without running statistics cannot be folded")
+    scale = torch.rsqrt(running_var.float() + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.float()
     bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - norm.running_mean.float()) * scale
+    bias = (bias - running_mean.float()) * scale
     if norm.bias is not None:
         bias = bias + norm.bias.float()
     out = nn.Conv3d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        _three(conv.kernel_size),
+        stride=_three(conv.stride),
+        padding=conv.padding if isinstance(conv.padding, str) else _three(conv.padding),
+        dilation=_three(conv.dilation),
         groups=conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
@@ -176,6 +185,8 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
         return model
 
     def rule(child: nn.Module, nxt: nn.Module | None):
-        return (folded_conv(child, nxt), True) if _foldable_batch_norm(child, nxt) else None
+        if isinstance(child, nn.Conv3d) and isinstance(nxt, nn.BatchNorm3d) and _foldable_batch_norm(child, nxt):
+            return folded_conv(child, nxt), True
+        return None
 
     return _rewrite_pairs(model, rule)

@@ -146,7 +146,7 @@ def check_dataset(
         names = ", ".join(f"{v} {ds.labels[v]!r}" for v in lateral.unpaired)
         warnings.append(f"{root}: lateralised labels without a left/right partner ({names}): no left-right flips")
     train_fps = [fingerprints[c.case_id] for c in ds.train if c.case_id in fingerprints]
-    fp = Fingerprint(
+    dataset_fp = Fingerprint(
         channels=list(ds.channels),
         labels=dict(ds.labels),
         cases=train_fps,
@@ -155,4 +155,4 @@ def check_dataset(
         unpaired_lateral=list(lateral.unpaired),
         regions=None if ds.regions is None else ds.regions.to_dict(),
     )
-    return CheckReport(ds, fp, errors, warnings)
+    return CheckReport(ds, dataset_fp, errors, warnings)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -47,22 +47,31 @@ class Topology:
         return all(s == (2, 2, 2) for s in self.strides) and all(k == (3, 3, 3) for k in self.kernels)
 
 
+def _per_axis(values: Iterable[int]) -> tuple[int, int, int]:
+    """One value per spatial axis, as a fixed-length tuple."""
+    x, y, z = values
+    return x, y, z
+
+
 def topology(patch: Sequence[int], spacing: Sequence[float], max_levels: int) -> Topology:
     """Strides and kernels for ``patch`` (voxels) at ``spacing`` (mm), at most ``max_levels`` levels."""
     size = [float(p) for p in patch]
     sp = [float(s) for s in spacing]
-    strides, kernels = [], []
+    strides: list[tuple[int, int, int]] = []
+    kernels: list[tuple[int, int, int]] = []
     for _ in range(max_levels - 1):
         finest = min(sp)
-        stride = tuple(2 if (s <= ANISOTROPY * finest and n / 2 >= MIN_FEATURE_MAP) else 1 for s, n in zip(sp, size))
+        stride = _per_axis(
+            2 if (s <= ANISOTROPY * finest and n / 2 >= MIN_FEATURE_MAP) else 1 for s, n in zip(sp, size)
+        )
         if stride == (1, 1, 1):
             break
-        kernels.append(tuple(1 if s > ANISOTROPY * finest else 3 for s in sp))
+        kernels.append(_per_axis(1 if s > ANISOTROPY * finest else 3 for s in sp))
         strides.append(stride)
         size = [n / st for n, st in zip(size, stride)]
         sp = [s * st for s, st in zip(sp, stride)]
     finest = min(sp)
-    kernels.append(tuple(1 if s > ANISOTROPY * finest else 3 for s in sp))
+    kernels.append(_per_axis(1 if s > ANISOTROPY * finest else 3 for s in sp))
     return Topology(len(strides) + 1, tuple(strides), tuple(kernels))
 
 
@@ -118,7 +127,7 @@ def measure_step_seconds(
         strides=topo.strides,
         kernels=topo.kernels,
     )
-    net.to(memory_format=torch.channels_last_3d)
+    net.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # the stub lacks memory_format
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     x = torch.randn(batch, in_channels, *patch).to(memory_format=torch.channels_last_3d)
     y = torch.randint(0, num_classes, (batch, *patch))

@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -206,7 +206,8 @@ def cache_case(
             np.save(fh, seg)
     with atomic_path(paths["locs_path"]) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, **_sample_locations(seg, classes, rng))
+            arrays: dict[str, Any] = _sample_locations(seg, classes, rng)  # Any: mypy fears a key named allow_pickle
+            np.savez(fh, **arrays)
     atomic_write_text(meta_path, json.dumps({"key": key, "record": record.to_dict(), "classes": classes}))
     return CachedCase(case.case_id, record=record, classes=classes, **paths)
 

@@ -187,7 +187,7 @@ def preprocess(
     inside = (
         resample_image(reorient_array(subject, ornt)[None].astype(np.float32), new_shape, steps)[0] if zero_bg else None
     )
-    if zero_bg and not ct:  # crop to the subject; statistics over voxels mostly inside it
+    if inside is not None and not ct:  # crop to the subject; statistics over voxels mostly inside it
         fg, box, margin = inside >= 0.5, inside > 0, 0
     else:  # a threshold foreground (inside a zero-padded field of view), with a margin
         fg = box = threshold_mask(img, valid=None if inside is None else inside >= 0.5)
@@ -291,8 +291,8 @@ def invert_region_slabs(
             )
         return
     taps, slices, lows = [], [], []
-    for (a, b), n_in, n_out, step in zip(bbox, res, ras, inverse_steps(record)):
-        i0, i1, w = grid_taps(n_in, n_out, step)
+    for (a, b), n_in, n_ras, step in zip(bbox, res, ras, inverse_steps(record)):
+        i0, i1, w = grid_taps(n_in, n_ras, step)
         hit = np.flatnonzero((i1 >= a) & (i0 < b))  # outputs that read the box: a contiguous run
         j0, j1 = (int(hit[0]), int(hit[-1]) + 1) if hit.size else (0, 0)
         taps.append((i0[j0:j1], i1[j0:j1], w[j0:j1]))  # resampled-grid indices

@@ -34,8 +34,8 @@ PROFILE_MARGIN = 0.15
 OBLIQUITY_MARGIN = 20.0
 
 
-def _span(values: Sequence[float]) -> list[float]:
-    return [float(min(values)), float(max(values))]
+def _span(values: Sequence[float]) -> tuple[float, float]:
+    return float(min(values)), float(max(values))
 
 
 @dataclass(frozen=True)
@@ -57,11 +57,11 @@ class TrainingRanges:
         return cls(
             n_cases=len(spacings),
             channels=n_channels,
-            spacing=tuple(tuple(_span([s[i] for s in spacings])) for i in range(3)),
-            extent_mm=tuple(tuple(_span([e[i] for e in extents])) for i in range(3)),
+            spacing=tuple(_span([s[i] for s in spacings]) for i in range(3)),
+            extent_mm=tuple(_span([e[i] for e in extents]) for i in range(3)),
             obliquity_max=float(max(obliquities)),
-            depth_correlation=tuple(tuple(_span([c[i] for c in correlations])) for i in range(n_channels)),
-            median_position=tuple(tuple(_span([m[i] for m in medians])) for i in range(n_channels)),
+            depth_correlation=tuple(_span([c[i] for c in correlations]) for i in range(n_channels)),
+            median_position=tuple(_span([m[i] for m in medians]) for i in range(n_channels)),
         )
 
     def reasons(self, spacing, extent, obliquity: float, correlations, medians, channel_names=()) -> list[str]:

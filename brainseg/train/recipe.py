@@ -14,7 +14,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from brainseg.config import Config, LabelsConfig, LrSchedule, Optimizer, TrainConfig
 from brainseg.data.cases import Case
-from brainseg.errors import BrainsegError
+from brainseg.errors import BrainsegError, InputError
 from brainseg.io.images import read_label
 from brainseg.labels.laterality import Laterality, resolve
 from brainseg.labels.regions import Regions
@@ -33,7 +33,8 @@ def label_table(dataset_labels: dict[int, str], cases: list[Case], max_voxels: i
     else:
         values: set[int] = set()
         for case in cases:
-            assert case.label is not None  # training cases are labelled
+            if case.label is None:
+                raise InputError(case.images[0], "training case has no label file")
             lab, _ = read_label(case.label, max_voxels=max_voxels)
             values.update(int(v) for v in np.unique(lab))
         labels = {v: ("background" if v == 0 else f"label_{v}") for v in sorted(values | {0})}
@@ -160,6 +161,7 @@ class SegLoss(torch.nn.Module):
 
     def __init__(self, region_table: np.ndarray | None = None):
         super().__init__()
+        self.table: torch.Tensor | None
         self.loss: torch.nn.Module
         if region_table is None:
             self.table = None
@@ -182,14 +184,16 @@ class SegLoss(torch.nn.Module):
             return self._score(outputs, target)
         weights = deep_supervision_weights(len(outputs))
         total = sum(weights)
-        loss = torch.zeros((), device=target.device)
+        loss: torch.Tensor | None = None
         for w, out in zip(weights, outputs):
             t = (
                 target
                 if out.shape[2:] == target.shape[2:]
                 else F.interpolate(target.float(), size=out.shape[2:], mode="nearest").long()
             )
-            loss = loss + (w / total) * self._score(out, t)
+            term = (w / total) * self._score(out, t)
+            loss = term if loss is None else loss + term
+        assert loss is not None  # deep supervision gives at least one output
         return loss
 
 

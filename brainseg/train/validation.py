@@ -27,12 +27,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from brainseg.config import Config
 from brainseg.data.cases import Case
+from brainseg.errors import InputError
 from brainseg.evaluate.metrics import dice, region_dice
 from brainseg.infer.predictor import Predictor
 from brainseg.io.images import read_label
@@ -50,13 +52,20 @@ from brainseg.train import distributed as ddp
 log = logging.getLogger(__name__)
 
 #: Log-probability offsets tried for each foreground class of a label model.
-OFFSET_CANDIDATES = (-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+OFFSET_CANDIDATES: tuple[float, ...] = (-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: Probability thresholds tried for each region of a region model.
-THRESHOLD_CANDIDATES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+THRESHOLD_CANDIDATES: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 #: The mean validation Dice a change must add (less is noise of a few voxels).
 DECISION_MIN_GAIN = 1e-3
 #: At most this many validation cases per rank are kept in memory for the search.
 DECISION_MAX_CASES = 4
+
+
+def _label_path(case: Case) -> Path:
+    """The label file of a validation case (every one has one)."""
+    if case.label is None:
+        raise InputError(case.images[0], "validation case has no label file")
+    return case.label
 
 
 class Validation:
@@ -91,9 +100,10 @@ class Validation:
     def _segmented(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device, postprocess):
         """(prediction, reference, spacing) of each of this rank's cases, segmented as ``predict`` does."""
         predictor = self._predictor(model, card, cfg, device, postprocess)
+        assert self._prepared is not None  # _predictor prepared the cases
         for source, case in zip(self.cases, self._prepared):
             pred, _ = predictor.segment(case)
-            ref, _ = read_label(source.label, max_voxels=cfg.data.max_voxels)
+            ref, _ = read_label(_label_path(source), max_voxels=cfg.data.max_voxels)
             yield pred, ref, case.geometry.spacing
 
     def dice(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device) -> dict:
@@ -146,11 +156,12 @@ class Validation:
         if fixed is not None:
             return {}
         predictor = self._predictor(model, card, cfg, device, cfg.postprocess)
+        assert self._prepared is not None  # _predictor prepared the cases
         kept = []
         with ddp.together(self.info, "choosing the voxel decision"):
             for source, case in list(zip(self.cases, self._prepared))[:DECISION_MAX_CASES]:
                 _, probs = predictor.segment(case, return_probabilities=True)
-                ref, _ = read_label(source.label, max_voxels=cfg.data.max_voxels)
+                ref, _ = read_label(_label_path(source), max_voxels=cfg.data.max_voxels)
                 kept.append((probs, case.nonzero, predictor.input_mask_rule(case.record), ref))
         values = np.asarray(card.label_values)
         if regions is None:  # a log-probability offset per class, background fixed at 0

@@ -12,6 +12,7 @@ pure function of its index and the seed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -39,8 +40,14 @@ def spatial_matrix(rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray |
             m = r @ m
     if scale:
         # A zoom factor s > 1 shows a larger field of view: sample input at s * offset.
-        m = m * rng.uniform(*cfg.scale_range)
+        m = m * _between(rng, cfg.scale_range)
     return m
+
+
+def _between(rng: np.random.Generator, bounds: Sequence[float]) -> float:
+    """One uniform draw from a config's ``[low, high]`` range."""
+    low, high = bounds
+    return rng.uniform(low, high)
 
 
 def flip(
@@ -91,25 +98,25 @@ def intensity(
     if not cfg.enabled:
         return image
     if background is not None and rng.random() < cfg.p_background_noise:
-        add_background_noise(image, background, float(rng.uniform(*cfg.background_noise_std)), rng)
+        add_background_noise(image, background, _between(rng, cfg.background_noise_std), rng)
     if rng.random() < cfg.p_lowres:
-        image = simulate_low_resolution(image, rng.uniform(*cfg.lowres_zoom, size=3))
+        image = simulate_low_resolution(image, rng.uniform(cfg.lowres_zoom[0], cfg.lowres_zoom[1], size=3))
     if rng.random() < cfg.p_noise:
         std = rng.uniform(0, cfg.noise_std)
         image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
     if rng.random() < cfg.p_blur:
         for c in range(image.shape[0]):
-            sigma = rng.uniform(*cfg.blur_sigma)
+            sigma = _between(rng, cfg.blur_sigma)
             image[c] = gaussian_blur(image[c], sigma)
     if rng.random() < cfg.p_brightness:
-        image *= np.float32(rng.uniform(*cfg.brightness_range))
+        image *= np.float32(_between(rng, cfg.brightness_range))
     if rng.random() < cfg.p_contrast:
-        factor = np.float32(rng.uniform(*cfg.contrast_range))
+        factor = np.float32(_between(rng, cfg.contrast_range))
         for c in range(image.shape[0]):
             lo, hi, mean = image[c].min(), image[c].max(), image[c].mean()
             image[c] = np.clip((image[c] - mean) * factor + mean, lo, hi)
     if rng.random() < cfg.p_gamma:
-        gamma = rng.uniform(*cfg.gamma_range)
+        gamma = _between(rng, cfg.gamma_range)
         for c in range(image.shape[0]):
             lo, hi = image[c].min(), image[c].max()
             if hi - lo > 1e-6:
@@ -157,7 +164,8 @@ def simulate_low_resolution(image: np.ndarray, zoom) -> np.ndarray:
     if list(small) == list(shape):
         return image
     t = torch.from_numpy(np.ascontiguousarray(image))[None]
-    t = F.interpolate(F.adaptive_avg_pool3d(t, small), size=tuple(shape), mode="trilinear", align_corners=False)
+    pooled = F.adaptive_avg_pool3d(t, (small[0], small[1], small[2]))
+    t = F.interpolate(pooled, size=tuple(shape), mode="trilinear", align_corners=False)
     return t[0].numpy()
 
 

@@ -54,9 +54,11 @@ class PatchDataset(Dataset):
         values (the cache's class i is the i-th smallest; needed when there are pairs)."""
         if not cases:
             raise ValueError("no training cases")
-        if laterality.pairs and label_values is None:
-            raise ValueError("left/right label pairs need the label values of the classes")
-        self.swap = np.asarray(laterality.channel_permutation(sorted(label_values))) if laterality.pairs else None
+        self.swap: np.ndarray | None = None
+        if laterality.pairs:
+            if label_values is None:
+                raise ValueError("left/right label pairs need the label values of the classes")
+            self.swap = np.asarray(laterality.channel_permutation(sorted(label_values)))
         self.left_right = laterality.may_flip_left_right
         self.cases = list(cases)
         self.patch = [int(p) for p in patch_size]

@@ -74,7 +74,7 @@ def read_box(array: np.ndarray, lo: Sequence[int], hi: Sequence[int], fill: np.n
 def extract_patch(
     image: np.ndarray,
     seg: np.ndarray,
-    center: Sequence[float],
+    center: Sequence[float] | np.ndarray,
     patch: Sequence[int],
     matrix: np.ndarray | None = None,
     fill: Sequence[float] | None = None,
@@ -82,23 +82,23 @@ def extract_patch(
     """Cut a (C, *patch) image patch and (*patch) label patch around ``center``; outside the
     case the image is ``fill`` (one value per channel, default 0) and the labels 0."""
     patch = [int(p) for p in patch]
-    center = np.asarray(center, dtype=np.float64)
+    point = np.asarray(center, dtype=np.float64)
     pad = _fill_values(fill, image.shape[0])
     if matrix is None:
-        lo = [int(np.floor(c - p / 2.0)) for c, p in zip(center, patch)]
+        lo = [int(np.floor(c - p / 2.0)) for c, p in zip(point, patch)]
         hi = [l + p for l, p in zip(lo, patch)]
         return read_box(image, lo, hi, pad).astype(np.float32, copy=False), read_box(seg, lo, hi)
 
     m = np.asarray(matrix, dtype=np.float64)
     if not np.any(m - np.diag(np.diag(m))):  # scaling only: axis-aligned, separable
-        return _extract_scaled(image, seg, center, patch, np.diag(m), pad)
+        return _extract_scaled(image, seg, point, patch, np.diag(m), pad)
 
     # Output voxel o (patch index) reads the case at M @ (o - (p - 1) / 2) + centre - 0.5
     # (voxel-centre coordinates). Only the part of the transformed patch's bounding box
     # that lies inside the case is read; grid_sample's zero padding supplies the outside:
     # the box is sampled less its padding value, which is added back afterwards.
     half = (np.asarray(patch, dtype=np.float64) - 1.0) / 2.0
-    origin = center - 0.5
+    origin = point - 0.5
     corners = np.array(np.meshgrid(*[[-h, h] for h in half], indexing="ij")).reshape(3, -1).T @ m.T
     spatial = image.shape[-3:]
     lo = [int(np.floor(v)) - 1 for v in corners.min(0) + origin]
