@@ -1,8 +1,8 @@
 """Inference-time rewrites of a network: the same function, computed faster.
 
 Both return a *view* of the model (shallow copies of the modules, parameters shared
-with it; the model itself is never modified) and are applied by
-:class:`~brainseg.infer.sliding_window.SlidingWindow` to what its windows go through:
+with it; the model itself is never modified); :func:`inference_network` applies them once,
+to a copy, where a model is made ready for inference:
 
 * :func:`fuse_instance_norm`: every ``InstanceNorm3d -> LeakyReLU`` pair as one
   :class:`InstanceNormLeakyReLU` that keeps the channels-last layout (CPU);
@@ -15,6 +15,7 @@ tests/test_fast_paths.py holds them to the plain modules.
 from __future__ import annotations
 
 import copy
+from typing import TypeGuard
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class InstanceNormLeakyReLU(nn.Module):
         return y
 
 
-def _plain_instance_norm(module: nn.Module) -> bool:
+def _plain_instance_norm(module: nn.Module | None) -> TypeGuard[nn.InstanceNorm3d]:
     return isinstance(module, nn.InstanceNorm3d) and not module.track_running_stats
 
 
@@ -114,15 +115,19 @@ def fuse_instance_norm(model: nn.Module) -> nn.Module:
     return _rewrite_pairs(model, rule)
 
 
-def _foldable_batch_norm(conv: nn.Module, norm: nn.Module | None) -> bool:
+def _foldable_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> bool:
     return (
         type(conv) is nn.Conv3d
-        and isinstance(norm, nn.BatchNorm3d)
         and norm.track_running_stats
         and norm.running_mean is not None
         and norm.running_var is not None
         and norm.num_features == conv.out_channels
     )
+
+
+def _three(values: tuple[int, ...]) -> tuple[int, int, int]:
+    a, b, c = values
+    return a, b, c
 
 
 @torch.no_grad()
@@ -132,20 +137,23 @@ def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
     ``scale = gamma / sqrt(running_var + eps)`` multiplies each output channel's kernel;
     the bias becomes ``(bias - running_mean) * scale + beta``. New tensors (a snapshot
     of the current values), with the kernel's memory format."""
-    scale = torch.rsqrt(norm.running_var.float() + norm.eps)
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None:
+        raise ValueError("a batch norm without running statistics cannot be folded")
+    scale = torch.rsqrt(var.float() + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.float()
     bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - norm.running_mean.float()) * scale
+    bias = (bias - mean.float()) * scale
     if norm.bias is not None:
         bias = bias + norm.bias.float()
     out = nn.Conv3d(
         conv.in_channels,
         conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
+        _three(conv.kernel_size),
+        stride=_three(conv.stride),
+        padding=conv.padding if isinstance(conv.padding, str) else _three(conv.padding),
+        dilation=_three(conv.dilation),
         groups=conv.groups,
         bias=True,
         padding_mode=conv.padding_mode,
@@ -176,6 +184,25 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
         return model
 
     def rule(child: nn.Module, nxt: nn.Module | None):
-        return (folded_conv(child, nxt), True) if _foldable_batch_norm(child, nxt) else None
+        if isinstance(child, nn.Conv3d) and isinstance(nxt, nn.BatchNorm3d) and _foldable_batch_norm(child, nxt):
+            return folded_conv(child, nxt), True
+        return None
 
     return _rewrite_pairs(model, rule)
+
+
+def inference_network(model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> nn.Module:
+    """A new module computing ``model`` for inference; ``model`` itself is not changed.
+
+    A copy of ``model`` on ``device`` in eval mode, in the channels-last layout if asked (the
+    convolution weights in the activations' layout too: oneDNN's Conv3d is slower with
+    channels-last inputs and contiguous weights), with its batch norms folded into the
+    convolutions before them (:func:`fold_batch_norm`) and, on the CPU, its instance norms
+    computed without layout copies (:func:`fuse_instance_norm`; GPUs get the norms as they are).
+    """
+    device = torch.device(device)
+    network = copy.deepcopy(model).to(device).eval()
+    if channels_last:
+        network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # (missing from the stubs)
+    network = fold_batch_norm(network)
+    return fuse_instance_norm(network) if device.type == "cpu" else network
