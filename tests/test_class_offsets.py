@@ -53,7 +53,7 @@ def _phantom(path: Path, island: bool = False) -> Path:
 
 def _label_under(predictor: Predictor, scan: Path, offsets, out: Path) -> Path:
     planted = Predictor(
-        predictor.model, replace(predictor.card, class_offsets=tuple(offsets)), predictor.infer, predictor.postprocess
+        predictor.network, replace(predictor.card, class_offsets=tuple(offsets)), predictor.infer, predictor.postprocess
     )
     labels, _, geometry = planted.predict_case([scan])
     nib.save(nib.Nifti1Image(labels.astype(np.uint8), geometry.affine), str(out))

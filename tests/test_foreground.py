@@ -111,9 +111,9 @@ def test_sliding_window_pads_with_the_background_value():
             return x.mean(dim=(2, 3, 4), keepdim=True).expand(-1, 2, *x.shape[2:]).clone()
 
     image = torch.full((1, 20, 20, 20), -2.0)
-    sw = SlidingWindow(WindowMean(), [16, 16, 16], 2, margin=0.25)
-    torch.testing.assert_close(sw(image, pad_value=[-2.0]), torch.full((2, 20, 20, 20), -2.0))
-    assert sw(image).max() > -1.9  # zero padding pulls the windows' means up
+    sw = SlidingWindow((16, 16, 16), 2, margin=0.25)
+    torch.testing.assert_close(sw(image, WindowMean(), pad_value=[-2.0]), torch.full((2, 20, 20, 20), -2.0))
+    assert sw(image, WindowMean()).max() > -1.9  # zero padding pulls the windows' means up
 
 
 def test_bias_field_multiplies_raw_intensities_not_normalised_ones():

@@ -24,11 +24,13 @@ from test_train import brainseg_cmd, run
 from brainseg.config import AugmentConfig, InferConfig, PostprocessConfig, load_config
 from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
+from brainseg.infer.mirroring import window_predictor
 from brainseg.infer.predictor import Predictor
 from brainseg.infer.sliding_window import SlidingWindow
 from brainseg.labels import laterality as lateral
 from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model
+from brainseg.model.fast_paths import inference_network
 from brainseg.model.unet import UNet3D
 from brainseg.preprocessing.cache import cache_cases
 from brainseg.train.recipe import resolve_laterality
@@ -253,8 +255,9 @@ def test_mirroring_with_the_swap_is_left_right_equivariant(hemi_cache):
     net = random_unet()
     infer = InferConfig(mirror=True, margin=0.0, amp="none", channels_last=False)
 
-    def window(**kw) -> SlidingWindow:
-        return SlidingWindow.from_config(net, [16, 16, 16], 6, infer, **kw)
+    def window(**kw):
+        predict = window_predictor(inference_network(net), infer, "cpu", **kw)
+        return lambda image: SlidingWindow.from_config([16, 16, 16], 6, infer)(image, predict, infer.batch_windows)
 
     swapped = window(swap_channels=SWAP)
     a, b = swapped(x), swapped(x.flip(1))
@@ -302,7 +305,7 @@ def test_the_predictor_mirrors_on_the_subjects_left_right_axis(hemi_cache, tmp_p
     asl = np.transpose(ras, (1, 2, 0))[:, :, ::-1]  # file axes (A, S, L)
     infer = InferConfig(mirror=True, amp="none", channels_last=False)
     predictor = Predictor(model, card, infer, PostprocessConfig())  # an older card: pairs from the names
-    assert predictor.window.swap_channels == SWAP and predictor.window.flip_left_right
+    assert predictor.predict_windows.swap_channels == tuple(SWAP) and predictor.predict_windows.flip_left_right
 
     def segment(data: np.ndarray, name: str) -> np.ndarray:
         labels, _, geometry = predictor.predict_case([write_asl(tmp_path / f"{name}_0000.nii.gz", data, 1.5)])
@@ -316,10 +319,10 @@ def test_the_predictor_mirrors_on_the_subjects_left_right_axis(hemi_cache, tmp_p
 
     # the card's own pairs win; an unpaired lateral label switches left-right test-time flips off
     only_wm = dataclasses.replace(card, config={**card.config, "labels": {"mirror_pairs": [[4, 5]]}})
-    assert Predictor(model, only_wm, infer, PostprocessConfig()).window.swap_channels == [0, 1, 2, 3, 5, 4]
+    assert Predictor(model, only_wm, infer, PostprocessConfig()).predict_windows.swap_channels == (0, 1, 2, 3, 5, 4)
     unpaired = dataclasses.replace(card, labels={**card.labels, 3: "right grey matter (cortex)"})
-    window = Predictor(model, unpaired, infer, PostprocessConfig()).window
-    assert window.swap_channels == [0, 1, 2, 3, 5, 4] and not window.flip_left_right
+    mirroring = Predictor(model, unpaired, infer, PostprocessConfig()).predict_windows
+    assert mirroring.swap_channels == (0, 1, 2, 3, 5, 4) and not mirroring.flip_left_right
 
 
 # ----------------------------------------------------------------------------- end to end through the CLI

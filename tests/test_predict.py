@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -236,6 +237,27 @@ def test_postprocessing_is_applied_to_the_argmax(tmp_path: Path, tiny_checkpoint
     raw = np.argmax(probs, axis=0)
     assert not np.array_equal(labels, raw), "the clean-up should change this prediction"
     assert np.array_equal(labels, postprocess_labels(raw.astype(np.uint8), LPS_SPACING, post))
+
+
+def test_a_predictor_leaves_the_callers_model_as_it_was(tmp_path: Path, tiny_checkpoint: Path):
+    """Eval mode, channels-last, the folded/fused norms and the device are the predictor's own copy's
+    (``Predictor.network``); the caller's model keeps its mode, layout and values, before and after a case."""
+    scan = save_nifti(tmp_path / "s.nii.gz", head_phantom(BASE_SHAPE), np.diag([*LPS_SPACING, 1.0]))
+    model, card = load_model(tiny_checkpoint)
+    model.train()
+    values = {k: v.clone() for k, v in model.state_dict().items()}
+    layouts = [(p.stride(), p.data_ptr()) for p in model.parameters()]
+    infer = replace(load_config().infer, channels_last=True, mirror=True)
+    predictor = Predictor(model, card, infer, PostprocessConfig(), "cpu")
+    predictor.predict_case([scan], return_probabilities=True)
+    assert model.training and [(p.stride(), p.data_ptr()) for p in model.parameters()] == layouts
+    assert all(torch.equal(v, values[k]) for k, v in model.state_dict().items())
+    network = predictor.network
+    assert not network.training and network is not model
+    conv = next(m for m in network.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not conv.weight.is_contiguous()
+    assert not {p.data_ptr() for p in network.parameters()} & {p.data_ptr() for p in model.parameters()}
 
 
 # ----------------------------------------------------------------------------- skip / overwrite

@@ -118,7 +118,7 @@ def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> t
     labels, probs = predictor.segment(prepared, "probabilities" in outputs)
     geometry, record = prepared.geometry, prepared.record
     if probs is not None:
-        write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.float32)
+        write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
         atomic_write_text(outputs["probabilities_channels"], json.dumps(probability_channels(predictor.card), indent=1))
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
@@ -246,14 +246,14 @@ def predict(
     ``checkpoint``: which checkpoint of a run folder (``final``, ``best``, ``last``); None:
     final if the run finished, else best, else last
     (:func:`~brainseg.model.checkpoint.resolve_checkpoint`)."""
-    inputs = [Path(p) for p in inputs]
+    paths = [Path(p) for p in inputs]
     output = Path(output)
-    check_output_folder(output, inputs)
+    check_output_folder(output, paths)
     env = torchrun_env()
     dev = resolve_device(device, env.local_rank)
     model, card = load_model(model_path, dev, checkpoint=checkpoint)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
-    cases = discover_inputs(inputs, channel_names=card.channels)
+    cases = discover_inputs(paths, channel_names=card.channels)
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
         model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels

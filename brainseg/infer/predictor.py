@@ -1,7 +1,10 @@
 """One case through a trained model: scan files in, a label mask in the scan's own grid out.
 
-:class:`Predictor` holds a copy of the model (the caller's is never changed) and one
-:class:`~brainseg.infer.sliding_window.SlidingWindow`; a case goes::
+:class:`Predictor` holds an inference-ready copy of the model (:attr:`Predictor.network`,
+:func:`~brainseg.model.fast_paths.inference_network`; the caller's model is never changed), the
+callable its windows go through (the network under autocast, with test-time mirroring:
+:mod:`brainseg.infer.mirroring`) and one :class:`~brainseg.infer.sliding_window.SlidingWindow`;
+a case goes::
 
     read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
     -> sliding window (logits; a test-time mirror swaps the left/right labels' channels)
@@ -20,24 +23,25 @@ The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.ba
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import numpy as np
 import torch
 
 from brainseg.config import InferConfig, InputMask, PostprocessConfig
 from brainseg.errors import BrainsegError
+from brainseg.infer.mirroring import window_predictor
 from brainseg.infer.sliding_window import SlidingWindow
 from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_channels
 from brainseg.labels.laterality import from_run_config
 from brainseg.labels.regions import Regions
 from brainseg.model.card import ModelCard
+from brainseg.model.fast_paths import inference_network
 from brainseg.postprocess.components import postprocess_labels
 from brainseg.postprocess.decision import (
     innermost_rule,
@@ -126,7 +130,7 @@ def run_with_oom_fallback(
 
 
 class Predictor:
-    """A trained model ready to segment cases: one :class:`SlidingWindow`, reused."""
+    """A trained model ready to segment cases: an inference copy of the model, one :class:`SlidingWindow`."""
 
     def __init__(
         self,
@@ -137,12 +141,14 @@ class Predictor:
         device: str | torch.device = "cpu",
         log: Callable[[str], None] | None = None,
         max_voxels: int = DEFAULT_MAX_VOXELS,
+        compile_network: bool = False,
     ):
         if not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
         self.device = torch.device(device)
-        # A copy: evaluation mode and the channels-last layout are set on it, not on the caller's model.
-        self.model = copy.deepcopy(model).to(self.device).eval()
+        network = inference_network(model, self.device, infer.channels_last)  # a copy: the caller's stays as it is
+        # torch.compile: opt-in (benchmarks); the compiled module is a module
+        self._network = cast(torch.nn.Module, torch.compile(network)) if compile_network else network
         self.max_voxels = int(max_voxels)  # refuse scans whose header claims more (config data.max_voxels)
         self.card = card
         self.infer = infer
@@ -157,15 +163,11 @@ class Predictor:
         self.laterality = from_run_config(card.config, card.labels)
         pairs = self.laterality.pairs and self.regions is None
         swap = self.laterality.channel_permutation(self.label_values) if pairs else None
-        self.window = SlidingWindow.from_config(
-            self.model,
-            card.patch_size,
-            self.num_classes,
-            infer,
-            self.device,
-            swap_channels=swap,
-            flip_left_right=self.laterality.may_flip_left_right,
+        #: What the windows go through: a batch of windows -> logits (test-time mirroring included).
+        self.predict_windows = window_predictor(
+            self._network, infer, self.device, swap, self.laterality.may_flip_left_right
         )
+        self.window = SlidingWindow.from_config(card.patch_size, self.num_classes, infer)
         chosen = postprocess.innermost_min_mm3
         #: The enhancing-tumour rule's volume: the config's, else the one training chose (the card's).
         self.innermost_min_mm3 = float(card.innermost_min_mm3 if chosen is None else chosen)
@@ -185,6 +187,11 @@ class Predictor:
             raise BrainsegError(
                 f"postprocess.region_thresholds {list(self.thresholds)}: expected one in (0, 1) per region ({len(self.regions)})"
             )
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The inference-ready network (a copy of the model: eval mode, on the device, norms folded/fused)."""
+        return self._network
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -217,13 +224,17 @@ class Predictor:
 
         Labels are the card's label values (uint8/int16) after postprocessing;
         probabilities (float32, (C, X, Y, Z)) only if asked for."""
-        input_mask = self.input_mask_rule(case.record)
+        input_mask, record = self.input_mask_rule(case.record), case.record
         if return_probabilities:
-            probs = self._probabilities(case.image, case.record)
+            probs = self._infer(case.image, record, lambda p: invert_to_original(p, record).cpu().numpy(), False)
             classes = reducer(input_mask, self.regions, self.thresholds, self.class_weights)(probs, case.nonzero)
         else:  # labels only: no full-size probability maps are built
-            probs = None
-            classes = self._classes(case.image, case.record, case.nonzero, input_mask)
+
+            def to_classes(p: torch.Tensor) -> np.ndarray:
+                args = (self.regions, self.thresholds, self.class_weights)
+                return classes_in_original_grid(p, record, case.nonzero, input_mask, *args)
+
+            probs, classes = None, self._infer(case.image, record, to_classes, True)
         core = () if self.regions is None else self.regions.class_order[1:]  # the labels inside the outer region
         labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess, core)
         if self.regions is not None:
@@ -255,62 +266,30 @@ class Predictor:
         background is exactly 0, else ``"none"`` (on a noisy background "non-zero" is everywhere)."""
         return self.postprocess.input_mask if record.zero_background else "none"
 
-    def _classes(
-        self, image: np.ndarray, record: PreprocessRecord, nonzero: np.ndarray, input_mask: InputMask
-    ) -> np.ndarray:
-        """Class indices in the original grid, with the OOM fallbacks (see :func:`classes_in_original_grid`)."""
-        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
-        output_device = self.device if on_gpu else torch.device("cpu")
-        attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
+    def _infer(
+        self, image: np.ndarray, record: PreprocessRecord, finish: Callable[[torch.Tensor], T], in_place: bool
+    ) -> T:
+        """``finish(probabilities)`` of a preprocessed image, with the OOM fallbacks (:func:`inference_attempts`).
 
+        Probabilities: a region model's sigmoids, else the softmax (``in_place``: in the logits'
+        memory, :func:`softmax_`); the far background (:func:`~brainseg.preprocessing.foreground.far_background`)
+        is forced to background either way."""
+        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
+        attempts = inference_attempts(
+            self.device, max(1, int(self.infer.batch_windows)), self.device if on_gpu else torch.device("cpu")
+        )
+        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         far = far_background(image, record.pad_values(), record.far_constant)
 
-        def step(batch_windows: int, device: torch.device) -> np.ndarray:
-            logits = self._logits(tensor, record, batch_windows, device)
+        def step(batch_windows: int, output_device: torch.device) -> T:
+            logits = self.window(
+                tensor, self.predict_windows, batch_windows, self.device, output_device, record.pad_values()
+            )
             if self.regions is not None:
-                probs = sigmoid_(logits, far)
-                return classes_in_original_grid(probs, record, nonzero, input_mask, self.regions, self.thresholds)
-            probs = force_background_(softmax_(logits), far)
-            return classes_in_original_grid(probs, record, nonzero, input_mask, weights=self.class_weights)
+                return finish(sigmoid_(logits, far))
+            return finish(force_background_(softmax_(logits) if in_place else torch.softmax(logits, dim=0), far))
 
         return run_with_oom_fallback(step, attempts, self.log)
-
-    def _logits(
-        self, image: torch.Tensor, record: PreprocessRecord, batch_windows: int, output_device: torch.device
-    ) -> torch.Tensor:
-        configured = self.window.batch_windows
-        self.window.batch_windows = batch_windows
-        try:
-            return self.window(image, output_device=output_device, pad_value=record.pad_values())
-        finally:
-            self.window.batch_windows = configured
-
-    def _probabilities(self, image: np.ndarray, record: PreprocessRecord) -> np.ndarray:
-        """Class probabilities (C, *original shape) on the CPU, with the OOM fallbacks."""
-        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
-        output_device = self.device if on_gpu else torch.device("cpu")
-        attempts = inference_attempts(self.device, self.window.batch_windows, output_device)
-        tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        far = far_background(image, record.pad_values(), record.far_constant)
-        return run_with_oom_fallback(
-            lambda bw, dev: self._probabilities_once(tensor, record, bw, dev, far), attempts, self.log
-        )
-
-    def _probabilities_once(
-        self,
-        image: torch.Tensor,
-        record: PreprocessRecord,
-        batch_windows: int,
-        output_device: torch.device,
-        far: np.ndarray | None,
-    ) -> np.ndarray:
-        logits = self._logits(image, record, batch_windows, output_device)
-        if self.regions is not None:
-            probs = sigmoid_(logits, far)
-        else:
-            probs = force_background_(torch.softmax(logits, dim=0), far)
-        return invert_to_original(probs, record).cpu().numpy()
 
     def _to_label_values(self, classes: np.ndarray) -> np.ndarray:
         if self.regions is not None or self.label_values == list(range(self.num_classes)):

@@ -1,64 +1,37 @@
-"""Sliding-window inference over a whole (preprocessed) volume.
+"""Sliding-window aggregation over a whole (preprocessed) volume.
 
-Windows have the model's patch size and are placed on explicit locations
-(:func:`window_starts`): per axis, the fewest windows whose step is at most
-``patch * (1 - overlap)``, spread evenly so the first starts at 0 and the last ends
-at the border. Each window's logits are weighted by a Gaussian importance map
-(sigma = ``sigma_scale`` * patch, computed once per :class:`SlidingWindow`) and
-accumulated; the sum is divided by the accumulated weights at the end. Several
-windows go through the network per forward pass.
+:class:`SlidingWindow` only places windows and aggregates: a volume, a predictor callable
+(a batch of windows -> their logits), a batch size and devices in, logits out. What the
+windows go through (the network, autocast, test-time mirroring) is the caller's callable
+(:mod:`brainseg.infer.mirroring`, :class:`~brainseg.infer.predictor.Predictor`).
 
-Before the windows are laid, the volume is padded (centred) per axis so the
-windows reach ``margin`` (a fraction of the patch, default 1/8 = the Gaussian's
-sigma) past it on both sides, and further to the length those windows span anyway
-(:func:`window_span`: ``patch + (n - 1) * step`` for ``n`` windows); the padding is
-cropped off again. The windows then sit exactly one step apart and no voxel of the
-volume is within ``margin`` of the outer windows' edges, where a network sees the
-least context. This matters for a volume cropped to its non-zero box (the default):
-there the border is the brain's outer rim. The padding takes the case's normalised
-background value (``pad_value``, per channel; :class:`~brainseg.preprocessing.preprocess.PreprocessRecord`),
-so it shows the network what the uncropped volume has there, as training patches do. Measured
-against MONAI tiling the whole volume (scripts/benchmark.py, same weights): windows
-flush on the rim gave CSF Dice 0.007-0.037 below MONAI's (three demo models);
-padding only to the span (no extra windows) removed that bias but left differences
-of up to 0.016 either way; a margin of 1/8 patch brought every label within 0.0051
-(seven demo models), for 1.5-1.8x the windows of the flush box (still about half
-the whole volume's). A volume smaller than the patch is padded to the patch the
-same way.
-
-Most of those differences come from instance norm: each window is normalised by its
-own statistics, so a voxel's output depends on where its windows start (MONAI
-against itself with its windows moved half a step: CSF Dice 0.005-0.027 apart on
-demo models). A batch-norm network in eval mode applies fixed statistics: the same
-comparison moves it by at most 0.0015, and its norms are folded into the
-convolutions before them (:func:`~brainseg.model.fast_paths.fold_batch_norm`). Its outer windows still gain
-from the margin: beyond a flush edge the convolutions pad with zeros, not with the
-features real background would give (margin 0 moved a 0.6-minute batch-norm model's
-CSF Dice by +0.004 on one demo case, the margin kept it within 0.0025 of MONAI).
-
-Test-time mirroring (``mirror``) averages the logits over the 8 flip combinations of the
-three axes. Axis 0 of the (preprocessed, RAS-ordered) volume is the subject's left-right
-axis: a combination that flips it turns left structures into right ones, so its flipped-back
-logits take their channels from ``swap_channels`` (each left/right pair's channels swapped,
-:meth:`~brainseg.labels.laterality.Laterality.channel_permutation`) before they are averaged, which
-keeps the average equivariant: the mirrored scan gets the mirrored, side-swapped prediction.
-With ``flip_left_right`` False (a lateralised label without a partner) those combinations are
-left out (4 instead of 8 passes).
+Windows have the patch size and sit on explicit locations (:func:`window_starts`): per axis
+the fewest windows whose step is at most ``patch * (1 - overlap)``, spread evenly from 0 to
+the border. Each window's logits are weighted by a Gaussian (sigma = ``sigma_scale`` * patch)
+and the weighted sum is divided by the summed weights. Before that the volume is padded
+(centred, with ``pad_value``: the case's normalised background, as training patches are
+padded) so the windows reach ``margin`` * patch past it on every side and sit exactly one step
+apart (:func:`window_padding`); the padding is cropped off again, and a volume smaller than the
+patch is padded to the patch the same way. The outer windows then never end flush on the
+volume's border (for a volume cropped to its non-zero box, the brain's rim), where a network
+sees the least context and, with instance norm, each window's own statistics move its output.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brainseg.config import Amp, InferConfig
-from brainseg.model.fast_paths import fold_batch_norm, fuse_instance_norm
-from brainseg.runtime import autocast
+from brainseg.config import InferConfig
+
+#: What the windows go through: a batch (B, C, *patch) -> logits (B, outputs, *patch).
+WindowPredictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def window_starts(size: int, patch: int, overlap: float) -> list[int]:
@@ -87,7 +60,7 @@ def window_padding(size: int, patch: int, overlap: float, margin: float) -> int:
     return window_span(size + 2 * reach, patch, overlap) - size
 
 
-def window_locations(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list[tuple[int, int, int]]:
+def window_locations(shape: Sequence[int], patch: Sequence[int], overlap: float) -> list[tuple[int, ...]]:
     """All window start corners for a volume of ``shape`` (already padded to >= patch)."""
     axes = [window_starts(s, p, overlap) for s, p in zip(shape, patch)]
     return list(itertools.product(*axes))
@@ -106,81 +79,36 @@ def gaussian_importance(patch: Sequence[int], sigma_scale: float = 0.125) -> tor
     return torch.clamp(g, min=float(floor)).float()
 
 
+@dataclass(frozen=True)
 class SlidingWindow:
-    """Reusable sliding-window predictor for one model and patch size."""
+    """Window placement and Gaussian-weighted aggregation for one patch size; settings fixed.
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        patch_size: Sequence[int],
-        num_classes: int,
-        overlap: float = 0.5,
-        batch_windows: int = 4,
-        sigma_scale: float = 0.125,
-        mirror: bool = False,
-        margin: float = 0.125,
-        amp: Amp = "bf16",
-        device: str | torch.device = "cpu",
-        channels_last: bool = False,
-        swap_channels: Sequence[int] | None = None,
-        flip_left_right: bool = True,
-    ):
-        if not 0.0 <= overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {overlap}")
-        self.model = model
-        self.patch = tuple(int(p) for p in patch_size)
-        self.num_classes = int(num_classes)
-        self.overlap = float(overlap)
-        self.margin = float(margin)
-        self.batch_windows = max(1, int(batch_windows))
-        self.mirror = mirror
-        self.swap_channels = None if swap_channels is None else [int(c) for c in swap_channels]
-        if self.swap_channels is not None and sorted(self.swap_channels) != list(range(self.num_classes)):
-            raise ValueError(f"swap_channels {self.swap_channels} is not a permutation of {self.num_classes} channels")
-        self.flip_left_right = bool(flip_left_right)
-        self.amp = amp
-        self.device = torch.device(device)
-        self.channels_last = channels_last
-        if channels_last:
-            # The convolution weights in the activations' layout too: with channels-last
-            # inputs but contiguous weights oneDNN's Conv3d was ~20% slower (measured, CPU).
-            # Same values; the model is converted in place, as the trainer does.
-            model.to(memory_format=torch.channels_last_3d)
-        self.weight = gaussian_importance(self.patch, sigma_scale).to(self.device)
-        # What the windows go through: batch norms folded into the convolutions before them
-        # (fold_batch_norm, eval mode: the same function, one pass less); on the CPU,
-        # instance norms computed without layout copies (fuse_instance_norm; the parameters
-        # are the model's own; not measured on GPUs, which get the model as it is).
-        net = fold_batch_norm(model)
-        self.net = fuse_instance_norm(net) if self.device.type == "cpu" else net
+    A call never changes the window nor the predictor it is given: the batch size and the
+    devices are arguments of the call.
+    """
+
+    patch: tuple[int, ...]
+    #: Channels the predictor returns (classes, or regions of a region model).
+    num_outputs: int
+    overlap: float = 0.5
+    sigma_scale: float = 0.125
+    margin: float = 0.125
+    #: The Gaussian importance map (:func:`gaussian_importance`), on the CPU.
+    weight: torch.Tensor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
+        object.__setattr__(self, "num_outputs", int(self.num_outputs))
+        object.__setattr__(self, "overlap", float(self.overlap))
+        object.__setattr__(self, "margin", float(self.margin))
+        object.__setattr__(self, "weight", gaussian_importance(self.patch, self.sigma_scale))
 
     @classmethod
-    def from_config(
-        cls,
-        model: torch.nn.Module,
-        patch_size: Sequence[int],
-        num_classes: int,
-        infer: InferConfig,
-        device: str | torch.device = "cpu",
-        swap_channels: Sequence[int] | None = None,
-        flip_left_right: bool = True,
-    ) -> SlidingWindow:
-        """A sliding window with the ``infer`` section's settings (the left-right ones: see the module docstring)."""
-        return cls(
-            model,
-            patch_size,
-            num_classes,
-            overlap=infer.overlap,
-            batch_windows=infer.batch_windows,
-            sigma_scale=infer.sigma_scale,
-            margin=infer.margin,
-            mirror=infer.mirror,
-            amp=infer.amp,
-            device=device,
-            channels_last=infer.channels_last,
-            swap_channels=swap_channels,
-            flip_left_right=flip_left_right,
-        )
+    def from_config(cls, patch_size: Sequence[int], num_outputs: int, infer: InferConfig) -> SlidingWindow:
+        """A sliding window with the ``infer`` section's placement settings."""
+        return cls(tuple(patch_size), num_outputs, infer.overlap, infer.sigma_scale, infer.margin)
 
     def padding(self, shape: Sequence[int]) -> list[int]:
         """Padding voxels added per axis to a volume of ``shape`` (see the module docstring)."""
@@ -190,48 +118,32 @@ class SlidingWindow:
         """The shape the windows tile (and the accumulators have) for a volume of ``shape``."""
         return [int(s) + d for s, d in zip(shape, self.padding(shape))]
 
-    def locations(self, shape: Sequence[int]) -> list[tuple[int, int, int]]:
+    def locations(self, shape: Sequence[int]) -> list[tuple[int, ...]]:
         """The window corners for a volume of ``shape``, in its padded frame."""
         return window_locations(self.padded_shape(shape), self.patch, self.overlap)
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
-        with autocast(self.device, self.amp):
-            out = self.net(batch)
-            if self.mirror:
-                n = 1
-                for k in range(1, 4):
-                    for dims in itertools.combinations((2, 3, 4), k):
-                        left_right = 2 in dims  # dim 2 of (B, C, X, Y, Z): the left-right axis
-                        if left_right and not self.flip_left_right:
-                            continue
-                        flipped = torch.flip(self.net(torch.flip(batch, dims)), dims)
-                        if left_right and self.swap_channels is not None:
-                            flipped = flipped[:, self.swap_channels]
-                        out = out + flipped
-                        n += 1
-                out = out / n
-        return out.float()
 
     @torch.inference_mode()
     def __call__(
         self,
         image: torch.Tensor | np.ndarray,
+        predict: WindowPredictor,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
         output_device: str | torch.device | None = None,
         pad_value: Sequence[float] | None = None,
     ) -> torch.Tensor:
-        """Logits (num_classes, X, Y, Z) for a (C, X, Y, Z) image.
+        """Logits (num_outputs, X, Y, Z) of a (C, X, Y, Z) image, aggregated from ``predict``'s windows.
 
-        The accumulators live on ``output_device`` (default: the model's device). The
-        padding around the volume takes ``pad_value`` (one value per channel, default 0:
-        the case's normalised background, as training patches are padded).
+        The windows go to ``device`` in batches of ``batch_size``; the accumulators live on
+        ``output_device`` (default: ``device``). The padding takes ``pad_value`` (one value per
+        channel, default 0).
         """
         if isinstance(image, np.ndarray):
             image = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         if image.ndim != 4:
             raise ValueError(f"expected (C, X, Y, Z), got {tuple(image.shape)}")
-        out_device = torch.device(output_device) if output_device is not None else self.device
+        device = torch.device(device)
+        out_device = torch.device(output_device) if output_device is not None else device
         shape = tuple(image.shape[1:])
         pad = self.padding(shape)
         if any(pad):
@@ -244,22 +156,21 @@ class SlidingWindow:
                 fill = torch.as_tensor(list(pad_value), dtype=image.dtype).view(-1, 1, 1, 1)
                 image = F.pad(image - fill, pads) + fill
         padded = tuple(image.shape[1:])
-        logits = torch.zeros((self.num_classes, *padded), dtype=torch.float32, device=out_device)
+        logits = torch.zeros((self.num_outputs, *padded), dtype=torch.float32, device=out_device)
         weights = torch.zeros(padded, dtype=torch.float32, device=out_device)
         weight = self.weight.to(out_device)
-        image = image.to(self.device, non_blocking=True)
+        image = image.to(device, non_blocking=True)
         locations = window_locations(padded, self.patch, self.overlap)
-        # On the CPU a batch of one window takes PyTorch's slow (non-oneDNN) Conv3d path,
-        # 3-5x slower per window than a batch of two (measured): batches have at least two
-        # windows there, and a short last batch is filled up with copies of its last window
-        # (their outputs are dropped).
-        per_batch = max(self.batch_windows, 2) if self.device.type == "cpu" else self.batch_windows
+        # On the CPU a batch of one window takes PyTorch's slow (non-oneDNN) Conv3d path:
+        # batches have at least two windows there, and a short last batch is filled up with
+        # copies of its last window (their outputs are dropped).
+        per_batch = max(int(batch_size), 2) if device.type == "cpu" else max(1, int(batch_size))
         for chunk in _chunks(locations, per_batch):
             slices = [tuple(slice(a, a + p) for a, p in zip(loc, self.patch)) for loc in chunk]
             crops = [image[(slice(None),) + sl] for sl in slices]
-            if self.device.type == "cpu" and len(crops) < per_batch:
+            if device.type == "cpu" and len(crops) < per_batch:
                 crops += [crops[-1]] * (per_batch - len(crops))
-            pred = self._forward(torch.stack(crops)).to(out_device)
+            pred = predict(torch.stack(crops)).float().to(out_device)
             for sl, p in zip(slices, pred):
                 logits[(slice(None),) + sl].addcmul_(p, weight)
                 weights[sl] += weight

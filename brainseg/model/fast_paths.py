@@ -1,8 +1,8 @@
 """Inference-time rewrites of a network: the same function, computed faster.
 
 Both return a *view* of the model (shallow copies of the modules, parameters shared
-with it; the model itself is never modified) and are applied by
-:class:`~brainseg.infer.sliding_window.SlidingWindow` to what its windows go through:
+with it; the model itself is never modified); :func:`inference_network` applies them once,
+to a copy, where a model is made ready for inference:
 
 * :func:`fuse_instance_norm`: every ``InstanceNorm3d -> LeakyReLU`` pair as one
   :class:`InstanceNormLeakyReLU` that keeps the channels-last layout (CPU);
@@ -61,7 +61,7 @@ class InstanceNormLeakyReLU(nn.Module):
         return y
 
 
-def _plain_instance_norm(module: nn.Module) -> TypeGuard[nn.InstanceNorm3d]:
+def _plain_instance_norm(module: nn.Module | None) -> TypeGuard[nn.InstanceNorm3d]:
     return isinstance(module, nn.InstanceNorm3d) and not module.track_running_stats
 
 
@@ -115,10 +115,9 @@ def fuse_instance_norm(model: nn.Module) -> nn.Module:
     return _rewrite_pairs(model, rule)
 
 
-def _foldable_batch_norm(conv: nn.Module, norm: nn.Module | None) -> bool:
+def _foldable_batch_norm(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> bool:
     return (
         type(conv) is nn.Conv3d
-        and isinstance(norm, nn.BatchNorm3d)
         and norm.track_running_stats
         and norm.running_mean is not None
         and norm.running_var is not None
@@ -127,8 +126,8 @@ def _foldable_batch_norm(conv: nn.Module, norm: nn.Module | None) -> bool:
 
 
 def _three(values: tuple[int, ...]) -> tuple[int, int, int]:
-    """A Conv3d's per-axis setting (always three values) as the fixed-length tuple its constructor takes."""
-    return values[0], values[1], values[2]
+    a, b, c = values
+    return a, b, c
 
 
 @torch.no_grad()
@@ -138,14 +137,14 @@ def folded_conv(conv: nn.Conv3d, norm: nn.BatchNorm3d) -> nn.Conv3d:
     ``scale = gamma / sqrt(running_var + eps)`` multiplies each output channel's kernel;
     the bias becomes ``(bias - running_mean) * scale + beta``. New tensors (a snapshot
     of the current values), with the kernel's memory format."""
-    running_mean, running_var = norm.running_mean, norm.running_var
-    if running_mean is None or running_var is None:
-        raise ValueError("a BatchNorm3d without running statistics cannot be folded")
-    scale = torch.rsqrt(running_var.float() + norm.eps)
+    mean, var = norm.running_mean, norm.running_var
+    if mean is None or var is None:
+        raise ValueError("a batch norm without running statistics cannot be folded")
+    scale = torch.rsqrt(var.float() + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.float()
     bias = conv.bias.float() if conv.bias is not None else torch.zeros_like(scale)
-    bias = (bias - running_mean.float()) * scale
+    bias = (bias - mean.float()) * scale
     if norm.bias is not None:
         bias = bias + norm.bias.float()
     out = nn.Conv3d(
@@ -190,3 +189,20 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
         return None
 
     return _rewrite_pairs(model, rule)
+
+
+def inference_network(model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> nn.Module:
+    """A new module computing ``model`` for inference; ``model`` itself is not changed.
+
+    A copy of ``model`` on ``device`` in eval mode, in the channels-last layout if asked (the
+    convolution weights in the activations' layout too: oneDNN's Conv3d is slower with
+    channels-last inputs and contiguous weights), with its batch norms folded into the
+    convolutions before them (:func:`fold_batch_norm`) and, on the CPU, its instance norms
+    computed without layout copies (:func:`fuse_instance_norm`; GPUs get the norms as they are).
+    """
+    device = torch.device(device)
+    network = copy.deepcopy(model).to(device).eval()
+    if channels_last:
+        network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # (missing from the stubs)
+    network = fold_batch_norm(network)
+    return fuse_instance_norm(network) if device.type == "cpu" else network
