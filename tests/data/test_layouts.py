@@ -1,85 +1,16 @@
-"""Case discovery on real folders of tiny NIfTI files (no mocks)."""
+"""Training-set discovery (``discover_dataset``) on real folders of tiny NIfTI files: MSD, BraTS and plain layouts and their refusals."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 
-from brainseg.data.brats import BRATS_2023, BRATS_CLASSIC
-from brainseg.data.cases import Case, DiscoveryError, safe_case_id
+from brainseg.data.cases import Case, DiscoveryError
 from brainseg.data.inputs import discover_inputs
 from brainseg.data.layouts import discover_dataset
-from brainseg.errors import BrainsegError
 from brainseg.io.images import read_channels, read_label
-
-_TEMPLATE: dict[str, bytes] = {}
-
-
-def scan(path: Path) -> Path:
-    """Write a valid 4x4x4 scan at ``path`` (.nii or .nii.gz), creating folders."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    if ext not in _TEMPLATE:
-        tmp = path.parent / f"template{ext}"
-        nib.save(nib.Nifti1Image(np.arange(64, dtype=np.uint8).reshape(4, 4, 4) % 3, np.eye(4)), str(tmp))
-        _TEMPLATE[ext] = tmp.read_bytes()
-        tmp.unlink()
-    path.write_bytes(_TEMPLATE[ext])
-    return path
-
-
-def write_json(path: Path, data: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-
-
-def msd(
-    root: Path,
-    train: dict[str, int],
-    test: dict[str, int] | None = None,
-    meta: object | None = None,
-    labels_ts: bool = False,
-) -> Path:
-    """An MSD / nnU-Net folder: case id -> number of channels."""
-    if meta is not None:
-        write_json(root / "dataset.json", meta)
-    for cid, n in train.items():
-        for c in range(n):
-            scan(root / "imagesTr" / f"{cid}_{c:04d}.nii.gz")
-        scan(root / "labelsTr" / f"{cid}.nii.gz")
-    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
-    for cid, n in (test or {}).items():
-        for c in range(n):
-            scan(root / "imagesTs" / f"{cid}_{c:04d}.nii.gz")
-        if labels_ts:
-            scan(root / "labelsTs" / f"{cid}.nii.gz")
-    return root
-
-
-V2 = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "CSF": 1, "GM": 2}, "file_ending": ".nii.gz"}
-
-
-def brats(root: Path, cid: str, style: str = "classic", seg: bool = True, skip: tuple[str, ...] = ()) -> Path:
-    names, sep = (BRATS_CLASSIC, "_") if style == "classic" else (BRATS_2023, "-")
-    for name in names + (("seg",) if seg else ()):
-        if name not in skip:
-            scan(root / cid / f"{cid}{sep}{name}.nii.gz")
-    return root / cid
-
-
-def error_of(fn, *args, **kwargs) -> str:
-    with pytest.raises(DiscoveryError) as info:
-        fn(*args, **kwargs)
-    assert isinstance(info.value, BrainsegError)
-    return str(info.value)
-
-
-# ----------------------------------------------------------------------------- layouts
+from tests.data.conftest import V2, brats, error_of, msd, scan, write_json
 
 
 def test_msd_v2(tmp_path: Path) -> None:
@@ -226,9 +157,6 @@ def test_plain_exact_name_wins_over_channel_suffix(tmp_path: Path) -> None:
     assert case.case_id == "scan_0001"
 
 
-# ----------------------------------------------------------------------------- errors
-
-
 def test_unmatched_image(tmp_path: Path) -> None:
     root = msd(tmp_path / "ds", {"a": 1}, meta=V2)
     scan(root / "imagesTr/orphan_0000.nii.gz")
@@ -341,40 +269,6 @@ def test_brats_without_any_segmentation(tmp_path: Path) -> None:
     assert "no case has a segmentation" in error_of(discover_dataset, root)
 
 
-BAD_JSON = [
-    ("{not json", "not valid JSON"),
-    ([1, 2], "top level must be a JSON object"),
-    ({"labels": {"background": 0}}, '"channel_names" is missing'),
-    ({"channel_names": ["T1"]}, '"channel_names" must be a mapping'),
-    ({"channel_names": {}}, '"channel_names" is empty'),
-    ({"channel_names": {"zero": "T1"}}, "'zero' is not a channel index"),
-    ({"channel_names": {"0": "T1", "2": "T2"}}, "without gaps"),
-    ({"channel_names": {"0": 7}}, "must have a non-empty name"),
-    ({"modality": "FLAIR"}, '"modality" must be a mapping'),
-    ({"channel_names": {"0": "T1"}, "labels": ["background", "tumour"]}, '"labels" must be a mapping'),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 1.5}}, '"labels" has values of the wrong type'),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": "1"}}, '"labels" has values of the wrong type'),
-    (
-        {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole tumor": [1, 2, 3]}},
-        '"regions_class_order" is missing',
-    ),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": 0}}, "value 0 is given to both"),
-    ({"channel_names": {"0": "T1"}, "labels": {"background": 0, "x": -1}}, "negative value"),
-    ({"channel_names": {"0": "T1"}, "labels": {"0": "background", "one": "x"}}, "'one' is not a label value"),
-    ({"channel_names": {"0": "T1"}, "file_ending": ".png"}, '"file_ending" must be one of'),
-    ({"channel_names": {"0": "T1"}, "file_ending": 3}, '"file_ending" must be one of'),
-]
-
-
-@pytest.mark.parametrize("content, expected", BAD_JSON, ids=[e for _, e in BAD_JSON])
-def test_bad_dataset_json(tmp_path: Path, content: object, expected: str) -> None:
-    root = msd(tmp_path / "ds", {"a": 1})
-    text = content if isinstance(content, str) else json.dumps(content)
-    (root / "dataset.json").write_text(text)
-    msg = error_of(discover_dataset, root)
-    assert "dataset.json" in msg and expected in msg
-
-
 def test_all_problems_reported_together(tmp_path: Path) -> None:
     root = msd(tmp_path / "ds", {"a": 1}, meta={"channel_names": {"0": "T1"}, "labels": {"x": [1]}})
     scan(root / "imagesTr/lonely_0000.nii.gz")
@@ -388,22 +282,6 @@ def test_all_problems_reported_together(tmp_path: Path) -> None:
     assert all(";" not in p for p in info.value.problems)  # "; " separates problems
 
 
-# ----------------------------------------------------------------------------- safe ids
-
-
-@pytest.mark.parametrize(
-    "bad", ["", ".", "..", "a/b", "../x", "a\\b", "a\x00b", ".hidden", "/etc/passwd", "C:\\x", "C:x", "a\nb"]
-)
-def test_safe_case_id_rejects(bad: str) -> None:
-    msg = error_of(safe_case_id, bad, "dataset.json training[3]")
-    assert msg.startswith("dataset.json training[3]: case id")
-
-
-@pytest.mark.parametrize("good", ["a", "sub-01", "BraTS2021_00000", "case.v2", "héllo", "x..y"])
-def test_safe_case_id_accepts(good: str) -> None:
-    assert safe_case_id(good, "src") == good
-
-
 def test_unsafe_ids_from_file_names(tmp_path: Path) -> None:
     root = msd(tmp_path / "ds", {"ok": 1})
     scan(root / "imagesTr/_0000.nii.gz")  # empty case id
@@ -413,125 +291,3 @@ def test_unsafe_ids_from_file_names(tmp_path: Path) -> None:
     assert "contains a path separator" in msg and "a\\\\b" in msg
     with pytest.raises(DiscoveryError, match="is empty"):
         discover_inputs([root / "imagesTr" / "_0000.nii.gz"])
-
-
-# ----------------------------------------------------------------------------- discover_inputs
-
-
-def test_inputs_folder_of_single_scans(tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    for name in ("zeta.nii.gz", "alpha.nii", "sub-01_T1w.nii.gz"):
-        scan(d / name)
-    (d / "notes.txt").write_text("x")
-    scan(d / ".hidden.nii.gz")
-    cases = discover_inputs([d])
-    assert [(c.case_id, c.images, c.label) for c in cases] == [
-        ("alpha", (d / "alpha.nii",), None),
-        ("sub-01_T1w", (d / "sub-01_T1w.nii.gz",), None),
-        ("zeta", (d / "zeta.nii.gz",), None),
-    ]
-
-
-def test_inputs_single_files_grouped_by_channel_suffix(tmp_path: Path) -> None:
-    a1 = scan(tmp_path / "x" / "a_0001.nii.gz")
-    a0 = scan(tmp_path / "y" / "a_0000.nii.gz")
-    cases = discover_inputs([a1, a0], n_channels=2)
-    assert cases == [Case("a", (a0, a1))]
-    b = scan(tmp_path / "b.nii.gz")
-    assert discover_inputs([b, b]) == [Case("b", (b,))]  # the same file twice is one case
-
-
-def test_inputs_folder_grouping(tmp_path: Path) -> None:
-    d = tmp_path / "ts"
-    for cid in ("p2", "p1"):
-        for c in (1, 0):
-            scan(d / f"{cid}_{c:04d}.nii.gz")
-    cases = discover_inputs([d], channel_names=["FLAIR", "T1"])
-    assert [c.case_id for c in cases] == ["p1", "p2"]
-    assert cases[0].images == (d / "p1_0000.nii.gz", d / "p1_0001.nii.gz")
-
-
-def test_inputs_msd_root(tmp_path: Path) -> None:
-    root = msd(tmp_path / "ds", {"tr1": 1}, {"ts1": 1, "ts2": 1}, meta=V2)
-    assert [c.case_id for c in discover_inputs([root])] == ["ts1", "ts2"]
-    root2 = msd(tmp_path / "ds2", {"tr1": 1, "tr2": 1}, meta=V2)
-    cases = discover_inputs([root2])
-    assert [c.case_id for c in cases] == ["tr1", "tr2"]
-    assert all(c.label is None for c in cases)
-
-
-def test_inputs_msd_root_with_region_based_json_still_predicts(tmp_path: Path) -> None:
-    meta = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "whole": [1, 2]}}
-    root = msd(tmp_path / "ds", {"a": 1}, {"t": 1}, meta=meta)
-    assert [c.case_id for c in discover_inputs([root])] == ["t"]
-
-
-def test_inputs_n_channels_mismatch(tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    scan(d / "two_0000.nii.gz")
-    scan(d / "two_0001.nii.gz")
-    scan(d / "one.nii.gz")
-    msg = error_of(discover_inputs, [d], n_channels=2)
-    assert "one.nii.gz: case 'one' is a single file but expected 2 channels" in msg and "'two'" not in msg
-    msg = error_of(discover_inputs, [d], n_channels=1)
-    assert "two_0001.nii.gz" in msg and "'two'" in msg and "'one'" not in msg
-    # Without n_channels the cases must still agree with each other.
-    msg = error_of(discover_inputs, [d])
-    assert "'one'" in msg and "other cases have 2 channels" in msg
-    with pytest.raises(ValueError):
-        discover_inputs([d], n_channels=3, channel_names=["a", "b"])
-
-
-def test_inputs_missing_channel(tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    scan(d / "c_0000.nii.gz")
-    scan(d / "c_0002.nii.gz")
-    msg = error_of(discover_inputs, [d], n_channels=3)
-    assert "'c'" in msg and "c_0001" in msg
-
-
-def test_inputs_brats_root_and_case_folder(tmp_path: Path) -> None:
-    root = tmp_path / "brats"
-    brats(root, "B", seg=False)
-    case_a = brats(root, "A")
-    cases = discover_inputs([root], n_channels=4)
-    assert [c.case_id for c in cases] == ["A", "B"]
-    assert [p.name for p in cases[1].images] == ["B_t1.nii.gz", "B_t1ce.nii.gz", "B_t2.nii.gz", "B_flair.nii.gz"]
-    assert cases[0].label is None
-    # A single case folder; a model's channel names choose and order the modalities,
-    # under either BraTS naming.
-    (case,) = discover_inputs([case_a], channel_names=["flair", "t1"])
-    assert case.case_id == "A"
-    assert [p.name for p in case.images] == ["A_flair.nii.gz", "A_t1.nii.gz"]
-    case23 = brats(tmp_path / "b23", "C", style="2023")
-    (case,) = discover_inputs([case23], channel_names=["t1", "t1ce", "t2", "flair"])
-    assert [p.name for p in case.images] == ["C-t1n.nii.gz", "C-t1c.nii.gz", "C-t2w.nii.gz", "C-t2f.nii.gz"]
-    # A case missing a modality is named.
-    brats(tmp_path / "b3", "D", skip=("t2",))
-    msg = error_of(discover_inputs, [tmp_path / "b3"])
-    assert "'D'" in msg and "missing t2" in msg
-
-
-def test_inputs_flat_folder_with_modality_like_names_is_not_a_brats_case(tmp_path: Path) -> None:
-    d = tmp_path / "in"
-    scan(d / "sub01_t1.nii.gz")
-    scan(d / "sub02_t1.nii.gz")
-    assert [c.case_id for c in discover_inputs([d], n_channels=1)] == ["sub01_t1", "sub02_t1"]
-
-
-def test_inputs_duplicate_ids_across_inputs(tmp_path: Path) -> None:
-    a = scan(tmp_path / "one" / "scan.nii.gz")
-    b = scan(tmp_path / "two" / "scan.nii")
-    msg = error_of(discover_inputs, [tmp_path / "one", b])
-    assert "'scan'" in msg and str(a) in msg and str(b) in msg and "collide" in msg
-
-
-def test_inputs_bad_paths(tmp_path: Path) -> None:
-    txt = tmp_path / "notes.txt"
-    txt.write_text("x")
-    (tmp_path / "empty").mkdir()
-    msg = error_of(discover_inputs, [tmp_path / "missing.nii.gz", txt, tmp_path / "empty"])
-    assert "missing.nii.gz: not found" in msg
-    assert "notes.txt: not a recognised scan file" in msg
-    assert "empty: no scans found" in msg
-    assert "no input paths" in error_of(discover_inputs, [])

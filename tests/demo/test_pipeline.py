@@ -1,4 +1,4 @@
-"""`brainseg demo` end to end (tiny settings): data -> train -> predict -> evaluate -> picture."""
+"""`brainseg demo` end to end (tiny settings): data -> train -> predict -> evaluate -> picture, for the tissue and tumour kinds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+
+from tests.conftest import TINY_REGION_TRAIN, run_cli
 
 
 @pytest.mark.slow
@@ -79,3 +81,28 @@ def test_demo_runs_end_to_end_and_reports_where_everything_is(tmp_path):
     )
     assert res2.returncode == 0, res2.stderr[-2000:]
     assert "reused" in res2.stderr  # the step lines are log messages (stderr)
+
+
+@pytest.mark.slow
+def test_tumour_demo_end_to_end(tmp_path):
+    tiny = [a for a in TINY_REGION_TRAIN if a != "--set" and not a.startswith(("data.val_fraction", "postprocess"))]
+    sets = [x for item in tiny for x in ("--set", item)]
+    result = run_cli(
+        "demo",
+        "--kind",
+        "tumour",
+        "--n",
+        "4",
+        "--out",
+        str(tmp_path / "demo"),
+        "--max-minutes",
+        "0.2",
+        "--set",
+        "train.epochs=2",
+        *sets,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Dice per tumour region" in result.stdout
+    table = result.stdout.split("Dice per tumour region", 1)[1].splitlines()
+    for region in ("whole tumor", "tumor core", "enhancing tumor"):  # the names the msd dataset.json gives
+        assert any(line.strip().startswith(region) for line in table), result.stdout

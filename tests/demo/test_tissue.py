@@ -1,5 +1,5 @@
-"""The demo data set: generated once through the real CLI (the session's shared
-``demo_data``, see conftest.py), then inspected as files.
+"""The tissue demo data set: generated once through the real CLI (the session's shared
+``demo_data``, see conftest.py), then inspected as files; the hemispheres kind and ``--spacing``.
 
 The reference for geometry is the MNI template itself: a subject's label map, put
 into world space through its own affine, must overlap the template's labels there
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -18,53 +19,21 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from scipy.ndimage import map_coordinates
 
+from brainseg.demo.tissue import HEMISPHERE_LABELS, make_demo_dataset
 from brainseg.errors import BrainsegError
-from brainseg.io.images import read_image, read_label
+from tests.conftest import REPO
 
 pytest.importorskip("nilearn")
+
+
 demo = pytest.importorskip("brainseg.demo.tissue")
-mni = pytest.importorskip("brainseg.demo.template")
+
 
 N = 4  # subjects in the shared demo data set (conftest.DEMO_N)
+
+
 EXPECTED_LABELS = {"background": 0, "CSF": 1, "grey matter": 2, "white matter": 3}
-
-
-@pytest.fixture(scope="module")
-def demo_dir(demo_data) -> Path:
-    """``brainseg demo-data OUT --n 4`` (shared by the session; read only)."""
-    return demo_data
-
-
-@pytest.fixture(scope="module")
-def meta(demo_dir) -> dict:
-    return json.loads((demo_dir / "dataset.json").read_text())
-
-
-@pytest.fixture(scope="module")
-def cases(demo_dir, meta) -> list[dict]:
-    """Every case listed in dataset.json, read back with brainseg.io.images."""
-    loaded = []
-    for entry in meta["training"] + meta["test"]:
-        image, igeom = read_image(demo_dir / entry["image"])
-        labels, lgeom = read_label(demo_dir / entry["label"])
-        loaded.append({"entry": entry, "image": image, "igeom": igeom, "labels": labels, "lgeom": lgeom})
-    return loaded
-
-
-@pytest.fixture(scope="module")
-def template():
-    return mni.load_template()
-
-
-# ----------------------------------------------------------------------------- layout
-
-
-def test_cli_writes_the_data_set_and_names_it(demo_data_run):
-    out, proc = demo_data_run
-    assert proc.returncode == 0, proc.stderr
-    assert str(out) in proc.stdout
 
 
 def test_dataset_json(demo_dir, meta):
@@ -149,37 +118,6 @@ def test_images_are_t1_with_varied_intensities_and_both_background_kinds(cases):
     assert max(tops) > 1.2 * min(tops), tops  # each subject has its own intensity scale
 
 
-def _template_labels_at(case: dict, template, labels_map: np.ndarray) -> np.ndarray:
-    """The template's labels at the world position of each voxel centre of ``case``."""
-    geom = case["lgeom"]
-    idx = np.indices(geom.shape, dtype=np.float64).reshape(3, -1)
-    world = geom.affine[:3, :3] @ idx + geom.affine[:3, 3:4]
-    inv = np.linalg.inv(template.affine)
-    vox = inv[:3, :3] @ world + inv[:3, 3:4]
-    return map_coordinates(labels_map, vox, order=0, mode="constant", cval=0).reshape(geom.shape)
-
-
-def test_labels_lie_where_the_template_anatomy_is(cases, template):
-    """Through each file's own affine the anatomy lands on the template's (a few mm off)."""
-    reference = mni.template_labels(template.t1, template.gm, template.wm)
-    template_brain_ml = (reference > 0).sum() * abs(np.linalg.det(template.affine[:3, :3])) / 1000
-
-    def dice(a: np.ndarray, b: np.ndarray) -> float:
-        return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
-
-    for case in cases:
-        labels = case["labels"]
-        expected = _template_labels_at(case, template, reference)
-        assert dice(labels > 0, expected > 0) > 0.85, case["entry"]
-        assert dice(labels == 3, expected == 3) > 0.55, case["entry"]
-        voxel_ml = np.prod(case["lgeom"].spacing) / 1000
-        brain_ml = (labels > 0).sum() * voxel_ml
-        assert 0.75 < brain_ml / template_brain_ml < 1.3, (brain_ml, template_brain_ml)
-
-
-# ----------------------------------------------------------------------------- determinism
-
-
 def _arrays(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for path in sorted(folder.glob("*/demo_*.nii.gz")):
@@ -216,9 +154,6 @@ def test_other_seed_other_data(template):
     assert not (same_grid and np.array_equal(image0, image1))
 
 
-# ----------------------------------------------------------------------------- arguments
-
-
 @pytest.mark.parametrize(
     "n, n_test, seed", [(1, None, 0), (0, None, 0), (4, 4, 0), (4, 0, 0), (3, 5, 0), (4, None, -1)]
 )
@@ -228,17 +163,6 @@ def test_bad_arguments_are_refused(tmp_path, n, n_test, seed):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_reports_bad_sizes_in_one_line(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "brainseg", "demo-data", str(tmp_path / "x"), "--n", "1"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 1
-    assert proc.stderr.startswith("brainseg: error:") and "Traceback" not in proc.stderr
-
-
 def test_refuses_a_foreign_non_empty_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(BrainsegError, match="not empty"):
@@ -246,62 +170,75 @@ def test_refuses_a_foreign_non_empty_folder(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
 
 
-# ----------------------------------------------------------------------------- label convention
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("kinds")
+    tissue = make_demo_dataset(root / "tissue", n=2, n_test=1, seed=11, verbose=False)
+    hemi = make_demo_dataset(root / "hemi", n=2, n_test=1, seed=11, verbose=False, kind="hemispheres")
+    return tissue, hemi
 
 
-def _by_hand(t1: float, gm: float, wm: float) -> int:
-    """The convention, voxel by voxel in plain Python."""
-    inside = t1 > 0
-    scores = [0.0 if inside else 1.0, min(1.0, max(0.0, 1.0 - gm - wm)) if inside else 0.0, gm, wm]
-    return scores.index(max(scores))  # the first maximum, like argmax
+def test_hemispheres_split_grey_and_white_matter_of_the_same_subjects(pair):
+    tissue, hemi = pair
+    meta = json.loads((hemi / "dataset.json").read_text())
+    assert meta["labels"] == HEMISPHERE_LABELS
+    assert {"left grey matter", "right grey matter", "left white matter", "right white matter"} <= set(meta["labels"])
+    for sub, case in (("Tr", "demo_000"), ("Ts", "demo_001")):
+        t = nib.load(tissue / f"labels{sub}" / f"{case}.nii.gz")
+        h = nib.load(hemi / f"labels{sub}" / f"{case}.nii.gz")
+        assert t.shape == h.shape and np.allclose(t.affine, h.affine)
+        tl, hl = np.asarray(t.dataobj), np.asarray(h.dataobj)
+        assert set(np.unique(hl)) == set(range(6))
+        # merged back, the hemispheres are exactly the tissue labels (same random draws)
+        merged = np.select([hl == 0, hl == 1, np.isin(hl, (2, 3)), np.isin(hl, (4, 5))], [0, 1, 2, 3])
+        np.testing.assert_array_equal(merged, tl)
+        # images are the same files' content too
+        ti = np.asarray(nib.load(tissue / f"images{sub}" / f"{case}_0000.nii.gz").dataobj)
+        hi = np.asarray(nib.load(hemi / f"images{sub}" / f"{case}_0000.nii.gz").dataobj)
+        np.testing.assert_array_equal(ti, hi)
+        # left labels lie left of the midline in world (RAS) coordinates, right ones right of it
+        ijk = np.argwhere(hl > 1)
+        x = h.affine[0, :3] @ ijk.T + h.affine[0, 3]
+        values = hl[tuple(ijk.T)]
+        left = np.isin(values, (2, 4))
+        assert np.mean(x[left] < 0) > 0.97 and np.mean(x[~left] > 0) > 0.97
+        # and the two hemispheres are about the same size (the template is symmetric)
+        n_left, n_right = int(left.sum()), int((~left).sum())
+        assert abs(n_left - n_right) / (n_left + n_right) < 0.08
 
 
-def test_template_labels_follow_the_convention_on_the_template(template):
-    labels = mni.template_labels(template.t1, template.gm, template.wm)
-    assert labels.shape == template.t1.shape == (197, 233, 189)
-    assert labels.dtype == np.uint8
-    assert float(template.t1.max()) == 1.0 and float(template.t1.min()) == 0.0  # scaled by 1/255
-
-    raw = {k: np.asarray(nib.load(str(mni.template_dir() / f)).dataobj) for k, f in mni.TEMPLATE_FILES.items()}
-    rng = np.random.default_rng(1234)
-    inside = np.argwhere(raw["t1"] > 0)
-    picks = [tuple(v) for v in inside[rng.choice(len(inside), 300, replace=False)]]
-    picks += [tuple(np.argwhere(raw["t1"] == 0)[0]), (98, 134, 72)]  # a background voxel, MNI origin
-    # Voxels where each tissue map clearly dominates, chosen from the raw maps.
-    for cond in (
-        (raw["t1"] > 0) & (raw["gm"] < 20) & (raw["wm"] < 20),
-        (raw["gm"] > 200),
-        (raw["wm"] > 200),
-        (raw["t1"] == 0) & (raw["gm"] > 0),
-    ):
-        found = np.argwhere(cond)
-        assert len(found), "template lacks an expected kind of voxel"
-        picks.append(tuple(found[len(found) // 2]))
-    seen = set()
-    for v in picks:
-        t1, gm, wm = (int(raw[k][v]) / 255.0 for k in ("t1", "gm", "wm"))
-        expected = _by_hand(t1, gm, wm)
-        assert labels[v] == expected, (v, t1, gm, wm)
-        seen.add(expected)
-    assert seen == {0, 1, 2, 3}
-
-
-def test_template_labels_ties_and_edge_cases():
-    # Columns: T1, GM, WM -> label, worked out by hand from the convention.
-    rows = [
-        (0.0, 1.0, 0.0, 0),  # outside the brain, GM ties background: background wins
-        (0.0, 0.0, 0.0, 0),
-        (0.5, 0.5, 0.5, 2),  # CSF clipped to 0; GM ties WM: GM wins
-        (0.5, 0.25, 0.25, 1),  # CSF 0.5
-        (0.5, 0.0, 0.0, 1),  # CSF 1
-        (0.5, 0.3, 0.6, 3),
-        (0.2, 0.7, 0.2, 2),
-        (1.0, 0.4, 0.4, 2),  # CSF 0.2 < GM 0.4 = WM 0.4: GM wins the tie
-    ]
-    t1, gm, wm, expected = (np.array(col, dtype=np.float32).reshape(-1, 1, 1) for col in zip(*rows))
-    np.testing.assert_array_equal(mni.template_labels(t1, gm, wm).ravel(), expected.ravel().astype(np.uint8))
-
-
-def test_template_labels_refuses_unscaled_maps(template):
-    with pytest.raises(ValueError, match="255"):
-        mni.template_labels(template.t1 * 255, template.gm * 255, template.wm * 255)
+def test_spacing_gives_every_subject_that_voxel_size(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "brainseg",
+            "demo-data",
+            str(tmp_path / "aniso"),
+            "--n",
+            "4",
+            "--spacing",
+            "0.9",
+            "0.9",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    files = sorted((tmp_path / "aniso").rglob("*.nii.gz"))
+    assert len(files) == 8
+    orders = set()
+    for f in files:
+        img = nib.load(f)
+        codes = nib.aff2axcodes(img.affine)
+        orders.add(codes)
+        # per anatomical axis: 0.9 mm left-right and posterior-anterior, 4 mm inferior-superior
+        by_axis = {c: z for c, z in zip(codes, img.header.get_zooms()[:3])}
+        got = [next(z for c, z in by_axis.items() if c in pair) for pair in ("LR", "PA", "IS")]
+        np.testing.assert_allclose(got, (0.9, 0.9, 4.0), rtol=1e-5)
+    assert any(codes[0] not in "LR" for codes in orders)  # subject 3 is stored PIR: its slices are still axial

@@ -1,12 +1,10 @@
-"""`brainseg demo-data --kind tumour`: BraTS 2021 / 2023 and nnU-Net (msd) folders on real files,
-read back by the discovery that training and prediction use."""
+"""The tumour demo data sets: BraTS 2021 / 2023 and nnU-Net (msd) folders on real files,
+read back by the discovery that training and prediction use.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -14,15 +12,15 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from brainseg.cli import main
 from brainseg.data.inputs import discover_inputs
 from brainseg.data.layouts import discover_dataset
 from brainseg.demo.tumour import make_tumour_dataset
 from brainseg.errors import BrainsegError
 from brainseg.labels.regions import BRATS_2021, BRATS_2023
 
-REPO = Path(__file__).resolve().parents[1]
 SEED = 3
+
+
 CONTRASTS_2021 = ("t1", "t1ce", "t2", "flair")
 
 
@@ -176,31 +174,3 @@ def test_same_seed_same_files_and_rerun_replaces_the_set(tmp_path):
     (tmp_path / "mine" / "notes.txt").write_text("x")
     with pytest.raises(BrainsegError, match="not a brainseg tumour demo"):
         make_tumour_dataset(tmp_path / "mine", n=2)
-
-
-def test_cli_writes_the_tumour_kind_and_refuses_layouts_of_other_kinds(tmp_path, capsys):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
-
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "brainseg", "demo-data", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO,
-            timeout=300,
-        )
-
-    out = tmp_path / "msd"
-    res = cli(str(out), "--kind", "tumour", "--layout", "msd", "--n", "2", "--n-test", "1", "--spacing", "3", "3", "3")
-    assert res.returncode == 0, res.stderr
-    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == [f"BRATS_000_000{i}.nii.gz" for i in range(4)]
-    meta = json.loads((out / "dataset.json").read_text())
-    assert meta["channel_names"] == {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}
-    assert meta["regions_class_order"] == [1, 2, 3] and meta["training"][0]["image"] == "./imagesTr/BRATS_000.nii.gz"
-    # another kind with a layout: one error line, nothing written (in-process: the CLI's start-up is the slow part)
-    capsys.readouterr()
-    assert main(["demo-data", str(tmp_path / "x"), "--kind", "tissue", "--layout", "msd"]) == 1
-    err = capsys.readouterr().err
-    assert err.startswith("brainseg: error: --layout msd: only --kind tumour") and len(err.strip().splitlines()) == 1
-    assert not (tmp_path / "x").exists()

@@ -1,106 +1,23 @@
-"""Regions from a data set (nnU-Net v2 region dataset.json, BraTS layouts) and their evaluation
-with BraTS's conventions (`brainseg evaluate --regions`), on real files."""
+"""Region evaluation with BraTS's conventions (`brainseg evaluate --regions`) on real files."""
 
 from __future__ import annotations
 
 import csv
 import json
 import logging
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from brainseg.cli import main
-from brainseg.data.cases import DiscoveryError
-from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
-from brainseg.evaluate.metrics import BRATS_HD95_PENALTY_MM, dice, hd95, region_scores
 from brainseg.evaluate.per_region import evaluate_region_folders, regions_from_spec
 from brainseg.labels.regions import BRATS_2021, BRATS_2023
-
-REPO = Path(__file__).resolve().parents[1]
-NNUNET_REGIONS = {
-    "channel_names": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
-    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
-    "regions_class_order": [1, 2, 3],
-}
-AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
-
-
-def save(path: Path, data: np.ndarray, affine: np.ndarray = AFFINE) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine), str(path))
-    return path
-
-
-def msd_root(root: Path, meta: dict) -> Path:
-    """An nnU-Net folder with one four-channel case and ``meta`` as dataset.json."""
-    for i in range(4):
-        save(root / "imagesTr" / f"a_000{i}.nii.gz", np.ones((4, 4, 4)))
-    save(root / "labelsTr" / "a.nii.gz", np.zeros((4, 4, 4)))
-    (root / "dataset.json").write_text(json.dumps(meta))
-    return root
-
-
-# ----------------------------------------------------------------------------- dataset.json
-
-
-def test_region_dataset_json_gives_regions_and_the_label_table(tmp_path):
-    ds = discover_dataset(msd_root(tmp_path / "ds", NNUNET_REGIONS))
-    assert ds.regions.names == ("whole tumor", "tumor core", "enhancing tumor")
-    assert ds.regions.labels == ((1, 2, 3), (2, 3), (3,)) and ds.regions.class_order == (1, 2, 3)
-    assert ds.labels == {0: "background", 1: "whole tumor", 2: "tumor core", 3: "enhancing tumor"}
-    # a single value is a region of one label; a value no region writes is named label_N
-    meta = dict(NNUNET_REGIONS, labels={"bg": 0, "lesion": [1, 2, 5], "active": 2}, regions_class_order=[1, 2])
-    ds = discover_dataset(msd_root(tmp_path / "ds2", meta))
-    assert ds.regions.names == ("lesion", "active") and ds.regions.labels == ((1, 2, 5), (2,))
-    assert ds.labels == {0: "bg", 1: "lesion", 2: "active", 5: "label_5"}
-    # the same file through --regions
-    assert regions_from_spec(str(tmp_path / "ds" / "dataset.json")) == discover_dataset(tmp_path / "ds").regions
-    # plain labels (the Decathlon's Task01 names): no regions
-    plain = dict(NNUNET_REGIONS, labels={"background": 0, "edema": 1, "non-enhancing tumor": 2, "enhancing tumour": 3})
-    ds = discover_dataset(msd_root(tmp_path / "plain", plain))  # regions_class_order ignored, as nnU-Net does
-    assert ds.regions is None and ds.labels == {
-        0: "background",
-        1: "edema",
-        2: "non-enhancing tumor",
-        3: "enhancing tumour",
-    }
-
-
-BAD_REGIONS = [
-    (
-        {"labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3]}},
-        "\"labels\" defines regions ('whole tumor', 'tumor core') but \"regions_class_order\" is missing",
-    ),
-    ({"regions_class_order": [1, 2]}, '"regions_class_order" must list one label value per region (3:'),
-    ({"regions_class_order": "1,2,3"}, '"regions_class_order" must list one label value per region'),
-    ({"regions_class_order": [1, 2, 1]}, "'enhancing tumor' writes label 1, which it does not contain [3]"),
-    ({"labels": {"background": 0, "whole tumor": [], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
-    ({"labels": {"background": 0, "whole tumor": [1, -2], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
-    ({"labels": {"background": 0, "whole tumor": ["1"], "x": [3]}}, "region 'whole tumor' must be a non-empty list"),
-]
-
-
-@pytest.mark.parametrize("change, expected", BAD_REGIONS, ids=[e[:40] for _, e in BAD_REGIONS])
-def test_malformed_region_dataset_json_is_one_line_naming_the_file(tmp_path, change, expected):
-    meta = {**NNUNET_REGIONS, **change}
-    if "labels" in change and "regions_class_order" not in change:
-        meta.pop("regions_class_order")
-    root = msd_root(tmp_path / "ds", meta)
-    with pytest.raises(DiscoveryError) as info:
-        discover_dataset(root)
-    msg = str(info.value)
-    assert len(info.value.problems) == 1 and "\n" not in msg
-    assert msg.startswith(f"{root}: dataset.json: field") and expected in msg
-    with pytest.raises(BrainsegError, match="dataset.json"):
-        regions_from_spec(str(root / "dataset.json"))
+from tests.conftest import NNUNET_REGIONS, REPO, msd_root, save_1mm
 
 
 def test_regions_from_spec_names_and_refusals(tmp_path):
@@ -112,40 +29,6 @@ def test_regions_from_spec_names_and_refusals(tmp_path):
     plain.write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": {"background": 0, "a": 1}}))
     with pytest.raises(BrainsegError, match="defines no regions"):
         regions_from_spec(str(plain))
-
-
-# ----------------------------------------------------------------------------- metrics
-
-
-def test_region_scores_follow_the_brats_conventions():
-    assert BRATS_HD95_PENALTY_MM == round(math.sqrt(240**2 + 240**2 + 155**2), 2)
-    ref = np.zeros((20, 20, 20), dtype=np.uint8)
-    ref[5:15, 5:15, 5:15] = 2  # oedema
-    ref[8:12, 8:12, 8:12] = 4  # enhancing core, no necrosis
-    scores = region_scores(ref, ref, BRATS_2021, (1, 1, 1))
-    assert scores == {"WT": (1.0, 0.0), "TC": (1.0, 0.0), "ET": (1.0, 0.0)}
-    # the prediction calls the core necrosis: TC right, ET missed (one empty -> Dice 0, the penalty)
-    pred = ref.copy()
-    pred[pred == 4] = 1
-    scores = region_scores(pred, ref, BRATS_2021, (1, 1, 1))
-    assert scores["WT"] == (1.0, 0.0) and scores["TC"] == (1.0, 0.0) and scores["ET"] == (0.0, 373.13)
-    # both without ET: Dice 1, HD95 0
-    no_et = np.where(ref == 4, 1, ref).astype(np.uint8)
-    assert region_scores(no_et, no_et, BRATS_2021, (1, 1, 1))["ET"] == (1.0, 0.0)
-    # a shifted WT: the plain metrics on the region masks, the spacing applied
-    shifted = np.roll(ref, 2, axis=0)
-    scores = region_scores(shifted, ref, BRATS_2021, (2.0, 1.0, 1.0))
-    wt_p, wt_r = shifted > 0, ref > 0
-    assert scores["WT"] == (dice(wt_p, wt_r), hd95(wt_p, wt_r, (2.0, 1.0, 1.0)))
-    assert scores["WT"][0] == pytest.approx(0.8) and scores["WT"][1] == pytest.approx(4.0)
-    # BraTS 2023 writes ET as 3; 2021's regions would not see it
-    ref23 = np.where(ref == 4, 3, ref).astype(np.uint8)
-    assert region_scores(ref23, ref23, BRATS_2023, (1, 1, 1))["ET"] == (1.0, 0.0)
-    assert region_scores(ref23, ref, BRATS_2021, (1, 1, 1))["ET"] == (0.0, 373.13)
-    assert region_scores(pred, ref, BRATS_2021, (1, 1, 1), penalty_mm=99.0)["ET"] == (0.0, 99.0)
-
-
-# ----------------------------------------------------------------------------- brainseg evaluate --regions
 
 
 def evaluate_cli(*args: str) -> subprocess.CompletedProcess:
@@ -169,8 +52,8 @@ def write_cases(root: Path, et: int) -> None:
     no_et = np.where(ref == et, 1, ref)  # the prediction of "missed"; both sides of "none"
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
     for cid, p, r in (("perfect", ref, ref), ("missed", no_et, ref), ("none", no_et, no_et)):
-        save(root / "pred" / f"{cid}.nii.gz", p, affine)
-        save(root / "ref" / f"{cid}.nii.gz", r, affine)
+        save_1mm(root / "pred" / f"{cid}.nii.gz", p, affine)
+        save_1mm(root / "ref" / f"{cid}.nii.gz", r, affine)
 
 
 @pytest.mark.parametrize("et, year", [(4, 2021), (3, 2023)])

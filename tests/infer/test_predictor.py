@@ -1,13 +1,13 @@
-"""Region-based training (BraTS WT/TC/ET): targets, loss, oversampling, the model card,
-prediction by class order, the enhancing-tumour rule, and label models left as they were.
+"""The predictor on real files: the input-mask rule, region models (BraTS WT/TC/ET) and label models.
 
-The data is hand-made: 4 BraTS-2021-layout cases (t1, t1ce, t2, flair, seg; ~32^3 at
+The region data is hand-made: 4 BraTS-2021-layout cases (t1, t1ce, t2, flair, seg; ~32^3 at
 1.5 mm) with nested tumour blobs (oedema 2 around necrosis 1 around enhancing 4), written
 as NIfTI with a tilted affine, trained on through the CLI in a subprocess.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -16,72 +16,103 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from monai.losses import DiceCELoss, DiceLoss
 
-from brainseg.config import LabelsConfig, config_from_dict, load_config
+from brainseg.config import PostprocessConfig, config_from_dict, load_config
 from brainseg.errors import BrainsegError
 from brainseg.infer.predictor import Predictor
-from brainseg.labels.regions import BRATS_2021, BRATS_2023, Regions
+from brainseg.io.images import Geometry, write_image
+from brainseg.labels.regions import BRATS_2021
 from brainseg.model.card import CARD_FORMAT, REGION_CARD_FORMAT, ModelCard
 from brainseg.model.checkpoint import load_checkpoint, load_model, save_checkpoint
 from brainseg.postprocess.components import postprocess_labels
 from brainseg.postprocess.decision import INNERMOST_CANDIDATES_MM3, innermost_rule, regions_within_input
-from brainseg.train.recipe import SegLoss, region_targets, resolve_regions
-from brainseg.train.sampling.patches import foreground_center, region_locations
-from brainseg.train.validation import THRESHOLD_CANDIDATES, innermost_scores, smallest_best
+from brainseg.preprocessing.foreground import subject_mask
+from brainseg.train.validation import THRESHOLD_CANDIDATES
+from tests.conftest import (
+    BRATS_VALUES,
+    TINY_REGION_TRAIN,
+    ct_volume,
+    run_cli,
+    save_ct,
+    tumour_label,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-BRATS_VALUES = [0, 1, 2, 4]
-LABELS = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"}
+
+def test_input_mask_rule_applies_only_to_zero_background_scans(subjects, tiny_checkpoint, tmp_path):
+    """``input_mask: fill`` forces a foreground label wherever the scan is non-zero: on a noisy
+    scan that would be everywhere, so there it is not applied (same masks as ``none``)."""
+    scans = tmp_path / "scans"
+    halved = {}  # every other voxel (twice the voxel size): the same rule, an eighth of the windows
+    for name, (image, _, geometry, _) in zip(("stripped", "noisy"), subjects[:2]):
+        affine = geometry.affine.copy()
+        affine[:3, :3] *= 2.0
+        halved[name] = np.ascontiguousarray(image[::2, ::2, ::2])
+        write_image(scans / f"{name}_0000.nii.gz", halved[name], Geometry(halved[name].shape, affine))
+    outs = {}
+    for mode in ("fill", "none"):
+        outs[mode] = tmp_path / mode
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "brainseg",
+                "predict",
+                "--model",
+                str(tiny_checkpoint),
+                "--input",
+                str(scans),
+                "--output",
+                str(outs[mode]),
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--set",
+                f"postprocess.input_mask={mode}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+    import nibabel as nib
+
+    masks = {
+        m: {c: np.asarray(nib.load(str(outs[m] / f"{c}.nii.gz")).dataobj) for c in ("stripped", "noisy")} for m in outs
+    }
+    assert np.array_equal(masks["fill"]["noisy"], masks["none"]["noisy"])
+    assert not np.array_equal(masks["fill"]["stripped"], masks["none"]["stripped"])
+    assert np.all(masks["fill"]["stripped"][halved["stripped"] == 0] == 0)
+    with open(outs["fill"] / "volumes.csv") as fh:
+        rows = {r["case"]: r for r in csv.DictReader(fh)}
+    assert rows["stripped"]["background"] == "zero" and rows["noisy"]["background"] == "noise"
+
+
+def test_input_mask_rule_leaves_zero_tissue_alone(tiny_checkpoint, tmp_path):
+    """Exact-0 voxels inside the subject are never forced to background: not on CT (no zero
+    background, so no rule), not inside a skull-stripped scan (the rule's mask has its holes filled)."""
+    model, card = load_model(tiny_checkpoint, "cpu")
+    hu, _, block = ct_volume()
+    stripped = np.where(subject_mask((hu > -500)[None].astype(np.float32)), hu + 1000.0, 0.0).astype(np.float32)
+    stripped[block] = 0.0  # a hole of exact zeros inside the "brain"
+    cfg = load_config()
+    masks = {}
+    for rule in ("none", "restrict", "fill"):
+        predictor = Predictor(model, card, cfg.infer, PostprocessConfig(input_mask=rule), "cpu")
+        for name, volume in (("ct", hu), ("stripped", stripped)):
+            path = save_ct(tmp_path / f"{name}_0000.nii.gz", volume)
+            case = predictor.prepare([path])
+            assert case.record.zero_background == (name == "stripped")
+            assert case.nonzero[block].all()  # the hole counts as subject
+            masks[rule, name], _ = predictor.segment(case)
+    assert np.array_equal(masks["restrict", "ct"], masks["none", "ct"])
+    assert np.array_equal(masks["fill", "ct"], masks["none", "ct"])
+    assert np.array_equal(masks["restrict", "stripped"][block], masks["none", "stripped"][block])
+    assert np.all(masks["fill", "stripped"][block] != 0)  # fill: the hole gets a tissue class
+    outside = ~subject_mask(stripped[None])
+    assert np.all(masks["restrict", "stripped"][outside] == 0)
+
+
 REGIONS_SET = "labels.regions={WT: [1, 2, 4], TC: [1, 4], ET: [4]}"
-TINY = [
-    "--set",
-    "train.patch_size=[16,16,16]",
-    "--set",
-    "train.batch_size=2",
-    "--set",
-    "train.iters_per_epoch=2",
-    "--set",
-    "train.num_workers=0",
-    "--set",
-    "train.val_every=1",
-    "--set",
-    "train.threads=1",
-    "--set",
-    "model.levels=2",
-    "--set",
-    "model.base_features=4",
-    "--set",
-    "model.deep_supervision=true",
-    "--set",
-    "data.target_spacing=[3,3,3]",
-    "--set",
-    "data.val_fraction=0.25",
-    "--set",
-    "infer.batch_windows=2",
-    "--set",
-    "postprocess.input_mask=restrict",
-]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "brainseg", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-
-
-# --------------------------------------------------------------------------- data
-
-
-def tumour_label(shape, centre, radii) -> np.ndarray:
-    """Nested spheres: oedema 2 (radius radii[0]) around necrosis 1 around enhancing tumour 4."""
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
-    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
-    label = np.zeros(shape, dtype=np.uint8)
-    for radius, value in zip(radii, (2, 1, 4)):
-        label[r <= radius] = value
-    return label
 
 
 def write_brats_case(root: Path, case_id: str, rng: np.random.Generator, shape=(30, 32, 28)) -> Path:
@@ -130,153 +161,10 @@ def region_run(brats_data, tmp_path_factory) -> Path:
         "--no-progress",
         "--set",
         REGIONS_SET,
-        *TINY,
+        *TINY_REGION_TRAIN,
     )
     assert result.returncode == 0, result.stderr
     return run
-
-
-# --------------------------------------------------------------------------- targets and loss
-
-
-def test_region_targets_from_class_indices_match_the_label_maps_regions():
-    label = np.array([[[0, 1, 2, 4], [4, 2, 1, 0]]], dtype=np.int16)  # label values
-    classes = np.searchsorted(BRATS_VALUES, label)  # the cache's class indices
-    table = BRATS_2021.class_table(BRATS_VALUES)
-    assert table.tolist() == [[False, False, False], [True, True, False], [True, False, False], [True, True, True]]
-    targets = region_targets(torch.from_numpy(classes)[None], torch.from_numpy(table))
-    assert targets.shape == (1, 3, 1, 2, 4) and targets.dtype == torch.float32
-    assert np.array_equal(targets[0].numpy().astype(bool), BRATS_2021.masks(label))
-    with pytest.raises(BrainsegError, match=r"label value\(s\) \[4\]"):
-        BRATS_2021.class_table([0, 1, 2, 3])  # a BraTS 2023 data set with the 2021 regions
-
-
-def _batch():
-    """A (2, 24^3) class-index batch with nested blobs, and the BraTS table."""
-    label = tumour_label((24, 24, 24), (12, 11, 12), (8, 5, 2.5))
-    label2 = tumour_label((24, 24, 24), (10, 13, 12), (6, 3, 1.5))
-    classes = torch.from_numpy(np.searchsorted(BRATS_VALUES, np.stack([label, label2])).astype(np.int64))
-    return classes, BRATS_2021.class_table(BRATS_VALUES)
-
-
-def test_region_loss_near_zero_for_perfect_logits_and_holds_a_bce_term():
-    classes, table = _batch()
-    loss = SegLoss(table)
-    target = region_targets(classes, torch.from_numpy(table))
-    perfect = (target * 2 - 1) * 30.0  # sigmoid 1 inside each region, 0 outside
-    assert float(loss(perfect, classes)) < 1e-4
-    # zero logits: every probability 0.5, so the BCE term is exactly ln 2 on top of the Dice term
-    zeros = torch.zeros_like(target)
-    dice = DiceLoss(include_background=True, sigmoid=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)(zeros, target)
-    assert float(loss(zeros, classes)) == pytest.approx(float(dice) + np.log(2.0), abs=1e-5)
-    # what MONAI's DiceCELoss(sigmoid=True) would have added instead: a softmax CE across regions
-    monai = DiceCELoss(include_background=True, sigmoid=True, batch=True)(zeros, target)
-    assert float(monai) != pytest.approx(float(loss(zeros, classes)), abs=1e-3)
-
-
-def test_region_loss_with_deep_supervision_scores_every_output():
-    classes, table = _batch()
-    loss = SegLoss(table)
-    target = region_targets(classes, torch.from_numpy(table))
-    perfect = (target * 2 - 1) * 30.0
-    mid = torch.nn.functional.interpolate(perfect, size=(12, 12, 12), mode="nearest")
-    coarsest = torch.nn.functional.interpolate(perfect, size=(6, 6, 6), mode="nearest")
-    assert float(loss([perfect, mid, coarsest], classes)) < 1e-3
-    assert float(loss([perfect, -mid, coarsest], classes)) > 1.0  # the half-resolution output weighs 1/3
-
-
-def test_label_loss_is_monai_dice_ce_as_before():
-    """Label models keep their loss exactly: MONAI's DiceCELoss(softmax) on one-hot targets."""
-    torch.manual_seed(0)
-    classes, _ = _batch()
-    logits = torch.randn(2, 4, 24, 24, 24)
-    reference = DiceCELoss(
-        include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5
-    )(logits, classes[:, None])
-    assert torch.equal(SegLoss()(logits, classes), reference)
-
-
-def test_foreground_centres_fall_in_a_present_region():
-    locations = {1: np.array([[1, 1, 1]]), 2: np.array([[5, 5, 5], [6, 6, 6]]), 3: np.zeros((0, 3), dtype=np.int32)}
-    table = BRATS_2021.class_table(BRATS_VALUES)  # class 3 = label 4 (ET), absent from this case
-    regions = region_locations(locations, table)
-    assert sorted(map(tuple, regions[0])) == [(1, 1, 1), (5, 5, 5), (6, 6, 6)]  # WT: classes 1, 2 (3 absent)
-    assert sorted(map(tuple, regions[1])) == [(1, 1, 1)]  # TC: classes 1 and 3
-    assert len(regions[2]) == 0  # ET absent: never chosen
-    rng = np.random.default_rng(0)
-    centres = {tuple(foreground_center(regions, rng) - 0.5) for _ in range(200)}
-    assert centres == {(1, 1, 1), (5, 5, 5), (6, 6, 6)}
-
-
-def test_regions_resolve_from_the_config_else_the_data_set():
-    labels = LABELS
-    assert resolve_regions(LabelsConfig(), None, labels) is None  # label data: per-label training
-    assert resolve_regions(LabelsConfig(), BRATS_2021, labels) == BRATS_2021  # the data set's
-    assert resolve_regions(LabelsConfig(regions={}), BRATS_2021, labels) is None  # {}: per label
-    mine = resolve_regions(LabelsConfig(regions={"WT": [1, 2, 4], "ET": [4]}), BRATS_2021, labels)
-    assert mine.names == ("WT", "ET") and mine.class_order == (1, 4)  # WT writes its smallest own label
-    with pytest.raises(BrainsegError, match="not among the data set's labels"):
-        resolve_regions(LabelsConfig(), BRATS_2023, labels)
-    reordered = resolve_regions(LabelsConfig(regions_class_order=[1, 1, 4]), BRATS_2021, labels)
-    assert reordered.names == BRATS_2021.names and reordered.class_order == (1, 1, 4)
-    with pytest.raises(BrainsegError, match="regions_class_order is set but there are no regions"):
-        resolve_regions(LabelsConfig(regions_class_order=[2, 1, 4]), None, labels)
-
-
-# --------------------------------------------------------------------------- the ET rule
-
-
-def test_regions_become_labels_by_class_order_within_the_input():
-    label = tumour_label((20, 20, 20), (10, 10, 10), (7, 4, 2))
-    probs = BRATS_2021.masks(label).astype(np.float32) * 0.9 + 0.05
-    nonzero = np.ones(label.shape, dtype=bool)
-    nonzero[:, :, :10] = False
-    out = regions_within_input(probs, nonzero, "restrict", BRATS_2021, (0.5, 0.5, 0.5))
-    expected = label.copy()
-    expected[~nonzero] = 0
-    assert np.array_equal(out, expected) and set(np.unique(out)) <= set(BRATS_VALUES)
-    high = regions_within_input(probs, nonzero, "none", BRATS_2021, (0.5, 0.5, 0.96))  # ET never reaches 0.96
-    assert 4 not in high and np.array_equal(high == 1, np.isin(label, (1, 4)))  # TC without ET: necrosis
-
-
-def test_small_enhancing_tumour_becomes_core_large_stays_and_zero_is_off():
-    spacing = (1.0, 1.0, 2.0)  # 2 mm^3 voxels
-    small = tumour_label((24, 24, 24), (12, 12, 12), (8, 5, 1.5))  # ET: 19 voxels = 38 mm^3
-    n_et = int((small == 4).sum())
-    assert 0 < n_et * 2 < 100
-    out = innermost_rule(small, spacing, BRATS_2021, 100.0)
-    assert 4 not in out and np.array_equal(out == 1, np.isin(small, (1, 4)))  # ET -> TC's label (necrosis)
-    assert np.array_equal(out == 2, small == 2)
-    assert np.array_equal(innermost_rule(small, spacing, BRATS_2021, 0.0), small)  # 0 = off
-    large = tumour_label((24, 24, 24), (12, 12, 12), (9, 7, 4))
-    assert int((large == 4).sum()) * 2 >= 100
-    assert np.array_equal(innermost_rule(large, spacing, BRATS_2021, 100.0), large)
-    assert np.array_equal(innermost_rule(small, spacing, BRATS_2023, 100.0), small)  # 2023: ET is 3, absent here
-
-
-def test_the_et_volume_chosen_on_validation_is_the_smallest_best():
-    spacing = (1.0, 1.0, 1.0)
-    # case A: no enhancing tumour in the reference, a 19-voxel (19 mm^3) false-positive ET speck predicted
-    ref_a = tumour_label((24, 24, 24), (12, 12, 12), (8, 5, -1))
-    pred_a = tumour_label((24, 24, 24), (12, 12, 12), (8, 5, 1.5))
-    # case B: a real 257-voxel ET, predicted exactly
-    ref_b = pred_b = tumour_label((24, 24, 24), (12, 12, 12), (9, 7, 4))
-    candidates = (0.0, 10.0, 50.0, 100.0, 500.0)
-    a = innermost_scores(pred_a, ref_a, spacing, BRATS_2021, candidates)
-    b = innermost_scores(pred_b, ref_b, spacing, BRATS_2021, candidates)
-    assert a[0] < 1.0 and a[2:] == [1.0, 1.0, 1.0]  # the speck gone from 50 mm^3 on: a perfect case
-    assert b[:4] == [1.0] * 4 and b[4] < 1.0  # 500 mm^3 removes the real ET
-    means = [(x + y) / 2 for x, y in zip(a, b)]
-    assert smallest_best(candidates, means) == 50.0  # 50 and 100 tie: the smaller
-    assert smallest_best(candidates, [0.5] * 5) == 0.0  # nothing helps: off
-
-
-def test_innermost_volume_must_not_be_negative():
-    with pytest.raises(BrainsegError, match="innermost_min_mm3"):
-        load_config(overrides=["postprocess.innermost_min_mm3=-5"])
-
-
-# --------------------------------------------------------------------------- training and prediction
 
 
 @pytest.mark.slow
@@ -353,20 +241,6 @@ def test_region_thresholds_come_from_the_card_unless_configured(region_run):
         Predictor(model, stored, bad.infer, bad.postprocess)
 
 
-def test_region_card_checks_its_outputs(tiny_checkpoint_factory):
-    card = load_checkpoint(tiny_checkpoint_factory())["card"]  # 3 outputs, labels 0, 1, 2
-    wrong = {**card, "regions": Regions(("A", "B"), ((1, 2), (2,)), (1, 2)).to_dict()}
-    with pytest.raises(BrainsegError, match="2 region"):
-        ModelCard.from_dict(wrong)
-    right = {**card, "regions": Regions(("A", "B", "C"), ((1, 2), (2,), (1,)), (1, 2, 1)).to_dict()}
-    assert ModelCard.from_dict(right).regions.names == ("A", "B", "C")
-    with pytest.raises(BrainsegError, match="region_thresholds"):
-        ModelCard.from_dict({**right, "region_thresholds": [0.5, 1.5, 0.5]})
-    with pytest.raises(BrainsegError, match="format 3 .* no 'regions'"):
-        ModelCard.from_dict({**card, "format": 3})
-    assert ModelCard.from_dict(right).to_dict()["format"] == 3
-
-
 def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpoint_factory, tmp_path):
     path = tiny_checkpoint_factory()
     state = load_checkpoint(path)
@@ -399,31 +273,3 @@ def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpo
         assert np.mean(masks[name] == np.argmax(probs, -1)) > 0.999  # the argmax, as before (input_mask none)
     assert np.array_equal(masks["old"], masks["new"]) and len(np.unique(masks["old"])) > 1
     assert json.loads((tmp_path / "old" / "head_probabilities.json").read_text())["kind"] == "classes"
-
-
-# --------------------------------------------------------------------------- the tumour demo
-
-
-@pytest.mark.slow
-def test_tumour_demo_end_to_end(tmp_path):
-    tiny = [a for a in TINY if a != "--set" and not a.startswith(("data.val_fraction", "postprocess"))]
-    sets = [x for item in tiny for x in ("--set", item)]
-    result = run_cli(
-        "demo",
-        "--kind",
-        "tumour",
-        "--n",
-        "4",
-        "--out",
-        str(tmp_path / "demo"),
-        "--max-minutes",
-        "0.2",
-        "--set",
-        "train.epochs=2",
-        *sets,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "Dice per tumour region" in result.stdout
-    table = result.stdout.split("Dice per tumour region", 1)[1].splitlines()
-    for region in ("whole tumor", "tumor core", "enhancing tumor"):  # the names the msd dataset.json gives
-        assert any(line.strip().startswith(region) for line in table), result.stdout

@@ -2,16 +2,16 @@
 
 Every test writes genuine NIfTI / MetaImage / NRRD files into ``tmp_path`` (or reads
 the test files nibabel and dipy ship) and checks what brainseg reads back, with
-nibabel or SimpleITK as the independent reference.
+nibabel or SimpleITK as the independent reference. A header that stores no orientation
+is read with a warning naming the file and what is assumed.
 """
 
 from __future__ import annotations
 
 import gzip
 import importlib.util
+import logging
 import math
-import os
-import stat
 from pathlib import Path
 
 import nibabel as nib
@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 
 from brainseg.errors import BrainsegError, InputError
-from brainseg.io.atomic import atomic_path, atomic_write_text
 from brainseg.io.images import Geometry, read_channels, read_image, read_label, write_image
+from tests.conftest import CT_SHAPE, ct_volume, save_ct
 
 ATOL = 1e-5
-
-
-# ----------------------------------------------------------------------------- helpers
 
 
 def make_affine(code: str, spacing, origin=(0.0, 0.0, 0.0), tilt_deg: float = 0.0) -> np.ndarray:
@@ -80,9 +77,6 @@ GRIDS = {
     "oblique-RAS": make_affine("RAS", (1.0, 1.0, 1.0), (-90, -120, -60), tilt_deg=12.0),
     "oblique-ASL-aniso": make_affine("ASL", (2.1, 1.3, 0.8), (-50, 30, 70), tilt_deg=-7.0),
 }
-
-
-# ----------------------------------------------------------------------------- round trips
 
 
 @pytest.mark.parametrize("name", list(GRIDS))
@@ -194,9 +188,6 @@ def test_4d_with_several_volumes_is_refused(tmp_path):
     assert err.value.path == str(src)
 
 
-# ----------------------------------------------------------------------------- ITK formats
-
-
 @pytest.mark.parametrize("suffix", [".mha", ".nrrd"])
 def test_itk_formats_read_to_ras_affine(tmp_path, suffix):
     sitk = pytest.importorskip("SimpleITK")
@@ -221,9 +212,6 @@ def test_itk_formats_read_to_ras_affine(tmp_path, suffix):
     write_image(tmp_path / "mask.nii.gz", (data > 100).astype(np.uint8), geom)
     _, mgeom = read_label(tmp_path / "mask.nii.gz")
     assert_same_geometry(mgeom, geom)
-
-
-# ----------------------------------------------------------------------------- shipped test files
 
 
 def _package_dir(package: str) -> Path | None:
@@ -293,9 +281,6 @@ def test_nifti2_roundtrip(tmp_path, path):
     np.testing.assert_array_equal(data2, np.asarray(original.dataobj, dtype=np.float32)[..., 0])
 
 
-# ----------------------------------------------------------------------------- channels and labels
-
-
 def test_read_channels_stacks_and_names_the_odd_file(tmp_path):
     affine = GRIDS["LAS-1.2x1.0x2.0"]
     a = save_nifti(tmp_path / "case_0000.nii.gz", ramp((4, 5, 6)), affine)
@@ -342,39 +327,6 @@ def test_read_label_accepts_whole_numbers_and_rejects_fractions(tmp_path):
     assert err.value.path == str(neg)
 
 
-# ----------------------------------------------------------------------------- atomic writes
-
-
-def test_atomic_path_replaces_on_success(tmp_path):
-    target = tmp_path / "mask.nii.gz"
-    target.write_bytes(b"old")
-    with atomic_path(target) as tmp:
-        assert tmp.parent == target.parent
-        assert tmp.name.startswith(".") and tmp.name.endswith(".nii.gz")
-        assert not target.samefile(tmp)
-        tmp.write_bytes(b"new")
-    assert target.read_bytes() == b"new"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
-
-
-def test_atomic_path_failure_keeps_target_and_leaves_nothing(tmp_path):
-    target = tmp_path / "mask.nii.gz"
-    write_image(target, np.ones((3, 4, 5), np.uint8), Geometry((3, 4, 5), np.eye(4)))
-    before = target.read_bytes()
-
-    class Boom(RuntimeError):
-        pass
-
-    with pytest.raises(Boom):
-        with atomic_path(target) as tmp:
-            # A real, half-finished save: a full file written, then the job dies.
-            nib.save(nib.Nifti1Image(np.zeros((3, 4, 5), np.uint8), np.eye(4)), str(tmp))
-            assert tmp.exists()
-            raise Boom("interrupted")
-    assert target.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
-
-
 def test_write_image_failure_keeps_target(tmp_path):
     # The final rename fails (the target is a folder): nothing is replaced or left behind.
     target = tmp_path / "case.nii.gz"
@@ -386,32 +338,10 @@ def test_write_image_failure_keeps_target(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["case.nii.gz"]
 
 
-@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_written_files_get_normal_permissions(tmp_path, umask):
-    # Atomically written files must be as readable as any file the user creates
-    # (a mask others cannot open on a shared cluster is a bug), not mkstemp's 0600.
-    old = os.umask(umask)
-    try:
-        image = write_image(tmp_path / "mask.nii.gz", np.ones((3, 4, 5), np.uint8), Geometry((3, 4, 5), np.eye(4)))
-        atomic_write_text(tmp_path / "summary.json", "{}")
-        plain = tmp_path / "plain.txt"
-        plain.write_text("x")
-    finally:
-        os.umask(old)
-    expected = 0o666 & ~umask
-    assert stat.S_IMODE(plain.stat().st_mode) == expected
-    for path in (image, tmp_path / "summary.json"):
-        assert stat.S_IMODE(path.stat().st_mode) == expected, oct(path.stat().st_mode)
-
-
 def test_write_image_rejects_wrong_shape(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         write_image(tmp_path / "x.nii.gz", np.zeros((3, 4, 6)), Geometry((3, 4, 5), np.eye(4)))
     assert list(tmp_path.iterdir()) == []
-
-
-# ----------------------------------------------------------------------------- bad inputs
 
 
 def _assert_names_file(err: pytest.ExceptionInfo, path: Path) -> None:
@@ -523,3 +453,38 @@ def test_huge_claimed_volume_is_refused_before_reading(tmp_path):
         read_image(small, max_voxels=999)
     _assert_names_file(err, small)
     assert read_image(small, max_voxels=1000)[0].shape == (10, 10, 10)
+
+
+def _write(path: Path, code: int) -> Path:
+    affine = np.diag([1.2, 1.2, 2.0, 1.0])
+    img = nib.Nifti1Image(np.ones((6, 7, 8), np.float32), affine)
+    img.set_qform(affine, code=code)
+    img.set_sform(affine, code=code)
+    nib.save(img, str(path))
+    return path
+
+
+def test_qform_and_sform_codes_both_zero_warn_with_the_assumed_orientation(tmp_path, caplog):
+    path = _write(tmp_path / "no_orientation.nii.gz", code=0)
+    with caplog.at_level(logging.WARNING, logger="brainseg.io.images"):
+        _, geom = read_image(path)
+        read_image(path)  # once per file
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    (msg,) = warnings
+    axcodes = "".join(nib.aff2axcodes(geom.affine))
+    assert str(path) in msg and "qform_code and sform_code are both 0" in msg and f"assuming {axcodes}" in msg
+    assert "1.2x1.2x2 mm" in msg and "\n" not in msg
+
+
+def test_a_file_with_an_orientation_reads_silently(tmp_path, caplog):
+    path = _write(tmp_path / "scanner.nii.gz", code=1)
+    with caplog.at_level(logging.WARNING, logger="brainseg.io.images"):
+        read_image(path)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_read_channels_real_ct_file(tmp_path):
+    hu, *_ = ct_volume()
+    data, geom = read_channels([save_ct(tmp_path / "ct.nii.gz", hu)])
+    assert data.shape == (1, *CT_SHAPE) and geom.voxel_volume == pytest.approx(1.5**3)

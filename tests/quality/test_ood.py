@@ -25,8 +25,7 @@ from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.plan.fingerprint import fingerprint_dataset, training_ranges
 from brainseg.quality.ood import TrainingRanges, scan_reasons
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def _cli(*args, cwd=REPO) -> subprocess.CompletedProcess:

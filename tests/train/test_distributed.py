@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import csv
 import json
-import os
 import re
 import signal
 import subprocess
@@ -36,15 +35,13 @@ from brainseg.model.checkpoint import (
     CHECKPOINT_LAST,
     load_model,
     nonfinite_tensors,
-    resolve_checkpoint,
     save_checkpoint,
 )
-from brainseg.model.unet import UNet3D
-from brainseg.train.recipe import COARSEST_WEIGHT, SegLoss, deep_supervision_weights, run_budget
 from brainseg.train.trainer import Trainer
+from tests.conftest import REPO, brainseg, env, error_lines
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
+
 
 #: Shrinks a shipped config in size only (features, patch, iterations, voxel size, loader
 #: processes); deep supervision, norm, optimizer, schedule and inference stay the config's.
@@ -58,6 +55,8 @@ SMALL = [
     "data.target_spacing=[4.0,4.0,4.0]",
     "infer.batch_windows=8",
 ]
+
+
 #: Patch per config: brain_1mm_gpu has 6 levels (5 downsamplings, sides a multiple of 32;
 #: 32 would leave a 1-voxel bottleneck, which instance norm refuses in training), so 64.
 PATCH = {"brain_1mm_gpu.yaml": "[64,64,64]", "brats.yaml": "[32,32,32]", "demo.yaml": "[32,32,32]"}
@@ -65,10 +64,6 @@ PATCH = {"brain_1mm_gpu.yaml": "[64,64,64]", "brats.yaml": "[32,32,32]", "demo.y
 
 def sets(items: list[str]) -> list[str]:
     return [a for item in items for a in ("--set", item)]
-
-
-def env() -> dict[str, str]:
-    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 
 
 def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -86,19 +81,9 @@ def torchrun(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env())
 
 
-def brainseg(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "brainseg", *args], capture_output=True, text=True, timeout=timeout, env=env()
-    )
-
-
 def read_metrics(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv") as fh:
         return list(csv.DictReader(fh))
-
-
-def error_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if line.startswith("brainseg: error:")]
 
 
 def rank_validation(stderr: str) -> dict[int, list[str]]:
@@ -113,9 +98,6 @@ def finite_checkpoint(path: Path) -> dict:
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert not nonfinite_tensors(state["model"]), path
     return state
-
-
-# ----------------------------------------------------------------------------- the shipped configs
 
 
 @pytest.mark.slow
@@ -213,8 +195,6 @@ def test_validation_shared_across_ranks_is_what_predict_and_evaluate_report(demo
     for v in (1, 2, 3):
         assert summary["labels"][str(v)]["dice"]["mean"] == pytest.approx(last[f"val_dice_{v}"], abs=1e-6)
 
-
-# ----------------------------------------------------------------------------- non-finite steps
 
 NAN_RUN = [
     "train.patch_size=[32,32,32]",
@@ -326,70 +306,6 @@ def test_a_nan_step_changes_no_weight_and_nan_weights_are_never_saved(demo_data,
         load_model(tmp_path / "nan.pt")
 
 
-def test_max_nonfinite_steps_is_checked():
-    with pytest.raises(BrainsegError, match="train.max_nonfinite_steps: must be at least 1"):
-        load_config(None, ["train.max_nonfinite_steps=0"])
-    assert load_config().train.max_nonfinite_steps == 10
-
-
-# ----------------------------------------------------------------------------- deep supervision
-
-
-def test_every_deep_supervision_head_gets_a_gradient():
-    """A zero weight left the coarsest head without a gradient, which DDP refuses at step 2."""
-    torch.manual_seed(0)
-    net = UNet3D(1, 3, levels=4, base_features=4, max_features=16, deep_supervision=True).train()
-    outputs = net(torch.randn(2, 1, 16, 16, 16))
-    assert len(outputs) == len(net.heads) == 3
-    SegLoss()(outputs, torch.randint(0, 3, (2, 16, 16, 16))).backward()
-    for name, p in net.named_parameters():
-        assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
-    assert deep_supervision_weights(3) == [1.0, 0.5, COARSEST_WEIGHT] and 0 < COARSEST_WEIGHT < 1e-3
-
-
-# ----------------------------------------------------------------------------- checkpoint choice and budgets
-
-
-def test_predict_takes_final_then_best_then_last_or_the_one_asked_for(tiny_checkpoint, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    data = tiny_checkpoint.read_bytes()
-    (run / "checkpoint_last.pt").write_bytes(data)
-    assert resolve_checkpoint(run).name == "checkpoint_last.pt"
-    (run / "checkpoint_best.pt").write_bytes(data)
-    assert resolve_checkpoint(run).name == "checkpoint_best.pt"
-    (run / "checkpoint_final.pt").write_bytes(data)
-    assert resolve_checkpoint(run).name == "checkpoint_final.pt"
-    for which in ("final", "best", "last"):
-        assert resolve_checkpoint(run, which).name == f"checkpoint_{which}.pt"
-    (run / "checkpoint_best.pt").unlink()
-    with pytest.raises(BrainsegError, match=r"checkpoint_best\.pt: not found \(the run folder holds checkpoint_final"):
-        resolve_checkpoint(run, "best")
-    with pytest.raises(BrainsegError, match="not a folder"):
-        resolve_checkpoint(run / "checkpoint_final.pt", "final")
-    (tmp_path / "scans").mkdir()
-    res = brainseg(
-        "predict",
-        "--model",
-        str(run),
-        "--checkpoint",
-        "best",
-        "--input",
-        str(tmp_path / "scans"),
-        "--output",
-        str(tmp_path / "out"),
-    )
-    assert res.returncode == 1 and len(error_lines(res.stderr)) == 1 and "checkpoint_best.pt: not found" in res.stderr
-
-
-def test_the_time_budget_is_the_runs_total():
-    assert run_budget(None, None) is None
-    assert run_budget(None, 60.0) == 60.0  # a fresh run, or a run that had none: the total
-    assert run_budget(60.0, None) == 60.0  # --resume without --max-minutes continues it
-    assert run_budget(60.0, 30.0) == 60.0  # a smaller value does not shorten it
-    assert run_budget(60.0, 90.0) == 90.0  # a larger one extends it
-
-
 @pytest.mark.slow
 def test_resume_with_max_minutes_continues_the_budget_and_the_lr_schedule(demo_data, tmp_path):
     """Killed mid-run and resumed with the same --max-minutes, the run ends when the total is
@@ -459,8 +375,6 @@ def test_resume_with_max_minutes_continues_the_budget_and_the_lr_schedule(demo_d
         assert float(r["lr"]) >= 0.003 * max(0.0, 1 - progress) ** 0.9 - 1e-9
         assert float(r["lr"]) <= 0.003 * max(0.0, 1 - progress + 2 / (2 * budget_min * 60)) ** 0.9
 
-
-# ----------------------------------------------------------------------------- a failing rank
 
 CONSENSUS_SCRIPT = """
 import json, sys, torch

@@ -1,9 +1,8 @@
-"""Class offsets: per-class log-probability offsets chosen on the validation cases.
+"""Validation's decision search: class offsets, the largest-foreground rule, the enhancing-tumour volume.
 
-The search is tested on a real (tiny, untrained) network and a real NIfTI case whose
+The offset search is tested on a real (tiny, untrained) network and a real NIfTI case whose
 reference is what the same network labels under a planted offset: the search must
-find that offset again and reach a Dice of 1. The card keeps the offsets, checks them,
-and ``postprocess.class_offsets`` overrides them at prediction.
+find that offset again and reach a Dice of 1.
 """
 
 from __future__ import annotations
@@ -13,28 +12,16 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 import torch
 
 from brainseg.config import load_config
 from brainseg.data.cases import Case
-from brainseg.errors import BrainsegError
 from brainseg.infer.predictor import Predictor
-from brainseg.model.card import ModelCard
+from brainseg.labels.regions import BRATS_2021
 from brainseg.model.checkpoint import load_model
-from brainseg.postprocess.decision import labels_within_input
 from brainseg.runtime import DistInfo
-from brainseg.train.validation import Validation
-
-
-def test_weights_move_the_argmax_towards_the_weighted_class():
-    probs = np.array([0.5, 0.4, 0.1], dtype=np.float32).reshape(3, 1, 1, 1)
-    nonzero = np.ones((1, 1, 1), dtype=bool)
-    assert labels_within_input(probs, nonzero)[0, 0, 0] == 0
-    assert labels_within_input(probs, nonzero, weights=np.exp([0.0, 0.4, 0.0]))[0, 0, 0] == 1
-    assert labels_within_input(probs, nonzero, weights=np.exp([0.0, 0.2, 0.0]))[0, 0, 0] == 0
-    # the input-mask rule still wins outside the scan's non-zero region
-    assert labels_within_input(probs, ~nonzero, "restrict", np.exp([0.0, 0.4, 0.0]))[0, 0, 0] == 0
+from brainseg.train.validation import Validation, innermost_scores, smallest_best
+from tests.conftest import tumour_label
 
 
 def _phantom(path: Path, island: bool = False) -> Path:
@@ -84,21 +71,6 @@ def test_the_search_finds_a_planted_offset(tiny_checkpoint: Path, tmp_path: Path
     assert np.array_equal(off.predict_case([scan])[0], argmax)
 
 
-def test_the_card_keeps_and_checks_the_offsets(tiny_checkpoint: Path):
-    _, card = load_model(tiny_checkpoint)
-    assert card.class_offsets == ()
-    kept = ModelCard.from_dict(replace(card, class_offsets=(0.0, 0.4, -0.2)).to_dict())
-    assert kept.class_offsets == (0.0, 0.4, -0.2)
-    for bad in ([0.0, 0.4], [0.0, float("nan"), 0.0]):
-        raw = card.to_dict() | {"class_offsets": bad}
-        with pytest.raises(BrainsegError, match="class_offsets"):
-            ModelCard.from_dict(raw, source="x.pt")
-    cfg = load_config()
-    with pytest.raises(BrainsegError, match="class_offsets"):
-        model, _ = load_model(tiny_checkpoint)
-        Predictor(model, card, cfg.infer, replace(cfg.postprocess, class_offsets=[0.0, 1.0]))
-
-
 def test_largest_foreground_is_kept_only_where_validation_says_it_helps(tiny_checkpoint: Path, tmp_path: Path):
     """nnU-Net keeps a postprocessing step only where validation says it helps: against a
     reference with several foreground pieces the largest-foreground rule (which keeps one)
@@ -118,3 +90,20 @@ def test_largest_foreground_is_kept_only_where_validation_says_it_helps(tiny_che
 
     pieces = np.asarray(nib.load(str(tmp_path / "pieces.nii.gz")).dataobj) > 0
     assert ndimage.label(pieces, structure=np.ones((3, 3, 3)))[1] > 1  # really several
+
+
+def test_the_et_volume_chosen_on_validation_is_the_smallest_best():
+    spacing = (1.0, 1.0, 1.0)
+    # case A: no enhancing tumour in the reference, a 19-voxel (19 mm^3) false-positive ET speck predicted
+    ref_a = tumour_label((24, 24, 24), (12, 12, 12), (8, 5, -1))
+    pred_a = tumour_label((24, 24, 24), (12, 12, 12), (8, 5, 1.5))
+    # case B: a real 257-voxel ET, predicted exactly
+    ref_b = pred_b = tumour_label((24, 24, 24), (12, 12, 12), (9, 7, 4))
+    candidates = (0.0, 10.0, 50.0, 100.0, 500.0)
+    a = innermost_scores(pred_a, ref_a, spacing, BRATS_2021, candidates)
+    b = innermost_scores(pred_b, ref_b, spacing, BRATS_2021, candidates)
+    assert a[0] < 1.0 and a[2:] == [1.0, 1.0, 1.0]  # the speck gone from 50 mm^3 on: a perfect case
+    assert b[:4] == [1.0] * 4 and b[4] < 1.0  # 500 mm^3 removes the real ET
+    means = [(x + y) / 2 for x, y in zip(a, b)]
+    assert smallest_best(candidates, means) == 50.0  # 50 and 100 tie: the smaller
+    assert smallest_best(candidates, [0.5] * 5) == 0.0  # nothing helps: off
