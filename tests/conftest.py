@@ -332,7 +332,7 @@ MM_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
 
 def save_1mm(path: Path, data: np.ndarray, affine: np.ndarray = MM_AFFINE) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save_1mm(nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine), str(path))
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine), str(path))
     return path
 
 

@@ -240,8 +240,19 @@ def test_duplicate_channel_and_label_in_msd(tmp_path: Path) -> None:
     assert "duplicate label id 'a'" in msg and "labelsTr/a.nii " in msg
 
 
-@pytest.mark.parametrize("make", ["nothing", "empty_msd", "empty_plain", "only_docs"])
-def test_empty_data_set(tmp_path: Path, make: str) -> None:
+NO_LAYOUT = ": no recognised data set layout (expected dataset.json with imagesTr/ and labelsTr/"
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        ("nothing", NO_LAYOUT),
+        ("empty_msd", ": imagesTr/: no images found (expected ID_0000.nii.gz, ...): the data set is empty"),
+        ("empty_plain", ": images/: no images found: the data set is empty"),
+        ("only_docs", NO_LAYOUT),
+    ],
+)
+def test_empty_data_set(tmp_path: Path, make: str, expected: str) -> None:
     root = tmp_path / "ds"
     root.mkdir()
     if make == "empty_msd":
@@ -253,8 +264,7 @@ def test_empty_data_set(tmp_path: Path, make: str) -> None:
         (root / "README.md").write_text("x")
         (root / "sub").mkdir()
     msg = error_of(discover_dataset, root)
-    assert str(root) in msg
-    assert ("empty" in msg) or ("no recognised data set layout" in msg)
+    assert msg.startswith(str(root) + expected), msg
 
 
 def test_missing_root_and_file_root(tmp_path: Path) -> None:

@@ -98,11 +98,20 @@ def test_a_flipped_intensity_scale_is_flagged(scans, ranges):
     assert not any("voxel size" in r for r in reasons)
 
 
-def test_ranges_round_trip_through_the_card(ranges, tiny_checkpoint):
+def test_the_card_keeps_the_training_ranges_and_they_still_flag_the_coarse_scan(
+    ranges, scans, tiny_checkpoint, tmp_path
+):
+    # The ranges are those of the training set: 4 cases (5 subjects, 1 held out), one channel, all at 1.5 mm.
+    assert (ranges.n_cases, ranges.channels) == (4, 1)
+    np.testing.assert_allclose(ranges.spacing, [[1.5, 1.5]] * 3, atol=1e-3)
     state = load_checkpoint(tiny_checkpoint)
-    raw = dict(state["card"], training_ranges=ranges.to_dict())
-    assert ModelCard.from_dict(raw).training_ranges == ranges
-    assert ModelCard.from_dict(state["card"]).training_ranges is None  # an older card: no check
+    state["card"] = dict(state["card"], training_ranges=ranges.to_dict())
+    saved = save_checkpoint(tmp_path / "checkpoint_final.pt", state)
+    kept = ModelCard.from_dict(load_checkpoint(saved)["card"]).training_ranges
+    assert kept == ranges
+    assert _reasons(scans["coarse"], kept) == _reasons(scans["coarse"], ranges) != []
+    assert _reasons(scans["same"], kept) == []
+    assert ModelCard.from_dict(load_checkpoint(tiny_checkpoint)["card"]).training_ranges is None  # older card: no check
 
 
 def test_predict_writes_the_ood_column_and_one_warning_per_flagged_case(scans, ranges, tiny_checkpoint, tmp_path):
