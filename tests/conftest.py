@@ -10,6 +10,9 @@ held-out subject, seed 0), made once per session through the real CLI and shared
 every test that reads it; a test that writes into a data folder takes
 ``demo_data_copy`` (its own copy) instead.
 
+Helpers that test files of more than one package share live here (import them as
+``from tests.conftest import NAME``); a package's own live in its ``conftest.py``.
+
 ``slow`` marks the tests that train in a subprocess or under torchrun
 (``make test-fast`` = ``pytest -m "not slow"``).
 
@@ -20,6 +23,8 @@ one thread per core each would oversubscribe the cores.
 
 from __future__ import annotations
 
+import csv
+import json
 import os
 import shutil
 import subprocess
@@ -27,14 +32,21 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pytest
 import torch
 
 from brainseg.config import load_config
+from brainseg.evaluate.per_label import METRICS_NAME
+from brainseg.io.images import Geometry, write_image
 from brainseg.model.card import ModelCard, Network, Normalization, package_versions
 from brainseg.model.checkpoint import save_checkpoint
 from brainseg.model.unet import UNet3D
 from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
+
+REPO = Path(__file__).resolve().parents[1]
+
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
@@ -127,6 +139,205 @@ def demo_data(demo_data_run: tuple[Path, subprocess.CompletedProcess]) -> Path:
 def demo_data_copy(demo_data: Path, tmp_path: Path) -> Path:
     """A private copy of the shared demo data set, for a test that writes into it."""
     return Path(shutil.copytree(demo_data, tmp_path / "demo_data"))
+
+
+# ----------------------------------------------------------------------------- shared helpers
+
+MSD_CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")  # Task01_BrainTumour's dataset.json order
+
+
+SEQ_SHAPE = (24, 24, 24)
+
+
+SEQ_AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])  # the tiny model's spacing: no resampling
+
+
+def sequences() -> dict[str, np.ndarray]:
+    """One subject's four sequences: a head whose inner structures differ per sequence."""
+    rng = np.random.default_rng(3)
+    grid = np.indices(SEQ_SHAPE, dtype=np.float64)
+    r = np.sqrt(sum((g - 11.5) ** 2 for g in grid))
+    head = r < 10.0
+    blob = np.sqrt((grid[0] - 8) ** 2 + (grid[1] - 14) ** 2 + (grid[2] - 12) ** 2) < 4.0
+    base = 100.0 + 10.0 * rng.standard_normal(SEQ_SHAPE)
+    out = {
+        "FLAIR": base + 80.0 * blob,
+        "T1w": base + 40.0 * (r < 6.0),
+        "t1gd": base + 120.0 * (blob & (grid[2] > 12)),
+        "T2w": 300.0 - base - 60.0 * (r < 6.0),
+    }
+    return {k: np.where(head, v, 0.0).astype(np.float32) for k, v in out.items()}
+
+
+def save_sequence(path: Path, data: np.ndarray) -> Path:
+    return write_image(path, data, Geometry(shape=data.shape, affine=SEQ_AFFINE))
+
+
+# which sequence each BraTS name holds
+BRATS_2021_SEQUENCES = {"t1": "T1w", "t1ce": "t1gd", "t2": "T2w", "flair": "FLAIR"}
+
+
+def env() -> dict[str, str]:
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def brainseg(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *args], capture_output=True, text=True, timeout=timeout, env=env()
+    )
+
+
+def error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("brainseg: error:")]
+
+
+def write_labels(path: Path, labels: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0)) -> Path:
+    affine = np.diag([*spacing, 1.0])
+    affine[:3, 3] = origin
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(labels, dtype=np.int16), affine), str(path))
+    return path
+
+
+def read_metrics_csv(out_dir: Path) -> list[dict]:
+    with open(out_dir / METRICS_NAME, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def cube_labels(shape=(16, 16, 16)) -> np.ndarray:
+    labels = np.zeros(shape, dtype=np.int16)
+    labels[2:8, 2:8, 2:8] = 1
+    labels[9:14, 9:14, 9:14] = 2
+    return labels
+
+
+@pytest.fixture(scope="session")
+def subjects():
+    """Demo subjects 0-2 of seed 11: 0 skull-stripped, 1 and 2 with noise over the field of view."""
+    pytest.importorskip("nilearn")
+    from brainseg.demo import template as mni
+    from brainseg.demo import tissue as demo
+
+    template = mni.load_template()
+    brain = (template.t1 > 0).astype(np.float32)
+    return [demo.make_subject(template, brain, 11, i) for i in range(3)]
+
+
+CT_SPACING = [1.5, 1.5, 1.5]
+
+
+CT_AFFINE = np.diag(CT_SPACING + [1.0])
+
+
+CT_SHAPE = (48, 48, 40)
+
+
+def save_ct(path: Path, data: np.ndarray) -> Path:
+    return write_image(path, data, Geometry(shape=data.shape, affine=CT_AFFINE))
+
+
+def ct_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(HU volume, body mask, the exact-0 HU block) of a CT-like scan: integer HU as CT stores them."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(CT_SHAPE, dtype=np.float64)
+    centre = [(s - 1) / 2 for s in CT_SHAPE]
+    r = np.sqrt(sum(((g - c) / (0.3 * s)) ** 2 for g, c, s in zip(grid, centre, CT_SHAPE)))
+    body = r <= 1.0
+    hu = np.full(CT_SHAPE, -1000.0) + 5.0 * rng.standard_normal(CT_SHAPE)
+    hu[body] = 40.0 + 10.0 * rng.standard_normal(int(body.sum()))
+    hu[body & (r > 0.85)] = 1000.0  # a bone shell
+    block = np.zeros(CT_SHAPE, bool)
+    block[20:28, 20:28, 16:24] = True  # water-like tissue stored as exactly 0 HU
+    hu[block] = 0.0
+    return np.round(hu).astype(np.float32), body, block
+
+
+def ct_dataset(root: Path, n: int = 2) -> Path:
+    """An MSD folder of ``n`` CT-like cases labelled body (1) and the 0 HU block (2)."""
+    for i in range(n):
+        hu, body, block = ct_volume(seed=i)
+        save_ct(root / "imagesTr" / f"c{i}_0000.nii.gz", hu)
+        lab = np.zeros(CT_SHAPE, np.uint8)
+        lab[body] = 1
+        lab[block] = 2
+        save_ct(root / "labelsTr" / f"c{i}.nii.gz", lab)
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "body": 1, "water": 2}}
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+BRATS_VALUES = [0, 1, 2, 4]
+
+
+TINY_REGION_TRAIN = [
+    "--set",
+    "train.patch_size=[16,16,16]",
+    "--set",
+    "train.batch_size=2",
+    "--set",
+    "train.iters_per_epoch=2",
+    "--set",
+    "train.num_workers=0",
+    "--set",
+    "train.val_every=1",
+    "--set",
+    "train.threads=1",
+    "--set",
+    "model.levels=2",
+    "--set",
+    "model.base_features=4",
+    "--set",
+    "model.deep_supervision=true",
+    "--set",
+    "data.target_spacing=[3,3,3]",
+    "--set",
+    "data.val_fraction=0.25",
+    "--set",
+    "infer.batch_windows=2",
+    "--set",
+    "postprocess.input_mask=restrict",
+]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "brainseg", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+
+
+def tumour_label(shape, centre, radii) -> np.ndarray:
+    """Nested spheres: oedema 2 (radius radii[0]) around necrosis 1 around enhancing tumour 4."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    r = np.sqrt(sum((g - c) ** 2 for g, c in zip(grid, centre)))
+    label = np.zeros(shape, dtype=np.uint8)
+    for radius, value in zip(radii, (2, 1, 4)):
+        label[r <= radius] = value
+    return label
+
+
+NNUNET_REGIONS = {
+    "channel_names": {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"},
+    "labels": {"background": 0, "whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]},
+    "regions_class_order": [1, 2, 3],
+}
+
+
+MM_AFFINE = np.diag([1.0, 1.0, 1.0, 1.0])
+
+
+def save_1mm(path: Path, data: np.ndarray, affine: np.ndarray = MM_AFFINE) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(data, dtype=np.uint8), affine), str(path))
+    return path
+
+
+def msd_root(root: Path, meta: dict) -> Path:
+    """An nnU-Net folder with one four-channel case and ``meta`` as dataset.json."""
+    for i in range(4):
+        save_1mm(root / "imagesTr" / f"a_000{i}.nii.gz", np.ones((4, 4, 4)))
+    save_1mm(root / "labelsTr" / "a.nii.gz", np.zeros((4, 4, 4)))
+    (root / "dataset.json").write_text(json.dumps(meta))
+    return root
 
 
 # ----------------------------------------------------------------------------- markers

@@ -194,3 +194,14 @@ def test_inference_network_leaves_the_model_as_it_was():
         x = torch.randn(2, 1, 16, 16, 16)
         with torch.no_grad():
             torch.testing.assert_close(network(x), model.eval()(x), atol=1e-4, rtol=1e-4)
+
+
+def test_sliding_window_pads_with_the_background_value():
+    class WindowMean(torch.nn.Module):  # each output voxel is its window's mean: sees the padding
+        def forward(self, x):
+            return x.mean(dim=(2, 3, 4), keepdim=True).expand(-1, 2, *x.shape[2:]).clone()
+
+    image = torch.full((1, 20, 20, 20), -2.0)
+    sw = SlidingWindow((16, 16, 16), 2, margin=0.25)
+    torch.testing.assert_close(sw(image, WindowMean(), pad_value=[-2.0]), torch.full((2, 20, 20, 20), -2.0))
+    assert sw(image, WindowMean()).max() > -1.9  # zero padding pulls the windows' means up
