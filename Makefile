@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto -m "not slow" tests
 
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py --json benchmark.json
+	$(BIN)/python -m scripts.benchmark --json benchmark.json
 
 clean:
 	rm -rf $(VENV) demo_output

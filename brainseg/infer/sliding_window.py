@@ -18,7 +18,7 @@ least context. This matters for a volume cropped to its non-zero box (the defaul
 there the border is the brain's outer rim. The padding takes the case's normalised
 background value (``pad_value``, per channel; :class:`~brainseg.preprocessing.preprocess.PreprocessRecord`),
 so it shows the network what the uncropped volume has there, as training patches do. Measured
-against MONAI tiling the whole volume (scripts/benchmark.py, same weights): windows
+against MONAI tiling the whole volume (same weights): windows
 flush on the rim gave CSF Dice 0.007-0.037 below MONAI's (three demo models);
 padding only to the span (no extra windows) removed that bias but left differences
 of up to 0.016 either way; a margin of 1/8 patch brought every label within 0.0051
