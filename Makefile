@@ -35,7 +35,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 benchmark: $(STAMP)
-	$(BIN)/python scripts/benchmark.py --json benchmark.json
+	$(BIN)/python -m scripts.benchmark --json benchmark.json
 
 clean:
 	rm -rf $(VENV) demo_output

@@ -3,8 +3,8 @@
 nilearn ships the template (T1 plus grey- and white-matter probability maps, 1 mm,
 197 x 233 x 189, skull-stripped), so nothing is downloaded. The label convention is
 described in :mod:`brainseg.demo.tissue`; :func:`tissue_labels` applies it. The grid and
-field helpers here are shared by the demo subjects (:mod:`brainseg.demo.tissue`) and the
-shifted scans of the generalisation benchmark (docs/benchmarks.md).
+field helpers here make the demo subjects (:mod:`brainseg.demo.tissue`) and are public so
+other generators can build scans on the same template and grids.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Segmentation metrics on numpy masks: Dice (one mask, per class) and HD95.
 
 The one home of these definitions: ``brainseg evaluate`` (:mod:`brainseg.evaluate.per_label`),
-the trainer's validation Dice and the benchmarks all score with them.
+the trainer's validation Dice and any comparison against another pipeline all score with them.
 
 Conventions:
 
@@ -82,8 +82,8 @@ def surface_distances(
     Returns ``(pred_to_ref, ref_to_pred)``, or ``None`` when either mask is empty (there
     is no surface to measure against). Surface = mask minus its erosion (6-connected
     cross; outside the array counts as background); Euclidean distances with the voxel
-    spacing applied (``distance_transform_edt(..., sampling=spacing)``). HD95 and the
-    skip ablation's surface Dice (docs/skip_connections.md) are both computed from these.
+    spacing applied (``distance_transform_edt(..., sampling=spacing)``). HD95 is computed
+    from these, and so can a surface Dice be (the share of distances within a tolerance).
 
     The distance transforms run on the bounding box of both masks plus a one-voxel
     margin, not the whole volume; this is exact because every surface voxel, and

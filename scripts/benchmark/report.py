@@ -1,9 +1,9 @@
-"""The report of scripts/benchmark.py: the targets as measured, and the tables printed
-after a run (or from a saved ``--json`` file with ``--report``)."""
+"""The benchmark's report: the targets as measured, and the tables printed after a run
+(or from a saved ``--json`` file with ``--report``)."""
 
 from __future__ import annotations
 
-from _bench_compare import markdown_table
+from scripts.common import markdown_table
 
 
 def _f(v: float, nd: int = 2) -> str:

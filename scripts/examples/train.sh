@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train a brainseg model on a scan directory.
 #
-# usage: scripts/train.sh [DATA_DIR] [RUN_DIR] [CONFIG] [brainseg train options...]
+# usage: scripts/examples/train.sh [DATA_DIR] [RUN_DIR] [CONFIG] [brainseg train options...]
 #   DATA_DIR  labelled scans: nnU-Net/MSD (dataset.json, imagesTr/, labelsTr/), BraTS case
 #             folders, or images/ + labels/ (see data/README.md)
 #             default: demo_output/data (make one with: brainseg demo-data demo_output/data)
@@ -23,7 +23,7 @@ RUN="${2:-runs/demo}"
 CONFIG="${3:-configs/demo.yaml}"
 shift $(( $# < 3 ? $# : 3 ))
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BRAINSEG="${BRAINSEG:-$ROOT/.venv/bin/brainseg}"
 [[ -x "$BRAINSEG" ]] || BRAINSEG=brainseg
 

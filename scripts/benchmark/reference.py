@@ -1,5 +1,5 @@
-"""The MONAI side of scripts/benchmark.py: the reference inference pipeline and the
-training transforms the loader comparison runs (see benchmark.py's docstring)."""
+"""The MONAI side of the benchmark: the reference inference pipeline and the training
+transforms the loader comparison runs (see :mod:`scripts.benchmark`)."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class MonaiReference:
             T.Orientationd(keys="image", axcodes="RAS"),
             T.Spacingd(keys="image", pixdim=list(spec.spacing), mode="bilinear"),
             # "monai": the tutorials' NormalizeIntensityd(nonzero) for a network trained with it
-            # (scripts/_generalisation_monai.py); "brainseg": the rule brainseg's networks learnt
+            # (the generalisation experiment's reference); "brainseg": the rule brainseg's networks learnt
             functools.partial(foreground_zscore, scheme=spec.scheme)
             if normalization == "brainseg"
             else T.NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True),
@@ -146,13 +146,6 @@ class MonaiReference:
         meta["filename_or_obj"] = str(self.out_dir / f"{case_id}.nii.gz")
         self.saver(MetaTensor(torch.as_tensor(cls).as_tensor(), meta=meta))
         return self.out_dir / f"{case_id}.nii.gz"
-
-
-def _case_id(image: str | Path) -> str:
-    from brainseg.io.naming import strip_suffix
-
-    name = strip_suffix(image)
-    return name[:-5] if len(name) > 5 and name[-5] == "_" and name[-4:].isdigit() else name
 
 
 def _load_npy_image(path):

@@ -17,7 +17,7 @@
 #   5. write $OUT/gpu_check.json: step times, GPU memory, end-to-end seconds.
 #
 # Usage (on the GPU machine, from the repository root):
-#   OUT=/tmp/gpu STEPS=300 bash scripts/gpu_check.sh
+#   OUT=/tmp/gpu STEPS=300 bash scripts/examples/gpu_check.sh
 set -euo pipefail
 
 OUT=${OUT:-gpu_check_out}

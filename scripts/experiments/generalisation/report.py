@@ -1,4 +1,4 @@
-"""Scores, mask checks and tables of scripts/generalisation.py (reads what ``brainseg evaluate`` wrote)."""
+"""Scores, mask checks and tables of the generalisation check (reads what ``brainseg evaluate`` wrote)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
-from _bench_compare import markdown_table, mask_agreement
-from _bench_monai import _case_id
+
+from scripts.benchmark.compare import mask_agreement
+from scripts.common import case_id, markdown_table
 
 #: Foreground labels scored (value -> name), the demo's convention.
 LABEL_NAMES = {1: "CSF", 2: "grey matter", 3: "white matter"}
@@ -42,7 +43,7 @@ def mask_geometry(images_dir: Path, masks_dir: Path) -> dict[str, Any]:
     """Does every scan's mask have the scan's exact shape and affine, with labels 0-3 only?"""
     cases = {}
     for image in sorted(images_dir.glob("*_0000.nii.gz")):
-        cid = _case_id(image)
+        cid = case_id(image)
         mask_path = masks_dir / f"{cid}.nii.gz"
         if not mask_path.is_file():
             cases[cid] = {"ok": False, "problem": "no mask"}

@@ -1,6 +1,6 @@
-"""The arithmetic of scripts/benchmark.py (pure functions, tested): mask agreement, Dice
-differences, placement ranges, linearity, the loader's mix correction, markdown tables.
-Dice is :func:`brainseg.evaluate.metrics.dice`."""
+"""The arithmetic of the benchmark (pure functions): mask agreement, Dice differences,
+placement ranges, linearity and the loader's mix correction. Dice is
+:func:`brainseg.evaluate.metrics.dice`."""
 
 from __future__ import annotations
 
@@ -72,12 +72,6 @@ def linearity(sizes_mvox: Sequence[float], values: Sequence[float]) -> dict[str,
         "fit_intercept": float(intercept),
         "fit_r2": 1.0 - float((residual**2).sum()) / total if total > 0 else 1.0,  # of value = slope * size + intercept
     }
-
-
-def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def mix_corrected(times: Sequence[float], spatial: Sequence[bool], p: float) -> dict:

@@ -1,5 +1,6 @@
-"""The sections of scripts/benchmark.py, run in the parent process: each prepares its
-inputs, runs the measuring children (``run_child``) and condenses what they return."""
+"""The benchmark's sections, run in the parent process: each prepares its inputs, runs
+the measuring children (:func:`~scripts.benchmark.harness.run_child`) and condenses what
+they return."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _bench_compare import dice_difference, linearity, mask_agreement, outside_range, placement_range
-from _bench_harness import REPO, log, run_child
-from _bench_monai import MONAI_OVERLAP, _case_id
+
+from scripts.benchmark.compare import dice_difference, linearity, mask_agreement, outside_range, placement_range
+from scripts.benchmark.harness import log, run_child
+from scripts.benchmark.reference import MONAI_OVERLAP
+from scripts.common import REPO, case_id
 
 SCALING_SPACING_FACTOR = 0.9
 
@@ -194,7 +197,7 @@ def inference_section(
         "ratio_vs_monai": ratio,
         "ratio_vs_monai_median_runs": float(np.median(b["mvox_per_s_runs"]) / np.median(m["mvox_per_s_runs"])),
         **cmp,
-        "cases": [_case_id(i) for i in images],
+        "cases": [case_id(i) for i in images],
     }
 
 
@@ -209,7 +212,7 @@ def compare_masks(images: Sequence[str], out_a: Path, out_b: Path, data: Path, v
     agreements, per_a, per_b = [], {v: [] for v in fg}, {v: [] for v in fg}
     geometry_ok = True
     for image in images:
-        cid = _case_id(image)
+        cid = case_id(image)
         src = nib.load(image)
         pa, pb = nib.load(Path(out_a) / f"{cid}.nii.gz"), nib.load(Path(out_b) / f"{cid}.nii.gz")
         geometry_ok &= (

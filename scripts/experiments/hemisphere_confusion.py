@@ -1,32 +1,33 @@
-#!/usr/bin/env python
 """Left/right confusion of predicted masks: per case, the fraction of the reference's
 left/right-labelled voxels that the prediction gives the other side's label, and per
 pair the Dice of the left and the right label.
 
-    python scripts/hemisphere_confusion.py --pred MASKS/ --ref LABELS/ [--pairs 2,3 4,5]
+    python -m scripts.experiments.hemisphere_confusion --pred MASKS/ --ref LABELS/ [--pairs 2,3 4,5]
 
-The pairs default to those the references' dataset.json names give (``left X``/``right X``
-...), else 2,3 4,5 (the hemispheres demo). Prints a table and the means; ``--json`` writes them.
+The pairs default to 2,3 4,5 (the hemispheres demo's left/right grey and white matter).
+Prints a table, the means and the left/right Dice gaps; ``--json`` writes them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-SCRIPTS = Path(__file__).resolve().parent
-sys.path.insert(0, str(SCRIPTS.parent))
-
-from brainseg.evaluate.metrics import dice, side_confusion  # noqa: E402
-from brainseg.io.images import read_label  # noqa: E402
+from brainseg.evaluate.metrics import dice, side_confusion
+from brainseg.io.images import read_label
+from brainseg.io.naming import strip_suffix
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.experiments.hemisphere_confusion",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--pred", type=Path, required=True)
     p.add_argument("--ref", type=Path, required=True)
     p.add_argument("--pairs", nargs="*", default=["2,3", "4,5"], help="left,right label pairs (default 2,3 4,5)")
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
             continue
         pred, _ = read_label(pred_path)
         ref, _ = read_label(ref_path)
-        rows[ref_path.name[: -len(".nii.gz")]] = {
+        rows[strip_suffix(ref_path)] = {
             "confusion": side_confusion(pred, ref, pairs),
             **{f"dice_{a}": dice(pred == a, ref == a) for pair in pairs for a in pair},
         }

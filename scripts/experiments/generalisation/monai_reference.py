@@ -1,10 +1,9 @@
-#!/usr/bin/env python
-"""The MONAI-tutorial reference of scripts/generalisation.py: trained on the demo data, then segmenting.
+"""The MONAI-tutorial reference of the generalisation check: trained on the demo data, then segmenting.
 
-Run by scripts/generalisation.py in its own process::
+Run by :mod:`scripts.experiments.generalisation.run` in its own process::
 
-    python scripts/_generalisation_monai.py train --data DEMO_DIR --out RUN --minutes 10 [--seed 0]
-    python scripts/_generalisation_monai.py predict --model RUN --job IMAGES_DIR OUT_DIR [--job ...]
+    python -m scripts.experiments.generalisation.monai_reference train --data DEMO_DIR --out RUN --minutes 10
+    python -m scripts.experiments.generalisation.monai_reference predict --model RUN --job IMAGES_DIR OUT_DIR
 
 Training (MONAI's 3D segmentation tutorials): every case of the data set's training list
 (``imagesTr``; no validation split, the last weights are kept) through LoadImaged,
@@ -20,7 +19,7 @@ steps as fit in ``--minutes`` of the training loop's wall clock (caching exclude
 ``brainseg train --max-minutes`` excludes its preprocessing). Torch threads:
 ``OMP_NUM_THREADS`` when set, else ``os.cpu_count()``.
 
-Inference is scripts/benchmark.py's :class:`MonaiReference` with ``normalization="monai"``
+Inference is the benchmark's :class:`~scripts.benchmark.reference.MonaiReference` with ``normalization="monai"``
 (the same pre-transforms as training, without randomness: NormalizeIntensityd(nonzero), ``sliding_window_inference`` roi 64³, overlap 0.5, gaussian, softmax,
 Invertd back to the scan's own grid, argmax, SaveImage): ``OUT_DIR/ID.nii.gz`` per
 ``IMAGES_DIR/ID_0000.nii.gz``.
@@ -36,12 +35,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import _bench_harness  # noqa: E402,F401  (scripts/benchmark.py's harness: it puts the repo on sys.path)
-from _bench_monai import MonaiReference, ReferenceSpec, _case_id  # noqa: E402  (scripts/benchmark.py's MONAI reference)
+from scripts.benchmark.reference import MonaiReference, ReferenceSpec
+from scripts.common import case_id
 
 FEATURES = (16, 16, 32, 64, 128, 16)
 PATCH = (64, 64, 64)
@@ -142,7 +137,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), out / "model.pt")
     meta = {
-        "pipeline": "MONAI tutorial reference (scripts/_generalisation_monai.py)",
+        "pipeline": "MONAI tutorial reference (scripts.experiments.generalisation.monai_reference)",
         "steps": steps,
         "epochs": epochs,
         "minutes": seconds / 60.0,
@@ -182,13 +177,15 @@ def predict(model_dir: Path, jobs: Sequence[tuple[Path, Path]]) -> dict:
         ref = MonaiReference(net, spec, "none", Path(out), "cpu", normalization="monai")
         cases = sorted(Path(images).glob("*_0000.nii.gz"))
         for image in cases:
-            ref(str(image), _case_id(image))
+            ref(str(image), case_id(image))
         result[str(out)] = {"cases": len(cases), "seconds": time.perf_counter() - t0}
     return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m scripts.experiments.generalisation.monai_reference", description=__doc__.split("\n\n")[0]
+    )
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train on a data set's training cases for a wall-clock budget")
     t.add_argument("--data", type=Path, required=True)

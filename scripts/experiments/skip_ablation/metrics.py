@@ -1,4 +1,4 @@
-"""Boundary metrics for scripts/skip_ablation.py: surface Dice and Dice by distance to a boundary.
+"""Boundary metrics of the skip-connection ablation: surface Dice and Dice by distance to a boundary.
 
 Both build on brainseg's own surface definition (:mod:`brainseg.evaluate.metrics`: a mask's
 surface is the mask minus its 6-connected erosion, distances are Euclidean in mm with
@@ -29,10 +29,9 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
-from brainseg.evaluate.metrics import check_spacing as _check_spacing
-from brainseg.evaluate.metrics import dice, surface_distances
+from brainseg.evaluate.metrics import check_spacing, dice, surface_distances
 from brainseg.evaluate.per_label import score_labels
-from brainseg.preprocessing.foreground import bounding_box as _bbox
+from brainseg.preprocessing.foreground import bounding_box
 
 #: Distance bins (mm, lower edges; the last is open): about one voxel layer each on
 #: the demo data's 1.0-2.2 mm voxels (the first bin is the boundary layer itself), then
@@ -68,9 +67,9 @@ def boundary_distance(ref: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     label only is ``inf`` everywhere.
     """
     ref = np.asarray(ref)
-    spacing = _check_spacing(spacing, ref.ndim)
+    spacing = check_spacing(spacing, ref.ndim)
     out = np.full(ref.shape, np.inf, dtype=np.float32)
-    box = _bbox(ref != 0, margin=1)
+    box = bounding_box(ref != 0, margin=1)
     if box is None:
         return out
     sub = ref[box]

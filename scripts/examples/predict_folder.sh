@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Batch inference: segment every scan in a folder with a trained brainseg model.
 #
-# usage: scripts/predict_folder.sh [RUN] [INPUT_DIR] [OUTPUT_DIR] [brainseg predict options...]
+# usage: scripts/examples/predict_folder.sh [RUN] [INPUT_DIR] [OUTPUT_DIR] [brainseg predict options...]
 #   RUN         run folder (its checkpoint_final/last/best.pt) or a checkpoint file
 #               default: demo_output/run
 #   INPUT_DIR   scans: ID_0000.nii.gz [ID_0001...] files, plain scans, an MSD root or BraTS
@@ -26,7 +26,7 @@ OUTPUT="${3:-demo_output/predictions}"
 shift $(( $# < 3 ? $# : 3 ))
 
 # The brainseg of the repository's .venv (make install) if there is one, else the one on PATH.
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 BRAINSEG="${BRAINSEG:-$ROOT/.venv/bin/brainseg}"
 [[ -x "$BRAINSEG" ]] || BRAINSEG=brainseg
 

@@ -1,4 +1,4 @@
-"""The shifted scan set of scripts/generalisation.py: MNI-derived brains seen the way real scans are.
+"""The shifted scan set of the generalisation check: MNI-derived brains seen the way real scans are.
 
 Each scan is the MNI ICBM152 template (the one ``brainseg demo-data`` uses) seen through
 this module's own settings and seeds (never the demo's generator, only its low-level
@@ -21,7 +21,7 @@ functions: template, warp resampling, labels, random fields, grids):
   settings from the same ranges (spacing 1-2 mm per axis, every other one tilted 8-15
   degrees, orientations the demo does not use).
 
-Against the demo generator of brainseg/data/demo.py (as of commit f33969f): the tilts
+Against the demo generator (:mod:`brainseg.demo.tissue`): the tilts
 (demo 2-7 degrees), the finer warp (demo 5 control points), the shrink (mostly below the
 demo's 0.88-1.08), the bias above 0.25 (demo 0.08-0.25), the field of view (demo: exactly the template's
 box, centred) and the seeds lie outside its ranges; gamma, scales and noise levels are
@@ -52,18 +52,18 @@ from brainseg.demo.template import (
     Template,
     load_template,
     nifti_geometry,
+    orientation_matrix,
     resample,
+    rotation,
     smooth_field,
     tissue_labels,
     world_box,
 )
-from brainseg.demo.template import orientation_matrix as _orientation_matrix
-from brainseg.demo.template import rotation as _rotation
 from brainseg.demo.tissue import HEMISPHERE_LABELS, hemisphere_labels
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import write_image
 
-GENERATOR = "scripts/_generalisation_shifted.py v3"
+GENERATOR = "scripts.experiments.generalisation.shifted v3"
 CASE_PREFIX = "shifted"
 DEFAULT_SEED = 20250611
 WARP_NODES = 7
@@ -141,7 +141,7 @@ def fixed_grid(
 ) -> SubjectGrid:
     """A grid of the settings' orientation, spacing and tilt covering the world box [lo, hi]."""
     spacing = np.asarray(settings.spacing, dtype=np.float64)
-    direction = _rotation(tilt_axis, settings.tilt_degrees) @ _orientation_matrix(settings.orientation)
+    direction = rotation(tilt_axis, settings.tilt_degrees) @ orientation_matrix(settings.orientation)
     span = np.abs(direction.T) @ (hi - lo)  # the box's extent along each voxel axis
     shape = tuple(int(math.ceil(e / s)) + 1 for e, s in zip(span, spacing))
     affine = np.eye(4)

@@ -1,4 +1,5 @@
-"""scripts/generalisation.py: its shifted scans are what their settings say, and the whole check runs.
+"""The generalisation check (``python -m scripts.experiments.generalisation``): its shifted scans are
+what their settings say, its scores are those of the masks, and the whole check runs.
 
 The shifted set is written to real files once per module (the six scans of the issue and
 one drawn seventh, ~25 s on one core) and read back with nibabel; the end-to-end run
@@ -18,13 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
+from brainseg.demo.template import orientation_matrix
+from brainseg.evaluate.metrics import dice
+from scripts.benchmark.compare import mask_agreement
+from scripts.experiments.generalisation import shifted
+from scripts.experiments.generalisation.run import score
 
-import _generalisation_shifted as shifted  # noqa: E402
-
-from brainseg.demo.template import orientation_matrix  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 N_SCANS = 7  # the six fixed scans and one drawn from the ranges
 SEED = 4321
@@ -139,51 +140,107 @@ def test_a_matching_set_is_reused(shifted_set):
     assert again == manifest and first.stat().st_mtime_ns == stamp and "reusing" in messages[0]
 
 
+def _write_like(label_file: Path, data: np.ndarray, out: Path, shift_mm: float = 0.0) -> None:
+    ref = nib.load(str(label_file))
+    affine = ref.affine.copy()
+    affine[0, 3] += shift_mm
+    nib.save(nib.Nifti1Image(data.astype(np.uint8), affine, ref.header), str(out))
+
+
+def test_scores_are_those_of_planted_masks(shifted_set, tmp_path: Path):
+    """Masks equal to the labels score Dice 1; one with white matter relabelled grey matter
+    scores exactly what its voxel counts say (``brainseg evaluate`` run for real)."""
+    folder, manifest = shifted_set
+    images, labels = folder / "images", folder / "labels"
+    masks = tmp_path / "masks" / "shifted"
+    masks.mkdir(parents=True)
+    ids = [c["case_id"] for c in manifest["cases"][:2]]
+    for cid in ids:
+        _write_like(
+            labels / f"{cid}.nii.gz",
+            np.asarray(nib.load(str(labels / f"{cid}.nii.gz")).dataobj),
+            masks / f"{cid}.nii.gz",
+        )
+    planted = np.asarray(nib.load(str(labels / f"{ids[1]}.nii.gz")).dataobj)
+    n_grey, n_white = int((planted == 2).sum()), int((planted == 3).sum())
+    _write_like(labels / f"{ids[1]}.nii.gz", np.where(planted == 3, 2, planted), masks / f"{ids[1]}.nii.gz")
+    sub = tmp_path / "images"
+    sub.mkdir()
+    for cid in ids:  # score the two planted cases only
+        (sub / f"{cid}_0000.nii.gz").symlink_to(images / f"{cid}_0000.nii.gz")
+    ref_dir = tmp_path / "labels"
+    ref_dir.mkdir()
+    for cid in ids:
+        (ref_dir / f"{cid}.nii.gz").symlink_to(labels / f"{cid}.nii.gz")
+
+    result = score("test", {"shifted": (sub, ref_dir)}, tmp_path / "masks", tmp_path / "out")["shifted"]
+    assert result["n_cases"] == 2 and not result["failed"] and result["geometry"]["ok"]
+    assert result["per_case"][ids[0]] == {"CSF": 1.0, "grey matter": 1.0, "white matter": 1.0, "mean": 1.0}
+    grey = 2 * n_grey / (2 * n_grey + n_white)
+    case = result["per_case"][ids[1]]
+    assert case["CSF"] == 1.0 and case["white matter"] == 0.0
+    assert case["grey matter"] == pytest.approx(grey, abs=1e-6)
+    assert result["dice"] == pytest.approx({"CSF": 1.0, "grey matter": (1 + grey) / 2, "white matter": 0.5}, abs=1e-6)
+    assert result["mean"] == pytest.approx((1.0 + (1 + grey) / 2 + 0.5) / 3, abs=1e-6)
+
+
+def test_a_mask_off_its_scans_grid_is_caught(shifted_set, tmp_path: Path):
+    from scripts.experiments.generalisation.report import mask_geometry
+
+    folder, manifest = shifted_set
+    ids = [c["case_id"] for c in manifest["cases"]]
+    for k, cid in enumerate(ids[:-1]):  # the last case has no mask; the first is 0.5 mm off
+        label = folder / "labels" / f"{cid}.nii.gz"
+        _write_like(label, np.asarray(nib.load(str(label)).dataobj), tmp_path / f"{cid}.nii.gz", 0.5 if k == 0 else 0)
+    geometry = mask_geometry(folder / "images", tmp_path)
+    assert not geometry["ok"]
+    cases = geometry["cases"]
+    assert cases[ids[0]]["ok"] is False and cases[ids[0]]["affine_max_abs_diff"] == pytest.approx(0.5, abs=1e-4)
+    assert cases[ids[-1]] == {"ok": False, "problem": "no mask"}
+    assert all(cases[cid]["ok"] and cases[cid]["values"] == [0, 1, 2, 3] for cid in ids[1:-1])
+
+
 @pytest.mark.slow
 def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
+    """Both pipelines trained for a few seconds: the report's every Dice and agreement is the one
+    the masks it wrote give, and every mask lies on its scan's grid."""
     demo = demo_data_copy
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
-    res = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPTS / "generalisation.py"),
-            "--out",
-            str(out),
-            "--data",
-            str(demo),
-            "--minutes",
-            "0.15",
-            "--n-shifted",
-            "2",
-            "--json",
-            str(extra_json),
-            "--no-mirror",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=1500,
-    )
+    cmd = [sys.executable, "-m", "scripts.experiments.generalisation", "--out", str(out), "--data", str(demo)]
+    cmd += ["--minutes", "0.05", "--n-shifted", "1", "--json", str(extra_json), "--no-mirror"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert json.loads(extra_json.read_text()) == report
+    assert report["command"].startswith("python -m scripts.experiments.generalisation --out")
     assert "| shifted scans | MONAI reference |" in res.stdout and (out / "report.md").is_file()
+    assert [c["case_id"] for c in report["shifted_cases"]] == ["shifted_000"]
+    sets = {
+        "demo_heldout": (demo / "imagesTs", demo / "labelsTs"),
+        "shifted": (out / "shifted" / "images", out / "shifted" / "labels"),
+    }
+    names = {1: "CSF", 2: "grey matter", 3: "white matter"}
     for pipeline in ("brainseg", "monai"):
         assert report["training"][pipeline]["steps"] >= 1
-        for key, n_cases in (("demo_heldout", 1), ("shifted", 2)):
+        for key, (images, labels) in sets.items():
             r = report["results"][pipeline][key]
-            assert r["n_cases"] == n_cases and not r["failed"]
-            values = [*r["dice"].values(), r["mean"], *(c["mean"] for c in r["per_case"].values())]
-            assert set(r["dice"]) == {"CSF", "grey matter", "white matter"} and len(r["per_case"]) == n_cases
-            assert all(0.0 <= v <= 1.0 for v in values), (pipeline, key, values)
+            scans = sorted(images.glob("*_0000.nii.gz"))
+            assert r["n_cases"] == len(scans) == 1 and not r["failed"]
             assert r["geometry"]["ok"], r["geometry"]
-    # Independently of the report: every mask has its scan's shape and affine.
-    for key, images in (("demo_heldout", demo / "imagesTs"), ("shifted", out / "shifted" / "images")):
-        scans = sorted(images.glob("*_0000.nii.gz"))
-        assert len(scans) == (1 if key == "demo_heldout" else 2)
-        for scan in scans:
-            src = nib.load(str(scan))
-            for pipeline in ("brainseg", "monai"):
-                mask = nib.load(str(out / "masks" / pipeline / key / scan.name.replace("_0000", "")))
-                assert mask.shape == src.shape and np.allclose(mask.affine, src.affine, atol=1e-5), (pipeline, scan)
-    assert [c["case_id"] for c in report["shifted_cases"]] == ["shifted_000", "shifted_001"]
-    assert all(0.0 <= v <= 1.0 for v in report["agreement_shifted"].values())
+            for scan in scans:
+                cid = scan.name.replace("_0000.nii.gz", "")
+                src = nib.load(str(scan))
+                mask_img = nib.load(str(out / "masks" / pipeline / key / f"{cid}.nii.gz"))
+                assert mask_img.shape == src.shape and np.allclose(mask_img.affine, src.affine, atol=1e-5)
+                mask = np.asarray(mask_img.dataobj)
+                ref = np.asarray(nib.load(str(labels / f"{cid}.nii.gz")).dataobj)
+                expected = {n: dice(mask == v, ref == v) for v, n in names.items()}
+                assert r["per_case"][cid] == pytest.approx(
+                    {**expected, "mean": np.mean(list(expected.values()))}, abs=1e-6
+                )
+            per_label = {n: np.mean([r["per_case"][c][n] for c in r["per_case"]]) for n in names.values()}
+            assert r["dice"] == pytest.approx(per_label, abs=1e-6)
+    for cid, value in report["agreement_shifted"].items():
+        a = np.asarray(nib.load(str(out / "masks" / "brainseg" / "shifted" / f"{cid}.nii.gz")).dataobj)
+        b = np.asarray(nib.load(str(out / "masks" / "monai" / "shifted" / f"{cid}.nii.gz")).dataobj)
+        assert value == pytest.approx(mask_agreement(a, b, [0, 1, 2, 3])["agreement"]) == pytest.approx(np.mean(a == b))

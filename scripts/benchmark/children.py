@@ -1,4 +1,4 @@
-"""What each child process of scripts/benchmark.py measures (``benchmark.py --child KIND``).
+"""What each child process of the benchmark measures (``python -m scripts.benchmark --child KIND``).
 
 One function per kind in :data:`CHILDREN`: a spec dict in, a result dict out (JSON).
 """
@@ -11,9 +11,10 @@ import json
 import time
 from pathlib import Path
 
-from _bench_compare import mix_corrected
-from _bench_harness import _maxrss_mb, _reset_peak_rss, _spatial_voxels, _sync
-from _bench_monai import MonaiReference, ReferenceSpec, _case_id, monai_train_transforms
+from scripts.benchmark.compare import mix_corrected
+from scripts.benchmark.harness import maxrss_mb, reset_peak_rss, spatial_voxels, sync
+from scripts.benchmark.reference import MonaiReference, ReferenceSpec, monai_train_transforms
+from scripts.common import case_id
 
 # ----- training
 
@@ -34,7 +35,7 @@ def child_train(spec: dict) -> dict:
     )
     with open(Path(spec["run_dir"]) / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
-    return {"summary": summary, "metrics": rows, "maxrss_mb": _maxrss_mb()}
+    return {"summary": summary, "metrics": rows, "maxrss_mb": maxrss_mb()}
 
 
 # ----- inference
@@ -53,31 +54,37 @@ def child_infer_brainseg(spec: dict) -> dict:
     config = inference_config(card, None, spec.get("overrides", []))
     if spec.get("crop") is False:  # windows over the whole resampled volume (for the comparison only)
         card = dataclasses.replace(card, normalization=dataclasses.replace(card.normalization, crop_to_nonzero=False))
-    predictor = Predictor(model, card, config.infer, config.postprocess, device, max_voxels=config.data.max_voxels)
-    if spec.get("compile"):  # what the windows go through (with its CPU instance-norm fusion)
-        predictor.window.net = torch.compile(predictor.window.net)
+    predictor = Predictor(
+        model,
+        card,
+        config.infer,
+        config.postprocess,
+        device,
+        max_voxels=config.data.max_voxels,
+        compile_network=bool(spec.get("compile")),  # the inference network, after its CPU fusions
+    )
     n_ch = len(card.channels)
     out = Path(spec["out"])
     warm = discover_inputs([Path(spec["warmup"])], n_channels=n_ch)
     t_warm = time.perf_counter()
     predict_cases(predictor, warm, out / "warmup", overwrite=True)
-    _sync(device)
+    sync(device)
     warmup_seconds = time.perf_counter() - t_warm
-    rss_warm = _maxrss_mb()
+    rss_warm = maxrss_mb()
     cases = discover_inputs([Path(p) for p in spec["images"]], n_channels=n_ch)
     t0 = time.perf_counter()
     summary = predict_cases(predictor, cases, out, overwrite=True)
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     if summary.failed:
         raise RuntimeError(f"cases failed: {summary.failed}")
-    voxels = sum(_spatial_voxels(c.images[0]) for c in cases)
+    voxels = sum(spatial_voxels(c.images[0]) for c in cases)
     return {
         "seconds": seconds,
         "voxels": voxels,
         "cases": len(cases),
         "mvox_per_s": voxels / 1e6 / seconds,
-        "maxrss_mb": _maxrss_mb(),
+        "maxrss_mb": maxrss_mb(),
         "maxrss_after_warmup_mb": rss_warm,
         "warmup_seconds": warmup_seconds,
         "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
@@ -96,22 +103,22 @@ def child_infer_monai(spec: dict) -> dict:
     config = inference_config(card, None, spec.get("overrides", []))
     out = Path(spec["out"])
     ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, out / "warmup", device)
-    ref(spec["warmup"], _case_id(spec["warmup"]))
-    _sync(device)
-    rss_warm = _maxrss_mb()
+    ref(spec["warmup"], case_id(spec["warmup"]))
+    sync(device)
+    rss_warm = maxrss_mb()
     ref = MonaiReference(model, ReferenceSpec.from_card(card), config.postprocess.input_mask, out, device)
     t0 = time.perf_counter()
     for image in spec["images"]:
-        ref(image, _case_id(image))
-    _sync(device)
+        ref(image, case_id(image))
+    sync(device)
     seconds = time.perf_counter() - t0
-    voxels = sum(_spatial_voxels(p) for p in spec["images"])
+    voxels = sum(spatial_voxels(p) for p in spec["images"])
     result = {
         "seconds": seconds,
         "voxels": voxels,
         "cases": len(spec["images"]),
         "mvox_per_s": voxels / 1e6 / seconds,
-        "maxrss_mb": _maxrss_mb(),
+        "maxrss_mb": maxrss_mb(),
         "maxrss_after_warmup_mb": rss_warm,
         "torch_threads": torch.get_num_threads(),
         "input_mask": config.postprocess.input_mask,
@@ -123,7 +130,7 @@ def child_infer_monai(spec: dict) -> dict:
             model, ReferenceSpec.from_card(card), config.postprocess.input_mask, folder, device, shift=shift
         )
         for image in spec["images"]:
-            ref(image, _case_id(image))
+            ref(image, case_id(image))
         shifted[str(folder)] = list(shift)
     result["shifted"] = shifted
     return result
@@ -163,14 +170,12 @@ def child_loader_brainseg(spec: dict) -> dict:
     cases = _cached_cases(Path(spec["cache"]))
     patch = [spec["patch"]] * 3
     # batch of 3 with one foreground-centred patch = MONAI's pos=1, neg=2
-    from brainseg.train.sampling import loader as loader_mod
-
     ds = PatchDataset(cases, patch, batch_size=3, foreground_fraction=1 / 3, augment_cfg=AugmentConfig(), seed=0)
     for i in range(spec["warmup"]):
         ds[i]
-    rss_warm = _maxrss_mb()
+    rss_warm = maxrss_mb()
     n = spec["n"]
-    spatial = _count_spatial(loader_mod)
+    spatial = _count_spatial()
     times, flags = [], []
     t0 = time.perf_counter()
     for i in range(spec["warmup"], spec["warmup"] + n):
@@ -184,7 +189,7 @@ def child_loader_brainseg(spec: dict) -> dict:
         "seconds": seconds,
         "patches": n,
         "patches_per_s": n / seconds,
-        "maxrss_mb": _maxrss_mb(),
+        "maxrss_mb": maxrss_mb(),
         "maxrss_after_warmup_mb": rss_warm,
         "spatially_augmented": spatial["n"] / n,
         **mix_corrected(times, flags, _p_spatial()),
@@ -199,17 +204,23 @@ def _p_spatial() -> float:
     return 1.0 - (1.0 - a.p_rotate) * (1.0 - a.p_scale)
 
 
-def _count_spatial(loader_mod) -> dict:
-    """Count the patches that get a rotation/scaling (the costly part) from here on."""
+def _count_spatial() -> dict:
+    """Count the patches that get a rotation/scaling (the costly part) from here on.
+
+    The loader draws each patch's spatial matrix through ``augment.spatial_matrix``; this
+    child process (and only it: it measures, then exits) wraps that function with a counter.
+    """
+    from brainseg.train.sampling import augment
+
     counter = {"n": 0}
-    original = loader_mod.augment.spatial_matrix
+    original = augment.spatial_matrix
 
     def counted(rng, cfg):
         m = original(rng, cfg)
         counter["n"] += m is not None
         return m
 
-    loader_mod.augment.spatial_matrix = counted
+    augment.spatial_matrix = counted
     return counter
 
 
@@ -230,7 +241,7 @@ def child_loader_monai(spec: dict) -> dict:
     )
     for i in range(spec["warmup"]):
         ds[i % len(ds)]
-    rss_warm = _maxrss_mb()
+    rss_warm = maxrss_mb()
     n = spec["n"]
     spatial_transforms = [t for t in ds.transform.transforms if type(t).__name__ in ("RandRotated", "RandZoomd")]
     times, flags = [], []
@@ -246,7 +257,7 @@ def child_loader_monai(spec: dict) -> dict:
         "seconds": seconds,
         "patches": n,
         "patches_per_s": n / seconds,
-        "maxrss_mb": _maxrss_mb(),
+        "maxrss_mb": maxrss_mb(),
         "maxrss_after_warmup_mb": rss_warm,
         "spatially_augmented": sum(flags) / n,
         **mix_corrected(times, flags, _p_spatial()),
@@ -270,11 +281,11 @@ def child_scale(spec: dict) -> dict:
     out = Path(spec["out"])
     warm = discover_inputs([Path(spec["warmup"])], n_channels=1)[0]
     predict_one(predictor, warm, output_paths(out / "warmup", warm.case_id, False))
-    peak_warm = _maxrss_mb()
+    peak_warm = maxrss_mb()
     import gc
 
     gc.collect()
-    rss_base = _reset_peak_rss()  # from here on, the peak is this case's
+    rss_base = reset_peak_rss()  # from here on, the peak is this case's
     if rss_base is None:
         rss_base = peak_warm
     case = discover_inputs([Path(spec["image"])], n_channels=1)[0]
@@ -283,8 +294,8 @@ def child_scale(spec: dict) -> dict:
     seconds = time.perf_counter() - t0
     return {
         "seconds": seconds,
-        "voxels": _spatial_voxels(spec["image"]),
-        "maxrss_mb": _maxrss_mb(),
+        "voxels": spatial_voxels(spec["image"]),
+        "maxrss_mb": maxrss_mb(),
         "maxrss_base_mb": rss_base,
         "maxrss_warmup_mb": peak_warm,
         "torch_threads": torch.get_num_threads(),
@@ -293,9 +304,15 @@ def child_scale(spec: dict) -> dict:
 
 
 def predictor_windows(predictor, case) -> int:
-    """How many sliding windows a case takes (its preprocessed, cropped shape; header + data read again)."""
+    """How many sliding windows a case takes (its preprocessed, cropped shape; header + data read again):
+    the volume padded as the sliding window pads it, then tiled at the configured overlap."""
+    from brainseg.infer.sliding_window import window_locations, window_padding
+
     image = predictor.prepare(list(case.images)).image
-    return len(predictor.window.locations(image.shape[1:]))
+    patch = [int(p) for p in predictor.card.patch_size]
+    infer = predictor.infer
+    padded = [int(s) + window_padding(int(s), p, infer.overlap, infer.margin) for s, p in zip(image.shape[1:], patch)]
+    return len(window_locations(padded, patch, infer.overlap))
 
 
 CHILDREN = {

@@ -1,19 +1,18 @@
-#!/usr/bin/env python
 """Are a U-Net's skip connections a regulariser, or do they carry fine spatial detail?
 
 Trains the same network (``configs/demo.yaml``) in several arms that differ only in
 what the skips are (``model.skip_mode``, see :mod:`brainseg.model.unet`), with the same
 time budget and the same seeds, then scores every arm on held-out subjects::
 
-    python scripts/skip_ablation.py --out ablation/                   # 3 arms x 2 seeds x 2.5 min (~25 min on 2 cores)
-    python scripts/skip_ablation.py --quick --out ablation_quick/     # 3 arms x 1 seed x 2 min (~10 min)
-    python scripts/skip_ablation.py --minutes 5 --seeds 3 --out DIR   # more budget, more seeds
-    python scripts/skip_ablation.py --data MSD_ROOT --out DIR         # own data (imagesTs + labelsTs held out)
+    python -m scripts.experiments.skip_ablation --out ablation/                  # 3 arms x 2 seeds x 2.5 min
+    python -m scripts.experiments.skip_ablation --quick --out ablation_quick/    # 3 arms x 1 seed x 2 min
+    python -m scripts.experiments.skip_ablation --minutes 5 --seeds 3 --out DIR  # more budget, more seeds
+    python -m scripts.experiments.skip_ablation --data MSD_ROOT --out DIR        # own data (imagesTs + labelsTs held out)
 
 Arms (``--arms``, default ``concat,none,lowpass``):
 
 * ``concat``: the U-Net as configured (encoder features concatenated at every level);
-* ``none``: ``model.skip_connections=false``, every path runs through the bottleneck;
+* ``none``: ``model.skip_mode=none``, every path runs through the bottleneck;
 * ``lowpass``: ``model.skip_mode=lowpass``, the skips stay (the same short gradient path
   from the loss to every encoder stage, the same extra decoder input) but each is
   average-pooled to the bottleneck's grid and upsampled back, so it carries no detail
@@ -24,11 +23,11 @@ Arms (``--arms``, default ``concat,none,lowpass``):
 
 Per arm and seed, on the held-out subjects (each in its own voxel grid): Dice, HD95,
 surface Dice at 1 mm (and 2 mm) tolerance, Dice per distance-to-boundary bin
-(:mod:`ablation_metrics`; pooled over the tissues and the held-out subjects: all tissue
+(:mod:`~scripts.experiments.skip_ablation.metrics`; pooled over the tissues and the held-out subjects: all tissue
 voxels at that distance, so a tissue absent from a bin does not move the curve), and
 the same network's Dice on its own training subjects
 (the train - held-out gap tests the regulariser hypothesis). Everything goes to
-``OUT/report.json``, ``OUT/report.md`` and ``OUT/*.png`` (:mod:`ablation_report`);
+``OUT/report.json``, ``OUT/report.md`` and ``OUT/*.png`` (:mod:`~scripts.experiments.skip_ablation.report`);
 runs, masks and data stay under ``OUT/work/`` (a finished run is reused on a rerun).
 """
 
@@ -39,22 +38,18 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from ablation_metrics import DISTANCE_EDGES_MM, bin_names, case_scores, dice_by_distance  # noqa: E402
+from scripts.common import REPO, git_state, logger
+from scripts.experiments.skip_ablation.metrics import DISTANCE_EDGES_MM, bin_names, case_scores, dice_by_distance
 
 #: arm -> (overrides of configs/demo.yaml, what it is)
 ARMS = {
     "concat": ([], "U-Net skips: encoder features concatenated at full resolution (the config as is)"),
-    "none": (["model.skip_connections=false"], "no skips: every path runs through the bottleneck"),
+    "none": (["model.skip_mode=none"], "no skips: every path runs through the bottleneck"),
     "lowpass": (
         ["model.skip_mode=lowpass"],
         "low-pass skips: concatenated after average pooling to the bottleneck grid and trilinear upsampling",
@@ -78,19 +73,8 @@ SCALARS = (
 )
 
 
-def log(msg: str) -> None:
-    load = os.getloadavg()[0]
-    print(f"[skip-ablation {time.strftime('%H:%M:%S')} load {load:.2f}] {msg}", file=sys.stderr, flush=True)
-
-
-def git_state() -> dict:
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=30)
-        return res.stdout.strip() if res.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    dirty = [line[3:] for line in git("status", "--porcelain", "--", "brainseg", "configs").splitlines()]
-    return {"commit": commit or None, "modified_library_files": dirty}
+PROG = "python -m scripts.experiments.skip_ablation"
+log = logger("skip-ablation")
 
 
 # ----------------------------------------------------------------------------- data
@@ -130,7 +114,7 @@ def train_arm(arm: str, seed: int, data: Path, work: Path, minutes: float, devic
         log(f"{arm} seed {seed}: finished run found in {run_dir}, reused")
         return {**json.loads(info_path.read_text()), "reused": True}
     if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished run of this script: start it again
+        shutil.rmtree(run_dir)  # an unfinished run of this experiment: start it again
     log(f"{arm} seed {seed}: training {minutes:g} min ({' '.join(overrides[:-1])})")
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
@@ -270,9 +254,7 @@ def paired_differences(arms: dict, base: str = "concat") -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="folder for report.json, report.md, figures, work/")
     p.add_argument("--quick", action="store_true", help=f"smaller run: {QUICK}")
     p.add_argument(
@@ -303,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
 
     matplotlib.use("Agg")  # the figures are files; set here, not in the library
     import torch
-    from ablation_report import write_figures, write_markdown
+
+    from scripts.experiments.skip_ablation.report import write_figures, write_markdown
 
     started = time.perf_counter()
     out = args.out
@@ -374,7 +357,3 @@ def _finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-if __name__ == "__main__":
-    sys.exit(main())

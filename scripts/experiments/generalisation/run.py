@@ -1,22 +1,21 @@
-#!/usr/bin/env python
 """Generalisation check: trained on the demo data, scored on the demo's own held-out subjects
 and on shifted scans the demo never shows, brainseg beside a MONAI reference.
 
-    python scripts/generalisation.py --out gen/                  # 10 demo subjects, 10-min trainings, 6 scans
-    python scripts/generalisation.py --out gen/ --quick          # < 5 min on 2 cores
-    python scripts/generalisation.py --out gen/ --model runs/x   # score a trained brainseg run (MONAI still trains)
+    python -m scripts.experiments.generalisation --out gen/                  # 10 demo subjects, 10-min trainings, 6 scans
+    python -m scripts.experiments.generalisation --out gen/ --quick          # 1-min trainings, 4 subjects, 3 scans
+    python -m scripts.experiments.generalisation --out gen/ --model runs/x   # score a trained brainseg run (MONAI still trains)
 
 Steps (each a subprocess, so every pipeline runs as a user would run it):
 
 1. demo training data: ``brainseg demo-data OUT/demo --n 10`` (or ``--data DIR``), kept when present;
-2. the shifted set ``OUT/shifted`` (images/, labels/, manifest.json) from this script's own
-   generator, scripts/_generalisation_shifted.py: Rician noise over the whole field of view,
+2. the shifted set ``OUT/shifted`` (images/, labels/, manifest.json) from this experiment's own
+   generator, :mod:`~scripts.experiments.generalisation.shifted`: Rician noise over the whole field of view,
    its own warp, bias, gamma, intensity scale and offset, grids from 1 mm RAS to a 12-degree
    oblique one (one case in six skull-stripped); settings outside the demo's ranges;
 3. ``brainseg train --data OUT/demo --out OUT/brainseg_run --config configs/demo.yaml
    --max-minutes M`` (or ``--model``), then ``brainseg predict`` and ``brainseg evaluate``
    on the demo's imagesTs/labelsTs and on the shifted set;
-4. the MONAI-tutorial reference (scripts/_generalisation_monai.py), trained on the same
+4. the MONAI-tutorial reference (:mod:`~scripts.experiments.generalisation.monai_reference`), trained on the same
    demo data for the same minutes, segmenting the same scans, scored by ``brainseg evaluate``;
 5. OUT/report.json (and ``--json PATH``), OUT/report.md: Dice per label per set per pipeline,
    each shifted case's Dice with its settings, training steps, whether every mask has
@@ -28,47 +27,42 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-if str(SCRIPTS) not in sys.path:
-    sys.path.insert(0, str(SCRIPTS))
-
-import _generalisation_report as report_mod  # noqa: E402
-from _bench_harness import load1, machine_info  # noqa: E402  (scripts/benchmark.py's; it also puts the repo on sys.path)
-from _generalisation_shifted import DEFAULT_SEED, make_shifted_set  # noqa: E402
+from scripts.common import (
+    REPO,
+    CommandFailed,
+    brainseg_cmd,
+    git_state,
+    load1,
+    logger,
+    machine_info,
+    python_module,
+)
+from scripts.common import run as run_command
+from scripts.experiments.generalisation import report as report_mod
+from scripts.experiments.generalisation.shifted import DEFAULT_SEED, make_shifted_set
 
 FULL = dict(minutes=10.0, n_demo=10, n_shifted=6)
 QUICK = dict(minutes=1.0, n_demo=4, n_shifted=3)
 CONFIG = REPO / "configs" / "demo.yaml"
+PROG = "python -m scripts.experiments.generalisation"
+MONAI_REFERENCE = "scripts.experiments.generalisation.monai_reference"
+log = logger("generalisation")
 
 
-def log(msg: str) -> None:
-    print(f"[generalisation {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def run(cmd: Sequence[str], log_file: Path) -> None:
+def run(cmd: Sequence[Any], log_file: Path) -> None:
     """Run ``cmd`` (from the repo root), its output into ``log_file``; stop with its last lines on failure."""
     log(" ".join(str(c) for c in cmd))
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONWARNINGS=os.environ.get("PYTHONWARNINGS", "ignore"))
-    with open(log_file, "w") as fh:
-        code = subprocess.run([str(c) for c in cmd], stdout=fh, stderr=subprocess.STDOUT, cwd=REPO, env=env).returncode
-    if code != 0:
-        tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-25:])
-        raise SystemExit(f"generalisation: command failed (exit {code}), see {log_file}:\n{tail}")
-
-
-def brainseg_cmd(*args: Any) -> list[str]:
-    return [sys.executable, "-m", "brainseg", *[str(a) for a in args]]
+    try:
+        run_command(cmd, log_file)
+    except CommandFailed as exc:
+        raise SystemExit(f"generalisation: {exc}") from None
 
 
 def fresh(folder: Path) -> Path:
@@ -114,14 +108,6 @@ def brainseg_training(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def git_state() -> dict[str, Any]:
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
-        return res.stdout.strip() if res.returncode == 0 else ""
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty_files": len(git("status", "--porcelain").splitlines())}
-
-
 def score(pipeline: str, sets: dict[str, tuple[Path, Path]], masks: Path, out: Path) -> dict[str, Any]:
     """``brainseg evaluate`` of each set's masks, the scores read back and the masks' geometry checked."""
     results = {}
@@ -137,16 +123,12 @@ def score(pipeline: str, sets: dict[str, tuple[Path, Path]], masks: Path, out: P
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True, help="working folder: data, runs, masks, report")
     p.add_argument(
         "--minutes", type=float, default=None, help="training budget of each pipeline (default 10; 1 with --quick)"
     )
-    p.add_argument(
-        "--quick", action="store_true", help="1-minute trainings, 4 demo subjects, 3 shifted scans (< 5 min)"
-    )
+    p.add_argument("--quick", action="store_true", help="1-minute trainings, 4 demo subjects, 3 shifted scans")
     p.add_argument(
         "--data", type=Path, default=None, help="demo data set to train on (default: OUT/demo, made if absent)"
     )
@@ -234,14 +216,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     agree = {}
     if not args.skip_monai:
-        monai = SCRIPTS / "_generalisation_monai.py"
         t0 = time.perf_counter()
         monai_run = args.monai_model.resolve() if args.monai_model else out / "monai_run"
         if args.monai_model is None:
             run(
-                [
-                    sys.executable,
-                    monai,
+                python_module(
+                    MONAI_REFERENCE,
                     "train",
                     "--data",
                     demo,
@@ -249,14 +229,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                     fresh(monai_run),
                     "--minutes",
                     settings["minutes"],
-                ],
+                ),
                 out / "logs" / "monai_train.log",
             )
         lap("monai_train", t0)
         t0 = time.perf_counter()
         masks_m = out / "masks" / "monai"
         jobs = [a for key, (images, _) in sets.items() for a in ("--job", images, fresh(masks_m / key))]
-        run([sys.executable, monai, "predict", "--model", monai_run, *jobs], out / "logs" / "predict_monai.log")
+        run(python_module(MONAI_REFERENCE, "predict", "--model", monai_run, *jobs), out / "logs" / "predict_monai.log")
         lap("monai_predict", t0)
         results["monai"] = score("monai", sets, masks_m, out)
         training["monai"] = json.loads((monai_run / "train.json").read_text())
@@ -265,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
 
     report = {
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
         "settings": {
             **settings,
             "quick": args.quick,
@@ -291,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"# Generalisation check\n\n`{report['command']}` ({report['total_seconds']:.0f} s; "
         f"{report['machine']['cores_usable']} cores, torch {report['machine']['torch']}, "
         f"MONAI {report['machine']['monai']}, 1-min load {load_start} at the start, {report['load_1min']['end']} "
-        f"at the end, commit {report['git']['commit'][:10]}"
+        f"at the end, commit {(report['git']['commit'] or '?')[:10]}"
         f"{' + uncommitted changes' if report['git']['dirty_files'] else ''})\n\n{text}\n"
     )
     print(text)
@@ -301,7 +281,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"generalisation: masks not on their scans' grids: {', '.join(off_grid)}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""Figures and report.md of scripts/skip_ablation.py (matplotlib's backend is chosen by the script).
+"""Figures and report.md of the skip-connection ablation (matplotlib's backend is chosen by its command line).
 
 The plain-words findings are computed from the numbers with fixed rules, so the text
 claims only what the run measured: a difference between two arms counts when it has
@@ -10,13 +10,23 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from brainseg.io.pictures import LABEL_COLOURS, _canonical
+from brainseg.io.pictures import LABEL_COLOURS
 
 #: Smallest Dice difference (in every seed, same sign) the findings call a difference.
 DICE_MARGIN = 0.005
 ARM_COLOURS = {"concat": "#1f77b4", "none": "#d62728", "lowpass": "#2ca02c", "add": "#9467bd"}
+
+
+def canonical(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A scan's voxels in RAS+ order (float32, trailing singleton axes dropped) and its voxel size."""
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asanyarray(img.dataobj)
+    while data.ndim > 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    return np.asarray(data, dtype=np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
 def _arm_colour(arm: str) -> str:
@@ -103,8 +113,8 @@ def plot_slices(report: dict, path: Path, case) -> Path:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    image, zooms = _canonical(Path(case.images[0]))
-    ref, _ = _canonical(Path(case.label))
+    image, zooms = canonical(Path(case.images[0]))
+    ref, _ = canonical(Path(case.label))
     ref = np.rint(ref).astype(np.int32)
     fg = np.argwhere(ref > 0)
     z = int(round(fg[:, 2].mean())) if len(fg) else ref.shape[2] // 2
@@ -134,7 +144,7 @@ def plot_slices(report: dict, path: Path, case) -> Path:
     show(axes[1, 0], None, cmap, n, f"scan (axial slice {z})")
     for k, arm in enumerate(arms, start=1):
         run = report["arms"][arm]["per_seed"][0]
-        pred, _ = _canonical(Path(run["run_dir"]) / "heldout_masks" / f"{case.case_id}.nii.gz")
+        pred, _ = canonical(Path(run["run_dir"]) / "heldout_masks" / f"{case.case_id}.nii.gz")
         pred = np.rint(pred).astype(np.int32)
         wrong = (pred[:, :, z] != ref[:, :, z]).astype(np.int32)
         show(axes[0, k], pred[:, :, z], cmap, n, f"{arm} (seed 0): prediction")

@@ -1,0 +1,1 @@
+"""Experiments on brainseg's own networks, each runnable as ``python -m scripts.experiments.<name>``."""
