@@ -22,6 +22,12 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, nargs="+", required=True, help="folders and/or scan files")
     p.add_argument("--output", type=Path, required=True, help="output folder for ID.nii.gz masks")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
+    p.add_argument(
+        "--bids-derivatives",
+        action="store_true",
+        help="BIDS input: write OUT/sub-*/[ses-*/]anat/*_desc-brainseg_dseg.nii.gz with its .tsv/.json, "
+        "*_desc-brainseg_volumes.tsv and dataset_description.json (default: OUT/ID.nii.gz and volumes.csv)",
+    )
     p.add_argument("--save-probabilities", action="store_true", help="also write ID_probabilities.nii.gz (4D float)")
     add_device_arg(p)
     add_config_args(p)
@@ -36,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     same_name = {
-        name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")
+        name: getattr(args, name)
+        for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug", "bids_derivatives")
     }
     result = predict(
         args.model,
@@ -49,6 +56,8 @@ def run(args: argparse.Namespace) -> int:
     )
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     print(f"brainseg predict: {where}{result.summary.report()}")
+    if args.bids_derivatives and result.summary.written:
+        print(f"BIDS derivatives in {args.output}, volumes in each case's *_desc-brainseg_volumes.tsv")
     if result.volumes_csv is not None:
         print(f"masks in {args.output}, volumes in {result.volumes_csv}")
     return 1 if result.summary.failed else 0

@@ -1,8 +1,8 @@
 """The cases to predict on: :func:`discover_inputs` over folders and single scan files.
 
 Channel files of a case (``ID_0000``, ``ID_0001``, ...) are grouped into one case, any
-other scan is a single-channel case; BraTS case folders and roots, MSD / nnU-Net roots
-and plain scan folders are recognised. Labels are not looked for.
+other scan is a single-channel case; BraTS case folders and roots, MSD / nnU-Net roots,
+BIDS roots (:mod:`.bids`) and plain scan folders are recognised. Labels are not looked for.
 
 Given a model's channel names (its card's), each case's channels are put in the model's
 order by name: BraTS modalities (2021 and 2023 names), the channels an MSD root's
@@ -18,6 +18,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from brainseg.data.bids import bids_candidates, is_bids_root
 from brainseg.data.brats import (
     brats_candidate,
     is_brats_case_folder,
@@ -138,7 +139,7 @@ def _msd_candidates(
 
 
 def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, problems: list[str]) -> list[Candidate]:
-    """Candidate cases of one input folder (MSD root, BraTS root or case, scans folder)."""
+    """Candidate cases of one input folder (MSD root, BIDS root, BraTS root or case, scans folder)."""
     show = shower(None)
     if (folder / "dataset.json").is_file() or (folder / "imagesTs").is_dir() or (folder / "imagesTr").is_dir():
         sub = folder / "imagesTs" if (folder / "imagesTs").is_dir() else folder / "imagesTr"
@@ -149,6 +150,8 @@ def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, probl
         if not files:
             problems.append(f"{sub}: no scans found")
         return _msd_candidates(folder, files, str(sub), channel_names, problems)
+    if is_bids_root(folder):
+        return bids_candidates(folder, channel_names, problems)
     files = list_images(folder, problems, show)
     if files:
         # resolve() so that "." given for a case folder still yields the folder's name
@@ -177,7 +180,8 @@ def discover_inputs(
 ) -> list[Case]:
     """The cases to predict on, from folders and/or single scan files.
 
-    Each folder may be an MSD / nnU-Net root (its ``imagesTs/``, else ``imagesTr/``), a
+    Each folder may be an MSD / nnU-Net root (its ``imagesTs/``, else ``imagesTr/``), a BIDS
+    root (its ``sub-*/[ses-*/]anat/`` scans of the model's contrasts, see :mod:`.bids`), a
     folder of ``ID_NNNN`` files or plain scans, a BraTS root or a single BraTS case
     folder. Files named ``ID_0000``, ``ID_0001``, ... (in one folder, or among the files
     given directly) are one multi-channel case ``ID``; any other scan is a single-channel

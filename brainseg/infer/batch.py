@@ -17,6 +17,11 @@ predicted the file is left as it was), its ``background`` (zero or noise) and ``
 empty, or why the scan is unlike the training scans (the model card's ranges; each such
 case also gets one warning line).
 
+With ``bids_derivatives`` the inputs are BIDS folders and each case's files are BIDS
+derivatives instead (``OUT/sub-*/[ses-*/]anat/..._desc-brainseg_dseg.nii.gz`` and its
+sidecars, per-case volume tables, ``dataset_description.json``: :mod:`.derivatives`); no
+``volumes.csv`` is written then.
+
 Several GPUs: start the command under ``torchrun --nproc-per-node N``. Each rank
 takes ``cases[rank::world]`` (no process group is needed), uses ``cuda:LOCAL_RANK``
 with device ``auto``/``cuda``, and writes its own ``volumes_rank{rank}.csv`` instead
@@ -25,6 +30,7 @@ of ``volumes.csv``; concatenate them (minus the repeated header) if one table is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -37,15 +43,18 @@ import torch
 from tqdm import tqdm
 
 from brainseg.config import Config, apply_overrides, config_from_dict, load_config
+from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
+from brainseg.infer import derivatives
+from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import write_image
 from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
 from brainseg.model.card import ModelCard
-from brainseg.model.checkpoint import load_model
+from brainseg.model.checkpoint import load_model, resolve_checkpoint
 from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
@@ -81,8 +90,11 @@ class PredictionSummary:
         return text
 
 
-def output_paths(output_dir: Path, case_id: str, save_probabilities: bool) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities``."""
+def output_paths(output_dir: Path, case_id: str, save_probabilities: bool, bids: bool = False) -> dict[str, Path]:
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` (with ``bids``, the
+    BIDS derivatives' names and their sidecars, :func:`brainseg.infer.derivatives.output_paths`)."""
+    if bids:
+        return derivatives.output_paths(output_dir, case_id, save_probabilities)
     paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
@@ -109,21 +121,48 @@ def error_line(case: Case, exc: BaseException) -> str:
     return f"case {case.case_id}: {exc}"
 
 
-def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str, str]:
+def predict_one(
+    predictor: Predictor, case: Case, outputs: dict[str, Path], bids: BidsOutput | None = None
+) -> tuple[dict[int, float], str, str]:
     """Segment one case, write its files; return its label volumes (mm³, background left out),
-    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not)."""
+    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not).
+
+    The mask is written last; if any write fails, the files this call wrote are removed, so a
+    failed case leaves no partial set of outputs."""
     prepared = predictor.prepare(list(case.images))
+    ood = "; ".join(prepared.ood)
     if prepared.ood:
-        log.warning("%s: unlike the training scans: %s", case.case_id, "; ".join(prepared.ood))
+        log.warning("%s: unlike the training scans: %s", case.case_id, ood)
     labels, probs = predictor.segment(prepared, "probabilities" in outputs)
     geometry, record = prepared.geometry, prepared.record
-    if probs is not None:
-        write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
-        atomic_write_text(outputs["probabilities_channels"], json.dumps(probability_channels(predictor.card), indent=1))
-    write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
-    return label_volumes(labels, geometry.spacing, foreground), background, "; ".join(prepared.ood)
+    volumes = label_volumes(labels, geometry.spacing, foreground)
+    texts: dict[str, str] = {}
+    if probs is not None:
+        channels = probability_channels(predictor.card)
+        texts["probabilities_channels"] = (
+            json.dumps(channels, indent=1) if bids is None else derivatives.probseg_json(bids, case, channels)
+        )
+    if bids is not None:
+        texts["lut"] = derivatives.lut_tsv(predictor.card)
+        texts["sidecar"] = derivatives.sidecar_json(bids, case, background, ood)
+        texts["volumes"] = derivatives.volumes_tsv(volumes, predictor.label_names)
+    written: list[Path] = []
+    try:
+        if probs is not None:
+            write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
+            written.append(outputs["probabilities"])
+        for key, text in texts.items():
+            atomic_write_text(outputs[key], text)
+            written.append(outputs[key])
+        write_image(outputs["mask"], labels, geometry)
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        raise
+    return volumes, background, ood
 
 
 def predict_cases(
@@ -134,8 +173,10 @@ def predict_cases(
     save_probabilities: bool = False,
     progress: bool = False,
     debug: bool = False,
+    bids: BidsOutput | None = None,
 ) -> PredictionSummary:
-    """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir``.
+    """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
+    derivatives: :mod:`brainseg.infer.derivatives`).
 
     A case whose outputs all exist is skipped unless ``overwrite``. A case that fails
     on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after every
@@ -146,12 +187,12 @@ def predict_cases(
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        outputs = output_paths(output_dir, case.case_id, save_probabilities)
+        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None)
         if not overwrite and all(p.exists() for p in outputs.values()):
             summary.skipped.append(case.case_id)
             continue
         try:
-            volumes, background, ood = predict_one(predictor, case, outputs)
+            volumes, background, ood = predict_one(predictor, case, outputs, bids)
             summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
                 volumes,
                 background,
@@ -198,7 +239,8 @@ def inference_config(card: ModelCard, config_path: Path | None, overrides: Seque
 
 
 def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output folder that is an input folder or inside one (inputs are never written)."""
+    """Refuse an output folder that is an input folder or inside one (inputs are never written),
+    except a BIDS root's ``derivatives/``, where BIDS puts them."""
     out = Path(output).resolve()
     if out.exists() and not out.is_dir():
         raise BrainsegError(f"{output}: the output exists and is not a folder")
@@ -207,6 +249,8 @@ def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
         if not src.exists():
             continue  # discovery reports it
         folder = src if src.is_dir() else src.parent
+        if src.is_dir() and is_bids_root(src) and out.is_relative_to(src / "derivatives"):
+            continue  # a BIDS data set's derivatives/ folder: discovery never reads it
         if out == folder:
             raise BrainsegError(
                 f"{output}: refusing to write into the input folder {item}; choose another output folder"
@@ -240,12 +284,15 @@ def predict(
     progress: bool = False,
     debug: bool = False,
     checkpoint: str | None = None,
+    bids_derivatives: bool = False,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
     ``checkpoint``: which checkpoint of a run folder (``final``, ``best``, ``last``); None:
     final if the run finished, else best, else last
-    (:func:`~brainseg.model.checkpoint.resolve_checkpoint`)."""
+    (:func:`~brainseg.model.checkpoint.resolve_checkpoint`). ``bids_derivatives``: the inputs are
+    BIDS folders and the outputs are written as BIDS derivatives (:mod:`brainseg.infer.derivatives`)
+    instead of ``ID.nii.gz`` and ``volumes.csv``."""
     paths = [Path(p) for p in inputs]
     output = Path(output)
     check_output_folder(output, paths)
@@ -254,6 +301,10 @@ def predict(
     model, card = load_model(model_path, dev, checkpoint=checkpoint)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
+    bids = derivatives.bids_output(output, cases) if bids_derivatives else None
+    if bids is not None and env.is_main:
+        source = resolve_checkpoint(model_path, checkpoint)
+        derivatives.write_dataset_files(bids, source, derivatives.checkpoint_sha256(source))
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
         model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
@@ -266,6 +317,9 @@ def predict(
         save_probabilities=save_probabilities,
         progress=progress and env.is_main,
         debug=debug,
+        bids=bids,
     )
-    volumes = write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
+    volumes = (
+        None if bids is not None else write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
+    )
     return BatchResult(summary, volumes, env.rank, env.world_size)
