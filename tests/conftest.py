@@ -359,3 +359,82 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if item.nodeid.endswith(SLOW_ELSEWHERE):
             item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: not item.nodeid.endswith(LONGEST_FIRST))  # stable: the rest keep their order
+
+
+# ----------------------------------------------------------------------------- DICOM series
+
+MR_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_dicom_series(
+    folder: Path,
+    data: np.ndarray,
+    affine: np.ndarray,
+    description: str = "T1 MPRAGE",
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    skip: Sequence[int] = (),
+    drop: Sequence[str] = (),
+    names: Callable[[int], str] = lambda k: f"IM{k:04d}",
+) -> str:
+    """Write ``data`` (x, y, z; whole numbers) as an MR series, one file per slice ``k`` of
+    axis 2, at the RAS ``affine`` (any rotation, any spacing; its third column along the
+    slices' normal). Files get no suffix (``IM0000``...); slices in ``skip`` are left out and
+    the attributes in ``drop`` removed. Returns the SeriesInstanceUID."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    frame_uid = generate_uid()
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ np.asarray(affine, dtype=np.float64)
+    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    row_cos, col_cos = lps[:3, 0] / spacing[0], lps[:3, 1] / spacing[1]
+
+    def ds_text(values) -> list[str]:
+        return [f"{float(v):.10g}" for v in values]
+
+    pixels = np.asarray(data).astype(np.int16)
+    for k in range(pixels.shape[2]):
+        if k in skip:
+            continue
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MR_IMAGE_STORAGE
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = MR_IMAGE_STORAGE
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
+        ds.Modality = "MR"
+        ds.SeriesDescription = description
+        ds.SeriesNumber, ds.InstanceNumber = 3, k + 1
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P001", "20000101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20240101", "120000", "1", "A1"
+        ds.ReferringPhysicianName = ""
+        ds.Manufacturer = "test"
+        ds.ImageOrientationPatient = ds_text([*row_cos, *col_cos])
+        ds.ImagePositionPatient = ds_text((lps @ [0.0, 0.0, float(k), 1.0])[:3])
+        ds.PixelSpacing = ds_text([spacing[1], spacing[0]])  # between rows, between columns
+        ds.SliceThickness = f"{spacing[2]:.10g}"
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[0]
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(pixels[:, :, k].T).tobytes()  # rows x columns
+        for name in drop:
+            if name in ds:
+                delattr(ds, name)
+        ds.save_as(folder / names(k), enforce_file_format=True)
+    return series_uid
+
+
+def oblique_affine(spacing=(1.25, 1.5, 2.0), origin=(-20.0, -15.0, -25.0)) -> np.ndarray:
+    """A RAS affine rotated about two axes (cosines 0.6/0.8 and 0.8/0.6), anisotropic voxels."""
+    a = np.array([[0.6, -0.8, 0.0], [0.8, 0.6, 0.0], [0.0, 0.0, 1.0]])
+    b = np.array([[1.0, 0.0, 0.0], [0.0, 0.8, -0.6], [0.0, 0.6, 0.8]])
+    out = np.eye(4)
+    out[:3, :3] = a @ b @ np.diag(spacing)
+    out[:3, 3] = origin
+    return out

@@ -19,7 +19,9 @@ def register(sub) -> argparse.ArgumentParser:
         default=None,
         help="which checkpoint of the run folder (default: final if the run finished, else best, else last)",
     )
-    p.add_argument("--input", type=Path, nargs="+", required=True, help="folders and/or scan files")
+    p.add_argument(
+        "--input", type=Path, nargs="+", required=True, help="folders and/or scan files (a folder of DICOM files too)"
+    )
     p.add_argument("--output", type=Path, required=True, help="output folder for ID.nii.gz masks")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
     p.add_argument(
@@ -29,6 +31,11 @@ def register(sub) -> argparse.ArgumentParser:
         "*_desc-brainseg_volumes.tsv and dataset_description.json (default: OUT/ID.nii.gz and volumes.csv)",
     )
     p.add_argument("--save-probabilities", action="store_true", help="also write ID_probabilities.nii.gz (4D float)")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="for DICOM inputs also write ID_seg.dcm, a DICOM SEG referencing the series (needs brainseg[dicom])",
+    )
     add_device_arg(p)
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -43,7 +50,15 @@ def run(args: argparse.Namespace) -> int:
 
     same_name = {
         name: getattr(args, name)
-        for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug", "bids_derivatives")
+        for name in (
+            "checkpoint",
+            "device",
+            "overwrite",
+            "save_probabilities",
+            "debug",
+            "bids_derivatives",
+            "dicom_seg",
+        )
     }
     result = predict(
         args.model,

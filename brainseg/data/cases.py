@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 
 from brainseg.errors import BrainsegError
+from brainseg.io.dicom import DicomSeries
 from brainseg.io.naming import (
     channel_stem,
     channel_tag,
@@ -33,12 +34,16 @@ from brainseg.labels.regions import Regions
 __all__ = ["Case", "Dataset", "DiscoveryError", "safe_case_id"]
 
 
+#: A channel's scan: a file, or a DICOM series (its folder and SeriesInstanceUID).
+Scan = Path | DicomSeries
+
+
 @dataclass(frozen=True)
 class Case:
-    """One subject: one image file per channel (in channel order) and maybe a label map."""
+    """One subject: one image file (or DICOM series) per channel, in channel order, and maybe a label map."""
 
     case_id: str
-    images: tuple[Path, ...]
+    images: tuple[Scan, ...]
     label: Path | None = None
 
 
@@ -124,14 +129,14 @@ def id_ok(case_id: str, source: str, problems: list[str]) -> bool:
 
 # ----------------------------------------------------------------------------- folder helpers
 
-Show = Callable[[Path], str]
+Show = Callable[[Scan], str]
 
 
 def shower(root: Path | None) -> Show:
     """A function printing paths relative to ``root`` (or in full) for messages."""
 
-    def show(path: Path) -> str:
-        if root is not None:
+    def show(path: Scan) -> str:
+        if root is not None and isinstance(path, Path):
             try:
                 return path.relative_to(root).as_posix()
             except ValueError:
@@ -180,11 +185,11 @@ class Candidate:
 
     case_id: str
     where: str  # folder (or source) shown in messages
-    channels: dict[int, list[Path]] = field(default_factory=lambda: defaultdict(list))
+    channels: dict[int, list[Scan]] = field(default_factory=lambda: defaultdict(list))
     kind: str = "suffixed"  # "suffixed" (ID_NNNN files), "single" (one plain file), "brats", "named" (ID_<channel>)
     names: tuple[str, ...] = ()  # BraTS channel names / the model's channel names, in order
 
-    def first_file(self) -> Path:
+    def first_file(self) -> Scan:
         return min((f for fs in self.channels.values() for f in fs), key=lambda p: p.name)
 
 
@@ -216,13 +221,13 @@ def expected_channels(cands: Iterable[Candidate]) -> int:
 
 def assemble(
     cands: Iterable[Candidate], n: int, why: str, problems: list[str], show: Show
-) -> dict[str, tuple[Path, ...]]:
+) -> dict[str, tuple[Scan, ...]]:
     """Check each candidate (safe id, no duplicates, exactly channels 0..n-1).
 
     Returns the image tuples of the candidates without problems, by case id; every
     problem found is appended to ``problems``. ``why`` says where ``n`` comes from.
     """
-    out: dict[str, tuple[Path, ...]] = {}
+    out: dict[str, tuple[Scan, ...]] = {}
     for c in sorted(cands, key=lambda c: c.case_id):
         cid = c.case_id
         if not id_ok(cid, show(c.first_file()) if c.kind != "brats" else c.where, problems):

@@ -10,6 +10,10 @@ dataset.json lists for its ``_000N`` files, and files named ``ID_<channel>`` (``
 ``sub-01_T1w``, ``ID-t1c``: the model's names or a synonym, see
 :func:`~brainseg.data.brats.sequence_of`). ``_000N`` files without names are taken in
 index order, as nnU-Net does.
+
+A folder of DICOM files (found by content, see :mod:`brainseg.io.dicom`) is one case per
+series: named after the folder when it holds one series, else after each series'
+description and UID; sub-folders of DICOM files are one such folder each.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from brainseg.data.cases import (
     shower,
 )
 from brainseg.data.dataset_json import read_dataset_json
+from brainseg.errors import InputError
+from brainseg.io.dicom import dicom_files, find_series, is_dicom_file, series_case_id
 from brainseg.io.naming import (
     IMAGE_SUFFIXES,
     channel_stem,
@@ -138,6 +144,26 @@ def _msd_candidates(
     return out
 
 
+def _dicom_candidates(folder: Path, problems: list[str]) -> list[Candidate]:
+    """One single-channel case per DICOM series in ``folder``: the folder's name for its only
+    series, else each series' description and UID."""
+    try:
+        series = find_series(folder)
+    except InputError as exc:
+        problems.append(str(exc))
+        return []
+    if not series:
+        problems.append(f"{folder}: holds DICOM files but no DICOM image series")
+        return []
+    ids = [folder.resolve().name] if len(series) == 1 else [series_case_id(s) for s in series]
+    out = []
+    for cid, s in zip(ids, series):
+        cand = Candidate(cid, str(folder), kind="single")
+        cand.channels[0].append(s)
+        out.append(cand)
+    return out
+
+
 def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, problems: list[str]) -> list[Candidate]:
     """Candidate cases of one input folder (MSD root, BIDS root, BraTS root or case, scans folder)."""
     show = shower(None)
@@ -160,6 +186,8 @@ def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, probl
             cand, _ = brats_candidate(case, problems, show, channel_names, strict=False)
             return [cand] if cand else []
         return _group(files, str(folder), channel_names)
+    if dicom_files(folder):
+        return _dicom_candidates(folder, problems)
     brats_cases = [scan_brats(d, list_images(d, problems, show)) for d in list_dirs(folder)]
     brats_cases = [c for c in brats_cases if c.n_modalities]
     if brats_cases:  # a BraTS root: one case per sub-folder with BraTS-named scans
@@ -169,7 +197,10 @@ def _inputs_from_folder(folder: Path, channel_names: Sequence[str] | None, probl
         files = list_images(folder / "images", problems, show)
         if files:
             return _group(files, str(folder / "images"), channel_names)
-    problems.append(f"{folder}: no scans found (expected scan files, an MSD folder or BraTS case folders)")
+    dicom_dirs = [d for d in list_dirs(folder) if dicom_files(d)]
+    if dicom_dirs:  # one folder per series (or per study, with several series each)
+        return [c for d in dicom_dirs for c in _dicom_candidates(d, problems)]
+    problems.append(f"{folder}: no scans found (expected scan files, DICOM files, an MSD folder or BraTS case folders)")
     return []
 
 
@@ -183,7 +214,7 @@ def discover_inputs(
     Each folder may be an MSD / nnU-Net root (its ``imagesTs/``, else ``imagesTr/``), a BIDS
     root (its ``sub-*/[ses-*/]anat/`` scans of the model's contrasts, see :mod:`.bids`), a
     folder of ``ID_NNNN`` files or plain scans, a BraTS root or a single BraTS case
-    folder. Files named ``ID_0000``, ``ID_0001``, ... (in one folder, or among the files
+    folder, a folder of DICOM files or of such folders (one case per series). Files named ``ID_0000``, ``ID_0001``, ... (in one folder, or among the files
     given directly) are one multi-channel case ``ID``; any other scan is a single-channel
     case named after its file. ``channel_names`` (a model's channels, see the module
     docstring) orders the channels of named inputs by name and sets ``n_channels`` if that
@@ -217,6 +248,8 @@ def discover_inputs(
             problems.append(f"{p}: not found")
         elif p.is_dir():
             cands.extend(_inputs_from_folder(p, channel_names, problems))
+        elif is_dicom_file(p):
+            problems.append(f"{p}: is one DICOM file; give the folder that holds its series")
         elif image_suffix(p) is None:
             problems.append(f"{p}: not a recognised scan file (expected {', '.join(IMAGE_SUFFIXES)})")
         else:

@@ -48,6 +48,7 @@ from brainseg.data.cases import (
     Case,
     Dataset,
     DiscoveryError,
+    Scan,
     Show,
     assemble,
     expected_channels,
@@ -96,7 +97,7 @@ def _index_labels(files: Iterable[Path], problems: list[str], show: Show) -> dic
 
 def _pair(
     cands: dict[str, Candidate],
-    images: dict[str, tuple[Path, ...]],
+    images: dict[str, tuple[Scan, ...]],
     labels: dict[str, Path],
     label_files: Iterable[Path],
     image_dir: str,

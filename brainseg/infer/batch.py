@@ -9,8 +9,11 @@ Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 ``ID.nii.gz`` (uint8/int16 labels) and, with ``save_probabilities``,
 ``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry; a region
 model's regions, one sigmoid probability each) with ``ID_probabilities.json`` naming its
-channels in order (``{"kind": "classes" | "regions", "channels": [names]}``). The
-probabilities are written before the mask, so an existing mask means a finished case.
+channels in order (``{"kind": "classes" | "regions", "channels": [names]}``); with
+``dicom_seg``, for a case read from a DICOM series, ``ID_seg.dcm``: a DICOM SEG of the
+mask referencing that series (when highdicom cannot build one for the series, one
+warning line and the NIfTI mask stands). The probabilities and the SEG are written
+before the mask, so an existing mask means a finished case.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
 predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
@@ -42,6 +45,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from brainseg._version import __version__
 from brainseg.config import Config, apply_overrides, config_from_dict, load_config
 from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
@@ -51,6 +55,8 @@ from brainseg.infer import derivatives
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
+from brainseg.io.dicom import DicomSeries
+from brainseg.io.dicom_seg import INSTALL_HINT, SEG_SUFFIX, highdicom_available, write_dicom_seg
 from brainseg.io.images import write_image
 from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
 from brainseg.model.card import ModelCard
@@ -90,15 +96,22 @@ class PredictionSummary:
         return text
 
 
-def output_paths(output_dir: Path, case_id: str, save_probabilities: bool, bids: bool = False) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` (with ``bids``, the
-    BIDS derivatives' names and their sidecars, :func:`brainseg.infer.derivatives.output_paths`)."""
+def output_paths(
+    output_dir: Path, case_id: str, save_probabilities: bool, bids: bool = False, dicom_seg: bool = False
+) -> dict[str, Path]:
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` and ``dicom_seg`` (with
+    ``bids``, the BIDS derivatives' names and their sidecars, :func:`brainseg.infer.derivatives.output_paths`)."""
     if bids:
-        return derivatives.output_paths(output_dir, case_id, save_probabilities)
+        paths = derivatives.output_paths(output_dir, case_id, save_probabilities)
+        if dicom_seg:
+            paths["dicom_seg"] = paths["mask"].with_name(f"{case_id}{SEG_SUFFIX}")
+        return paths
     paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
         paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
+    if dicom_seg:
+        paths["dicom_seg"] = output_dir / f"{case_id}{SEG_SUFFIX}"
     return paths
 
 
@@ -156,6 +169,12 @@ def predict_one(
         for key, text in texts.items():
             atomic_write_text(outputs[key], text)
             written.append(outputs[key])
+        if "dicom_seg" in outputs and isinstance(case.images[0], DicomSeries):
+            try:
+                write_dicom_seg(outputs["dicom_seg"], labels, case.images[0], predictor.label_names, __version__)
+                written.append(outputs["dicom_seg"])
+            except InputError as exc:  # the SEG needs what the series lacks: the NIfTI mask still stands
+                log.warning("%s", exc)
         write_image(outputs["mask"], labels, geometry)
     except BaseException:
         for path in written:
@@ -174,11 +193,13 @@ def predict_cases(
     progress: bool = False,
     debug: bool = False,
     bids: BidsOutput | None = None,
+    dicom_seg: bool = False,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
     derivatives: :mod:`brainseg.infer.derivatives`).
 
-    A case whose outputs all exist is skipped unless ``overwrite``. A case that fails
+    A case whose outputs all exist is skipped unless ``overwrite``; with ``dicom_seg`` a
+    case read from a DICOM series also needs its SEG. A case that fails
     on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after every
     fallback) is logged as one error line (with the traceback if ``debug``) and
     the run goes on; anything else is a bug and propagates.
@@ -187,7 +208,8 @@ def predict_cases(
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None)
+        seg = dicom_seg and isinstance(case.images[0], DicomSeries)
+        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg)
         if not overwrite and all(p.exists() for p in outputs.values()):
             summary.skipped.append(case.case_id)
             continue
@@ -285,6 +307,7 @@ def predict(
     debug: bool = False,
     checkpoint: str | None = None,
     bids_derivatives: bool = False,
+    dicom_seg: bool = False,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
@@ -292,7 +315,10 @@ def predict(
     final if the run finished, else best, else last
     (:func:`~brainseg.model.checkpoint.resolve_checkpoint`). ``bids_derivatives``: the inputs are
     BIDS folders and the outputs are written as BIDS derivatives (:mod:`brainseg.infer.derivatives`)
-    instead of ``ID.nii.gz`` and ``volumes.csv``."""
+    instead of ``ID.nii.gz`` and ``volumes.csv``. ``dicom_seg``: also a DICOM SEG for each case read
+    from a DICOM series (needs highdicom, checked before any work)."""
+    if dicom_seg and not highdicom_available():
+        raise BrainsegError(f"--dicom-seg: {INSTALL_HINT}")
     paths = [Path(p) for p in inputs]
     output = Path(output)
     check_output_folder(output, paths)
@@ -318,6 +344,7 @@ def predict(
         progress=progress and env.is_main,
         debug=debug,
         bids=bids,
+        dicom_seg=dicom_seg,
     )
     volumes = (
         None if bids is not None else write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)

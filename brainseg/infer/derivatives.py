@@ -33,6 +33,7 @@ from brainseg.data.bids import bids_root_of, derivative_path
 from brainseg.data.cases import Case
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
+from brainseg.io.dicom import DicomSeries
 from brainseg.model.card import ModelCard
 
 #: The BIDS version the derivatives follow.
@@ -58,8 +59,10 @@ class BidsOutput:
     output: Path
     roots: Mapping[Path, str]
 
-    def uri(self, scan: Path) -> str:
+    def uri(self, scan: Path | DicomSeries) -> str:
         """``bids:<key>:<path in the root>`` of a source scan."""
+        if not isinstance(scan, Path):
+            raise BrainsegError(f"{scan}: a DICOM series is not a BIDS source scan")
         root = bids_root_of(scan)
         key = None if root is None else self.roots.get(root.resolve())
         if root is None or key is None:

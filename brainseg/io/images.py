@@ -7,7 +7,9 @@ that lines up voxel for voxel with the original: shape, the voxel-to-world affin
 written file keeps the input's qform/sform codes and both transforms.
 
 NIfTI (``.nii``, ``.nii.gz``) is read with nibabel; ``.mha``, ``.mhd`` and ``.nrrd``
-through SimpleITK (LPS world converted to RAS). Every write is atomic
+through SimpleITK (LPS world converted to RAS), and so is a DICOM series
+(:mod:`brainseg.io.dicom`): a :class:`~brainseg.io.dicom.DicomSeries`, or the path of a
+folder that holds exactly one series, stands wherever a scan file's path does. Every write is atomic
 (:func:`brainseg.io.atomic.atomic_path`): a temporary file in the destination folder,
 fsynced, then renamed over the target. File-name rules live in :mod:`brainseg.io.naming`.
 """
@@ -27,6 +29,8 @@ import numpy.typing as npt
 
 from brainseg.errors import InputError
 from brainseg.io.atomic import atomic_path
+from brainseg.io.dicom import DicomSeries, dicom_files, only_series, read_series_header, read_series_image
+from brainseg.io.itk import ItkHeader, array_xyz
 from brainseg.io.naming import (
     IMAGE_SUFFIXES,
     ITK_SUFFIXES,
@@ -138,10 +142,17 @@ def _spatial_shape(path, shape: Sequence[int]) -> tuple[int, int, int]:
     return shape[0], shape[1], shape[2]
 
 
-def read_geometry(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> Geometry:
+#: What the reading functions accept: a scan file's path, a DICOM series, or a folder of one series.
+ScanSource = str | os.PathLike | DicomSeries
+
+
+def _source(path: ScanSource) -> Path | DicomSeries:
+    return path if isinstance(path, DicomSeries) else Path(path)
+
+
+def read_geometry(path: ScanSource, max_voxels: int = DEFAULT_MAX_VOXELS) -> Geometry:
     """The geometry of a scan from its header alone (no voxel data is read)."""
-    path = Path(path)
-    geom, _ = _open(path, max_voxels=max_voxels)
+    geom, _ = _open(_source(path), max_voxels=max_voxels)
     return geom
 
 
@@ -167,8 +178,12 @@ def check_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def _open(path: Path, max_voxels: int):
+def _open(path: Path | DicomSeries, max_voxels: int):
     """Open ``path`` lazily: return its Geometry and a loader of its data."""
+    if isinstance(path, DicomSeries):
+        return _open_dicom(path, max_voxels)
+    if path.is_dir() and dicom_files(path):
+        return _open_dicom(only_series(path), max_voxels)
     check_file(path)
     suffix = image_suffix(path)
     if suffix in NIFTI_SUFFIXES:
@@ -223,35 +238,38 @@ def _open_itk(path: Path, max_voxels: int):
         reader.ReadImageInformation()
     except Exception as exc:
         raise InputError(path, f"is not a readable image ({_short(exc)})") from None
-    size = tuple(int(s) for s in reader.GetSize())
-    ncomp = int(reader.GetNumberOfComponents())
-    full = size + ((ncomp,) if ncomp > 1 else ())
+    geom = _itk_geometry(path, ItkHeader.of(reader), max_voxels)
+
+    def load() -> np.ndarray:
+        try:
+            image = reader.Execute()
+        except Exception as exc:
+            raise InputError(path, f"voxel data cannot be read ({_short(exc)})") from None
+        return array_xyz(image, geom.shape)
+
+    return geom, load
+
+
+def _open_dicom(series: DicomSeries, max_voxels: int):
+    """A series' geometry has its affine rounded to float32, as the NIfTI mask stores it: the scan
+    is segmented in the grid the mask names, and gives the mask its NIfTI conversion gives."""
+    header = read_series_header(series)
+    geom = _itk_geometry(series, header.itk, max_voxels, float32=True)
+    return geom, lambda: array_xyz(read_series_image(series, header), geom.shape)
+
+
+def _itk_geometry(path, header: ItkHeader, max_voxels: int, float32: bool = False) -> Geometry:
+    full = header.size + ((header.components,) if header.components > 1 else ())
     shape = _spatial_shape(path, full)
     n_vox = int(np.prod(shape, dtype=np.int64))
     if n_vox > max_voxels:
         raise InputError(path, f"header claims {n_vox:,} voxels {shape}, above the limit of {max_voxels:,}")
-    if len(size) != 3:
-        raise InputError(path, f"is a {len(size)}D image; a 3D volume is required")
-    spacing = np.array(reader.GetSpacing(), dtype=np.float64)
-    direction = np.array(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-    origin = np.array(reader.GetOrigin(), dtype=np.float64)
-    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
-    affine = np.eye(4)
-    affine[:3, :3] = lps_to_ras @ direction @ np.diag(spacing)
-    affine[:3, 3] = lps_to_ras @ origin
+    if len(header.size) != 3:
+        raise InputError(path, f"is a {len(header.size)}D image; a 3D volume is required")
+    affine = header.ras_affine()
+    affine = affine.astype(np.float32).astype(np.float64) if float32 else affine
     _check_affine(path, affine)
-    geom = Geometry(shape=shape, affine=affine, header=None, path=str(path))
-
-    def load() -> np.ndarray:
-        try:
-            arr = sitk.GetArrayFromImage(reader.Execute())  # (z, y, x[, c])
-        except Exception as exc:
-            raise InputError(path, f"voxel data cannot be read ({_short(exc)})") from None
-        arr = np.asarray(arr, dtype=np.float32)
-        arr = np.transpose(arr, (2, 1, 0) + ((3,) if arr.ndim == 4 else ()))
-        return np.ascontiguousarray(arr).reshape(shape)
-
-    return geom, load
+    return Geometry(shape=shape, affine=affine, header=None, path=str(path))
 
 
 def _short(exc: BaseException) -> str:
@@ -260,7 +278,7 @@ def _short(exc: BaseException) -> str:
 
 
 def read_image(
-    path: str | os.PathLike,
+    path: ScanSource,
     max_voxels: int = DEFAULT_MAX_VOXELS,
     check_finite: bool = True,
 ) -> tuple[np.ndarray, Geometry]:
@@ -269,7 +287,7 @@ def read_image(
     A 4D file whose 4th axis has size 1 is a 3D scan. Raises :class:`InputError`
     naming the file for anything unusable.
     """
-    path = Path(path)
+    path = _source(path)
     geom, load = _open(path, max_voxels=max_voxels)
     data = load()
     if check_finite and not np.isfinite(data).all():
@@ -279,7 +297,7 @@ def read_image(
 
 
 def read_channels(
-    paths: Sequence[str | os.PathLike],
+    paths: Sequence[ScanSource],
     max_voxels: int = DEFAULT_MAX_VOXELS,
 ) -> tuple[np.ndarray, Geometry]:
     """Read one file per channel into a (C, X, Y, Z) float32 array.
@@ -292,7 +310,7 @@ def read_channels(
         raise InputError(None, "no channel files given")
     arrays = []
     first: Geometry | None = None
-    first_path = Path(paths[0])
+    first_path = _source(paths[0])
     for p in paths:
         data, geom = read_image(p, max_voxels=max_voxels)
         if not data.any():
@@ -310,7 +328,7 @@ def read_channels(
     return np.stack(arrays, axis=0), first
 
 
-def read_label(path: str | os.PathLike, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[np.ndarray, Geometry]:
+def read_label(path: ScanSource, max_voxels: int = DEFAULT_MAX_VOXELS) -> tuple[np.ndarray, Geometry]:
     """Read a label map; values must be whole numbers. Returned as int16."""
     data, geom = read_image(path, max_voxels=max_voxels)
     rounded = np.rint(data)

@@ -19,7 +19,7 @@ import numpy as np
 from brainseg.data.cases import Case, Dataset, DiscoveryError
 from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
-from brainseg.io.images import DEFAULT_MAX_VOXELS, read_image
+from brainseg.io.images import DEFAULT_MAX_VOXELS, ScanSource, read_image
 from brainseg.labels.laterality import from_names
 from brainseg.plan.fingerprint import CaseFingerprint, Fingerprint, case_fingerprint
 
@@ -39,7 +39,7 @@ class CheckReport:
         return not self.errors
 
 
-def _read(path: Path, kind: str, problems: list[str], max_voxels: int):
+def _read(path: ScanSource, kind: str, problems: list[str], max_voxels: int):
     """A scan's data (NaN/Inf kept, counted) and geometry, or None with the problem noted."""
     try:
         data, geom = read_image(path, max_voxels=max_voxels, check_finite=False)

@@ -8,7 +8,7 @@ import pytest
 
 from brainseg.data.cases import Case, DiscoveryError
 from brainseg.data.inputs import discover_inputs
-from tests.conftest import BRATS_2021_SEQUENCES, MSD_CHANNELS, save_sequence, sequences
+from tests.conftest import BRATS_2021_SEQUENCES, MSD_CHANNELS, SEQ_AFFINE, save_sequence, sequences
 from tests.data.conftest import V2, brats, error_of, msd, scan
 
 
@@ -148,3 +148,31 @@ def test_discovery_orders_by_name_and_keeps_index_order_without_names(tmp_path):
     assert [p.name for p in case.images] == ["B1_t1.nii.gz"]
     with pytest.raises(DiscoveryError, match="the model's channel 'ADC'"):
         discover_inputs([tmp_path / "b"], channel_names=("ADC",))
+
+
+def test_inputs_dicom_folders(tmp_path: Path) -> None:
+    """A folder of DICOM files is one case per series (found by content, not by suffix): the
+    folder's name for one series, description + UID for several; sub-folders each a folder."""
+    pytest.importorskip("pydicom")
+    from brainseg.io.dicom import DicomSeries
+    from tests.conftest import write_dicom_series
+
+    data = sequences()["T1w"][:, :, :6]
+    one = tmp_path / "one"
+    uid = write_dicom_series(one, data, SEQ_AFFINE)
+    assert discover_inputs([one]) == [Case("one", (DicomSeries(one, uid, "T1 MPRAGE"),))]
+
+    study = tmp_path / "root" / "study"
+    t1 = write_dicom_series(study, data, SEQ_AFFINE, description="T1 MPRAGE", names=lambda k: f"a{k}")
+    t2 = write_dicom_series(study, data, SEQ_AFFINE, description="T2 FLAIR", names=lambda k: f"b{k}")
+    single = write_dicom_series(tmp_path / "root" / "sag", data, SEQ_AFFINE, description="x")
+    cases = discover_inputs([tmp_path / "root"])
+    assert [(c.case_id, c.images) for c in cases] == [
+        ("T1_MPRAGE_" + t1, (DicomSeries(study, t1, "T1 MPRAGE"),)),
+        ("T2_FLAIR_" + t2, (DicomSeries(study, t2, "T2 FLAIR"),)),
+        ("sag", (DicomSeries(tmp_path / "root" / "sag", single, "x"),)),
+    ]
+    with pytest.raises(DiscoveryError, match=r"case 'one' is a single file but expected 2 channels"):
+        discover_inputs([one], n_channels=2)
+    with pytest.raises(DiscoveryError, match=r"IM0002: is one DICOM file; give the folder that holds its series"):
+        discover_inputs([one / "IM0002"])
