@@ -36,6 +36,8 @@ LrSchedule = Literal["poly", "constant"]
 Amp = Literal["bf16", "fp16", "none"]
 #: How the input's non-zero region decides voxels (``postprocess.input_mask``).
 InputMask = Literal["none", "restrict", "fill"]
+#: What ``brainseg export --format`` writes.
+ExportFormat = Literal["torchscript", "onnx"]
 
 
 @dataclass

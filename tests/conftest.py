@@ -31,6 +31,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -62,8 +63,12 @@ def make_tiny_checkpoint(
     channels: Sequence[str] = ("T1",),
     labels: dict[str, str] | None = None,
     seed: int = 5,
+    **card_fields: Any,
 ) -> Path:
     """Save a randomly initialised UNet3D (levels=2, base_features=4) with a model card.
+
+    ``card_fields`` replace the card's fields (``regions``: a region model, one output per
+    region; ``normalization``, ``intensity``, ``class_offsets``, ...).
 
     The 1x1x1 head is scaled up (bias zeroed) so the untrained network's argmax varies
     across the volume instead of picking one class everywhere; tests of geometry
@@ -73,11 +78,12 @@ def make_tiny_checkpoint(
     labels = dict(TINY_LABELS if labels is None else labels)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = UNet3D(in_channels=len(channels), num_classes=len(labels), levels=2, base_features=4)
+        outputs = len(card_fields["regions"]) if card_fields.get("regions") is not None else len(labels)
+        model = UNet3D(in_channels=len(channels), num_classes=outputs, levels=2, base_features=4)
     with torch.no_grad():
         model.heads[0].weight.mul_(20.0)
         model.heads[0].bias.zero_()
-    card = ModelCard(
+    fields: dict[str, Any] = dict(
         network=Network.from_kwargs(model.hparams),
         labels={int(k): v for k, v in labels.items()},
         channels=tuple(channels),
@@ -87,17 +93,21 @@ def make_tiny_checkpoint(
         preprocess_version=PREPROCESS_VERSION,
         config=load_config().to_dict(),
         versions=package_versions(),
-    ).to_dict()
+    )
+    card = ModelCard(**{**fields, **card_fields}).to_dict()
     return save_checkpoint(path, {"model": model.state_dict(), "card": card})
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """``factory(channels=("T1",), labels=None, seed=5) -> Path`` of a saved tiny checkpoint."""
+    """``factory(channels=("T1",), labels=None, seed=5, **card_fields) -> Path`` of a saved tiny
+    checkpoint (see :func:`make_tiny_checkpoint`)."""
 
-    def factory(channels: Sequence[str] = ("T1",), labels: dict[str, str] | None = None, seed: int = 5) -> Path:
+    def factory(
+        channels: Sequence[str] = ("T1",), labels: dict[str, str] | None = None, seed: int = 5, **card_fields: Any
+    ) -> Path:
         folder = tmp_path_factory.mktemp("tiny_model")
-        return make_tiny_checkpoint(folder / "checkpoint_final.pt", channels, labels, seed)
+        return make_tiny_checkpoint(folder / "checkpoint_final.pt", channels, labels, seed, **card_fields)
 
     return factory
 

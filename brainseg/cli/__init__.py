@@ -1,6 +1,7 @@
 """The ``brainseg`` command line: argparse lives here and nowhere below.
 
-One module per command (``demo_data``, ``check``, ``plan``, ``train``, ``predict``, ``evaluate``, ``demo``),
+One module per command (``demo_data``, ``check``, ``plan``, ``train``, ``predict``, ``evaluate``, ``info``,
+``export``, ``demo``),
 each with ``register(subparsers)`` and ``run(args) -> exit code``; ``run`` turns the
 arguments into typed calls of library functions. User errors
 (:class:`~brainseg.errors.BrainsegError`) are printed as one line and exit 1, with the
@@ -12,11 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from brainseg.cli import check, demo, demo_data, evaluate, plan, predict, train
+from brainseg.cli import check, demo, demo_data, evaluate, export, info, plan, predict, train
 from brainseg.cli.common import add_verbosity_args, configure_logging
 from brainseg.errors import BrainsegError, one_line
 
-COMMANDS = (demo_data, check, plan, train, predict, evaluate, demo)
+COMMANDS = (demo_data, check, plan, train, predict, evaluate, info, export, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -76,7 +76,8 @@ def bids_output(output: Path, cases: Sequence[Case]) -> BidsOutput:
     roots: set[Path] = set()
     names: dict[Path, str] = {}
     for case in cases:
-        root = bids_root_of(case.images[0])
+        first = case.images[0]
+        root = bids_root_of(first) if isinstance(first, Path) else None
         try:
             path = derivative_path(output, case.case_id, "dseg", ".nii.gz", DESC)
         except ValueError:

@@ -18,6 +18,10 @@ CHECKPOINT_BEST = "checkpoint_best.pt"
 CHECKPOINT_FINAL = "checkpoint_final.pt"
 #: ``--checkpoint`` names: one file of a run folder, exactly.
 CHECKPOINT_CHOICES = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "last": CHECKPOINT_LAST}
+#: Where a run folder keeps its training set's fingerprint (training writes it, ``brainseg info`` reads it).
+FINGERPRINT_FILE = "fingerprint.json"
+#: A run folder's cross-validation scores, when it holds them.
+CV_SUMMARY_FILES = ("cv_summary.json", "cv_summary.csv")
 
 NIFTI_GZ = ".nii.gz"
 NIFTI_SUFFIXES = (NIFTI_GZ, ".nii")

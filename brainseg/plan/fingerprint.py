@@ -34,6 +34,7 @@ from brainseg.io.images import (
     read_channels,
     read_label,
 )
+from brainseg.io.naming import FINGERPRINT_FILE  # noqa: F401 (re-exported: the planner's name for it)
 from brainseg.labels.laterality import Laterality, from_names
 from brainseg.preprocessing.foreground import subject_mask
 from brainseg.preprocessing.preprocess import to_ras
@@ -43,8 +44,6 @@ from brainseg.quality.scan_stats import ChannelStats, obliquity, scan_statistics
 log = logging.getLogger(__name__)
 
 FINGERPRINT_VERSION = 2
-#: Where a run folder keeps its training set's fingerprint.
-FINGERPRINT_FILE = "fingerprint.json"
 
 
 @dataclass
