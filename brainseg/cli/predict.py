@@ -23,6 +23,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, required=True, help="output folder for ID.nii.gz masks")
     p.add_argument("--overwrite", action="store_true", help="redo cases whose output exists (default: skip)")
     p.add_argument("--save-probabilities", action="store_true", help="also write ID_probabilities.nii.gz (4D float)")
+    p.add_argument(
+        "--preview", action="store_true", help="also write ID_preview.png: three slices with the mask over the scan"
+    )
     add_device_arg(p)
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -36,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     )
 
     same_name = {
-        name: getattr(args, name) for name in ("checkpoint", "device", "overwrite", "save_probabilities", "debug")
+        name: getattr(args, name)
+        for name in ("checkpoint", "device", "overwrite", "save_probabilities", "preview", "debug")
     }
     result = predict(
         args.model,
@@ -45,10 +49,13 @@ def run(args: argparse.Namespace) -> int:
         config_path=args.config,
         overrides=args.overrides,
         progress=not args.no_progress and sys.stderr.isatty(),
+        command=getattr(args, "command_line", None),
         **same_name,
     )
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
     print(f"brainseg predict: {where}{result.summary.report()}")
     if result.volumes_csv is not None:
         print(f"masks in {args.output}, volumes in {result.volumes_csv}")
+    if result.record is not None:
+        print(f"how each mask was made: {result.record}")
     return 1 if result.summary.failed else 0

@@ -9,18 +9,21 @@ Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 ``ID.nii.gz`` (uint8/int16 labels) and, with ``save_probabilities``,
 ``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry; a region
 model's regions, one sigmoid probability each) with ``ID_probabilities.json`` naming its
-channels in order (``{"kind": "classes" | "regions", "channels": [names]}``). The
-probabilities are written before the mask, so an existing mask means a finished case.
+channels in order (``{"kind": "classes" | "regions", "channels": [names]}``), and with
+``preview`` ``ID_preview.png`` (three slices of the scan with the mask over it). These
+are written before the mask, so an existing mask means a finished case.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
 predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
 empty, or why the scan is unlike the training scans (the model card's ranges; each such
-case also gets one warning line).
+case also gets one warning line). ``brainseg_run.json`` records how each mask was made
+(:mod:`brainseg.infer.provenance`); a case is skipped only when its outputs exist and were
+made from the same input files (by SHA-256), model and settings.
 
 Several GPUs: start the command under ``torchrun --nproc-per-node N``. Each rank
-takes ``cases[rank::world]`` (no process group is needed), uses ``cuda:LOCAL_RANK``
-with device ``auto``/``cuda``, and writes its own ``volumes_rank{rank}.csv`` instead
-of ``volumes.csv``; concatenate them (minus the repeated header) if one table is wanted.
+takes ``cases[rank::world]`` (no process group is needed) and uses ``cuda:LOCAL_RANK``
+with device ``auto``/``cuda``; the rank that finishes last merges the ranks' parts into
+one ``volumes.csv`` and one ``brainseg_run.json`` (no rank waits for another).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +45,15 @@ from brainseg.config import Config, apply_overrides, config_from_dict, load_conf
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
+from brainseg.infer import provenance
 from brainseg.infer.predictor import Predictor
+from brainseg.infer.provenance import Fingerprint, input_entries, is_current
 from brainseg.io.atomic import atomic_write_text
-from brainseg.io.images import write_image
+from brainseg.io.images import read_image, write_image
 from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
-from brainseg.model.card import ModelCard
-from brainseg.model.checkpoint import load_model
+from brainseg.io.pictures import preview_png
+from brainseg.model.card import ModelCard, package_versions
+from brainseg.model.checkpoint import load_model, resolve_checkpoint
 from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
@@ -54,6 +62,7 @@ log = logging.getLogger(__name__)
 MASK_SUFFIX = NIFTI_GZ
 PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
 PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
+PREVIEW_SUFFIX = "_preview.png"
 VOLUMES_CSV = "volumes.csv"
 
 
@@ -71,22 +80,29 @@ class PredictionSummary:
     backgrounds: dict[str, str] = field(default_factory=dict)
     #: Per case written: why it is unlike the training scans ("; "-joined), the ``ood`` column.
     ood: dict[str, str] = field(default_factory=dict)
+    #: Per case written, with a :class:`Fingerprint`: its provenance entry (inputs, outputs, timing).
+    records: dict[str, dict] = field(default_factory=dict)
 
     def report(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
         if self.skipped:
-            text += f"\n{len(self.skipped)} case(s) skipped because their output exists (--overwrite redoes them)"
+            text += (
+                f"\n{len(self.skipped)} case(s) skipped because their outputs exist, made from the same inputs"
+                " and model (--overwrite redoes them)"
+            )
         if self.failed:
             text += "\nfailed cases: " + ", ".join(case for case, _ in self.failed)
         return text
 
 
-def output_paths(output_dir: Path, case_id: str, save_probabilities: bool) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities``."""
+def output_paths(output_dir: Path, case_id: str, save_probabilities: bool, preview: bool = False) -> dict[str, Path]:
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` and ``preview``."""
     paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
         paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
+    if preview:
+        paths["preview"] = output_dir / f"{case_id}{PREVIEW_SUFFIX}"
     return paths
 
 
@@ -120,6 +136,9 @@ def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> t
     if probs is not None:
         write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
         atomic_write_text(outputs["probabilities_channels"], json.dumps(probability_channels(predictor.card), indent=1))
+    if "preview" in outputs:
+        scan, _ = read_image(case.images[0])
+        preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title=case.case_id)
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
@@ -134,23 +153,37 @@ def predict_cases(
     save_probabilities: bool = False,
     progress: bool = False,
     debug: bool = False,
+    preview: bool = False,
+    fingerprint: Fingerprint | None = None,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir``.
 
-    A case whose outputs all exist is skipped unless ``overwrite``. A case that fails
-    on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after every
-    fallback) is logged as one error line (with the traceback if ``debug``) and
+    Unless ``overwrite``, a case whose outputs all exist is skipped: without a
+    ``fingerprint`` always, with one only when its recorded entry names the same input
+    hashes, model and settings (:func:`~brainseg.infer.provenance.is_current`). A case
+    that fails on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after
+    every fallback) is logged as one error line (with the traceback if ``debug``) and
     the run goes on; anything else is a bug and propagates.
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        outputs = output_paths(output_dir, case.case_id, save_probabilities)
-        if not overwrite and all(p.exists() for p in outputs.values()):
-            summary.skipped.append(case.case_id)
-            continue
+        outputs = output_paths(output_dir, case.case_id, save_probabilities, preview)
+        exists = not overwrite and all(p.exists() for p in outputs.values())
         try:
+            inputs = input_entries(case.images) if fingerprint is not None else []
+            if exists and (
+                fingerprint is None
+                or is_current(
+                    fingerprint.recorded.get(case.case_id), inputs, fingerprint.model_sha256, fingerprint.config_sha256
+                )
+            ):
+                summary.skipped.append(case.case_id)
+                continue
+            if exists:
+                log.info("%s: its inputs, the model or the settings changed; predicting it again", case.case_id)
+            start = time.perf_counter()
             volumes, background, ood = predict_one(predictor, case, outputs)
             summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
                 volumes,
@@ -163,21 +196,27 @@ def predict_cases(
             summary.failed.append((case.case_id, line))
             continue
         summary.written.append(case.case_id)
+        if fingerprint is not None:
+            summary.records[case.case_id] = {
+                "inputs": inputs,
+                "outputs": {kind: path.name for kind, path in outputs.items()},
+                "model_sha256": fingerprint.model_sha256,
+                "config_sha256": fingerprint.config_sha256,
+                "seconds": round(time.perf_counter() - start, 3),
+                "run": fingerprint.run_id,
+            }
     return summary
 
 
-def write_volumes(
-    output_dir: Path, summary: PredictionSummary, label_names: dict[int, str], rank: int = 0, world: int = 1
-) -> Path | None:
-    """Write this run's volumes (``volumes.csv``, or ``volumes_rank{r}.csv`` under torchrun)."""
+def write_volumes(output_dir: Path, summary: PredictionSummary, label_names: dict[int, str]) -> Path | None:
+    """Write this run's volumes to ``volumes.csv`` (nothing when no case was predicted)."""
     if not summary.volumes:
         return None
-    name = VOLUMES_CSV if world == 1 else f"volumes_rank{rank}.csv"
     extra = {"background": summary.backgrounds, "ood": summary.ood}
     try:
-        return write_volumes_csv(output_dir / name, summary.volumes, label_names, extra)
+        return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
-        return write_volumes_csv(output_dir / name, summary.volumes, None, extra)
+        return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, None, extra)
 
 
 def inference_config(card: ModelCard, config_path: Path | None, overrides: Sequence[str]) -> Config:
@@ -225,6 +264,41 @@ class BatchResult:
     volumes_csv: Path | None
     rank: int = 0
     world_size: int = 1
+    #: ``brainseg_run.json`` when this process wrote it (under torchrun: the rank that merged).
+    record: Path | None = None
+
+
+def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int) -> dict:
+    """What one rank leaves for the merge: its run facts, cases and volumes (JSON-ready)."""
+    return {
+        "rank": rank,
+        "run": run,
+        "written": summary.written,
+        "skipped": summary.skipped,
+        "failed": [{"case": case, "error": line} for case, line in summary.failed],
+        "cases": summary.records,
+        "volumes": {c: {str(v): mm3 for v, mm3 in vols.items()} for c, vols in summary.volumes.items()},
+        "backgrounds": summary.backgrounds,
+        "ood": summary.ood,
+        # where each written case stands among all ranks' cases (rank r holds cases[r::world])
+        "order": {c: rank + i * world_size for i, c in enumerate(summary.written)},
+    }
+
+
+def finish_run(output: Path, parts: Sequence[dict], label_names: dict[int, str]) -> tuple[Path | None, Path | None]:
+    """Merge the ranks' parts (one without torchrun) into ``volumes.csv`` and ``brainseg_run.json``;
+    (the volumes file, the record) where written. Merging the same parts twice writes the same files."""
+    record, had_record = provenance.read_record(output, quiet=True)
+    record_path = None
+    if had_record or any(p["written"] for p in parts):  # a first run that made nothing leaves no record
+        record_path = provenance.write_record(output, provenance.merge_parts(record, parts))
+    order = {c: i for p in parts for c, i in p["order"].items()}
+    merged = PredictionSummary()
+    for case in sorted(order, key=order.__getitem__):
+        part = next(p for p in parts if case in p["order"])
+        merged.volumes[case] = {int(v): mm3 for v, mm3 in part["volumes"][case].items()}
+        merged.backgrounds[case], merged.ood[case] = part["backgrounds"][case], part["ood"][case]
+    return write_volumes(output, merged, label_names), record_path
 
 
 def predict(
@@ -240,23 +314,36 @@ def predict(
     progress: bool = False,
     debug: bool = False,
     checkpoint: str | None = None,
+    preview: bool = False,
+    command: Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
     ``checkpoint``: which checkpoint of a run folder (``final``, ``best``, ``last``); None:
     final if the run finished, else best, else last
-    (:func:`~brainseg.model.checkpoint.resolve_checkpoint`)."""
+    (:func:`~brainseg.model.checkpoint.resolve_checkpoint`). ``preview``: also
+    ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``)."""
+    started = time.time()
     paths = [Path(p) for p in inputs]
     output = Path(output)
     check_output_folder(output, paths)
     env = torchrun_env()
+    token = provenance.run_token(os.environ, env.world_size)
+    if env.world_size > 1:
+        provenance.drop_stale_part(output, token, env.rank)
     dev = resolve_device(device, env.local_rank)
-    model, card = load_model(model_path, dev, checkpoint=checkpoint)
+    source = resolve_checkpoint(model_path, checkpoint)
+    model, card = load_model(source, dev)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
         model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
+    )
+    settings = {k: v for k, v in config.to_dict().items() if k in ("infer", "postprocess")}
+    model_sha256 = provenance.sha256_file(source)
+    fingerprint = Fingerprint(
+        model_sha256, provenance.sha256_json(settings), token, provenance.read_record(output)[0]["cases"]
     )
     summary = predict_cases(
         predictor,
@@ -266,6 +353,30 @@ def predict(
         save_probabilities=save_probabilities,
         progress=progress and env.is_main,
         debug=debug,
+        preview=preview,
+        fingerprint=fingerprint,
     )
-    volumes = write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
-    return BatchResult(summary, volumes, env.rank, env.world_size)
+    versions = package_versions()
+    run = {
+        "id": token,
+        "command": list(sys.argv if command is None else command),
+        "brainseg": versions["brainseg"],
+        "versions": versions,
+        "device": str(dev),
+        "world_size": env.world_size,
+        "model": {"path": str(source.resolve()), "sha256": model_sha256},
+        "config": settings,
+        "started": started,
+        "finished": time.time(),
+    }
+    part = rank_part(summary, run, env.rank, env.world_size)
+    if env.world_size == 1:
+        volumes, record = finish_run(output, [part], predictor.label_names)
+        return BatchResult(summary, volumes, record=record)
+    provenance.write_part(output, token, env.rank, part)
+    parts = provenance.collect_parts(output, token, env.world_size)
+    volumes = record = None
+    if parts is not None:  # this rank finished last (or with the last): it merges
+        volumes, record = finish_run(output, parts, predictor.label_names)
+        provenance.remove_parts(output, token, env.world_size, min(p["run"]["started"] for p in parts))
+    return BatchResult(summary, volumes, env.rank, env.world_size, record)
