@@ -33,7 +33,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import provenance
 from brainseg.infer.predictor import Predictor
-from brainseg.infer.provenance import Fingerprint, input_entries, is_current
+from brainseg.infer.provenance import Fingerprint, is_current
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import read_image, write_image
 from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
@@ -125,9 +125,12 @@ def error_line(case: Case, exc: BaseException) -> str:
     return f"case {case.case_id}: {exc}"
 
 
-def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> tuple[dict[int, float], str, str]:
-    """Segment one case, write its files; return its label volumes (mm³, background left out),
-    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not)."""
+def predict_one(
+    predictor: Predictor, case: Case, outputs: dict[str, Path], before_mask: Callable[[], None] | None = None
+) -> tuple[dict[int, float], str, str]:
+    """Segment one case, write its files (``before_mask()`` runs just before the mask, the last);
+    return its label volumes (mm³, background left out), its background kind ("zero" or
+    "noise") and why it is out of distribution ("" if it is not)."""
     prepared = predictor.prepare(list(case.images))
     if prepared.ood:
         log.warning("%s: unlike the training scans: %s", case.case_id, "; ".join(prepared.ood))
@@ -139,6 +142,8 @@ def predict_one(predictor: Predictor, case: Case, outputs: dict[str, Path]) -> t
     if "preview" in outputs:
         scan, _ = read_image(case.images[0])
         preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title=case.case_id)
+    if before_mask is not None:
+        before_mask()
     write_image(outputs["mask"], labels, geometry)
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
@@ -155,12 +160,16 @@ def predict_cases(
     debug: bool = False,
     preview: bool = False,
     fingerprint: Fingerprint | None = None,
+    journal: Callable[[PredictionSummary], None] | None = None,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir``.
 
     Unless ``overwrite``, a case whose outputs all exist is skipped: without a
     ``fingerprint`` always, with one only when its recorded entry names the same input
-    hashes, model and settings (:func:`~brainseg.infer.provenance.is_current`). A case
+    hashes, model and settings (:func:`~brainseg.infer.provenance.is_current`). With a
+    fingerprint, a case's entry is added to ``summary.records`` and ``journal(summary)`` called
+    just before its mask is written (an older mask removed first), so a run killed at any point
+    leaves no mask that its journal does not describe. A case
     that fails on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after
     every fallback) is logged as one error line (with the traceback if ``debug``) and
     the run goes on; anything else is a bug and propagates.
@@ -172,7 +181,7 @@ def predict_cases(
         outputs = output_paths(output_dir, case.case_id, save_probabilities, preview)
         exists = not overwrite and all(p.exists() for p in outputs.values())
         try:
-            inputs = input_entries(case.images) if fingerprint is not None else []
+            inputs = provenance.readable_input_entries(case.images) if fingerprint is not None else None
             if exists and (
                 fingerprint is None
                 or is_current(
@@ -183,8 +192,12 @@ def predict_cases(
                 continue
             if exists:
                 log.info("%s: its inputs, the model or the settings changed; predicting it again", case.case_id)
-            start = time.perf_counter()
-            volumes, background, ood = predict_one(predictor, case, outputs)
+            commit = None
+            if fingerprint is not None:
+                commit = provenance.commit_case(
+                    summary.records, case.case_id, inputs, outputs, fingerprint, lambda: journal and journal(summary)
+                )
+            volumes, background, ood = predict_one(predictor, case, outputs, commit)
             summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
                 volumes,
                 background,
@@ -194,17 +207,10 @@ def predict_cases(
             line = error_line(case, exc)
             log.error(line, exc_info=debug)
             summary.failed.append((case.case_id, line))
+            if summary.records.pop(case.case_id, None) is not None and journal is not None:
+                journal(summary)
             continue
         summary.written.append(case.case_id)
-        if fingerprint is not None:
-            summary.records[case.case_id] = {
-                "inputs": inputs,
-                "outputs": {kind: path.name for kind, path in outputs.items()},
-                "model_sha256": fingerprint.model_sha256,
-                "config_sha256": fingerprint.config_sha256,
-                "seconds": round(time.perf_counter() - start, 3),
-                "run": fingerprint.run_id,
-            }
     return summary
 
 
@@ -268,10 +274,12 @@ class BatchResult:
     record: Path | None = None
 
 
-def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int) -> dict:
-    """What one rank leaves for the merge: its run facts, cases and volumes (JSON-ready)."""
+def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int, final: bool = True) -> dict:
+    """What one rank leaves for the merge (``final``) or journals while it runs: its run facts,
+    cases and volumes (JSON-ready)."""
     return {
         "rank": rank,
+        "final": final,
         "run": run,
         "written": summary.written,
         "skipped": summary.skipped,
@@ -286,12 +294,10 @@ def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int)
 
 
 def finish_run(output: Path, parts: Sequence[dict], label_names: dict[int, str]) -> tuple[Path | None, Path | None]:
-    """Merge the ranks' parts (one without torchrun) into ``volumes.csv`` and ``brainseg_run.json``;
-    (the volumes file, the record) where written. Merging the same parts twice writes the same files."""
-    record, had_record = provenance.read_record(output, quiet=True)
-    record_path = None
-    if had_record or any(p["written"] for p in parts):  # a first run that made nothing leaves no record
-        record_path = provenance.write_record(output, provenance.merge_parts(record, parts))
+    """Merge the ranks' parts into ``volumes.csv`` and ``brainseg_run.json`` (with the journals
+    crashed runs left) and remove them; (the volumes file, the record) where written. Merging
+    the same parts twice writes the same files."""
+    record_path = provenance.merge_into_record(output, parts)
     order = {c: i for p in parts for c, i in p["order"].items()}
     merged = PredictionSummary()
     for case in sorted(order, key=order.__getitem__):
@@ -342,20 +348,8 @@ def predict(
     )
     settings = {k: v for k, v in config.to_dict().items() if k in ("infer", "postprocess")}
     model_sha256 = provenance.sha256_file(source)
-    fingerprint = Fingerprint(
-        model_sha256, provenance.sha256_json(settings), token, provenance.read_record(output)[0]["cases"]
-    )
-    summary = predict_cases(
-        predictor,
-        mine,
-        output,
-        overwrite=overwrite,
-        save_probabilities=save_probabilities,
-        progress=progress and env.is_main,
-        debug=debug,
-        preview=preview,
-        fingerprint=fingerprint,
-    )
+    recorded = provenance.recorded_cases(output, token)
+    fingerprint = Fingerprint(model_sha256, provenance.sha256_json(settings), token, recorded)
     versions = package_versions()
     run = {
         "id": token,
@@ -367,16 +361,29 @@ def predict(
         "model": {"path": str(source.resolve()), "sha256": model_sha256},
         "config": settings,
         "started": started,
-        "finished": time.time(),
     }
-    part = rank_part(summary, run, env.rank, env.world_size)
+
+    def part(summary: PredictionSummary, final: bool) -> dict:
+        return rank_part(summary, run | {"finished": time.time()}, env.rank, env.world_size, final)
+
+    summary = predict_cases(
+        predictor,
+        mine,
+        output,
+        overwrite=overwrite,
+        save_probabilities=save_probabilities,
+        progress=progress and env.is_main,
+        debug=debug,
+        preview=preview,
+        fingerprint=fingerprint,
+        journal=lambda s: provenance.journal_part(output, token, env.rank, part(s, final=False)),
+    )
     if env.world_size == 1:
-        volumes, record = finish_run(output, [part], predictor.label_names)
-        return BatchResult(summary, volumes, record=record)
-    provenance.write_part(output, token, env.rank, part)
-    parts = provenance.collect_parts(output, token, env.world_size)
+        parts: list[dict] | None = [part(summary, final=True)]
+    else:
+        provenance.write_part(output, token, env.rank, part(summary, final=True))
+        parts = provenance.collect_parts(output, token, env.world_size)  # None until every rank is done
     volumes = record = None
     if parts is not None:  # this rank finished last (or with the last): it merges
         volumes, record = finish_run(output, parts, predictor.label_names)
-        provenance.remove_parts(output, token, env.world_size, min(p["run"]["started"] for p in parts))
     return BatchResult(summary, volumes, env.rank, env.world_size, record)

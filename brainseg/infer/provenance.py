@@ -17,13 +17,17 @@ when its outputs exist and its entry names the same input hashes, model hash and
 (:func:`is_current`). The record is written (atomically) when the run wrote a case or the
 folder already has one; a first run that produced nothing leaves no record.
 
-Under torchrun each rank predicts its share and writes its part, ``.brainseg_run.<token>.rank<r>.json``
-(atomic, hidden). Whichever rank, after writing its own, finds all ``world_size`` parts of its
-run merges them into the record and ``volumes.csv`` and removes the parts; nothing waits
-(a rank that crashed leaves the run unmerged rather than the others blocked). Two ranks
-may both merge: the merge replaces the run's entry by its id, so both write the same files.
-The token that tells this run's parts from a crashed run's is derived from torchrun's
-environment (:func:`run_token`); on several nodes give torchrun an ``--rdzv-id`` of its own per run.
+Each rank (one without torchrun) journals its part, ``.brainseg_run.<token>.rank<r>.json``
+(hidden, rewritten atomically just before each mask is written, :func:`commit_case`), so a
+run killed at any point leaves entries for exactly the masks it finished: the next run starts
+from the record plus such journals, and folds them into the record (as ``interrupted`` runs).
+At the end each rank writes its final part; whichever rank then finds all ``world_size``
+final parts of its run merges them into the record and ``volumes.csv`` and removes them.
+Nothing waits for another rank (one that crashed leaves the run unmerged, to be folded in by
+the next run, rather than the others blocked), and two ranks that both merge write the same
+files (the run's entry is replaced by its id). The token that tells this run's parts from a
+crashed run's is derived from torchrun's environment (:func:`run_token`); on several nodes give
+torchrun an ``--rdzv-id`` of its own per run.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,10 +122,10 @@ def input_entries(images: Sequence[Path]) -> list[dict]:
     return [{"path": str(Path(p).resolve()), "sha256": sha256_input(p)} for p in images]
 
 
-def is_current(entry: Mapping | None, inputs: Sequence[Mapping], model_sha256: str, config_sha256: str) -> bool:
+def is_current(entry: Mapping | None, inputs: Sequence[Mapping] | None, model_sha256: str, config_sha256: str) -> bool:
     """Whether a case's recorded entry was made from these inputs (by content, in channel
     order), this model and these settings: only then may its existing outputs be kept."""
-    if not isinstance(entry, Mapping):
+    if not isinstance(entry, Mapping) or inputs is None or not isinstance(entry.get("inputs"), list):
         return False
     recorded = [i.get("sha256") for i in entry.get("inputs", []) if isinstance(i, Mapping)]
     return (
@@ -140,6 +145,7 @@ def merge_parts(record: Mapping, parts: Sequence[Mapping]) -> dict:
     started = min(p["run"]["started"] for p in parts)
     finished = max(p["run"]["finished"] for p in parts)
     run.update(
+        interrupted=not all(p.get("final", True) for p in parts),
         devices=[p["run"]["device"] for p in parts],
         started=now_iso(started),
         finished=now_iso(finished),
@@ -163,7 +169,45 @@ def write_record(output_dir: Path, record: Mapping) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- torchrun parts
+# ----------------------------------------------------------------------------- parts and journals
+
+
+def readable_input_entries(images: Sequence[Path]) -> list[dict] | None:
+    """:func:`input_entries`, or None when a file cannot be read (reading it for the prediction
+    then fails with the reader's own message)."""
+    try:
+        return input_entries(images)
+    except OSError:
+        return None
+
+
+def commit_case(
+    records: dict[str, dict],
+    case_id: str,
+    inputs: list[dict] | None,
+    outputs: Mapping[str, Path],
+    fingerprint: Fingerprint,
+    journal: Callable[[], object],
+) -> Callable[[], None]:
+    """What runs just before a case's mask (its last output) is written: the older mask removed,
+    the case's entry put in ``records`` and journaled. A kill in between leaves no mask, so the
+    case is redone; a mask never exists that an entry claims for other inputs."""
+    start = time.perf_counter()
+
+    def commit() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            outputs["mask"].unlink()
+        records[case_id] = {
+            "inputs": inputs,
+            "outputs": {kind: path.name for kind, path in outputs.items()},
+            "model_sha256": fingerprint.model_sha256,
+            "config_sha256": fingerprint.config_sha256,
+            "seconds": round(time.perf_counter() - start, 3),
+            "run": fingerprint.run_id,
+        }
+        journal()
+
+    return commit
 
 
 def run_token(environ: Mapping[str, str], world_size: int) -> str:
@@ -198,24 +242,76 @@ def write_part(output_dir: Path, token: str, rank: int, part: Mapping) -> Path:
     return path
 
 
+def journal_part(output_dir: Path, token: str, rank: int, part: Mapping) -> None:
+    """Write a rank's part while it runs. A journal that cannot be written only costs a kill's
+    resumption (an unrecorded mask is redone), so the error is logged, not raised: the mask
+    written next meets the same full disk and reports it."""
+    try:
+        write_part(output_dir, token, rank, part)
+    except OSError as exc:
+        log.debug("%s: journal not written (%s)", part_path(output_dir, token, rank), exc)
+
+
 def collect_parts(output_dir: Path, token: str, world_size: int) -> list[dict] | None:
-    """Every rank's part of this run, or None while one is missing (or another rank merged
-    and removed them while this one read)."""
+    """Every rank's final part of this run, or None while one is missing or still a journal
+    (or another rank merged and removed them while this one read)."""
     parts = []
     for rank in range(world_size):
         try:
-            parts.append(json.loads(part_path(output_dir, token, rank).read_text()))
+            part = json.loads(part_path(output_dir, token, rank).read_text())
         except FileNotFoundError:
             return None
+        if not part.get("final"):
+            return None
+        parts.append(part)
     return parts
 
 
-def remove_parts(output_dir: Path, token: str, world_size: int, started: float) -> None:
-    """Remove this run's parts, and parts of other runs older than its start (crashed runs)."""
-    for rank in range(world_size):
+def _other_parts(output_dir: Path, token: str, before: float | None = None) -> list[tuple[Path, dict]]:
+    """The parts of other runs (crashed ones' journals), oldest first; with ``before``, only those
+    last written before it. Unreadable ones are left out."""
+    found = []
+    for path in Path(output_dir).glob(f"{PART_PREFIX}*.rank*.json"):
+        if path.name.startswith(f"{PART_PREFIX}{token}."):
+            continue
+        try:
+            mtime = path.stat().st_mtime
+            if before is None or mtime < before:
+                found.append((mtime, path, json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue
+    return [(path, part) for _, path, part in sorted(found, key=lambda item: (item[0], item[1].name))]
+
+
+def recorded_cases(output_dir: Path, token: str) -> dict[str, Mapping]:
+    """The case entries a run starts from: the record's, then those of crashed runs' journals."""
+    cases = dict(read_record(output_dir)[0]["cases"])
+    for _, part in _other_parts(output_dir, token):
+        cases.update(part.get("cases", {}))
+    return cases
+
+
+def merge_into_record(output_dir: Path, parts: Sequence[Mapping]) -> Path | None:
+    """Merge this run's ``parts`` into the record, after the journals of runs that crashed before
+    it started (each an ``interrupted`` run entry); remove all those parts; the record's path,
+    or None when there is none to write (a first run that made nothing)."""
+    started = min(p["run"]["started"] for p in parts)
+    token = parts[0]["run"]["id"]
+    record, had_record = read_record(output_dir, quiet=True)
+    crashed: dict[str, list[Mapping]] = {}
+    stale = _other_parts(output_dir, token, before=started)
+    for _, part in stale:  # a crashed run wrote the masks of the entries it journaled that exist
+        done = {c: e for c, e in part["cases"].items() if (Path(output_dir) / e["outputs"]["mask"]).exists()}
+        crashed.setdefault(part["run"]["id"], []).append({**part, "cases": done, "written": sorted(done)})
+    for run_parts in crashed.values():
+        record = merge_parts(record, run_parts)
+    path = None
+    if had_record or crashed or any(p["written"] for p in parts):
+        path = write_record(output_dir, merge_parts(record, parts))
+    for rank in range(len(parts)):
         with contextlib.suppress(FileNotFoundError):
             part_path(output_dir, token, rank).unlink()
-    for stale in Path(output_dir).glob(f"{PART_PREFIX}*.rank*.json"):
-        with contextlib.suppress(OSError):
-            if stale.stat().st_mtime < started:
-                stale.unlink()
+    for stale_path, _ in stale:
+        with contextlib.suppress(FileNotFoundError):
+            stale_path.unlink()
+    return path
