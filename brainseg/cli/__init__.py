@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = ["brainseg", *(sys.argv[1:] if argv is None else argv)]  # what the run records name
     configure_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         return int(args.run(args))

@@ -20,6 +20,7 @@ from brainseg.evaluate.per_region import (
     format_region_table,
     regions_from_spec,
 )
+from brainseg.evaluate.report import BOXPLOT_NAME, WORST_FIRST_NAME, worst_lines
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -40,6 +41,9 @@ def register(sub) -> argparse.ArgumentParser:
     )
     which.add_argument(
         "--model", type=Path, default=None, help="score the regions of this model (checkpoint or run folder)"
+    )
+    p.add_argument(
+        "--worst", type=int, default=5, metavar="N", help="print the N cases with the lowest mean Dice (default 5)"
     )
     return p
 
@@ -67,9 +71,16 @@ def run(args: argparse.Namespace) -> int:
         scored = bool(summary["labels"])
         if scored:
             print(format_table(summary))
+    worst = worst_lines(args.out, args.worst)
+    if worst:
+        print(f"worst {len(worst)} case(s) by mean Dice:")
+        print("\n".join(f"  {line}" for line in worst))
     print(f"{summary['n_cases']} case(s) scored, {len(summary['failed'])} failed")
     for name in (METRICS_NAME, SUMMARY_NAME):
         print(f"wrote {Path(args.out) / name}")
+    if summary["n_cases"]:
+        for name in (WORST_FIRST_NAME, BOXPLOT_NAME):
+            print(f"wrote {Path(args.out) / name}")
     if summary["n_cases"] == 0 or not scored:
         print("brainseg: nothing was evaluated", file=sys.stderr)
         return 1

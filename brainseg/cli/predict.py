@@ -36,6 +36,9 @@ def register(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="for DICOM inputs also write ID_seg.dcm, a DICOM SEG referencing the series (needs brainseg[dicom])",
     )
+    p.add_argument(
+        "--preview", action="store_true", help="also write ID_preview.png: three slices with the mask over the scan"
+    )
     add_device_arg(p)
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
             "device",
             "overwrite",
             "save_probabilities",
+            "preview",
             "debug",
             "bids_derivatives",
             "dicom_seg",
@@ -67,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         config_path=args.config,
         overrides=args.overrides,
         progress=not args.no_progress and sys.stderr.isatty(),
+        command=getattr(args, "command_line", None),
         **same_name,
     )
     where = f"rank {result.rank}/{result.world_size}: " if result.world_size > 1 else ""
@@ -75,4 +80,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"BIDS derivatives in {args.output}, volumes in each case's *_desc-brainseg_volumes.tsv")
     if result.volumes_csv is not None:
         print(f"masks in {args.output}, volumes in {result.volumes_csv}")
+    if result.record is not None:
+        print(f"how each mask was made: {result.record}")
     return 1 if result.summary.failed else 0

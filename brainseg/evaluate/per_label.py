@@ -37,6 +37,7 @@ from tqdm import tqdm
 from brainseg.errors import BrainsegError, InputError
 from brainseg.evaluate.metrics import check_spacing, dice, hd95
 from brainseg.evaluate.pairing import drop_probability_maps, pair_cases, scan_folder
+from brainseg.evaluate.report import write_report
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_label
 from brainseg.io.naming import strip_suffix
@@ -267,8 +268,8 @@ def evaluate_folders(
     non-zero label found in the references of the scored cases.
 
     Writes ``out_dir/metrics.csv`` and ``out_dir/summary.json`` (atomically; the
-    folder is created, and may be anywhere, including inside ``pred_dir``). Returns
-    the summary dict.
+    folder is created, and may be anywhere, including inside ``pred_dir``), and the box
+    plot and worst-first table of :mod:`brainseg.evaluate.report`. Returns the summary dict.
     """
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if labels is not None:
@@ -282,6 +283,10 @@ def evaluate_folders(
     rows = _complete_rows(rows_by_case, labels)
     summary = summarize(rows, labels, n_cases=len(rows_by_case), failed=failed)
     write_metrics_csv(out_dir / METRICS_NAME, rows)
+    dice: dict[str, dict[str, float]] = {}
+    for r in rows:
+        dice.setdefault(r["case"], {})[str(r["label"])] = r["dice"]
+    write_report(out_dir, dice, [str(v) for v in labels], "Dice per label")
     return write_summary(out_dir, summary)
 
 

@@ -44,6 +44,7 @@ from brainseg.evaluate.per_label import (
     score_pairs,
     write_summary,
 )
+from brainseg.evaluate.report import write_report
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import read_label
 from brainseg.labels.regions import BRATS_2021, BRATS_2023, Regions, brats_regions
@@ -141,7 +142,8 @@ def evaluate_region_folders(
     """Score every prediction in ``pred_dir`` against its reference in ``ref_dir`` on ``regions``
     (None: BraTS's, 2021 or 2023 by the label values of all references, which are then read
     once more before scoring); write metrics.csv and summary.json in ``out_dir`` (see the
-    module docstring); return the summary. A prediction holding a label value no region
+    module docstring), and the box plot and worst-first table (:mod:`brainseg.evaluate.report`);
+    return the summary. A prediction holding a label value no region
     contains is scored and warned about."""
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     pairs, failed = pair_folders(pred_dir, ref_dir)
@@ -169,6 +171,8 @@ def evaluate_region_folders(
             f"({', '.join(f'{n} = {list(v)}' for n, v in zip(regions.names, regions.labels))})"
         )
     write_region_csv(out_dir / METRICS_NAME, regions.names, rows)
+    dice = {case: {n: scores[n][0] for n in regions.names} for case, scores in rows.items()}
+    write_report(out_dir, dice, list(regions.names), "Dice per region")
     return write_summary(out_dir, summarize_regions(regions, rows, failed, penalty_mm))
 
 

@@ -10,15 +10,18 @@ Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 ``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry; a region
 model's regions, one sigmoid probability each) with ``ID_probabilities.json`` naming its
 channels in order (``{"kind": "classes" | "regions", "channels": [names]}``); with
+``preview``, ``ID_preview.png`` (three slices of the scan with the mask over it); with
 ``dicom_seg``, for a case read from a DICOM series, ``ID_seg.dcm``: a DICOM SEG of the
 mask referencing that series (when highdicom cannot build one for the series, one
-warning line and the NIfTI mask stands). The probabilities and the SEG are written
-before the mask, so an existing mask means a finished case.
+warning line and the NIfTI mask stands). These are written before the mask, so an
+existing mask means a finished case.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
 predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
 empty, or why the scan is unlike the training scans (the model card's ranges; each such
-case also gets one warning line).
+case also gets one warning line). ``brainseg_run.json`` records how each mask was made
+(:mod:`brainseg.infer.provenance`); a case is skipped only when its outputs exist and were
+made from the same input files (by SHA-256), model and settings.
 
 With ``bids_derivatives`` the inputs are BIDS folders and each case's files are BIDS
 derivatives instead (``OUT/sub-*/[ses-*/]anat/..._desc-brainseg_dseg.nii.gz`` and its
@@ -26,9 +29,9 @@ sidecars, per-case volume tables, ``dataset_description.json``: :mod:`.derivativ
 ``volumes.csv`` is written then.
 
 Several GPUs: start the command under ``torchrun --nproc-per-node N``. Each rank
-takes ``cases[rank::world]`` (no process group is needed), uses ``cuda:LOCAL_RANK``
-with device ``auto``/``cuda``, and writes its own ``volumes_rank{rank}.csv`` instead
-of ``volumes.csv``; concatenate them (minus the repeated header) if one table is wanted.
+takes ``cases[rank::world]`` (no process group is needed) and uses ``cuda:LOCAL_RANK``
+with device ``auto``/``cuda``; the rank that finishes last merges the ranks' parts into
+one ``volumes.csv`` and one ``brainseg_run.json`` (no rank waits for another).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,15 +56,18 @@ from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
-from brainseg.infer import derivatives
+from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
+from brainseg.infer.provenance import Fingerprint, is_current
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, SEG_SUFFIX, highdicom_available, write_dicom_seg
-from brainseg.io.images import write_image
+from brainseg.io.hashing import sha256_file
+from brainseg.io.images import read_image, write_image
 from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
-from brainseg.model.card import ModelCard
+from brainseg.io.pictures import preview_png
+from brainseg.model.card import ModelCard, package_versions
 from brainseg.model.checkpoint import load_model, resolve_checkpoint
 from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
@@ -69,6 +77,7 @@ log = logging.getLogger(__name__)
 MASK_SUFFIX = NIFTI_GZ
 PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
 PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
+PREVIEW_SUFFIX = "_preview.png"
 VOLUMES_CSV = "volumes.csv"
 
 
@@ -86,25 +95,38 @@ class PredictionSummary:
     backgrounds: dict[str, str] = field(default_factory=dict)
     #: Per case written: why it is unlike the training scans ("; "-joined), the ``ood`` column.
     ood: dict[str, str] = field(default_factory=dict)
+    #: Per case written, with a :class:`Fingerprint`: its provenance entry (inputs, outputs, timing).
+    records: dict[str, dict] = field(default_factory=dict)
 
     def report(self) -> str:
         text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
         if self.skipped:
-            text += f"\n{len(self.skipped)} case(s) skipped because their output exists (--overwrite redoes them)"
+            text += (
+                f"\n{len(self.skipped)} case(s) skipped because their outputs exist, made from the same inputs"
+                " and model (--overwrite redoes them)"
+            )
         if self.failed:
             text += "\nfailed cases: " + ", ".join(case for case, _ in self.failed)
         return text
 
 
 def output_paths(
-    output_dir: Path, case_id: str, save_probabilities: bool, bids: bool = False, dicom_seg: bool = False
+    output_dir: Path,
+    case_id: str,
+    save_probabilities: bool,
+    bids: bool = False,
+    dicom_seg: bool = False,
+    preview: bool = False,
 ) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` and ``dicom_seg`` (with
-    ``bids``, the BIDS derivatives' names and their sidecars, :func:`brainseg.infer.derivatives.output_paths`)."""
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities``, ``dicom_seg`` and
+    ``preview`` (with ``bids``, the BIDS derivatives' names and their sidecars,
+    :func:`brainseg.infer.derivatives.output_paths`; the SEG and the preview beside the mask)."""
     if bids:
         paths = derivatives.output_paths(output_dir, case_id, save_probabilities)
         if dicom_seg:
             paths["dicom_seg"] = paths["mask"].with_name(f"{case_id}{SEG_SUFFIX}")
+        if preview:
+            paths["preview"] = paths["mask"].with_name(f"{case_id}{PREVIEW_SUFFIX}")
         return paths
     paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
     if save_probabilities:
@@ -112,6 +134,8 @@ def output_paths(
         paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
     if dicom_seg:
         paths["dicom_seg"] = output_dir / f"{case_id}{SEG_SUFFIX}"
+    if preview:
+        paths["preview"] = output_dir / f"{case_id}{PREVIEW_SUFFIX}"
     return paths
 
 
@@ -135,13 +159,17 @@ def error_line(case: Case, exc: BaseException) -> str:
 
 
 def predict_one(
-    predictor: Predictor, case: Case, outputs: dict[str, Path], bids: BidsOutput | None = None
+    predictor: Predictor,
+    case: Case,
+    outputs: dict[str, Path],
+    bids: BidsOutput | None = None,
+    before_mask: Callable[[], None] | None = None,
 ) -> tuple[dict[int, float], str, str]:
     """Segment one case, write its files; return its label volumes (mm³, background left out),
     its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not).
 
-    The mask is written last; if any write fails, the files this call wrote are removed, so a
-    failed case leaves no partial set of outputs."""
+    The mask is written last (``before_mask()`` runs just before it); if any write fails, the
+    files this call wrote are removed, so a failed case leaves no partial set of outputs."""
     prepared = predictor.prepare(list(case.images))
     ood = "; ".join(prepared.ood)
     if prepared.ood:
@@ -175,6 +203,12 @@ def predict_one(
                 written.append(outputs["dicom_seg"])
             except InputError as exc:  # the SEG needs what the series lacks: the NIfTI mask still stands
                 log.warning("%s", exc)
+        if "preview" in outputs:
+            scan, _ = read_image(case.images[0])
+            preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title=case.case_id)
+            written.append(outputs["preview"])
+        if before_mask is not None:
+            before_mask()
         write_image(outputs["mask"], labels, geometry)
     except BaseException:
         for path in written:
@@ -194,14 +228,21 @@ def predict_cases(
     debug: bool = False,
     bids: BidsOutput | None = None,
     dicom_seg: bool = False,
+    preview: bool = False,
+    fingerprint: Fingerprint | None = None,
+    journal: Callable[[PredictionSummary], None] | None = None,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
     derivatives: :mod:`brainseg.infer.derivatives`).
 
-    A case whose outputs all exist is skipped unless ``overwrite``; with ``dicom_seg`` a
-    case read from a DICOM series also needs its SEG. A case that fails
-    on its input (:class:`BrainsegError`, :class:`OSError`, or a CUDA OOM after every
-    fallback) is logged as one error line (with the traceback if ``debug``) and
+    Unless ``overwrite``, a case whose outputs all exist (with ``dicom_seg``, a case read from
+    a DICOM series also needs its SEG) is skipped: without a ``fingerprint`` always, with one
+    only when its recorded entry names the same input hashes, model and settings
+    (:func:`~brainseg.infer.provenance.is_current`). With a fingerprint, a case's entry is added
+    to ``summary.records`` and ``journal(summary)`` called just before its mask is written (an
+    older mask removed first), so a run killed at any point leaves no mask that its journal does
+    not describe. A case that fails on its input (:class:`BrainsegError`, :class:`OSError`, or a
+    CUDA OOM after every fallback) is logged as one error line (with the traceback if ``debug``) and
     the run goes on; anything else is a bug and propagates.
     """
     output_dir = Path(output_dir)
@@ -209,12 +250,26 @@ def predict_cases(
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         seg = dicom_seg and isinstance(case.images[0], DicomSeries)
-        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg)
-        if not overwrite and all(p.exists() for p in outputs.values()):
-            summary.skipped.append(case.case_id)
-            continue
+        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg, preview)
+        exists = not overwrite and all(p.exists() for p in outputs.values())
         try:
-            volumes, background, ood = predict_one(predictor, case, outputs, bids)
+            inputs = provenance.readable_input_entries(case.images) if fingerprint is not None else None
+            if exists and (
+                fingerprint is None
+                or is_current(
+                    fingerprint.recorded.get(case.case_id), inputs, fingerprint.model_sha256, fingerprint.config_sha256
+                )
+            ):
+                summary.skipped.append(case.case_id)
+                continue
+            if exists:
+                log.info("%s: its inputs, the model or the settings changed; predicting it again", case.case_id)
+            commit = None
+            if fingerprint is not None:
+                commit = provenance.commit_case(
+                    summary.records, case.case_id, inputs, outputs, fingerprint, lambda: journal and journal(summary)
+                )
+            volumes, background, ood = predict_one(predictor, case, outputs, bids, commit)
             summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
                 volumes,
                 background,
@@ -224,23 +279,22 @@ def predict_cases(
             line = error_line(case, exc)
             log.error(line, exc_info=debug)
             summary.failed.append((case.case_id, line))
+            if summary.records.pop(case.case_id, None) is not None and journal is not None:
+                journal(summary)
             continue
         summary.written.append(case.case_id)
     return summary
 
 
-def write_volumes(
-    output_dir: Path, summary: PredictionSummary, label_names: dict[int, str], rank: int = 0, world: int = 1
-) -> Path | None:
-    """Write this run's volumes (``volumes.csv``, or ``volumes_rank{r}.csv`` under torchrun)."""
+def write_volumes(output_dir: Path, summary: PredictionSummary, label_names: dict[int, str]) -> Path | None:
+    """Write this run's volumes to ``volumes.csv`` (nothing when no case was predicted)."""
     if not summary.volumes:
         return None
-    name = VOLUMES_CSV if world == 1 else f"volumes_rank{rank}.csv"
     extra = {"background": summary.backgrounds, "ood": summary.ood}
     try:
-        return write_volumes_csv(output_dir / name, summary.volumes, label_names, extra)
+        return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
-        return write_volumes_csv(output_dir / name, summary.volumes, None, extra)
+        return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, None, extra)
 
 
 def inference_config(card: ModelCard, config_path: Path | None, overrides: Sequence[str]) -> Config:
@@ -291,6 +345,45 @@ class BatchResult:
     volumes_csv: Path | None
     rank: int = 0
     world_size: int = 1
+    #: ``brainseg_run.json`` when this process wrote it (under torchrun: the rank that merged).
+    record: Path | None = None
+
+
+def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int, final: bool = True) -> dict:
+    """What one rank leaves for the merge (``final``) or journals while it runs: its run facts,
+    cases and volumes (JSON-ready)."""
+    return {
+        "rank": rank,
+        "final": final,
+        "run": run,
+        "written": summary.written,
+        "skipped": summary.skipped,
+        "failed": [{"case": case, "error": line} for case, line in summary.failed],
+        "cases": summary.records,
+        "volumes": {c: {str(v): mm3 for v, mm3 in vols.items()} for c, vols in summary.volumes.items()},
+        "backgrounds": summary.backgrounds,
+        "ood": summary.ood,
+        # where each written case stands among all ranks' cases (rank r holds cases[r::world])
+        "order": {c: rank + i * world_size for i, c in enumerate(summary.written)},
+    }
+
+
+def finish_run(
+    output: Path, parts: Sequence[dict], label_names: dict[int, str], volumes_csv: bool = True
+) -> tuple[Path | None, Path | None]:
+    """Merge the ranks' parts into ``brainseg_run.json`` (with the journals crashed runs left)
+    and, with ``volumes_csv``, ``volumes.csv``, and remove them; (the volumes file, the record)
+    where written. Merging the same parts twice writes the same files."""
+    record_path = provenance.merge_into_record(output, parts)
+    if not volumes_csv:
+        return None, record_path
+    order = {c: i for p in parts for c, i in p["order"].items()}
+    merged = PredictionSummary()
+    for case in sorted(order, key=order.__getitem__):
+        part = next(p for p in parts if case in p["order"])
+        merged.volumes[case] = {int(v): mm3 for v, mm3 in part["volumes"][case].items()}
+        merged.backgrounds[case], merged.ood[case] = part["backgrounds"][case], part["ood"][case]
+    return write_volumes(output, merged, label_names), record_path
 
 
 def predict(
@@ -308,6 +401,8 @@ def predict(
     checkpoint: str | None = None,
     bids_derivatives: bool = False,
     dicom_seg: bool = False,
+    preview: bool = False,
+    command: Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
@@ -316,25 +411,50 @@ def predict(
     (:func:`~brainseg.model.checkpoint.resolve_checkpoint`). ``bids_derivatives``: the inputs are
     BIDS folders and the outputs are written as BIDS derivatives (:mod:`brainseg.infer.derivatives`)
     instead of ``ID.nii.gz`` and ``volumes.csv``. ``dicom_seg``: also a DICOM SEG for each case read
-    from a DICOM series (needs highdicom, checked before any work)."""
+    from a DICOM series (needs highdicom, checked before any work). ``preview``: also
+    ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``)."""
     if dicom_seg and not highdicom_available():
         raise BrainsegError(f"--dicom-seg: {INSTALL_HINT}")
+    started = time.time()
     paths = [Path(p) for p in inputs]
     output = Path(output)
     check_output_folder(output, paths)
     env = torchrun_env()
+    token = provenance.run_token(os.environ, env.world_size)
+    if env.world_size > 1:
+        provenance.drop_stale_part(output, token, env.rank)
     dev = resolve_device(device, env.local_rank)
-    model, card = load_model(model_path, dev, checkpoint=checkpoint)
+    source = resolve_checkpoint(model_path, checkpoint)
+    model, card = load_model(source, dev)
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
     bids = derivatives.bids_output(output, cases) if bids_derivatives else None
-    if bids is not None and env.is_main:
-        source = resolve_checkpoint(model_path, checkpoint)
-        derivatives.write_dataset_files(bids, source, derivatives.checkpoint_sha256(source))
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
         model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
     )
+    settings = {k: v for k, v in config.to_dict().items() if k in ("infer", "postprocess")}
+    model_sha256 = sha256_file(source)
+    if bids is not None and env.is_main:
+        derivatives.write_dataset_files(bids, source, model_sha256)
+    recorded = provenance.recorded_cases(output, token)
+    fingerprint = Fingerprint(model_sha256, provenance.sha256_json(settings), token, recorded)
+    versions = package_versions()
+    run = {
+        "id": token,
+        "command": list(sys.argv if command is None else command),
+        "brainseg": versions["brainseg"],
+        "versions": versions,
+        "device": str(dev),
+        "world_size": env.world_size,
+        "model": {"path": str(source.resolve()), "sha256": model_sha256},
+        "config": settings,
+        "started": started,
+    }
+
+    def part(summary: PredictionSummary, final: bool) -> dict:
+        return rank_part(summary, run | {"finished": time.time()}, env.rank, env.world_size, final)
+
     summary = predict_cases(
         predictor,
         mine,
@@ -345,8 +465,16 @@ def predict(
         debug=debug,
         bids=bids,
         dicom_seg=dicom_seg,
+        preview=preview,
+        fingerprint=fingerprint,
+        journal=lambda s: provenance.journal_part(output, token, env.rank, part(s, final=False)),
     )
-    volumes = (
-        None if bids is not None else write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
-    )
-    return BatchResult(summary, volumes, env.rank, env.world_size)
+    if env.world_size == 1:
+        parts: list[dict] | None = [part(summary, final=True)]
+    else:
+        provenance.write_part(output, token, env.rank, part(summary, final=True))
+        parts = provenance.collect_parts(output, token, env.world_size)  # None until every rank is done
+    volumes = record = None
+    if parts is not None:  # this rank finished last (or with the last): it merges
+        volumes, record = finish_run(output, parts, predictor.label_names, volumes_csv=bids is None)
+    return BatchResult(summary, volumes, env.rank, env.world_size, record)

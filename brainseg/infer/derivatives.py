@@ -20,10 +20,8 @@ and ``SourceDatasets`` point at the raw BIDS roots), a ``README`` and ``.bidsign
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,16 +38,8 @@ from brainseg.model.card import ModelCard
 BIDS_VERSION = "1.10.0"
 DESC = "brainseg"
 VOLUMES_SUFFIX = "volumes"
-BIDSIGNORE = f"*_desc-{DESC}_{VOLUMES_SUFFIX}.tsv\n"
-
-
-def checkpoint_sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 (hex) of a checkpoint file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+#: What BIDS has no suffix for: the volume tables, and the previews and DICOM SEG objects predict can add.
+BIDSIGNORE = f"*_desc-{DESC}_{VOLUMES_SUFFIX}.tsv\n*_preview.png\n*_seg.dcm\nbrainseg_run.json\n"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,26 @@
-"""Pictures: a label map over its scan in three orthogonal slices."""
+"""Pictures: a label map over its scan in three orthogonal slices; a box plot of scores.
+
+matplotlib's object API only (a :class:`~matplotlib.figure.Figure` per picture, no pyplot):
+no global backend or figure state, so drawing is safe in any process or thread.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import nibabel as nib
 import numpy as np
 
 from brainseg.io.atomic import atomic_path
+from brainseg.io.images import read_image, read_label
 
-#: Colours for labels 1.. (background is transparent).
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+#: Colours for the foreground labels in ascending order of value (background is transparent).
 LABEL_COLOURS = [
     (0.12, 0.47, 0.71),
     (1.00, 0.50, 0.05),
@@ -20,47 +31,63 @@ LABEL_COLOURS = [
     (0.89, 0.47, 0.76),
     (0.74, 0.74, 0.13),
 ]
+OVERLAY_ALPHA = 0.45
 
 
-def _canonical(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    img = nib.as_closest_canonical(nib.load(str(path)))
-    data = np.asanyarray(img.dataobj)
-    while data.ndim > 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    return np.asarray(data, dtype=np.float32), tuple(float(z) for z in img.header.get_zooms()[:3])
+def to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """A 3D array in RAS voxel order and its voxel sizes (mm) along those axes."""
+    ornt = nib.orientations.io_orientation(affine)
+    sizes = np.sqrt((np.asarray(affine)[:3, :3] ** 2).sum(axis=0))
+    ras = nib.orientations.apply_orientation(np.asarray(data), ornt)
+    zooms = [0.0, 0.0, 0.0]
+    for file_axis, (ras_axis, _) in enumerate(ornt):
+        zooms[int(ras_axis)] = float(sizes[file_axis])
+    return ras, (zooms[0], zooms[1], zooms[2])
 
 
-def overlay_png(
-    image_path: Path,
-    label_path: Path,
-    out_path: Path,
-    label_names: dict[int, str] | None = None,
+def _save(fig: Figure, out_path: str | os.PathLike) -> Path:
+    out_path = Path(out_path)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return out_path
+
+
+def overlay_figure(
+    scan: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    label_names: Mapping[int, str] | None = None,
     title: str | None = None,
-) -> Path:
-    """Write a PNG of the label map over the scan: axial, coronal, sagittal slices.
-
-    Both files are shown in RAS orientation with their true voxel aspect ratio, cut
-    through the centre of the labelled region.
-    """
+) -> Figure:
+    """The label map over the scan (both in file voxel order on the grid ``affine`` maps):
+    axial, coronal and sagittal slices in RAS orientation with the true voxel aspect ratio,
+    through the label map's centre of mass (the volume's centre when it is empty), and a
+    legend of every labelled value: ``label_names``' foreground labels and any other present."""
     from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
+    from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-    image, zooms = _canonical(Path(image_path))
-    labels, _ = _canonical(Path(label_path))
-    labels = np.rint(labels).astype(np.int32)
-    fg = np.argwhere(labels > 0)
-    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(labels.shape) // 2
-    values = [int(v) for v in np.unique(labels) if v > 0]
-    n = max(values + [1])
-    colours = [(0, 0, 0, 0)] + [LABEL_COLOURS[(i - 1) % len(LABEL_COLOURS)] + (0.45,) for i in range(1, n + 1)]
+    image, zooms = to_ras(np.asarray(scan, dtype=np.float32), affine)
+    lab, _ = to_ras(np.rint(np.asarray(labels)).astype(np.int32), affine)
+    fg = np.argwhere(lab > 0)
+    centre = fg.mean(0).round().astype(int) if len(fg) else np.array(lab.shape) // 2
+    names = dict(label_names or {})
+    values = sorted({int(v) for v in names if int(v) > 0} | {int(v) for v in np.unique(lab) if v > 0})
+    # label value -> colour index 1..n (0: transparent background)
+    index = np.zeros(lab.shape, dtype=np.int32)
+    for i, v in enumerate(values, start=1):
+        index[lab == v] = i
+    colours = [(0.0, 0.0, 0.0, 0.0)] + [
+        LABEL_COLOURS[i % len(LABEL_COLOURS)] + (OVERLAY_ALPHA,) for i in range(len(values))
+    ]
     cmap = ListedColormap(colours)
+    n = max(len(values), 1)
     lo, hi = np.percentile(image[image != 0], [1, 99]) if np.any(image != 0) else (0.0, 1.0)
 
     views = [
-        ("axial", image[:, :, centre[2]], labels[:, :, centre[2]], zooms[1] / zooms[0]),
-        ("coronal", image[:, centre[1], :], labels[:, centre[1], :], zooms[2] / zooms[0]),
-        ("sagittal", image[centre[0], :, :], labels[centre[0], :, :], zooms[2] / zooms[1]),
+        ("axial", image[:, :, centre[2]], index[:, :, centre[2]], zooms[1] / zooms[0]),
+        ("coronal", image[:, centre[1], :], index[:, centre[1], :], zooms[2] / zooms[0]),
+        ("sagittal", image[centre[0], :, :], index[centre[0], :, :], zooms[2] / zooms[1]),
     ]
     fig = Figure(figsize=(12, 4.6))
     axes = fig.subplots(1, 3)
@@ -69,14 +96,66 @@ def overlay_png(
         ax.imshow(lab2d.T, cmap=cmap, origin="lower", vmin=0, vmax=n, aspect=aspect, interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
-    names = label_names or {}
-    handles = [Patch(color=colours[v][:3], label=names.get(v, f"label {v}")) for v in values]
+    handles = [Patch(color=colours[i][:3], label=names.get(v, f"label {v}")) for i, v in enumerate(values, start=1)]
     if handles:
-        fig.legend(handles=handles, loc="lower center", ncol=len(handles), frameon=False)
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return out_path
+    return fig
+
+
+def preview_png(
+    scan: np.ndarray,
+    labels: np.ndarray,
+    affine: np.ndarray,
+    out_path: str | os.PathLike,
+    label_names: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write :func:`overlay_figure` of arrays in memory as a PNG (atomically)."""
+    return _save(overlay_figure(scan, labels, affine, label_names, title), out_path)
+
+
+def overlay_png(
+    image_path: str | os.PathLike,
+    label_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    label_names: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> Path:
+    """Write a PNG of the label map file over the scan file (:func:`overlay_figure`)."""
+    scan, geometry = read_image(image_path)
+    labels, _ = read_label(label_path)
+    return preview_png(scan, labels, geometry.affine, out_path, label_names, title)
+
+
+def boxplot_figure(groups: Mapping[str, Sequence[float]], title: str, ylabel: str = "Dice") -> Figure:
+    """One box per group (the values of a label or region over the cases), each case's value
+    drawn as a point over its box. Each median line carries the gid ``median:<group>``."""
+    from matplotlib.figure import Figure
+
+    names = list(groups)
+    fig = Figure(figsize=(max(4.0, 1.2 * len(names) + 2.0), 4.5))
+    ax = fig.subplots()
+    data = [np.asarray(groups[n], dtype=np.float64) for n in names]
+    boxes = ax.boxplot(data, showfliers=False)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30 if len(names) > 6 else 0)
+    for name, median in zip(names, boxes["medians"]):
+        median.set_gid(f"median:{name}")
+    jitter = np.random.default_rng(0)
+    for i, values in enumerate(data, start=1):
+        ax.plot(i + jitter.uniform(-0.12, 0.12, len(values)), values, "o", ms=3, alpha=0.6, color="tab:blue")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def boxplot_png(
+    out_path: str | os.PathLike, groups: Mapping[str, Sequence[float]], title: str, ylabel: str = "Dice"
+) -> Path:
+    """Write :func:`boxplot_figure` as a PNG (atomically)."""
+    return _save(boxplot_figure(groups, title, ylabel), out_path)

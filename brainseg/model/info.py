@@ -17,7 +17,6 @@ with those additions as extra keys; :meth:`ModelInfo.render` is the same as text
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.io.hashing import sha256_file
 from brainseg.io.naming import CV_SUMMARY_FILES, FINGERPRINT_FILE
 from brainseg.model.card import ModelCard, package_versions
 from brainseg.model.checkpoint import card_from_state, load_checkpoint, resolve_checkpoint
@@ -103,15 +103,6 @@ class ModelInfo:
         return "\n".join(out)
 
 
-def sha256_of(path: str | os.PathLike) -> str:
-    """The SHA-256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_model_info(path: str | os.PathLike, checkpoint: str | None = None) -> ModelInfo:
     """The info of a checkpoint file or a run folder's checkpoint (``checkpoint``: final, best or
     last, as ``brainseg predict --checkpoint``); a checkpoint's run folder is its own folder."""
@@ -125,7 +116,7 @@ def read_model_info(path: str | os.PathLike, checkpoint: str | None = None) -> M
     run_dir = source.parent
     return ModelInfo(
         checkpoint=source.resolve(),
-        sha256=sha256_of(source),
+        sha256=sha256_file(source),
         size_bytes=source.stat().st_size,
         parameters=parameters,
         card=card,

@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -16,6 +17,9 @@ from tqdm.auto import tqdm
 from brainseg.io.atomic import atomic_path, atomic_write_text
 from brainseg.labels.regions import Regions
 from brainseg.train.state import RunState, StepOutcome
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 @dataclass
@@ -95,8 +99,16 @@ def curve_names(labels: dict[int, str], regions: Regions | None) -> dict:
     return {c: n for c, n in labels.items() if c}
 
 
-def plot_curves(path: Path, history: Sequence[dict], label_names: dict[int, str]) -> None:
-    """Training loss and validation Dice against epoch, one PNG."""
+def plot_curves(path: Path, history: Sequence[dict], label_names: dict) -> None:
+    """Training loss and validation Dice against epoch, one PNG (:func:`curves_figure`)."""
+    fig = curves_figure(history, label_names)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+
+
+def curves_figure(history: Sequence[dict], label_names: dict) -> Figure:
+    """Training loss (left) and validation Dice (right: the mean, and one dashed line per
+    label value or region of ``label_names``, named by it, from its ``val_dice_<key>`` column)."""
     from matplotlib.figure import Figure  # no pyplot: no global backend or figure state
 
     epochs = [r["epoch"] for r in history]
@@ -123,8 +135,7 @@ def plot_curves(path: Path, history: Sequence[dict], label_names: dict[int, str]
     ax2.set_title("Validation Dice (sliding window)")
     ax2.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
+    return fig
 
 
 class TensorBoard:

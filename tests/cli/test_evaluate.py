@@ -149,7 +149,12 @@ def test_evaluate_bad_masks_fail_alone_with_one_line_each(tmp_path: Path):
         assert sorted({line.split(",")[0] for line in fh.readlines()[1:]}) == ["good", "nothing_found"]
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["failed"]) == len(expected)
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "cases_worst_first.csv",
+        "dice_boxplot.png",
+        "metrics.csv",
+        "summary.json",
+    ]
     assert snapshot(ref, pred) == before  # inputs untouched, nothing new beside them
 
 

@@ -9,6 +9,7 @@ matrix of bad files; crashes are real ``SIGKILL``s of real subprocesses.
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -82,7 +83,12 @@ def test_predict_bad_scans_fail_alone_with_one_line_each(tmp_path: Path, tiny_ch
     assert len(error_lines(res.stderr, "brainseg: error: ")) == len(expected), res.stderr
     assert f"2 written, 0 skipped, {len(expected)} failed" in res.stdout
     # The good cases finished; nothing else (no partial mask, no temp file) was written.
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "single4d.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "brainseg_run.json",
+        "good.nii.gz",
+        "single4d.nii.gz",
+        "volumes.csv",
+    ]
     for name in ("good", "single4d"):
         assert np.asarray(nib.load(str(out / f"{name}.nii.gz")).dataobj).shape == SHAPE
     assert snapshot(scans, tiny_checkpoint) == before
@@ -105,7 +111,7 @@ def test_predict_channel_files_of_different_geometry(tmp_path: Path, tiny_checkp
     pattern = r"geometry \(.*\) differs from the case's first channel \S+_0000.nii.gz"
     assert_one_line_each(res.stderr, {moved: pattern, cropped: pattern}, "brainseg: error: ")
     assert "1 written, 0 skipped, 2 failed" in res.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["ok.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["brainseg_run.json", "ok.nii.gz", "volumes.csv"]
 
 
 def test_file_names_cannot_make_ids_that_leave_the_output_folder(tmp_path: Path, tiny_checkpoint: Path, capsys):
@@ -250,6 +256,12 @@ def test_sigkill_during_predict_then_rerun_writes_only_the_missing_cases(tmp_pat
     for mask, stamp in done.items():  # earlier masks untouched
         st = (out / mask).stat()
         assert (st.st_ino, st.st_mtime_ns) == stamp, mask
+    # the killed run's journal was folded into the record (an interrupted run), then removed
+    record = json.loads((out / "brainseg_run.json").read_text())
+    assert [run["interrupted"] for run in record["runs"]] == [True, False]
+    assert sorted(record["runs"][0]["written"]) == sorted(m[: -len(".nii.gz")] for m in done)
+    assert sorted(record["cases"]) == ids
+    assert not list(out.glob(".brainseg_run.*"))
     for cid in ids:
         assert np.asarray(nib.load(str(out / f"{cid}.nii.gz")).dataobj).shape == SHAPE
     # Leftover temp files are ignored (documented; safe to delete): never a scan, never a prediction.

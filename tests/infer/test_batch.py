@@ -374,28 +374,73 @@ def test_existing_outputs_are_skipped_unless_overwrite(tmp_path: Path, tiny_chec
     assert (redone.st_mtime_ns, redone.st_ino) != (before.st_mtime_ns, before.st_ino)
 
 
+@pytest.mark.slow
 def test_torchrun_ranks_share_the_cases(tmp_path: Path, tiny_checkpoint: Path):
-    """Under torchrun (WORLD_SIZE > 1) rank r takes cases[r::world] and writes volumes_rank{r}.csv."""
+    """Under torchrun each rank takes cases[r::world]; the run leaves one volumes.csv with every
+    case (in input order) and one brainseg_run.json, and no rank's part; a rerun skips them all."""
     scans = tmp_path / "scans"
     scans.mkdir()
     for i, name in enumerate(("a", "b", "c")):
         save_nifti(scans / f"{name}.nii.gz", head_phantom(BASE_SHAPE, seed=i), np.diag([1.5, 1.5, 1.5, 1.0]))
     out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += ["-m", "brainseg", "predict", "--model", str(tiny_checkpoint), "--input", str(scans)]
+    cmd += ["--output", str(out), "--device", "cpu", "--no-progress"]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
-    result = run_cli(
-        "--model",
-        tiny_checkpoint,
-        "--input",
-        scans,
-        "--output",
-        out,
-        env={"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"},
-    )
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+    assert first.returncode == 0, first.stderr
+    assert "rank 0/2: 2 written" in first.stdout and "rank 1/2: 1 written" in first.stdout, first.stdout
+    expected = ["a.nii.gz", "b.nii.gz", "brainseg_run.json", "c.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == expected  # no volumes_rank*.csv, no hidden parts
+    with open(out / "volumes.csv", newline="") as fh:
+        assert [row["case"] for row in csv.DictReader(fh)] == ["a", "b", "c"]
+    record = json.loads((out / "brainseg_run.json").read_text())
+    (run,) = record["runs"]
+    assert run["world_size"] == 2 and run["devices"] == ["cpu", "cpu"]
+    assert sorted(run["written"]) == ["a", "b", "c"] and run["skipped"] == []
+    assert sorted(record["cases"]) == ["a", "b", "c"]
+    assert {c["run"] for c in record["cases"].values()} == {run["id"]}
+    volumes = (out / "volumes.csv").read_bytes()
+
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+
+    assert second.returncode == 0, second.stderr
+    assert "rank 0/2: 0 written, 2 skipped" in second.stdout and "rank 1/2: 0 written, 1 skipped" in second.stdout
+    assert sorted(p.name for p in out.iterdir()) == expected
+    assert (out / "volumes.csv").read_bytes() == volumes  # nothing predicted: the table stays
+    again = json.loads((out / "brainseg_run.json").read_text())
+    assert [r["id"] for r in again["runs"]][0] == run["id"] and len(again["runs"]) == 2
+    assert sorted(again["runs"][1]["skipped"]) == ["a", "b", "c"]
+    assert again["cases"] == record["cases"]
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) of a PNG file, read from its IHDR chunk (after checking the signature)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", path
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_preview_writes_one_png_per_case(tmp_path: Path, tiny_checkpoint: Path):
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for i, name in enumerate(("a", "b")):
+        save_nifti(scans / f"{name}.nii.gz", head_phantom(BASE_SHAPE, seed=i), np.diag([1.5, 1.5, 1.5, 1.0]))
+    out = tmp_path / "out"
+
+    result = run_cli("--model", tiny_checkpoint, "--input", scans, "--output", out, "--preview")
 
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["b.nii.gz", "volumes_rank1.csv"]
-    with open(out / "volumes_rank1.csv", newline="") as fh:
-        assert [row["case"] for row in csv.DictReader(fh)] == ["b"]
+    for name in ("a", "b"):
+        assert png_size(out / f"{name}_preview.png") == (1200, 460)  # 12 x 4.6 inches at 100 dpi
+    record = json.loads((out / "brainseg_run.json").read_text())
+    assert record["cases"]["a"]["outputs"] == {"mask": "a.nii.gz", "preview": "a_preview.png"}
+    (out / "b_preview.png").unlink()  # a missing preview is a missing output: that case is redone
+    again = run_cli("--model", tiny_checkpoint, "--input", scans, "--output", out, "--preview")
+    assert "1 written, 1 skipped, 0 failed" in again.stdout, again.stdout
+    assert png_size(out / "b_preview.png") == (1200, 460)
 
 
 # ----------------------------------------------------------------------------- failures
@@ -421,7 +466,7 @@ def test_corrupt_files_fail_alone_with_one_line_each(tmp_path: Path, tiny_checkp
         assert len(naming) == 1, result.stderr
         assert naming[0].startswith(f"brainseg: error: {bad}")
     assert "1 written, 0 skipped, 2 failed" in result.stdout
-    assert sorted(p.name for p in out.iterdir()) == ["good.nii.gz", "volumes.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["brainseg_run.json", "good.nii.gz", "volumes.csv"]
     with open(out / "volumes.csv", newline="") as fh:
         assert [row["case"] for row in csv.DictReader(fh)] == ["good"]
     assert sorted(p.name for p in scans.iterdir()) == ["garbage.nii.gz", "good.nii.gz", "truncated.nii.gz"]

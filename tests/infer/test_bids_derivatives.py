@@ -122,7 +122,7 @@ def test_derivative_files_geometry_and_sidecars(run, model: Path) -> None:
     root, sources, out, proc = run
     assert proc.returncode == 0, proc.stderr
     assert "4 written, 0 skipped, 0 failed" in proc.stdout
-    expected = {"dataset_description.json", "README", ".bidsignore"}
+    expected = {"dataset_description.json", "README", ".bidsignore", "brainseg_run.json"}
     for cid, folder in CASES.items():
         expected |= {
             f"{folder}/{stem(cid)}_{s}"
@@ -172,7 +172,9 @@ def test_derivative_files_geometry_and_sidecars(run, model: Path) -> None:
     ]
     assert desc["BrainsegModel"] == {"Checkpoint": model.name, "SHA256": sha}
     assert desc["DatasetLinks"] == {"raw": root.resolve().as_uri()}
-    assert (out / ".bidsignore").read_text() == "*_desc-brainseg_volumes.tsv\n"
+    assert (
+        out / ".bidsignore"
+    ).read_text() == "*_desc-brainseg_volumes.tsv\n*_preview.png\n*_seg.dcm\nbrainseg_run.json\n"
 
 
 def validator() -> str | None:
