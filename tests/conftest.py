@@ -352,10 +352,6 @@ def msd_root(root: Path, meta: dict) -> Path:
 
 # ----------------------------------------------------------------------------- markers
 
-#: Tests marked ``slow`` here because their files are edited elsewhere (node id suffixes).
-SLOW_ELSEWHERE = ("test_predict.py::test_torchrun_ranks_share_the_cases",)
-
-
 #: The longest tests (whole scripts end to end, minutes each), run first: under ``pytest -n``
 #: a long test that starts last keeps one worker busy after the others have finished.
 LONGEST_FIRST = (
@@ -365,9 +361,6 @@ LONGEST_FIRST = (
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.nodeid.endswith(SLOW_ELSEWHERE):
-            item.add_marker(pytest.mark.slow)
     items.sort(key=lambda item: not item.nodeid.endswith(LONGEST_FIRST))  # stable: the rest keep their order
 
 
