@@ -26,7 +26,8 @@ from brainseg.demo.tumour import make_tumour_dataset
 from brainseg.errors import BrainsegError
 from brainseg.evaluate.per_label import evaluate_folders
 from brainseg.evaluate.per_region import evaluate_region_folders
-from brainseg.infer.batch import MASK_SUFFIX, PROBABILITIES_SUFFIX, predict
+from brainseg.infer.batch import predict
+from brainseg.infer.outputs import MASK_SUFFIX, PROBABILITIES_SUFFIX
 from brainseg.io.naming import NIFTI_GZ, channel_stem
 from brainseg.io.pictures import overlay_png
 from brainseg.model.checkpoint import load_card

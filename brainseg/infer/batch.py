@@ -36,8 +36,6 @@ one ``volumes.csv`` and one ``brainseg_run.json`` (no rank waits for another).
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
 import sys
@@ -46,11 +44,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
-from brainseg._version import __version__
 from brainseg.config import Config, apply_overrides, config_from_dict, load_config
 from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
@@ -58,26 +54,22 @@ from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
+from brainseg.infer.outputs import (
+    output_paths,
+    predict_one,
+)
 from brainseg.infer.predictor import Predictor
 from brainseg.infer.provenance import Fingerprint, is_current
-from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
-from brainseg.io.dicom_seg import INSTALL_HINT, SEG_SUFFIX, highdicom_available, write_dicom_seg
+from brainseg.io.dicom_seg import INSTALL_HINT, highdicom_available
 from brainseg.io.hashing import sha256_file
-from brainseg.io.images import read_image, write_image
-from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
-from brainseg.io.pictures import preview_png
 from brainseg.model.card import ModelCard, package_versions
 from brainseg.model.checkpoint import load_model, resolve_checkpoint
-from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
+from brainseg.postprocess.volumes import write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
 log = logging.getLogger(__name__)
 
-MASK_SUFFIX = NIFTI_GZ
-PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
-PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
-PREVIEW_SUFFIX = "_preview.png"
 VOLUMES_CSV = "volumes.csv"
 
 
@@ -110,42 +102,6 @@ class PredictionSummary:
         return text
 
 
-def output_paths(
-    output_dir: Path,
-    case_id: str,
-    save_probabilities: bool,
-    bids: bool = False,
-    dicom_seg: bool = False,
-    preview: bool = False,
-) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities``, ``dicom_seg`` and
-    ``preview`` (with ``bids``, the BIDS derivatives' names and their sidecars,
-    :func:`brainseg.infer.derivatives.output_paths`; the SEG and the preview beside the mask)."""
-    if bids:
-        paths = derivatives.output_paths(output_dir, case_id, save_probabilities)
-        if dicom_seg:
-            paths["dicom_seg"] = paths["mask"].with_name(f"{case_id}{SEG_SUFFIX}")
-        if preview:
-            paths["preview"] = paths["mask"].with_name(f"{case_id}{PREVIEW_SUFFIX}")
-        return paths
-    paths = {"mask": output_dir / f"{case_id}{MASK_SUFFIX}"}
-    if save_probabilities:
-        paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
-        paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
-    if dicom_seg:
-        paths["dicom_seg"] = output_dir / f"{case_id}{SEG_SUFFIX}"
-    if preview:
-        paths["preview"] = output_dir / f"{case_id}{PREVIEW_SUFFIX}"
-    return paths
-
-
-def probability_channels(card: ModelCard) -> dict:
-    """What the probability file's channels are: the card's classes (label names) or regions."""
-    if card.regions is not None:
-        return {"kind": "regions", "channels": list(card.regions.names)}
-    return {"kind": "classes", "channels": [card.labels[v] for v in card.label_values]}
-
-
 def error_line(case: Case, exc: BaseException) -> str:
     """One line ``<file>: <problem>`` (or ``case ID: <problem>``) for a failed case."""
     if isinstance(exc, InputError):
@@ -156,66 +112,6 @@ def error_line(case: Case, exc: BaseException) -> str:
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return f"case {case.case_id}: out of GPU memory even with batch_windows=1 and the output on the CPU"
     return f"case {case.case_id}: {exc}"
-
-
-def predict_one(
-    predictor: Predictor,
-    case: Case,
-    outputs: dict[str, Path],
-    bids: BidsOutput | None = None,
-    before_mask: Callable[[], None] | None = None,
-) -> tuple[dict[int, float], str, str]:
-    """Segment one case, write its files; return its label volumes (mm³, background left out),
-    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not).
-
-    The mask is written last (``before_mask()`` runs just before it); if any write fails, the
-    files this call wrote are removed, so a failed case leaves no partial set of outputs."""
-    prepared = predictor.prepare(list(case.images))
-    ood = "; ".join(prepared.ood)
-    if prepared.ood:
-        log.warning("%s: unlike the training scans: %s", case.case_id, ood)
-    labels, probs = predictor.segment(prepared, "probabilities" in outputs)
-    geometry, record = prepared.geometry, prepared.record
-    foreground = [v for v in predictor.label_values if v != 0]
-    background = "zero" if record.zero_background else "noise"
-    volumes = label_volumes(labels, geometry.spacing, foreground)
-    texts: dict[str, str] = {}
-    if probs is not None:
-        channels = probability_channels(predictor.card)
-        texts["probabilities_channels"] = (
-            json.dumps(channels, indent=1) if bids is None else derivatives.probseg_json(bids, case, channels)
-        )
-    if bids is not None:
-        texts["lut"] = derivatives.lut_tsv(predictor.card)
-        texts["sidecar"] = derivatives.sidecar_json(bids, case, background, ood)
-        texts["volumes"] = derivatives.volumes_tsv(volumes, predictor.label_names)
-    written: list[Path] = []
-    try:
-        if probs is not None:
-            write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
-            written.append(outputs["probabilities"])
-        for key, text in texts.items():
-            atomic_write_text(outputs[key], text)
-            written.append(outputs[key])
-        if "dicom_seg" in outputs and isinstance(case.images[0], DicomSeries):
-            try:
-                write_dicom_seg(outputs["dicom_seg"], labels, case.images[0], predictor.label_names, __version__)
-                written.append(outputs["dicom_seg"])
-            except InputError as exc:  # the SEG needs what the series lacks: the NIfTI mask still stands
-                log.warning("%s", exc)
-        if "preview" in outputs:
-            scan, _ = read_image(case.images[0])
-            preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title=case.case_id)
-            written.append(outputs["preview"])
-        if before_mask is not None:
-            before_mask()
-        write_image(outputs["mask"], labels, geometry)
-    except BaseException:
-        for path in written:
-            with contextlib.suppress(OSError):
-                path.unlink()
-        raise
-    return volumes, background, ood
 
 
 def predict_cases(

@@ -271,7 +271,8 @@ def child_scale(spec: dict) -> dict:
     import torch
 
     from brainseg.data.inputs import discover_inputs
-    from brainseg.infer.batch import inference_config, output_paths, predict_one
+    from brainseg.infer.batch import inference_config
+    from brainseg.infer.outputs import output_paths, predict_one
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
 
