@@ -10,10 +10,16 @@ Outputs in the output folder, per case ``ID`` (``ID_0000.nii.gz`` -> ``ID``):
 ``ID_probabilities.nii.gz`` (float32, classes on the 4th axis, same geometry; a region
 model's regions, one sigmoid probability each) with ``ID_probabilities.json`` naming its
 channels in order (``{"kind": "classes" | "regions", "channels": [names]}``); with
+``save_uncertainty``, ``ID_uncertainty.nii.gz`` (float32 in [0, 1], same geometry: one model's entropy,
+or the disagreement of an ensemble's members or mirrored passes, :mod:`brainseg.infer.ensemble`); with
 ``dicom_seg``, for a case read from a DICOM series, ``ID_seg.dcm``: a DICOM SEG of the
 mask referencing that series (when highdicom cannot build one for the series, one
-warning line and the NIfTI mask stands). The probabilities and the SEG are written
+warning line and the NIfTI mask stands). The maps and the SEG are written
 before the mask, so an existing mask means a finished case.
+
+Several models (``--model A B``, a cross-validation run folder's ``fold_*``) predict as one ensemble
+(:mod:`brainseg.infer.ensemble`): the mean of their probabilities, the first member's decision.
+
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
 predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
@@ -53,14 +59,14 @@ from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives
 from brainseg.infer.derivatives import BidsOutput
+from brainseg.infer.ensemble import load_members
 from brainseg.infer.predictor import Predictor
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, SEG_SUFFIX, highdicom_available, write_dicom_seg
 from brainseg.io.images import write_image
-from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
+from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG, UNCERTAINTY_TAG
 from brainseg.model.card import ModelCard
-from brainseg.model.checkpoint import load_model, resolve_checkpoint
 from brainseg.postprocess.volumes import label_volumes, write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
@@ -69,6 +75,7 @@ log = logging.getLogger(__name__)
 MASK_SUFFIX = NIFTI_GZ
 PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
 PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
+UNCERTAINTY_SUFFIX = UNCERTAINTY_TAG + NIFTI_GZ
 VOLUMES_CSV = "volumes.csv"
 
 
@@ -97,10 +104,16 @@ class PredictionSummary:
 
 
 def output_paths(
-    output_dir: Path, case_id: str, save_probabilities: bool, bids: bool = False, dicom_seg: bool = False
+    output_dir: Path,
+    case_id: str,
+    save_probabilities: bool,
+    bids: bool = False,
+    dicom_seg: bool = False,
+    save_uncertainty: bool = False,
 ) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities`` and ``dicom_seg`` (with
-    ``bids``, the BIDS derivatives' names and their sidecars, :func:`brainseg.infer.derivatives.output_paths`)."""
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities``, ``uncertainty`` and
+    ``dicom_seg`` (with ``bids``, the BIDS derivatives' names and their sidecars,
+    :func:`brainseg.infer.derivatives.output_paths`; no uncertainty there)."""
     if bids:
         paths = derivatives.output_paths(output_dir, case_id, save_probabilities)
         if dicom_seg:
@@ -110,6 +123,8 @@ def output_paths(
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
         paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
+    if save_uncertainty:
+        paths["uncertainty"] = output_dir / f"{case_id}{UNCERTAINTY_SUFFIX}"
     if dicom_seg:
         paths["dicom_seg"] = output_dir / f"{case_id}{SEG_SUFFIX}"
     return paths
@@ -146,7 +161,8 @@ def predict_one(
     ood = "; ".join(prepared.ood)
     if prepared.ood:
         log.warning("%s: unlike the training scans: %s", case.case_id, ood)
-    labels, probs = predictor.segment(prepared, "probabilities" in outputs)
+    result = predictor.segment_maps(prepared, "probabilities" in outputs, "uncertainty" in outputs)
+    labels, probs = result.labels, result.probabilities
     geometry, record = prepared.geometry, prepared.record
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
@@ -166,6 +182,9 @@ def predict_one(
         if probs is not None:
             write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
             written.append(outputs["probabilities"])
+        if result.uncertainty is not None:
+            write_image(outputs["uncertainty"], result.uncertainty, geometry, dtype=np.dtype(np.float32))
+            written.append(outputs["uncertainty"])
         for key, text in texts.items():
             atomic_write_text(outputs[key], text)
             written.append(outputs[key])
@@ -194,6 +213,7 @@ def predict_cases(
     debug: bool = False,
     bids: BidsOutput | None = None,
     dicom_seg: bool = False,
+    save_uncertainty: bool = False,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
     derivatives: :mod:`brainseg.infer.derivatives`).
@@ -209,7 +229,7 @@ def predict_cases(
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         seg = dicom_seg and isinstance(case.images[0], DicomSeries)
-        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg)
+        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg, save_uncertainty)
         if not overwrite and all(p.exists() for p in outputs.values()):
             summary.skipped.append(case.case_id)
             continue
@@ -294,7 +314,7 @@ class BatchResult:
 
 
 def predict(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike],
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
@@ -308,6 +328,7 @@ def predict(
     checkpoint: str | None = None,
     bids_derivatives: bool = False,
     dicom_seg: bool = False,
+    save_uncertainty: bool = False,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
@@ -316,7 +337,13 @@ def predict(
     (:func:`~brainseg.model.checkpoint.resolve_checkpoint`). ``bids_derivatives``: the inputs are
     BIDS folders and the outputs are written as BIDS derivatives (:mod:`brainseg.infer.derivatives`)
     instead of ``ID.nii.gz`` and ``volumes.csv``. ``dicom_seg``: also a DICOM SEG for each case read
-    from a DICOM series (needs highdicom, checked before any work)."""
+    from a DICOM series (needs highdicom, checked before any work).
+
+    ``model_path``: one run folder or checkpoint, or several (or a cross-validation run folder with
+    ``fold_*``): an ensemble of them (:func:`~brainseg.infer.ensemble.load_members`) whose decision
+    (class offsets, region thresholds, enhancing-tumour volume), configuration and preprocessing
+    are the first member's.
+    ``save_uncertainty``: ``ID_uncertainty.nii.gz`` beside each mask."""
     if dicom_seg and not highdicom_available():
         raise BrainsegError(f"--dicom-seg: {INSTALL_HINT}")
     paths = [Path(p) for p in inputs]
@@ -324,16 +351,36 @@ def predict(
     check_output_folder(output, paths)
     env = torchrun_env()
     dev = resolve_device(device, env.local_rank)
-    model, card = load_model(model_path, dev, checkpoint=checkpoint)
+    given = [model_path] if isinstance(model_path, str | os.PathLike) else list(model_path)
+    members = load_members(given, dev, checkpoint)
+    if len(members) > 1 and bids_derivatives:
+        raise BrainsegError("--bids-derivatives: an ensemble of models is not supported there yet; give one --model")
+    if save_uncertainty and bids_derivatives:
+        raise BrainsegError("--bids-derivatives: --save-uncertainty is not supported there yet")
+    (first, model, card), others = members[0], members[1:]
+    if others:
+        log.info(
+            "ensemble of %d models (%s); the decision (class offsets, region thresholds, enhancing-tumour volume) "
+            "is the first member's card's: %s",
+            len(members),
+            ", ".join(str(source) for source, _, _ in members),
+            first,
+        )
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
     bids = derivatives.bids_output(output, cases) if bids_derivatives else None
     if bids is not None and env.is_main:
-        source = resolve_checkpoint(model_path, checkpoint)
-        derivatives.write_dataset_files(bids, source, derivatives.checkpoint_sha256(source))
+        derivatives.write_dataset_files(bids, first, derivatives.checkpoint_sha256(first))
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
-        model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
+        model,
+        card,
+        config.infer,
+        config.postprocess,
+        dev,
+        log=log.warning,
+        max_voxels=config.data.max_voxels,
+        ensemble_with=[(m, c) for _, m, c in others],
     )
     summary = predict_cases(
         predictor,
@@ -345,6 +392,7 @@ def predict(
         debug=debug,
         bids=bids,
         dicom_seg=dicom_seg,
+        save_uncertainty=save_uncertainty,
     )
     volumes = (
         None if bids is not None else write_volumes(output, summary, predictor.label_names, env.rank, env.world_size)
