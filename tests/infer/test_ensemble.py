@@ -177,8 +177,17 @@ def test_each_case_is_read_and_slid_over_once(models, scans, tmp_path, monkeypat
     """Two members, two cases: two reads and two sliding-window passes, each batch through both members."""
     reads, passes = [], []
     read, call = predictor_module.read_channels, SlidingWindow.__call__
-    monkeypatch.setattr(predictor_module, "read_channels", lambda *a, **k: reads.append(a[0]) or read(*a, **k))
-    monkeypatch.setattr(SlidingWindow, "__call__", lambda self, *a, **k: passes.append(1) or call(self, *a, **k))
+
+    def counted_read(*args, **kwargs):
+        reads.append(args[0])
+        return read(*args, **kwargs)
+
+    def counted_pass(self, *args, **kwargs):
+        passes.append(self)
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(predictor_module, "read_channels", counted_read)
+    monkeypatch.setattr(SlidingWindow, "__call__", counted_pass)
     _predict(list(models), scans, tmp_path / "out", save_uncertainty=True)
     assert len(reads) == 2 and len(passes) == 2
 
