@@ -12,7 +12,14 @@ from brainseg.io.naming import CHECKPOINT_CHOICES
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="segment scans with a trained model")
-    p.add_argument("--model", type=Path, required=True, help="run folder or checkpoint file")
+    p.add_argument(
+        "--model",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="run folder or checkpoint file; several, or a cross-validation run folder (fold_*/): "
+        "their ensemble (mean probabilities; the first model's decision)",
+    )
     p.add_argument(
         "--checkpoint",
         choices=tuple(CHECKPOINT_CHOICES),
@@ -31,6 +38,12 @@ def register(sub) -> argparse.ArgumentParser:
         "*_desc-brainseg_volumes.tsv and dataset_description.json (default: OUT/ID.nii.gz and volumes.csv)",
     )
     p.add_argument("--save-probabilities", action="store_true", help="also write ID_probabilities.nii.gz (4D float)")
+    p.add_argument(
+        "--save-uncertainty",
+        action="store_true",
+        help="also write ID_uncertainty.nii.gz (float32 in [0, 1]: one model's entropy, or the disagreement "
+        "of an ensemble's members or of the mirrored passes)",
+    )
     p.add_argument(
         "--dicom-seg",
         action="store_true",
@@ -59,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
             "overwrite",
             "save_probabilities",
             "preview",
+            "save_uncertainty",
             "debug",
             "bids_derivatives",
             "dicom_seg",

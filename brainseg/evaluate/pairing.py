@@ -11,7 +11,7 @@ from pathlib import Path
 from brainseg.errors import BrainsegError
 from brainseg.io.naming import (
     CHANNEL_SUFFIX,
-    PROBABILITIES_TAG,
+    MAP_TAGS,
     is_image_file,
     strip_suffix,
 )
@@ -49,11 +49,11 @@ def scan_folder(folder: Path, role: str) -> tuple[dict[str, Path], list[dict]]:
 
 
 def drop_probability_maps(preds: dict[str, Path]) -> dict[str, Path]:
-    """Leave out ``ID_probabilities`` files written beside a prediction ``ID``."""
+    """Leave out ``ID_probabilities`` and ``ID_uncertainty`` files written beside a prediction ``ID``."""
     return {
         cid: path
         for cid, path in preds.items()
-        if not (cid.endswith(PROBABILITIES_TAG) and cid[: -len(PROBABILITIES_TAG)] in preds)
+        if not any(cid.endswith(tag) and cid[: -len(tag)] in preds for tag in MAP_TAGS)
     }
 
 

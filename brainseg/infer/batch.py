@@ -14,7 +14,12 @@ channels in order (``{"kind": "classes" | "regions", "channels": [names]}``); wi
 ``dicom_seg``, for a case read from a DICOM series, ``ID_seg.dcm``: a DICOM SEG of the
 mask referencing that series (when highdicom cannot build one for the series, one
 warning line and the NIfTI mask stands). These are written before the mask, so an
-existing mask means a finished case.
+existing mask means a finished case. With ``save_uncertainty``, ``ID_uncertainty.nii.gz``
+(float32 in [0, 1], same geometry: one model's entropy, or the disagreement of an ensemble's
+members or mirrored passes, :mod:`brainseg.infer.ensemble`).
+
+Several models (``--model A B``, a cross-validation run folder's ``fold_*``) predict as one ensemble
+(:mod:`brainseg.infer.ensemble`): the mean of their probabilities, the first member's decision.
 ``volumes.csv`` holds the volume (mm³) of every non-background label of the cases
 predicted *in this run* (skipped cases are not re-measured; when no case was
 predicted the file is left as it was), its ``background`` (zero or noise) and ``ood``:
@@ -48,13 +53,14 @@ import torch
 from tqdm import tqdm
 
 from brainseg.config import Config, apply_overrides, config_from_dict, load_config
-from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
+from brainseg.infer.ensemble import load_members
 from brainseg.infer.outputs import (
+    check_output_folder,
     output_paths,
     predict_one,
 )
@@ -62,9 +68,7 @@ from brainseg.infer.predictor import Predictor
 from brainseg.infer.provenance import Fingerprint, is_current
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, highdicom_available
-from brainseg.io.hashing import sha256_file
 from brainseg.model.card import ModelCard, package_versions
-from brainseg.model.checkpoint import load_model, resolve_checkpoint
 from brainseg.postprocess.volumes import write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
@@ -125,6 +129,7 @@ def predict_cases(
     bids: BidsOutput | None = None,
     dicom_seg: bool = False,
     preview: bool = False,
+    save_uncertainty: bool = False,
     fingerprint: Fingerprint | None = None,
     journal: Callable[[PredictionSummary], None] | None = None,
 ) -> PredictionSummary:
@@ -146,7 +151,9 @@ def predict_cases(
     summary = PredictionSummary()
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         seg = dicom_seg and isinstance(case.images[0], DicomSeries)
-        outputs = output_paths(output_dir, case.case_id, save_probabilities, bids is not None, seg, preview)
+        outputs = output_paths(
+            output_dir, case.case_id, save_probabilities, bids is not None, seg, preview, save_uncertainty
+        )
         exists = not overwrite and all(p.exists() for p in outputs.values())
         try:
             inputs = provenance.readable_input_entries(case.images) if fingerprint is not None else None
@@ -210,29 +217,6 @@ def inference_config(card: ModelCard, config_path: Path | None, overrides: Seque
         raise BrainsegError(f"model card config: {exc}") from None
 
 
-def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
-    """Refuse an output folder that is an input folder or inside one (inputs are never written),
-    except a BIDS root's ``derivatives/``, where BIDS puts them."""
-    out = Path(output).resolve()
-    if out.exists() and not out.is_dir():
-        raise BrainsegError(f"{output}: the output exists and is not a folder")
-    for item in inputs:
-        src = Path(item).resolve()
-        if not src.exists():
-            continue  # discovery reports it
-        folder = src if src.is_dir() else src.parent
-        if src.is_dir() and is_bids_root(src) and out.is_relative_to(src / "derivatives"):
-            continue  # a BIDS data set's derivatives/ folder: discovery never reads it
-        if out == folder:
-            raise BrainsegError(
-                f"{output}: refusing to write into the input folder {item}; choose another output folder"
-            )
-        if src.is_dir() and out.is_relative_to(src):
-            raise BrainsegError(
-                f"{output}: refusing to write inside the input folder {item}; choose a folder outside the data"
-            )
-
-
 @dataclass
 class BatchResult:
     """:func:`predict`'s outcome: the per-case summary and where the volumes went."""
@@ -283,7 +267,7 @@ def finish_run(
 
 
 def predict(
-    model_path: str | os.PathLike,
+    model_path: str | os.PathLike | Sequence[str | os.PathLike],
     inputs: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
@@ -298,6 +282,7 @@ def predict(
     bids_derivatives: bool = False,
     dicom_seg: bool = False,
     preview: bool = False,
+    save_uncertainty: bool = False,
     command: Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
@@ -308,7 +293,12 @@ def predict(
     BIDS folders and the outputs are written as BIDS derivatives (:mod:`brainseg.infer.derivatives`)
     instead of ``ID.nii.gz`` and ``volumes.csv``. ``dicom_seg``: also a DICOM SEG for each case read
     from a DICOM series (needs highdicom, checked before any work). ``preview``: also
-    ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``)."""
+    ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``).
+
+    ``model_path``: one run folder or checkpoint, or several (or a cross-validation run folder with
+    ``fold_*``): an ensemble of them (:func:`~brainseg.infer.ensemble.load_members`) whose decision
+    (class offsets, region thresholds, enhancing-tumour volume), configuration and preprocessing
+    are the first member's. ``save_uncertainty``: ``ID_uncertainty.nii.gz`` beside each mask."""
     if dicom_seg and not highdicom_available():
         raise BrainsegError(f"--dicom-seg: {INSTALL_HINT}")
     started = time.time()
@@ -320,17 +310,37 @@ def predict(
     if env.world_size > 1:
         provenance.drop_stale_part(output, token, env.rank)
     dev = resolve_device(device, env.local_rank)
-    source = resolve_checkpoint(model_path, checkpoint)
-    model, card = load_model(source, dev)
+    given = [model_path] if isinstance(model_path, str | os.PathLike) else list(model_path)
+    members = load_members(given, dev, checkpoint)
+    if len(members) > 1 and bids_derivatives:
+        raise BrainsegError("--bids-derivatives: an ensemble of models is not supported there yet; give one --model")
+    if save_uncertainty and bids_derivatives:
+        raise BrainsegError("--bids-derivatives: --save-uncertainty is not supported there yet")
+    (source, model, card), others = members[0], members[1:]
+    if others:
+        log.info(
+            "ensemble of %d models (%s); the decision (class offsets, region thresholds, enhancing-tumour volume) "
+            "is the first member's card's: %s",
+            len(members),
+            ", ".join(str(path) for path, _, _ in members),
+            source,
+        )
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
     bids = derivatives.bids_output(output, cases) if bids_derivatives else None
     mine = list(cases)[env.rank :: env.world_size]
     predictor = Predictor(
-        model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
+        model,
+        card,
+        config.infer,
+        config.postprocess,
+        dev,
+        log=log.warning,
+        max_voxels=config.data.max_voxels,
+        ensemble_with=[(m, c) for _, m, c in others],
     )
     settings = {k: v for k, v in config.to_dict().items() if k in ("infer", "postprocess")}
-    model_sha256 = sha256_file(source)
+    model_sha256, model_entry = provenance.model_record([path for path, _, _ in members])
     if bids is not None and env.is_main:
         derivatives.write_dataset_files(bids, source, model_sha256)
     recorded = provenance.recorded_cases(output, token)
@@ -343,7 +353,7 @@ def predict(
         "versions": versions,
         "device": str(dev),
         "world_size": env.world_size,
-        "model": {"path": str(source.resolve()), "sha256": model_sha256},
+        "model": model_entry,
         "config": settings,
         "started": started,
     }
@@ -362,6 +372,7 @@ def predict(
         bids=bids,
         dicom_seg=dicom_seg,
         preview=preview,
+        save_uncertainty=save_uncertainty,
         fingerprint=fingerprint,
         journal=lambda s: provenance.journal_part(output, token, env.rank, part(s, final=False)),
     )

@@ -14,7 +14,7 @@ partner) those combinations are left out (4 passes).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -63,8 +63,10 @@ class Mirroring:
         combos = [d for k in range(1, 4) for d in itertools.combinations((2, 3, 4), k)]
         return [d for d in combos if self.flip_left_right or 2 not in d]
 
-    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        out = self.predict(batch)
+    def passes(self, batch: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each pass's logits in the batch's own orientation (flipped back, left/right channels
+        swapped where axis 0 was flipped): the plain pass first, then :attr:`flips` in order."""
+        yield self.predict(batch)
         swap = None if self.swap_channels is None else list(self.swap_channels)
         for dims in self.flips:
             flipped = torch.flip(self.predict(torch.flip(batch, dims)), dims)
@@ -72,8 +74,22 @@ class Mirroring:
                 if len(swap) != flipped.shape[1]:
                     raise ValueError(f"swap_channels has {len(swap)} channels, the logits {flipped.shape[1]}")
                 flipped = flipped[:, swap]
+            yield flipped
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        passes = self.passes(batch)
+        out = next(passes)
+        for flipped in passes:
             out = out + flipped
         return out / (len(self.flips) + 1)
+
+
+def window_passes(predict: WindowPredictor, batch: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The logits of each pass ``predict`` averages (:meth:`Mirroring.passes`; one pass if it does not mirror)."""
+    if isinstance(predict, Mirroring):
+        yield from predict.passes(batch)
+    else:
+        yield predict(batch)
 
 
 def window_predictor(

@@ -8,14 +8,15 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from brainseg._version import __version__
+from brainseg.data.bids import is_bids_root
 from brainseg.data.cases import Case
-from brainseg.errors import InputError
+from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
@@ -23,7 +24,7 @@ from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import SEG_SUFFIX, write_dicom_seg
 from brainseg.io.images import read_image, write_image
-from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG
+from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG, UNCERTAINTY_TAG
 from brainseg.io.pictures import preview_png
 from brainseg.model.card import ModelCard
 from brainseg.postprocess.volumes import label_volumes
@@ -34,6 +35,7 @@ MASK_SUFFIX = NIFTI_GZ
 PROBABILITIES_SUFFIX = PROBABILITIES_TAG + NIFTI_GZ
 PROBABILITIES_SIDECAR_SUFFIX = PROBABILITIES_TAG + ".json"
 PREVIEW_SUFFIX = "_preview.png"
+UNCERTAINTY_SUFFIX = UNCERTAINTY_TAG + NIFTI_GZ
 
 
 def output_paths(
@@ -43,8 +45,9 @@ def output_paths(
     bids: bool = False,
     dicom_seg: bool = False,
     preview: bool = False,
+    save_uncertainty: bool = False,
 ) -> dict[str, Path]:
-    """The files a case produces: ``mask`` and, if asked for, ``probabilities``, ``dicom_seg`` and
+    """The files a case produces: ``mask`` and, if asked for, ``probabilities``, ``uncertainty``, ``dicom_seg`` and
     ``preview`` (with ``bids``, the BIDS derivatives' names and their sidecars,
     :func:`brainseg.infer.derivatives.output_paths`; the SEG and the preview beside the mask)."""
     if bids:
@@ -58,6 +61,8 @@ def output_paths(
     if save_probabilities:
         paths["probabilities"] = output_dir / f"{case_id}{PROBABILITIES_SUFFIX}"
         paths["probabilities_channels"] = output_dir / f"{case_id}{PROBABILITIES_SIDECAR_SUFFIX}"
+    if save_uncertainty:
+        paths["uncertainty"] = output_dir / f"{case_id}{UNCERTAINTY_SUFFIX}"
     if dicom_seg:
         paths["dicom_seg"] = output_dir / f"{case_id}{SEG_SUFFIX}"
     if preview:
@@ -88,7 +93,8 @@ def predict_one(
     ood = "; ".join(prepared.ood)
     if prepared.ood:
         log.warning("%s: unlike the training scans: %s", case.case_id, ood)
-    labels, probs = predictor.segment(prepared, "probabilities" in outputs)
+    result = predictor.segment_maps(prepared, "probabilities" in outputs, "uncertainty" in outputs)
+    labels, probs = result.labels, result.probabilities
     geometry, record = prepared.geometry, prepared.record
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
@@ -108,6 +114,9 @@ def predict_one(
         if probs is not None:
             write_image(outputs["probabilities"], np.moveaxis(probs, 0, -1), geometry, dtype=np.dtype(np.float32))
             written.append(outputs["probabilities"])
+        if result.uncertainty is not None:
+            write_image(outputs["uncertainty"], result.uncertainty, geometry, dtype=np.dtype(np.float32))
+            written.append(outputs["uncertainty"])
         for key, text in texts.items():
             atomic_write_text(outputs[key], text)
             written.append(outputs[key])
@@ -130,3 +139,26 @@ def predict_one(
                 path.unlink()
         raise
     return volumes, background, ood
+
+
+def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
+    """Refuse an output folder that is an input folder or inside one (inputs are never written),
+    except a BIDS root's ``derivatives/``, where BIDS puts them."""
+    out = Path(output).resolve()
+    if out.exists() and not out.is_dir():
+        raise BrainsegError(f"{output}: the output exists and is not a folder")
+    for item in inputs:
+        src = Path(item).resolve()
+        if not src.exists():
+            continue  # discovery reports it
+        folder = src if src.is_dir() else src.parent
+        if src.is_dir() and is_bids_root(src) and out.is_relative_to(src / "derivatives"):
+            continue  # a BIDS data set's derivatives/ folder: discovery never reads it
+        if out == folder:
+            raise BrainsegError(
+                f"{output}: refusing to write into the input folder {item}; choose another output folder"
+            )
+        if src.is_dir() and out.is_relative_to(src):
+            raise BrainsegError(
+                f"{output}: refusing to write inside the input folder {item}; choose a folder outside the data"
+            )

@@ -23,7 +23,6 @@ The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.ba
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,8 @@ import torch
 
 from brainseg.config import InferConfig, InputMask, PostprocessConfig
 from brainseg.errors import BrainsegError
+from brainseg.infer.attempts import accumulators_fit_on_gpu, inference_attempts, run_with_oom_fallback
+from brainseg.infer.ensemble import EnsembleWindows, check_compatible, entropy_map
 from brainseg.infer.mirroring import window_predictor
 from brainseg.infer.sliding_window import SlidingWindow
 from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_channels
@@ -60,8 +61,6 @@ from brainseg.preprocessing.preprocess import (
 from brainseg.quality.ood import scan_reasons
 
 T = TypeVar("T")
-#: One inference attempt: (windows per forward pass, device of the accumulators).
-Attempt = tuple[int, torch.device]
 
 
 @dataclass
@@ -80,57 +79,28 @@ class PreparedCase:
     ood: list[str] = field(default_factory=list)
 
 
-def accumulators_fit_on_gpu(device: torch.device, num_classes: int, padded_shape: Sequence[int]) -> bool:
-    """Whether sliding-window accumulators of this size belong on ``device`` (a GPU).
+@dataclass
+class Segmentation:
+    """What :meth:`Predictor.segment_maps` returns, in the case's original grid."""
 
-    Estimate: classes x padded voxels x 4 bytes x 2 (scores and their softmax / the
-    inverted copy) must stay under half of the GPU's free memory.
-    """
-    if device.type != "cuda":
-        return False
-    free, _ = torch.cuda.mem_get_info(device)
-    needed = num_classes * math.prod(int(s) for s in padded_shape) * 4 * 2
-    return needed < free / 2
-
-
-def inference_attempts(device: torch.device, batch_windows: int, output_device: torch.device) -> list[Attempt]:
-    """What to try, in order: as configured; on a CUDA OOM one window per pass; then output on the CPU."""
-    if device.type != "cuda":
-        return [(batch_windows, output_device)]
-    cpu = torch.device("cpu")
-    attempts: list[Attempt] = []
-    for attempt in ((batch_windows, output_device), (1, output_device), (1, cpu)):
-        if attempt not in attempts:
-            attempts.append(attempt)
-    return attempts
-
-
-def run_with_oom_fallback(
-    step: Callable[[int, torch.device], T],
-    attempts: Sequence[Attempt],
-    log: Callable[[str], None] | None = None,
-) -> T:
-    """Run ``step(batch_windows, output_device)`` for each attempt until one does not run out of GPU memory.
-
-    The last attempt's ``torch.cuda.OutOfMemoryError`` propagates.
-    """
-    for i, (batch_windows, output_device) in enumerate(attempts):
-        try:
-            return step(batch_windows, output_device)
-        except torch.cuda.OutOfMemoryError:
-            if i == len(attempts) - 1:
-                raise
-        # Outside the except block, so the failed attempt's tensors can be freed.
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if log is not None:
-            nxt_bw, nxt_dev = attempts[i + 1]
-            log(f"out of GPU memory; retrying with batch_windows={nxt_bw}, output on {nxt_dev}")
-    raise ValueError("no inference attempts given")
+    #: The card's label values (uint8/int16) after postprocessing.
+    labels: np.ndarray
+    #: (C, X, Y, Z) float32 probabilities (a region model: one sigmoid per region), if asked for.
+    probabilities: np.ndarray | None = None
+    #: (X, Y, Z) float32 in [0, 1], if asked for (:mod:`brainseg.infer.ensemble`: entropy or disagreement).
+    uncertainty: np.ndarray | None = None
 
 
 class Predictor:
-    """A trained model ready to segment cases: an inference copy of the model, one :class:`SlidingWindow`."""
+    """A trained model (or an ensemble of compatible ones) ready to segment cases: inference copies
+    of the models, one :class:`SlidingWindow`.
+
+    ``ensemble_with``: more (model, card) members, compatible with the first
+    (:func:`~brainseg.infer.ensemble.check_compatible`); their probabilities are averaged per window
+    (:class:`~brainseg.infer.ensemble.EnsembleWindows`). The case's preprocessing, the
+    out-of-distribution ranges and the decision (class offsets, region thresholds, the
+    enhancing-tumour volume) are the first member's card's.
+    """
 
     def __init__(
         self,
@@ -142,13 +112,19 @@ class Predictor:
         log: Callable[[str], None] | None = None,
         max_voxels: int = DEFAULT_MAX_VOXELS,
         compile_network: bool = False,
+        ensemble_with: Sequence[tuple[torch.nn.Module, ModelCard]] = (),
     ):
         if not isinstance(card, ModelCard):
             raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
         self.device = torch.device(device)
-        network = inference_network(model, self.device, infer.channels_last)  # a copy: the caller's stays as it is
-        # torch.compile: opt-in (benchmarks); the compiled module is a module
-        self._network = cast(torch.nn.Module, torch.compile(network)) if compile_network else network
+        members = [(model, card), *ensemble_with]
+        check_compatible([c for _, c in members], [f"member {i + 1}" for i in range(len(members))])
+        networks = []
+        for member, _ in members:
+            network = inference_network(member, self.device, infer.channels_last)  # a copy: the caller's stays as it is
+            # torch.compile: opt-in (benchmarks); the compiled module is a module
+            networks.append(cast(torch.nn.Module, torch.compile(network)) if compile_network else network)
+        self._network = networks[0]
         self.max_voxels = int(max_voxels)  # refuse scans whose header claims more (config data.max_voxels)
         self.card = card
         self.infer = infer
@@ -161,11 +137,23 @@ class Predictor:
         # (a region model's outputs are regions, not labels: a left-right mirror swaps none of them)
         self.regions = card.regions  # None: a label model (softmax over classes)
         self.laterality = from_run_config(card.config, card.labels)
-        pairs = self.laterality.pairs and self.regions is None
-        swap = self.laterality.channel_permutation(self.label_values) if pairs else None
-        #: What the windows go through: a batch of windows -> logits (test-time mirroring included).
-        self.predict_windows = window_predictor(
-            self._network, infer, self.device, swap, self.laterality.may_flip_left_right
+        member_windows = []
+        for network, member_card in zip(networks, (c for _, c in members)):
+            laterality = from_run_config(member_card.config, member_card.labels)
+            pairs = laterality.pairs and self.regions is None
+            swap = laterality.channel_permutation(self.label_values) if pairs else None
+            member_windows.append(window_predictor(network, infer, self.device, swap, laterality.may_flip_left_right))
+        ensemble = EnsembleWindows(tuple(member_windows), regions=self.regions is not None)
+        #: What the windows go through: a batch of windows -> logits (test-time mirroring included);
+        #: an ensemble's: the members' mean probabilities (:attr:`windows_give_probabilities`).
+        self.predict_windows = member_windows[0] if len(members) == 1 else ensemble
+        self.windows_give_probabilities = ensemble.returns_probabilities
+        #: The windows with the samples' disagreement as one more channel (None: one unmirrored model,
+        #: whose uncertainty is the entropy of its probabilities).
+        self.uncertainty_windows = (
+            EnsembleWindows(ensemble.members, ensemble.regions, uncertainty=True)
+            if len(members) > 1 or infer.mirror
+            else None
         )
         self.window = SlidingWindow.from_config(card.patch_size, self.num_classes, infer)
         chosen = postprocess.innermost_min_mm3
@@ -190,8 +178,13 @@ class Predictor:
 
     @property
     def network(self) -> torch.nn.Module:
-        """The inference-ready network (a copy of the model: eval mode, on the device, norms folded/fused)."""
+        """The inference-ready network (a copy of the model: eval mode, on the device, norms folded/fused);
+        an ensemble's first member's."""
         return self._network
+
+    @property
+    def ensemble_size(self) -> int:
+        return len(self.predict_windows.members) if isinstance(self.predict_windows, EnsembleWindows) else 1
 
     @property
     def label_names(self) -> dict[int, str]:
@@ -224,10 +217,24 @@ class Predictor:
 
         Labels are the card's label values (uint8/int16) after postprocessing;
         probabilities (float32, (C, X, Y, Z)) only if asked for."""
+        result = self.segment_maps(case, return_probabilities)
+        return result.labels, result.probabilities
+
+    def segment_maps(self, case: PreparedCase, probabilities: bool = False, uncertainty: bool = False) -> Segmentation:
+        """:meth:`segment`, and with ``uncertainty`` the uncertainty map (:mod:`brainseg.infer.ensemble`).
+
+        The uncertainty is computed on the inverted (original-grid) probabilities, as the
+        probabilities are: a model's entropy, or the disagreement channel the windows returned."""
         input_mask, record = self.input_mask_rule(case.record), case.record
-        if return_probabilities:
-            probs = self._infer(case.image, record, lambda p: invert_to_original(p, record).cpu().numpy(), False)
-            classes = reducer(input_mask, self.regions, self.thresholds, self.class_weights)(probs, case.nonzero)
+        unc = None
+        if probabilities or uncertainty:
+            extra = uncertainty and self.uncertainty_windows is not None
+            full = self._infer(case.image, record, lambda p: invert_to_original(p, record).cpu().numpy(), False, extra)
+            scores = full[: self.num_classes]
+            if uncertainty:
+                unc = full[self.num_classes] if extra else entropy_map(scores, self.regions is not None)
+            classes = reducer(input_mask, self.regions, self.thresholds, self.class_weights)(scores, case.nonzero)
+            probs = scores if probabilities else None
         else:  # labels only: no full-size probability maps are built
 
             def to_classes(p: torch.Tensor) -> np.ndarray:
@@ -239,7 +246,7 @@ class Predictor:
         labels = postprocess_labels(self._to_label_values(classes), case.geometry.spacing, self.postprocess, core)
         if self.regions is not None:
             labels = innermost_rule(labels, case.geometry.spacing, self.regions, self.innermost_min_mm3)
-        return labels, probs
+        return Segmentation(labels, probs, None if unc is None else np.ascontiguousarray(unc, dtype=np.float32))
 
     def predict_case(
         self, images: Sequence[str | os.PathLike], return_probabilities: bool = False
@@ -267,14 +274,25 @@ class Predictor:
         return self.postprocess.input_mask if record.zero_background else "none"
 
     def _infer(
-        self, image: np.ndarray, record: PreprocessRecord, finish: Callable[[torch.Tensor], T], in_place: bool
+        self,
+        image: np.ndarray,
+        record: PreprocessRecord,
+        finish: Callable[[torch.Tensor], T],
+        in_place: bool,
+        uncertainty: bool = False,
     ) -> T:
         """``finish(probabilities)`` of a preprocessed image, with the OOM fallbacks (:func:`inference_attempts`).
 
         Probabilities: a region model's sigmoids, else the softmax (``in_place``: in the logits'
-        memory, :func:`softmax_`); the far background (:func:`~brainseg.preprocessing.foreground.far_background`)
-        is forced to background either way."""
-        on_gpu = accumulators_fit_on_gpu(self.device, self.num_classes, self.window.padded_shape(image.shape[1:]))
+        memory, :func:`softmax_`), or an ensemble's mean probabilities as the windows gave them;
+        the far background (:func:`~brainseg.preprocessing.foreground.far_background`) is forced to
+        background either way. ``uncertainty``: the windows' disagreement channel comes last (0 in the
+        far background)."""
+        c = self.num_classes
+        predict = self.uncertainty_windows if uncertainty else self.predict_windows
+        assert predict is not None
+        window = SlidingWindow.from_config(self.card.patch_size, c + 1, self.infer) if uncertainty else self.window
+        on_gpu = accumulators_fit_on_gpu(self.device, window.num_outputs, window.padded_shape(image.shape[1:]))
         attempts = inference_attempts(
             self.device, max(1, int(self.infer.batch_windows)), self.device if on_gpu else torch.device("cpu")
         )
@@ -282,9 +300,15 @@ class Predictor:
         far = far_background(image, record.pad_values(), record.far_constant)
 
         def step(batch_windows: int, output_device: torch.device) -> T:
-            logits = self.window(
-                tensor, self.predict_windows, batch_windows, self.device, output_device, record.pad_values()
-            )
+            logits = window(tensor, predict, batch_windows, self.device, output_device, record.pad_values())
+            if self.windows_give_probabilities or uncertainty:  # activate the scores' channels only, in place
+                if not self.windows_give_probabilities and self.regions is not None:
+                    logits[:c].sigmoid_()
+                elif not self.windows_give_probabilities:
+                    softmax_(logits[:c])
+                if self.regions is not None:
+                    return finish(sigmoid_(logits, far, activate=False))
+                return finish(force_background_(logits, far))
             if self.regions is not None:
                 return finish(sigmoid_(logits, far))
             return finish(force_background_(softmax_(logits) if in_place else torch.softmax(logits, dim=0), far))
@@ -308,9 +332,11 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()  # the sliding window's output is an inference tensor
-def sigmoid_(logits: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
-    """In place: region probabilities (a sigmoid per channel), every region 0 where ``far``."""
-    logits.sigmoid_()
+def sigmoid_(logits: torch.Tensor, far: np.ndarray | None, activate: bool = True) -> torch.Tensor:
+    """In place: region probabilities (a sigmoid per channel; ``activate`` False: they are already),
+    every region 0 where ``far``."""
+    if activate:
+        logits.sigmoid_()
     if far is not None and far.any():
         logits[:, torch.from_numpy(far).to(logits.device)] = 0.0
     return logits

@@ -306,3 +306,14 @@ def merge_into_record(output_dir: Path, parts: Sequence[Mapping]) -> Path | None
         with contextlib.suppress(FileNotFoundError):
             stale_path.unlink()
     return path
+
+
+def model_record(checkpoints: Sequence[str | os.PathLike]) -> tuple[str, dict]:
+    """The model's fingerprint and its entry in the record: one checkpoint's SHA-256, or for an
+    ensemble the SHA-256 of its members' SHA-256s in order (with each member listed)."""
+    shas = [sha256_file(path) for path in checkpoints]
+    sha = shas[0] if len(shas) == 1 else sha256_json(shas)
+    entry: dict[str, Any] = {"path": str(Path(checkpoints[0]).resolve()), "sha256": sha}
+    if len(shas) > 1:
+        entry["members"] = [{"path": str(Path(p).resolve()), "sha256": h} for p, h in zip(checkpoints, shas)]
+    return sha, entry

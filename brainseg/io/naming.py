@@ -32,6 +32,10 @@ IMAGE_SUFFIXES = NIFTI_SUFFIXES + ITK_SUFFIXES
 CHANNEL_SUFFIX = re.compile(r"_(?P<ch>[0-9]{4})$")
 #: What ``brainseg predict --save-probabilities`` adds to a case id: ``ID_probabilities.nii.gz``.
 PROBABILITIES_TAG = "_probabilities"
+#: What ``--save-uncertainty`` adds to a case id: ``ID_uncertainty.nii.gz``.
+UNCERTAINTY_TAG = "_uncertainty"
+#: The tags of the maps written beside a mask ``ID`` (not masks themselves).
+MAP_TAGS = (PROBABILITIES_TAG, UNCERTAINTY_TAG)
 
 
 def image_suffix(path: str | os.PathLike) -> str | None:

@@ -157,6 +157,7 @@ def test_channel_suffix_pairing_and_unmatched_files(tmp_path: Path, caplog):
     (tmp_path / "pred" / "notes.txt").write_text("not an image")
     probs = np.zeros((16, 16, 16, 3), dtype=np.float32)
     nib.save(nib.Nifti1Image(probs, np.eye(4)), str(tmp_path / "pred" / "sub1_0000_probabilities.nii.gz"))
+    nib.save(nib.Nifti1Image(probs[..., 0], np.eye(4)), str(tmp_path / "pred" / "sub1_0000_uncertainty.nii.gz"))
 
     with caplog.at_level(logging.INFO):
         summary = evaluate_folders(tmp_path / "pred", tmp_path / "ref", tmp_path / "out", progress=False)
@@ -167,7 +168,7 @@ def test_channel_suffix_pairing_and_unmatched_files(tmp_path: Path, caplog):
     errors = "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
     assert f"{tmp_path / 'ref' / 'sub2.nii.gz'}: no prediction" in errors
     assert f"{tmp_path / 'pred' / 'stray.nii.gz'}: no reference" in errors
-    assert "probabilities" not in errors
+    assert "probabilities" not in errors and "uncertainty" not in errors
 
 
 def test_missing_folder_is_a_user_error(tmp_path: Path):

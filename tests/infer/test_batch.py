@@ -25,7 +25,8 @@ import torch
 
 from brainseg.config import PostprocessConfig, load_config
 from brainseg.errors import BrainsegError
-from brainseg.infer.batch import check_output_folder, predict
+from brainseg.infer.batch import predict
+from brainseg.infer.outputs import check_output_folder
 from brainseg.infer.predictor import (
     Predictor,
     inference_attempts,
