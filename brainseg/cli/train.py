@@ -1,5 +1,8 @@
 """``brainseg train``: a scan directory in, a run folder out.
 
+``--init RUN`` fine-tunes: RUN's plan and weights, a short schedule, the new data's validation
+Dice before and after (:mod:`brainseg.train.finetune`).
+
 Under torchrun an error on one rank ends every rank; the error line is printed once (by
 the rank that had it) and every rank exits 1.
 """
@@ -35,6 +38,15 @@ def register(sub) -> argparse.ArgumentParser:
         "extends it)",
     )
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR's last checkpoint")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="RUN",
+        help="fine-tune: start from RUN's weights (a run folder or checkpoint file) with RUN's plan (spacing, "
+        "normalisation, patch, network; --set still overrides), a tenth of its learning rate and a quarter of its "
+        "epochs; another label set starts the output layers anew",
+    )
     p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -80,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from brainseg.config import load_config
     from brainseg.runtime import check_device_spec, torchrun_env
     from brainseg.train.distributed import PeerFailure
+    from brainseg.train.finetune import finetune_config, load_init
     from brainseg.train.state import check_run_dir
     from brainseg.train.trainer import train
 
@@ -90,9 +103,12 @@ def run(args: argparse.Namespace) -> int:
     config_path = args.config
     if args.resume and config_path is None and (args.out / "config.yaml").is_file():
         config_path = args.out / "config.yaml"
+    init = load_init(args.init) if args.init is not None else None
+    if init is not None and args.config is not None:
+        raise BrainsegError(f"{args.config}: --init takes the config of {init.checkpoint}; change fields with --set")
     if config_path is None:
         check_run_dir(args.out, args.resume)  # before the plan lands in a folder that holds a run
-        config = planned_config(args, overrides)
+        config = planned_config(args, overrides) if init is None else finetune_config(init, args.data, overrides)
     else:
         config = load_config(config_path, overrides)
     try:
@@ -104,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             max_minutes=args.max_minutes,
             resume=args.resume,
             progress=not args.no_progress,
+            init=init,
         )
     except PeerFailure as exc:
         if not exc.quiet:
@@ -118,4 +135,21 @@ def run(args: argparse.Namespace) -> int:
             + (f"; validation Dice {dice:.3f}" if dice is not None else "")
             + f"; run folder: {summary['run_dir']}"
         )
+        if init is not None:
+            print(finetune_report(summary))
     return 0
+
+
+def finetune_report(summary: dict) -> str:
+    """The new data's validation Dice of the loaded model (before any step) and the fine-tuned one."""
+    before, after = summary["val_dice_before"], summary["val_dice_after"]
+
+    def fmt(value) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    per_label = ", ".join(f"{k} {fmt(before.get(k))} -> {fmt(v)}" for k, v in after.items())
+    return (
+        f"fine-tuned from {summary['initialised_from']['path']}: validation Dice on the new data "
+        f"{fmt(summary['val_dice_before_mean'])} before any step -> {fmt(summary['val_dice_after_mean'])} "
+        f"after ({per_label})"
+    )

@@ -25,13 +25,16 @@ Stored form (format 2)::
      "innermost_min_mm3": 0.0,            # the enhancing-tumour rule's volume, chosen on validation
      "class_offsets": [],                 # label models: per class, the log-probability offset
                                           # chosen on validation (empty: plain argmax)
+     "initialised_from": null,            # a fine-tuned model: {"path", "sha256"} of the checkpoint
+                                          # its training started from (null: trained from scratch)
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
 Format 1 (brainseg before the typed card) is read too: its network sits under
 ``"model"`` and it has no ``preprocess_version`` (taken as 4, the convention of the
 last format-1 release). A card without ``"intensity"`` (before the ``ct`` scheme) has none;
-one without ``"regions"`` (before region training) is a label model. A region model's card
+one without ``"regions"`` (before region training) is a label model; one without
+``"initialised_from"`` was trained from scratch. A region model's card
 has format 3 (:data:`REGION_CARD_FORMAT`), otherwise the same keys.
 :meth:`ModelCard.from_dict` checks every key and type and
 raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
@@ -95,6 +98,25 @@ class Normalization:
 
 
 @dataclass(frozen=True)
+class InitialisedFrom:
+    """The checkpoint a fine-tuned model's training started from: its path when training began
+    and the SHA-256 of its bytes (the path may move or be overwritten; the digest says which file it was)."""
+
+    path: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "sha256": self.sha256}
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> InitialisedFrom:
+        path, digest = str(raw["path"]), str(raw["sha256"]).lower()
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"initialised_from.sha256 is not a SHA-256 digest: {digest!r}")
+        return cls(path, digest)
+
+
+@dataclass(frozen=True)
 class ModelCard:
     network: Network
     #: label value -> name, background (0) included.
@@ -120,6 +142,8 @@ class ModelCard:
     innermost_min_mm3: float = 0.0
     #: Label models: per class, the log-probability offset chosen on the validation cases (empty: none).
     class_offsets: tuple[float, ...] = ()
+    #: A fine-tuned model: the checkpoint its training started from (None: trained from scratch).
+    initialised_from: InitialisedFrom | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -155,6 +179,7 @@ class ModelCard:
             "region_thresholds": [float(t) for t in self.region_thresholds],
             "innermost_min_mm3": float(self.innermost_min_mm3),
             "class_offsets": [float(o) for o in self.class_offsets],
+            "initialised_from": None if self.initialised_from is None else self.initialised_from.to_dict(),
             "config": dict(self.config),
             "versions": dict(self.versions),
         }
@@ -196,6 +221,8 @@ class ModelCard:
             thresholds = tuple(float(t) for t in raw.get("region_thresholds") or ())
             innermost_min_mm3 = float(raw.get("innermost_min_mm3") or 0.0)
             class_offsets = tuple(float(o) for o in raw.get("class_offsets") or ())
+            init = raw.get("initialised_from")
+            initialised_from = None if init is None else InitialisedFrom.from_dict(init)
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -254,6 +281,7 @@ class ModelCard:
             region_thresholds=thresholds,
             innermost_min_mm3=innermost_min_mm3,
             class_offsets=class_offsets,
+            initialised_from=initialised_from,
         )
 
 

@@ -3,7 +3,8 @@
 :class:`RunState` is the loop's counters, the run's time budget and its history, stored in
 every checkpoint (:meth:`RunState.checkpoint_fields`, :meth:`RunState.from_checkpoint`;
 checkpoints from before a field existed load with its default). It also keeps the count
-of steps skipped for a non-finite loss or gradient (:meth:`RunState.count_step`).
+of steps skipped for a non-finite loss or gradient (:meth:`RunState.count_step`) and, for a
+fine-tuned run, the checkpoint it started from (kept across ``--resume`` for the model card).
 :func:`checkpoint_state` is what a checkpoint holds besides it (weights, optimizer, scaler, RNG
 states, the model card), :func:`write_checkpoint` writes one (never with non-finite weights),
 :func:`restore_checkpoint` reads one back into a resumed run.
@@ -22,7 +23,7 @@ import torch
 
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
-from brainseg.model.card import ModelCard
+from brainseg.model.card import InitialisedFrom, ModelCard
 from brainseg.model.checkpoint import CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
 from brainseg.runtime import restore_rng_states, rng_states
 
@@ -68,6 +69,7 @@ class RunState:
     budget: float | None = None  # the run's total time budget (seconds); None: none
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, over the run
     nonfinite_run: int = 0  # how many of them came in a row, up to the last step
+    initialised_from: InitialisedFrom | None = None  # fine-tuning: the checkpoint training started from
 
     def checkpoint_fields(self) -> dict[str, Any]:
         return {
@@ -79,11 +81,13 @@ class RunState:
             "nonfinite_run": self.nonfinite_run,
             "best_dice": self.best_dice,
             "history": self.history,
+            "initialised_from": None if self.initialised_from is None else self.initialised_from.to_dict(),
         }
 
     @classmethod
     def from_checkpoint(cls, st: dict[str, Any]) -> RunState:
         budget = st.get("budget")  # absent before budgets were stored
+        init = st.get("initialised_from")  # absent before fine-tuning, None when trained from scratch
         return cls(
             epoch=int(st["epoch"]),
             step=int(st["step"]),
@@ -93,6 +97,7 @@ class RunState:
             budget=None if budget is None else float(budget),
             skipped_steps=int(st.get("skipped_steps", 0)),
             nonfinite_run=int(st.get("nonfinite_run", 0)),
+            initialised_from=None if init is None else InitialisedFrom.from_dict(init),
         )
 
     def count_step(self, skipped: bool, report: bool = True) -> int:

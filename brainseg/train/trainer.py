@@ -53,6 +53,7 @@ from brainseg.preprocessing.cache import cache_cases, intensity_statistics, ras_
 from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
 from brainseg.runtime import autocast, resolve_device, seed_everything, torchrun_env
 from brainseg.train import distributed as ddp
+from brainseg.train.finetune import InitModel, check_channels, finish, start_from, start_row
 from brainseg.train.monitor import EpochTally, RunLog, curve_names, training_bar, validation_fields
 from brainseg.train.recipe import (
     SegLoss,
@@ -83,9 +84,6 @@ from brainseg.train.validation import Validation
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- trainer
-
-
 class Trainer:
     def __init__(
         self,
@@ -96,6 +94,7 @@ class Trainer:
         max_minutes: float | None = None,
         resume: bool = False,
         progress: bool = True,
+        init: InitModel | None = None,
     ):
         self.data_dir = Path(data_dir)
         self.run_dir = Path(run_dir)
@@ -103,6 +102,7 @@ class Trainer:
         self.max_seconds = None if max_minutes is None else max(0.0, float(max_minutes)) * 60.0
         self.resume = resume
         self.progress = progress
+        self.init = init  # fine-tuning: the checkpoint training starts from
         self.device = resolve_device(device, torchrun_env().local_rank)
         self.dist = ddp.init_distributed(self.device)
         self.state = RunState()
@@ -120,6 +120,10 @@ class Trainer:
         with ddp.together(self.dist, "reading the cache and building the model"):
             self._build()
         self.net = ddp.wrap(self.model, self.device, self.dist)
+        if self.init is not None and not self.resume:  # the loaded model's Dice on the new data, before any step
+            self.state.history.append(start_row(self.validate()))
+            with ddp.together(self.dist, "writing the logs"):
+                self.log.write(self.state.history, 0, False)
 
     def _prepare_cases(self) -> None:
         cfg = self.cfg
@@ -131,6 +135,8 @@ class Trainer:
         ds = discover_dataset(self.data_dir)
         if not ds.train:
             raise BrainsegError(f"{self.data_dir}: no labelled training cases found")
+        if self.init is not None:
+            check_channels(self.init, ds.channels, self.data_dir)  # before any file is written
         self.labels = label_table(ds.labels, ds.train, cfg.data.max_voxels)
         self.cfg, self.laterality = resolve_laterality(cfg, self.labels)  # the pairs, recorded in the config
         cfg = self.cfg
@@ -144,7 +150,8 @@ class Trainer:
 
         cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir / "cache"
         ct = cfg.data.normalization == "ct"  # the data set's intensities, into the cache's key and the card
-        self.intensity = intensity_statistics(ds.train, cache_dir, cfg.data.max_voxels) if ct else []
+        known = list(self.init.card.intensity) if self.init is not None else []  # fine-tuning: as the model was
+        self.intensity = (known or intensity_statistics(ds.train, cache_dir, cfg.data.max_voxels)) if ct else []
         common = dict(
             target_spacing=self.spacing,
             label_values=list(self.labels),
@@ -174,6 +181,9 @@ class Trainer:
             len(self.channels), output_count(self.labels, self.regions), **asdict(cfg.model)
         )
         self.model.check_patch_size(cfg.train.patch_size)
+        if self.init is not None and not self.resume:  # a resumed run's own checkpoint holds its weights
+            self.decision, self.innermost_min_mm3 = start_from(self.init, self.model, self.labels, self.regions)
+            self.state.initialised_from = self.init.source
         self.model.to(self.device)
         # channels-last (NDHWC) is faster for Conv3d on CUDA and on the CPU (oneDNN) too
         self.channels_last = cfg.train.channels_last
@@ -222,6 +232,7 @@ class Trainer:
             versions=package_versions(),
             intensity=tuple(self.intensity),
             training_ranges=self.ranges,
+            initialised_from=self.state.initialised_from,
             **(region_card_fields(self.regions, self.innermost_min_mm3) | self.decision),
         )
 
@@ -356,6 +367,7 @@ class Trainer:
                 atomic_write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
         self.log.close()
         last: dict = next((r for r in reversed(s.history) if "val_dice_mean" in r), {})
+        tuned = finish(self.run_dir, s, self.validate(), self.dist.is_main) if s.initialised_from else {}
         return {
             "run_dir": str(self.run_dir),
             "epochs": s.epoch,
@@ -363,6 +375,7 @@ class Trainer:
             "minutes": s.elapsed / 60.0,
             "val_dice_mean": last.get("val_dice_mean"),
             "stopped_by_time": stop,
+            **tuned,
         }
 
     def _log_epoch(self, best: bool, save_last: bool, last_epoch: bool) -> None:
@@ -376,7 +389,7 @@ class Trainer:
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     """Train a model; returns a small summary (run folder, epochs, last validation Dice).
-    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``."""
+    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``, ``init`` (:mod:`.finetune`)."""
     trainer = Trainer(data_dir, run_dir, config, **options)
     try:
         trainer.setup()

@@ -20,7 +20,7 @@ from brainseg.evaluate.per_label import evaluate_folders
 from brainseg.infer.batch import predict
 from brainseg.infer.predictor import Predictor
 from brainseg.labels.regions import Regions
-from brainseg.model.card import CARD_FORMAT, ModelCard
+from brainseg.model.card import CARD_FORMAT, InitialisedFrom, ModelCard
 from brainseg.model.checkpoint import load_card, load_checkpoint, load_model, save_checkpoint
 from brainseg.train.trainer import train
 from tests.conftest import REPO
@@ -82,6 +82,21 @@ def test_a_card_survives_its_stored_form(tiny_checkpoint):
     assert again == card and again.to_dict() == card.to_dict()
     model, loaded = load_model(tiny_checkpoint)
     assert loaded == card and model.hparams == card.network.kwargs()
+
+
+def test_the_card_keeps_what_a_fine_tuned_model_started_from(tiny_checkpoint):
+    card = load_card(tiny_checkpoint)
+    assert card.initialised_from is None and card.to_dict()["initialised_from"] is None
+    source = InitialisedFrom("/runs/base/checkpoint_final.pt", "ab" * 32)
+    kept = ModelCard.from_dict(replace(card, initialised_from=source).to_dict())
+    assert kept.initialised_from == source
+    assert kept.to_dict()["initialised_from"] == {"path": "/runs/base/checkpoint_final.pt", "sha256": "ab" * 32}
+    old = card.to_dict()
+    del old["initialised_from"]  # a card from before fine-tuning: trained from scratch
+    assert ModelCard.from_dict(old).initialised_from is None
+    for bad in ({"path": "x.pt", "sha256": "not a digest"}, {"path": "x.pt"}, "x.pt"):
+        with pytest.raises(BrainsegError, match="x.pt.*malformed field"):
+            ModelCard.from_dict(card.to_dict() | {"initialised_from": bad}, source="x.pt")
 
 
 @pytest.mark.parametrize("key", ["spacing", "labels", "network", "preprocess_version"])
