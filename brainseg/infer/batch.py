@@ -260,6 +260,23 @@ def inference_config(card: ModelCard, config_path: Path | None, overrides: Seque
         raise BrainsegError(f"model card config: {exc}") from None
 
 
+def load_predictor(
+    model_path: str | os.PathLike,
+    device: torch.device,
+    *,
+    checkpoint: str | None = None,
+    config_path: str | os.PathLike | None = None,
+    overrides: Sequence[str] = (),
+) -> Predictor:
+    """The predictor ``brainseg predict`` segments with: the model of ``model_path`` (``checkpoint``:
+    which of a run folder's) with its card's settings, or ``config_path``'s (:func:`inference_config`)."""
+    model, card = load_model(model_path, device, checkpoint=checkpoint)
+    config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
+    return Predictor(
+        model, card, config.infer, config.postprocess, device, log=log.warning, max_voxels=config.data.max_voxels
+    )
+
+
 def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:
     """Refuse an output folder that is an input folder or inside one (inputs are never written),
     except a BIDS root's ``derivatives/``, where BIDS puts them."""
@@ -324,17 +341,13 @@ def predict(
     check_output_folder(output, paths)
     env = torchrun_env()
     dev = resolve_device(device, env.local_rank)
-    model, card = load_model(model_path, dev, checkpoint=checkpoint)
-    config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
-    cases = discover_inputs(paths, channel_names=card.channels)
+    predictor = load_predictor(model_path, dev, checkpoint=checkpoint, config_path=config_path, overrides=overrides)
+    cases = discover_inputs(paths, channel_names=predictor.card.channels)
     bids = derivatives.bids_output(output, cases) if bids_derivatives else None
     if bids is not None and env.is_main:
         source = resolve_checkpoint(model_path, checkpoint)
         derivatives.write_dataset_files(bids, source, derivatives.checkpoint_sha256(source))
     mine = list(cases)[env.rank :: env.world_size]
-    predictor = Predictor(
-        model, card, config.infer, config.postprocess, dev, log=log.warning, max_voxels=config.data.max_voxels
-    )
     summary = predict_cases(
         predictor,
         mine,

@@ -22,6 +22,7 @@ import torch
 
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
+from brainseg.io.naming import SPLITS_FILE
 from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
 from brainseg.runtime import restore_rng_states, rng_states
@@ -30,7 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run needs a folder without a run in it; ``resume`` needs one with its last checkpoint."""
+    """A new run needs a folder without a run in it; ``resume`` needs one with its last checkpoint;
+    neither goes into a cross-validation run's folder (its folds are runs, it is not)."""
+    if (run_dir / SPLITS_FILE).is_file():
+        raise BrainsegError(
+            f"{run_dir}: holds a cross-validation run ({SPLITS_FILE}); train it with --folds/--fold or choose a new --out"
+        )
     last = run_dir / CHECKPOINT_LAST
     if resume and not last.is_file():
         raise BrainsegError(f"{run_dir}: nothing to resume (no {CHECKPOINT_LAST})")

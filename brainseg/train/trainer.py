@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,8 +97,14 @@ class Trainer:
         max_minutes: float | None = None,
         resume: bool = False,
         progress: bool = True,
+        split: tuple[Sequence[str], Sequence[str]] | None = None,
+        cache_dir: Path | None = None,
     ):
+        """``split``: (training, validation) case ids, a cross-validation fold (the card's ranges: its
+        training cases only). ``cache_dir``: the cache when the config names none (``RUN_DIR/cache``)."""
         self.data_dir = Path(data_dir)
+        self.split = split
+        self.default_cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "cache"
         self.run_dir = Path(run_dir)
         self.cfg = config
         self.max_seconds = None if max_minutes is None else max(0.0, float(max_minutes)) * 60.0
@@ -136,13 +143,13 @@ class Trainer:
         cfg = self.cfg
         self.regions = resolve_regions(cfg.labels, ds.regions, self.labels)  # None: per-label training
         self.channels = list(ds.channels)
-        train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed)
+        train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed, given=self.split)
         spacing = cfg.data.target_spacing
         if spacing is None:  # the plan's rule over the training cases' voxel sizes
             spacing, _ = spacing_rule([ras_spacing(c, cfg.data.max_voxels) for c in ds.train])
         self.spacing = [float(s) for s in spacing]
 
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir / "cache"
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.default_cache
         ct = cfg.data.normalization == "ct"  # the data set's intensities, into the cache's key and the card
         self.intensity = intensity_statistics(ds.train, cache_dir, cfg.data.max_voxels) if ct else []
         common = dict(
@@ -156,7 +163,10 @@ class Trainer:
         self.ranges = None  # the training scans' ranges for the card's OOD check (rank 0 writes the checkpoints)
         if self.dist.is_main:
             write_run_files(self.run_dir, dump_config(cfg), train_cases, val_cases)
-            self.ranges = training_ranges(fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels))
+            fp = fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels)
+            if self.split is not None:  # a fold's held-out cases stay unseen by its ranges too
+                fp = replace(fp, cases=[c for c in fp.cases if c.case_id in set(self.split[0])])
+            self.ranges = training_ranges(fp)
         share = ds.train[self.dist.rank :: self.dist.world_size]  # each rank preprocesses its share
         cache_cases(share, cache_dir, progress=self.progress and self.dist.is_main, **common)
         self._cases = (ds.train, train_cases, val_cases, cache_dir, common)
@@ -376,7 +386,8 @@ class Trainer:
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     """Train a model; returns a small summary (run folder, epochs, last validation Dice).
-    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``."""
+    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``, ``split``,
+    ``cache_dir``."""
     trainer = Trainer(data_dir, run_dir, config, **options)
     try:
         trainer.setup()
