@@ -14,7 +14,12 @@ def register(sub) -> argparse.ArgumentParser:
         "info",
         help="show a trained model's card: labels, channels, spacing, network, training, checksum",
     )
-    p.add_argument("model", type=Path, metavar="MODEL", help="run folder or checkpoint file")
+    p.add_argument(
+        "model",
+        type=Path,
+        metavar="MODEL",
+        help="run folder or checkpoint file (a cross-validation run's folder: its folds and CV scores)",
+    )
     p.add_argument(
         "--checkpoint",
         choices=tuple(CHECKPOINT_CHOICES),
@@ -26,8 +31,18 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from brainseg.model.info import read_model_info  # torch: imported when the command runs
+    from brainseg.errors import BrainsegError
+    from brainseg.model.info import read_cv_run, read_model_info  # torch: imported when the command runs
 
+    cv = read_cv_run(args.model)
+    if cv is not None and args.checkpoint is None:  # a cross-validation's folder: its folds and scores
+        print(json.dumps(cv.to_dict(), indent=1) if args.json else cv.render())
+        return 0
+    if cv is not None:
+        raise BrainsegError(
+            f"{args.model}: a cross-validation run, not one model; --checkpoint chooses a file of a fold's folder "
+            f"(e.g. {args.model / 'fold_0'})"
+        )
     info = read_model_info(args.model, args.checkpoint)
     print(json.dumps(info.to_dict(), indent=1) if args.json else info.render())
     return 0

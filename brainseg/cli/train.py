@@ -47,37 +47,61 @@ def register(sub) -> argparse.ArgumentParser:
         "normalisation, patch, network; --set still overrides), a tenth of its learning rate and a quarter of its "
         "epochs; another label set starts the output layers anew",
     )
+    p.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cross-validation: train RUN/fold_0 .. fold_{K-1} on the splits in RUN/splits.json (made once), "
+        "predict each fold's held-out cases into RUN/cv_predictions and summarise in RUN/cv_summary.csv/.json; "
+        "--max-minutes is each fold's budget",
+    )
+    p.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="k",
+        help="train only fold k of the cross-validation (folds can run on different machines; the splits and "
+        "the plan in RUN are made by the first and reused)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="shortcut for --set train.epochs=N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
-def planned_config(args: argparse.Namespace, overrides: list[str]) -> Config:
-    """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml.
+def planned_config(args: argparse.Namespace, overrides: list[str], reuse: bool = False) -> Config:
+    """No --config: plan for the data set (fingerprint cached in the run folder) into RUN/plan.yaml;
+    with ``reuse`` (a cross-validation's folds) an existing RUN/plan.yaml is read back instead.
     Under torchrun every rank plans alike without timing a step (rank 0 writes the files); nor is
     a step timed when ``--set`` fixes the epochs and the patch (all the timing would decide)."""
-    from brainseg.config import apply_overrides, config_from_dict
+    from brainseg.config import apply_overrides, config_from_dict, load_config
     from brainseg.plan import FINGERPRINT_FILE, PLAN_FILE, plan_dataset
     from brainseg.runtime import torchrun_env
 
     env = torchrun_env()
     fixed = {o.split("=", 1)[0].strip() for o in overrides}
-    timed = not {"train.epochs", "train.patch_size"} <= fixed  # what the step time decides, unless --set fixes it
-    plan, _ = plan_dataset(
-        args.data,
-        args.out / PLAN_FILE,
-        fingerprint_cache=args.out / FINGERPRINT_FILE if env.is_main else None,
-        device=planned_device(args.device),
-        minutes=args.max_minutes,
-        measure=env.world_size == 1 and timed,
-        progress=fingerprint_bar(not args.no_progress and env.is_main),
-        write=env.is_main,
-    )
-    if env.is_main:
-        print(
-            f"{plan.summary()}\nwrote {args.out / PLAN_FILE} (no --config given; edit it and pass --config to change it)"
+    if reuse and (args.out / PLAN_FILE).is_file():
+        planned = load_config(args.out / PLAN_FILE).to_dict()  # one error line naming the file if it is bad
+        if env.is_main:
+            print(f"using the plan in {args.out / PLAN_FILE} (made once for all folds)")
+    else:
+        timed = not {"train.epochs", "train.patch_size"} <= fixed  # what the step time decides, unless --set fixes it
+        plan, _ = plan_dataset(
+            args.data,
+            args.out / PLAN_FILE,
+            fingerprint_cache=args.out / FINGERPRINT_FILE if env.is_main else None,
+            device=planned_device(args.device),
+            minutes=args.max_minutes,
+            measure=env.world_size == 1 and timed,
+            progress=fingerprint_bar(not args.no_progress and env.is_main),
+            write=env.is_main,
         )
-    planned = plan.config.to_dict()
+        if env.is_main:
+            print(
+                f"{plan.summary()}\nwrote {args.out / PLAN_FILE} "
+                "(no --config given; edit it and pass --config to change it)"
+            )
+        planned = plan.config.to_dict()
     if fixed & {"model.levels", "train.patch_size"} and not fixed & {"model.strides", "model.kernels"}:
         # the planned per-stage lists fit the planned levels and patch: overridden, they go
         planned["model"]["strides"] = planned["model"]["kernels"] = None
@@ -100,6 +124,10 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.epochs is not None:
         overrides.append(f"train.epochs={args.epochs}")
+    if args.folds is not None or args.fold is not None:
+        if args.init is not None:
+            raise BrainsegError("--init: fine-tuning trains one run; it does not combine with --folds/--fold")
+        return run_folds(args, device, overrides)
     config_path = args.config
     if args.resume and config_path is None and (args.out / "config.yaml").is_file():
         config_path = args.out / "config.yaml"
@@ -128,15 +156,67 @@ def run(args: argparse.Namespace) -> int:
         log.debug(str(exc))  # another rank prints the error line; this one only exits non-zero
         return 1
     if torchrun_env().is_main:
-        dice = summary["val_dice_mean"]
-        print(
-            f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min)"
-            + (", stopped at the time budget" if summary["stopped_by_time"] else "")
-            + (f"; validation Dice {dice:.3f}" if dice is not None else "")
-            + f"; run folder: {summary['run_dir']}"
-        )
+        print(trained_line(summary))
         if init is not None:
             print(finetune_report(summary))
+    return 0
+
+
+def trained_line(summary: dict) -> str:
+    dice = summary["val_dice_mean"]
+    return (
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min)"
+        + (", stopped at the time budget" if summary["stopped_by_time"] else "")
+        + (f"; validation Dice {dice:.3f}" if dice is not None else "")
+        + f"; run folder: {summary['run_dir']}"
+    )
+
+
+def run_folds(args: argparse.Namespace, device: str, overrides: list[str]) -> int:
+    """``--folds K`` / ``--fold k``: the cross-validation's folds with one config (``--config``, or the
+    plan made once into RUN/plan.yaml), then the CV table of the folds predicted so far."""
+    from brainseg.config import load_config
+    from brainseg.io.naming import CV_SUMMARY_FILES
+    from brainseg.model.checkpoint import CHECKPOINT_LAST
+    from brainseg.runtime import torchrun_env
+    from brainseg.train.crossval import format_cv_table, train_folds
+    from brainseg.train.distributed import PeerFailure
+
+    if args.folds is not None and args.folds < 2:
+        raise BrainsegError(f"--folds {args.folds}: a cross-validation needs 2 folds or more")
+    if (args.out / CHECKPOINT_LAST).is_file():  # before a plan lands in a single run's folder
+        raise BrainsegError(f"{args.out}: holds a single training run, not a cross-validation; choose a new --out")
+    if args.config is None:
+        config = planned_config(args, overrides, reuse=True)
+    else:
+        config = load_config(args.config, overrides)
+    main = torchrun_env().is_main
+
+    def report(fold: int, trained: dict | None) -> None:
+        if main:
+            print(f"fold {fold}: " + (trained_line(trained) if trained else "trained already, not trained again"))
+
+    try:
+        summary = train_folds(
+            args.data,
+            args.out,
+            config,
+            folds=args.folds,
+            only=args.fold,
+            on_fold=report,
+            device=device,
+            max_minutes=args.max_minutes,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+    except PeerFailure as exc:
+        if not exc.quiet:
+            raise
+        log.debug(str(exc))  # another rank prints the error line; this one only exits non-zero
+        return 1
+    if main and summary is not None:
+        print(format_cv_table(summary))
+        print("wrote " + ", ".join(str(args.out / name) for name in CV_SUMMARY_FILES))
     return 0
 
 

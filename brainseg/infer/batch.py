@@ -52,13 +52,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from brainseg.config import Config, apply_overrides, config_from_dict, load_config
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
 from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.ensemble import load_members
+from brainseg.infer.loading import inference_config
 from brainseg.infer.outputs import (
     check_output_folder,
     output_paths,
@@ -68,7 +68,7 @@ from brainseg.infer.predictor import Predictor
 from brainseg.infer.provenance import Fingerprint, is_current
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, highdicom_available
-from brainseg.model.card import ModelCard, package_versions
+from brainseg.model.card import package_versions
 from brainseg.postprocess.volumes import write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
@@ -198,23 +198,6 @@ def write_volumes(output_dir: Path, summary: PredictionSummary, label_names: dic
         return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
         return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, None, extra)
-
-
-def inference_config(card: ModelCard, config_path: Path | None, overrides: Sequence[str]) -> Config:
-    """The config to predict with.
-
-    With ``--config`` that file (plus ``--set``); otherwise the ``infer`` and
-    ``postprocess`` sections stored in the model card (plus ``--set``), so a model
-    predicts the way it was configured at training time.
-    """
-    if config_path is not None:
-        return load_config(config_path, overrides)
-    stored = card.config
-    sections = {k: stored[k] for k in ("infer", "postprocess") if k in stored}
-    try:
-        return config_from_dict(apply_overrides(sections, overrides))
-    except BrainsegError as exc:
-        raise BrainsegError(f"model card config: {exc}") from None
 
 
 @dataclass

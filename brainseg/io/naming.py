@@ -22,6 +22,11 @@ CHECKPOINT_CHOICES = {"final": CHECKPOINT_FINAL, "best": CHECKPOINT_BEST, "last"
 FINGERPRINT_FILE = "fingerprint.json"
 #: A run folder's cross-validation scores, when it holds them.
 CV_SUMMARY_FILES = ("cv_summary.json", "cv_summary.csv")
+#: A cross-validation run's folds (``RUN/splits.json``, nnU-Net's form), its fold folders
+#: (``RUN/fold_0``, ...) and its out-of-fold masks (``RUN/cv_predictions``).
+SPLITS_FILE = "splits.json"
+FOLD_PREFIX = "fold_"
+CV_PREDICTIONS = "cv_predictions"
 
 NIFTI_GZ = ".nii.gz"
 NIFTI_SUFFIXES = (NIFTI_GZ, ".nii")

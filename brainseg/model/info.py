@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from brainseg.io.hashing import sha256_file
-from brainseg.io.naming import CV_SUMMARY_FILES, FINGERPRINT_FILE
+from brainseg.io.naming import CV_SUMMARY_FILES, FINGERPRINT_FILE, FOLD_PREFIX, SPLITS_FILE
 from brainseg.model.card import ModelCard, package_versions
-from brainseg.model.checkpoint import card_from_state, load_checkpoint, resolve_checkpoint
+from brainseg.model.checkpoint import RUN_PREFERENCE, card_from_state, load_checkpoint, resolve_checkpoint
 from brainseg.model.unet import feature_list
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,7 @@ def read_model_info(path: str | os.PathLike, checkpoint: str | None = None) -> M
         int(v.numel()) for k, v in weights.items() if hasattr(v, "numel") and not str(k).endswith(_NOT_PARAMETERS)
     )
     run_dir = source.parent
+    in_cv = (run_dir.parent / SPLITS_FILE).is_file()  # a cross-validation's fold: the run's scores are its parent's
     return ModelInfo(
         checkpoint=source.resolve(),
         sha256=sha256_file(source),
@@ -121,9 +122,59 @@ def read_model_info(path: str | os.PathLike, checkpoint: str | None = None) -> M
         parameters=parameters,
         card=card,
         fingerprint=read_fingerprint_summary(run_dir / FINGERPRINT_FILE),
-        cv=read_cv_scores(run_dir),
+        cv=read_cv_scores(run_dir) or (read_cv_scores(run_dir.parent) if in_cv else None),
         installed_versions=package_versions(),
     )
+
+
+@dataclass(frozen=True)
+class CvRun:
+    """A cross-validation run's folder (``splits.json``, ``fold_k/``): not one model but its folds' scores."""
+
+    root: Path
+    folds: int
+    #: The folds whose folder holds a checkpoint.
+    trained: tuple[int, ...]
+    cv: CvScores | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cross_validation": str(self.root),
+            "folds": self.folds,
+            "trained": [f"{FOLD_PREFIX}{k}" for k in self.trained],
+            "cv": None if self.cv is None else self.cv.to_dict(),
+        }
+
+    def render(self) -> str:
+        trained = ", ".join(f"{FOLD_PREFIX}{k}" for k in self.trained) or "none yet"
+        first = self.root / f"{FOLD_PREFIX}{self.trained[0] if self.trained else 0}"
+        rows = [
+            ("cross-validation", f"{self.root.resolve()}: {self.folds} folds ({SPLITS_FILE}); trained: {trained}"),
+            ("model cards", f"one per fold, not of this folder: brainseg info {first}"),
+            ("cv scores", "(none yet)" if self.cv is None else f"from {self.cv.source}\n{_scores(self.cv.scores)}"),
+        ]
+        width = max(len(name) for name, _ in rows)
+        out = []
+        for name, value in rows:
+            head, *rest = value.splitlines()
+            out += [f"{name:<{width}}  {head}"] + [f"{'':<{width}}  {line}" for line in rest]
+        return "\n".join(out)
+
+
+def read_cv_run(path: str | os.PathLike) -> CvRun | None:
+    """The cross-validation run ``path`` is the folder of (it holds ``splits.json``), else None."""
+    root = Path(path)
+    if not (root.is_dir() and (root / SPLITS_FILE).is_file()):
+        return None
+    try:
+        folds = len(json.loads((root / SPLITS_FILE).read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        log.warning("%s: unreadable splits (%s)", root / SPLITS_FILE, exc)
+        folds = 0
+    trained = tuple(
+        k for k in range(folds) if any((root / f"{FOLD_PREFIX}{k}" / name).is_file() for name in RUN_PREFERENCE)
+    )
+    return CvRun(root, folds, trained, read_cv_scores(root))
 
 
 def read_fingerprint_summary(path: Path) -> FingerprintSummary | None:
@@ -259,7 +310,24 @@ def _training_data(fp: FingerprintSummary | None) -> str:
     )
 
 
+def _cv_summary(scores: dict) -> str:
+    """A cross-validation summary (``brainseg train --folds``): per label or region, Dice mean ± std."""
+    names = scores.get("names") or {}
+    lines = []
+    for key, st in scores["dice"].items():
+        name = f"{key} {names[key]}" if key in names and names[key] != key else key
+        lines.append(f"{name}: Dice {st['mean']:.4f} ± {st['std']:.4f}" if st.get("n") else f"{name}: -")
+    done = len(scores.get("folds_done", []))
+    lines.append(f"{scores.get('n_cases', 0)} case(s) out of fold, {done} of {scores.get('folds', done)} fold(s)")
+    return "\n".join(lines)
+
+
 def _scores(scores: Any) -> str:
+    if isinstance(scores, dict) and isinstance(scores.get("dice"), dict):
+        try:
+            return _cv_summary(scores)
+        except (KeyError, TypeError, ValueError):
+            pass  # another layout: shown as it is
     if isinstance(scores, list) and scores and all(isinstance(r, dict) for r in scores):
         columns = list(dict.fromkeys(k for row in scores for k in row))
         table = [columns] + [[str(row.get(c, "")) for c in columns] for row in scores]

@@ -4,6 +4,7 @@ and the learning-rate schedule (the trainer's loop is :mod:`brainseg.train.train
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import get_args
 
@@ -102,8 +103,13 @@ def region_card_fields(regions: Regions | None, innermost_min_mm3: float) -> dic
     }
 
 
-def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list[Case], list[Case]]:
-    """Deterministic train/validation split (at least one of each when possible)."""
+def split_cases(
+    cases: list[Case], val_fraction: float, seed: int, given: tuple[Sequence[str], Sequence[str]] | None = None
+) -> tuple[list[Case], list[Case]]:
+    """Deterministic train/validation split (at least one of each when possible); ``given``:
+    the (training, validation) case ids to use instead (:func:`given_split`)."""
+    if given is not None:
+        return given_split(cases, *given)
     if len(cases) < 2:
         return list(cases), list(cases)  # validate on the only case rather than not at all
     order = np.random.default_rng(seed).permutation(len(cases))
@@ -111,6 +117,18 @@ def split_cases(cases: list[Case], val_fraction: float, seed: int) -> tuple[list
     val = sorted((cases[i] for i in order[:n_val]), key=lambda c: c.case_id)
     train = sorted((cases[i] for i in order[n_val:]), key=lambda c: c.case_id)
     return train, val
+
+
+def given_split(cases: list[Case], train_ids: Sequence[str], val_ids: Sequence[str]) -> tuple[list[Case], list[Case]]:
+    """The training and validation cases a caller names by id (a cross-validation fold), in
+    :func:`split_cases`' order (by case id); one error line when an id is not a case of the data set."""
+    by_id = {c.case_id: c for c in cases}
+    unknown = sorted(set(train_ids) - set(by_id) | set(val_ids) - set(by_id))
+    if unknown:
+        raise BrainsegError(f"the split names case(s) the data set does not hold: {', '.join(unknown)}")
+    if not val_ids:
+        raise BrainsegError("the split has no validation case")
+    return [by_id[i] for i in sorted(train_ids)], [by_id[i] for i in sorted(val_ids)]
 
 
 # --------------------------------------------------------------------------- model / loss

@@ -21,8 +21,10 @@ from typing import Any
 
 import torch
 
+from brainseg.config import TrainConfig
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
+from brainseg.io.naming import SPLITS_FILE
 from brainseg.model.card import InitialisedFrom, ModelCard
 from brainseg.model.checkpoint import CHECKPOINT_LAST, load_checkpoint, nonfinite_tensors, save_checkpoint
 from brainseg.runtime import restore_rng_states, rng_states
@@ -31,7 +33,12 @@ log = logging.getLogger(__name__)
 
 
 def check_run_dir(run_dir: Path, resume: bool) -> None:
-    """A new run needs a folder without a run in it; ``resume`` needs one with its last checkpoint."""
+    """A new run needs a folder without a run in it; ``resume`` needs one with its last checkpoint;
+    neither goes into a cross-validation run's folder (its folds are runs, it is not)."""
+    if (run_dir / SPLITS_FILE).is_file():
+        raise BrainsegError(
+            f"{run_dir}: holds a cross-validation run ({SPLITS_FILE}); train it with --folds/--fold or choose a new --out"
+        )
     last = run_dir / CHECKPOINT_LAST
     if resume and not last.is_file():
         raise BrainsegError(f"{run_dir}: nothing to resume (no {CHECKPOINT_LAST})")
@@ -114,6 +121,18 @@ class RunState:
                 f"({self.nonfinite_run} in a row, {self.skipped_steps} in this run)"
             )
         return self.nonfinite_run
+
+    def too_many_skips(self, skipped: bool, report: bool, train: TrainConfig, lr: float, run_dir: Path) -> str | None:
+        """Count a step (:meth:`count_step`); the error line that stops training once
+        ``train.max_nonfinite_steps`` steps in a row were skipped, else None."""
+        limit = train.max_nonfinite_steps
+        if self.count_step(skipped, report) < limit:
+            return None
+        return (
+            f"training stopped at step {self.step}: {self.nonfinite_run} steps in a row had a non-finite loss or "
+            f"gradient (train.max_nonfinite_steps: {limit}); the learning rate ({lr:g}) may be too high or the "
+            f"data may hold NaN/inf values; the checkpoints in {run_dir} hold the last finite weights"
+        )
 
 
 def checkpoint_state(

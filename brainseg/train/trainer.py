@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,14 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         init: InitModel | None = None,
+        split: tuple[Sequence[str], Sequence[str]] | None = None,
+        cache_dir: Path | None = None,
     ):
+        """``split``: (training, validation) case ids, a cross-validation fold (the card's ranges: its
+        training cases only). ``cache_dir``: the cache when the config names none (``RUN_DIR/cache``)."""
         self.data_dir = Path(data_dir)
+        self.split = split
+        self.default_cache = Path(cache_dir) if cache_dir is not None else Path(run_dir) / "cache"
         self.run_dir = Path(run_dir)
         self.cfg = config
         self.max_seconds = None if max_minutes is None else max(0.0, float(max_minutes)) * 60.0
@@ -142,13 +149,13 @@ class Trainer:
         cfg = self.cfg
         self.regions = resolve_regions(cfg.labels, ds.regions, self.labels)  # None: per-label training
         self.channels = list(ds.channels)
-        train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed)
+        train_cases, val_cases = split_cases(ds.train, cfg.data.val_fraction, cfg.train.seed, given=self.split)
         spacing = cfg.data.target_spacing
         if spacing is None:  # the plan's rule over the training cases' voxel sizes
             spacing, _ = spacing_rule([ras_spacing(c, cfg.data.max_voxels) for c in ds.train])
         self.spacing = [float(s) for s in spacing]
 
-        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.run_dir / "cache"
+        cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else self.default_cache
         ct = cfg.data.normalization == "ct"  # the data set's intensities, into the cache's key and the card
         known = list(self.init.card.intensity) if self.init is not None else []  # fine-tuning: as the model was
         self.intensity = (known or intensity_statistics(ds.train, cache_dir, cfg.data.max_voxels)) if ct else []
@@ -163,7 +170,10 @@ class Trainer:
         self.ranges = None  # the training scans' ranges for the card's OOD check (rank 0 writes the checkpoints)
         if self.dist.is_main:
             write_run_files(self.run_dir, dump_config(cfg), train_cases, val_cases)
-            self.ranges = training_ranges(fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels))
+            fp = fingerprint_dataset(ds, self.run_dir / FINGERPRINT_FILE, cfg.data.max_voxels)
+            if self.split is not None:  # a fold's held-out cases stay unseen by its ranges too
+                fp = replace(fp, cases=[c for c in fp.cases if c.case_id in set(self.split[0])])
+            self.ranges = training_ranges(fp)
         share = ds.train[self.dist.rank :: self.dist.world_size]  # each rank preprocesses its share
         cache_cases(share, cache_dir, progress=self.progress and self.dist.is_main, **common)
         self._cases = (ds.train, train_cases, val_cases, cache_dir, common)
@@ -282,18 +292,6 @@ class Trainer:
             self.scaler.update()
         return StepOutcome(float(loss.detach()), skipped, stop, clock)
 
-    def _count_skip(self, outcome: StepOutcome, lr: float) -> str | None:
-        """Count a skipped step; the error line when too many came in a row, else None."""
-        s = self.state
-        if s.count_step(outcome.skipped, self.dist.is_main) < self.cfg.train.max_nonfinite_steps:
-            return None
-        return (
-            f"training stopped at step {s.step}: {s.nonfinite_run} steps in a row had a non-finite loss or "
-            f"gradient (train.max_nonfinite_steps: {self.cfg.train.max_nonfinite_steps}); the learning rate "
-            f"({lr:g}) may be too high or the data may hold NaN/inf values; the checkpoints in {self.run_dir} "
-            "hold the last finite weights"
-        )
-
     def validate(self) -> dict:
         """Dice per foreground label value (region name), as ``predict`` + ``evaluate`` give it (:mod:`.validation`)."""
         return self.validation.dice(self.model, self.card(), self.cfg, self.device)
@@ -328,7 +326,7 @@ class Trainer:
                 clock = outcome.clock
                 s.step += 1
                 tally.add(outcome, lr, wait)
-                failure = self._count_skip(outcome, lr)
+                failure = s.too_many_skips(outcome.skipped, self.dist.is_main, cfg, lr, self.run_dir)
                 bar.update(min(int(clock), bar.total) - bar.n if timed else 1)
                 if outcome.stop or failure:
                     stop = True
@@ -389,7 +387,8 @@ class Trainer:
 
 def train(data_dir: Path, run_dir: Path, config: Config, **options) -> dict:
     """Train a model; returns a small summary (run folder, epochs, last validation Dice).
-    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``, ``init`` (:mod:`.finetune`)."""
+    ``options`` are :class:`Trainer`'s: ``device``, ``max_minutes``, ``resume``, ``progress``, ``init``
+    (:mod:`.finetune`), ``split`` and ``cache_dir`` (a cross-validation fold, :mod:`.crossval`)."""
     trainer = Trainer(data_dir, run_dir, config, **options)
     try:
         trainer.setup()

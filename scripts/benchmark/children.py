@@ -45,7 +45,8 @@ def child_infer_brainseg(spec: dict) -> dict:
     import torch
 
     from brainseg.data.inputs import discover_inputs
-    from brainseg.infer.batch import inference_config, predict_cases
+    from brainseg.infer.batch import predict_cases
+    from brainseg.infer.loading import inference_config
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
 
@@ -95,7 +96,7 @@ def child_infer_brainseg(spec: dict) -> dict:
 def child_infer_monai(spec: dict) -> dict:
     import torch
 
-    from brainseg.infer.batch import inference_config
+    from brainseg.infer.loading import inference_config
     from brainseg.model.checkpoint import load_model
 
     device = torch.device(spec.get("device", "cpu"))
@@ -271,7 +272,7 @@ def child_scale(spec: dict) -> dict:
     import torch
 
     from brainseg.data.inputs import discover_inputs
-    from brainseg.infer.batch import inference_config
+    from brainseg.infer.loading import inference_config
     from brainseg.infer.outputs import output_paths, predict_one
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model

@@ -137,7 +137,7 @@ def train_arm(arm: str, seed: int, data: Path, work: Path, minutes: float, devic
 
 def evaluate_arm(run_dir: Path, train_cases, heldout, labels, device: str) -> dict:
     """Predict held-out and training subjects with the run's model; score them."""
-    from brainseg.infer.batch import inference_config
+    from brainseg.infer.loading import inference_config
     from brainseg.infer.predictor import Predictor
     from brainseg.io.images import read_label, write_image
     from brainseg.model.checkpoint import load_model
