@@ -88,7 +88,10 @@ def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
     assert any((run_dir / "tensorboard").iterdir())
     rows = read_metrics(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [1, 2]
-    assert all(0 <= float(r["val_dice_mean"]) <= 1 for r in rows)
+    for r in rows:  # the mean is the mean of the per-label validation Dice the row also holds
+        per_label = [float(v) for k, v in r.items() if k.startswith("val_dice_") and k != "val_dice_mean" and v]
+        assert len(per_label) == 3  # the demo data's CSF, grey and white matter
+        assert float(r["val_dice_mean"]) == pytest.approx(sum(per_label) / 3, abs=1e-6)
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     state = torch.load(run_dir / "checkpoint_final.pt", map_location="cpu", weights_only=True)
