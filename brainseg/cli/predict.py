@@ -52,6 +52,12 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--preview", action="store_true", help="also write ID_preview.png: three slices with the mask over the scan"
     )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time mirroring (infer.mirror): the mean over 8 flipped passes, 8x the time "
+        "(a CPU plan and the CPU configs leave it off)",
+    )
     add_device_arg(p)
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         args.input,
         args.output,
         config_path=args.config,
-        overrides=args.overrides,
+        overrides=[*(args.overrides or []), *(["infer.mirror=true"] if args.tta else [])],
         progress=not args.no_progress and sys.stderr.isatty(),
         command=getattr(args, "command_line", None),
         **same_name,
