@@ -58,6 +58,14 @@ def register(sub) -> argparse.ArgumentParser:
         help="test-time mirroring (infer.mirror): the mean over 8 flipped passes, 8x the time "
         "(a CPU plan and the CPU configs leave it off)",
     )
+    p.add_argument(
+        "--qc-threshold",
+        type=float,
+        default=0.7,
+        metavar="DICE",
+        help="a model with a quality score (a cross-validation run's folds) flags a case whose predicted mean "
+        "Dice is below this in volumes.csv's qc_flag column (default 0.7)",
+    )
     add_device_arg(p)
     add_config_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -82,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
             "debug",
             "bids_derivatives",
             "dicom_seg",
+            "qc_threshold",
         )
     }
     result = predict(

@@ -46,7 +46,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,7 +54,7 @@ from tqdm import tqdm
 
 from brainseg.data.cases import Case
 from brainseg.data.inputs import discover_inputs
-from brainseg.errors import BrainsegError, InputError
+from brainseg.errors import BrainsegError
 from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.ensemble import load_members
@@ -66,56 +66,17 @@ from brainseg.infer.outputs import (
 )
 from brainseg.infer.predictor import Predictor
 from brainseg.infer.provenance import Fingerprint, is_current
+from brainseg.infer.qc import QC_THRESHOLD, qc_columns
+from brainseg.infer.summary import PredictionSummary, error_line
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, highdicom_available
-from brainseg.model.card import package_versions
+from brainseg.model.card import ModelCard, package_versions
 from brainseg.postprocess.volumes import write_volumes_csv
 from brainseg.runtime import resolve_device, torchrun_env
 
 log = logging.getLogger(__name__)
 
 VOLUMES_CSV = "volumes.csv"
-
-
-@dataclass
-class PredictionSummary:
-    """What a batch run did: case ids written, skipped and failed (with the error line)."""
-
-    written: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    #: mm³ per label for each case written in this run.
-    volumes: dict[str, dict[int, float]] = field(default_factory=dict)
-    #: Per case written: its background ("zero": exactly 0, the input-mask rule applied;
-    #: "noise": the rule not applied), the ``background`` column of volumes.csv.
-    backgrounds: dict[str, str] = field(default_factory=dict)
-    #: Per case written: why it is unlike the training scans ("; "-joined), the ``ood`` column.
-    ood: dict[str, str] = field(default_factory=dict)
-    #: Per case written, with a :class:`Fingerprint`: its provenance entry (inputs, outputs, timing).
-    records: dict[str, dict] = field(default_factory=dict)
-
-    def report(self) -> str:
-        text = f"{len(self.written)} written, {len(self.skipped)} skipped, {len(self.failed)} failed"
-        if self.skipped:
-            text += (
-                f"\n{len(self.skipped)} case(s) skipped because their outputs exist, made from the same inputs"
-                " and model (--overwrite redoes them)"
-            )
-        if self.failed:
-            text += "\nfailed cases: " + ", ".join(case for case, _ in self.failed)
-        return text
-
-
-def error_line(case: Case, exc: BaseException) -> str:
-    """One line ``<file>: <problem>`` (or ``case ID: <problem>``) for a failed case."""
-    if isinstance(exc, InputError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        where = exc.filename or f"case {case.case_id}"
-        return f"{where}: {exc.strerror or exc}"
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return f"case {case.case_id}: out of GPU memory even with batch_windows=1 and the output on the CPU"
-    return f"case {case.case_id}: {exc}"
 
 
 def predict_cases(
@@ -132,6 +93,7 @@ def predict_cases(
     save_uncertainty: bool = False,
     fingerprint: Fingerprint | None = None,
     journal: Callable[[PredictionSummary], None] | None = None,
+    qc_threshold: float = QC_THRESHOLD,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
     derivatives: :mod:`brainseg.infer.derivatives`).
@@ -148,7 +110,7 @@ def predict_cases(
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    summary = PredictionSummary()
+    summary = PredictionSummary(qc_threshold=qc_threshold)
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         seg = dicom_seg and isinstance(case.images[0], DicomSeries)
         outputs = output_paths(
@@ -172,12 +134,11 @@ def predict_cases(
                 commit = provenance.commit_case(
                     summary.records, case.case_id, inputs, outputs, fingerprint, lambda: journal and journal(summary)
                 )
-            volumes, background, ood = predict_one(predictor, case, outputs, bids, commit)
-            summary.volumes[case.case_id], summary.backgrounds[case.case_id], summary.ood[case.case_id] = (
-                volumes,
-                background,
-                ood,
-            )
+            volumes, background, ood, qc = predict_one(predictor, case, outputs, bids, commit)
+            summary.volumes[case.case_id], summary.backgrounds[case.case_id] = volumes, background
+            summary.ood[case.case_id] = ood
+            if qc is not None:
+                summary.qc[case.case_id] = qc
         except (BrainsegError, OSError, torch.cuda.OutOfMemoryError) as exc:
             line = error_line(case, exc)
             log.error(line, exc_info=debug)
@@ -189,11 +150,16 @@ def predict_cases(
     return summary
 
 
-def write_volumes(output_dir: Path, summary: PredictionSummary, label_names: dict[int, str]) -> Path | None:
-    """Write this run's volumes to ``volumes.csv`` (nothing when no case was predicted)."""
+def write_volumes(
+    output_dir: Path, summary: PredictionSummary, label_names: dict[int, str], card: ModelCard | None = None
+) -> Path | None:
+    """Write this run's volumes to ``volumes.csv`` (nothing when no case was predicted), with the
+    quality columns when the cases have a predicted Dice (``card``: whose keys they are)."""
     if not summary.volumes:
         return None
     extra = {"background": summary.backgrounds, "ood": summary.ood}
+    if summary.qc and card is not None:
+        extra |= qc_columns(card, summary.qc, summary.qc_threshold)
     try:
         return write_volumes_csv(output_dir / VOLUMES_CSV, summary.volumes, label_names, extra)
     except ValueError:  # label names that clash as CSV columns: fall back to label_<v>
@@ -226,13 +192,19 @@ def rank_part(summary: PredictionSummary, run: dict, rank: int, world_size: int,
         "volumes": {c: {str(v): mm3 for v, mm3 in vols.items()} for c, vols in summary.volumes.items()},
         "backgrounds": summary.backgrounds,
         "ood": summary.ood,
+        "qc": summary.qc,
         # where each written case stands among all ranks' cases (rank r holds cases[r::world])
         "order": {c: rank + i * world_size for i, c in enumerate(summary.written)},
     }
 
 
 def finish_run(
-    output: Path, parts: Sequence[dict], label_names: dict[int, str], volumes_csv: bool = True
+    output: Path,
+    parts: Sequence[dict],
+    label_names: dict[int, str],
+    volumes_csv: bool = True,
+    card: ModelCard | None = None,
+    qc_threshold: float = QC_THRESHOLD,
 ) -> tuple[Path | None, Path | None]:
     """Merge the ranks' parts into ``brainseg_run.json`` (with the journals crashed runs left)
     and, with ``volumes_csv``, ``volumes.csv``, and remove them; (the volumes file, the record)
@@ -241,12 +213,14 @@ def finish_run(
     if not volumes_csv:
         return None, record_path
     order = {c: i for p in parts for c, i in p["order"].items()}
-    merged = PredictionSummary()
+    merged = PredictionSummary(qc_threshold=qc_threshold)
     for case in sorted(order, key=order.__getitem__):
         part = next(p for p in parts if case in p["order"])
         merged.volumes[case] = {int(v): mm3 for v, mm3 in part["volumes"][case].items()}
         merged.backgrounds[case], merged.ood[case] = part["backgrounds"][case], part["ood"][case]
-    return write_volumes(output, merged, label_names), record_path
+        if case in part.get("qc", {}):
+            merged.qc[case] = part["qc"][case]
+    return write_volumes(output, merged, label_names, card), record_path
 
 
 def predict(
@@ -267,6 +241,7 @@ def predict(
     preview: bool = False,
     save_uncertainty: bool = False,
     command: Sequence[str] | None = None,
+    qc_threshold: float = QC_THRESHOLD,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
@@ -277,6 +252,7 @@ def predict(
     instead of ``ID.nii.gz`` and ``volumes.csv``. ``dicom_seg``: also a DICOM SEG for each case read
     from a DICOM series (needs highdicom, checked before any work). ``preview``: also
     ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``).
+    ``qc_threshold``: a case whose predicted mean Dice (a model with a quality score) is below it is flagged.
 
     ``model_path``: one run folder or checkpoint, or several (or a cross-validation run folder with
     ``fold_*``): an ensemble of them (:func:`~brainseg.infer.ensemble.load_members`) whose decision
@@ -337,6 +313,9 @@ def predict(
         "device": str(dev),
         "world_size": env.world_size,
         "model": model_entry,
+        "labels": {str(v): name for v, name in card.labels.items()},
+        "regions": None if card.regions is None else list(card.regions.names),
+        "qc_threshold": qc_threshold,
         "config": settings,
         "started": started,
     }
@@ -358,6 +337,7 @@ def predict(
         save_uncertainty=save_uncertainty,
         fingerprint=fingerprint,
         journal=lambda s: provenance.journal_part(output, token, env.rank, part(s, final=False)),
+        qc_threshold=qc_threshold,
     )
     if env.world_size == 1:
         parts: list[dict] | None = [part(summary, final=True)]
@@ -366,5 +346,5 @@ def predict(
         parts = provenance.collect_parts(output, token, env.world_size)  # None until every rank is done
     volumes = record = None
     if parts is not None:  # this rank finished last (or with the last): it merges
-        volumes, record = finish_run(output, parts, predictor.label_names, volumes_csv=bids is None)
+        volumes, record = finish_run(output, parts, predictor.label_names, bids is None, card, qc_threshold)
     return BatchResult(summary, volumes, env.rank, env.world_size, record)

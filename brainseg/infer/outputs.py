@@ -20,6 +20,7 @@ from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
+from brainseg.infer.qc import case_measures
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import SEG_SUFFIX, write_dicom_seg
@@ -83,9 +84,10 @@ def predict_one(
     outputs: dict[str, Path],
     bids: BidsOutput | None = None,
     before_mask: Callable[[], None] | None = None,
-) -> tuple[dict[int, float], str, str]:
+) -> tuple[dict[int, float], str, str, dict[str, float] | None]:
     """Segment one case, write its files; return its label volumes (mm³, background left out),
-    its background kind ("zero" or "noise") and why it is out of distribution ("" if it is not).
+    its background kind ("zero" or "noise"), why it is out of distribution ("" if it is not) and,
+    when the card holds a quality score, the predicted Dice per key (:mod:`brainseg.infer.qc`).
 
     The mask is written last (``before_mask()`` runs just before it); if any write fails, the
     files this call wrote are removed, so a failed case leaves no partial set of outputs."""
@@ -93,9 +95,16 @@ def predict_one(
     ood = "; ".join(prepared.ood)
     if prepared.ood:
         log.warning("%s: unlike the training scans: %s", case.case_id, ood)
-    result = predictor.segment_maps(prepared, "probabilities" in outputs, "uncertainty" in outputs)
+    quality = predictor.card.quality
+    wanted = "probabilities" in outputs or quality is not None
+    result = predictor.segment_maps(prepared, wanted, "uncertainty" in outputs)
     labels, probs = result.labels, result.probabilities
     geometry, record = prepared.geometry, prepared.record
+    qc = None
+    if quality is not None and probs is not None:
+        measures = case_measures(predictor.card, probs, labels, geometry.spacing)
+        qc = quality.predict(measures, prepared.ood_distance)
+        probs = probs if "probabilities" in outputs else None
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
     volumes = label_volumes(labels, geometry.spacing, foreground)
@@ -138,7 +147,7 @@ def predict_one(
             with contextlib.suppress(OSError):
                 path.unlink()
         raise
-    return volumes, background, ood
+    return volumes, background, ood, qc
 
 
 def check_output_folder(output: Path, inputs: Sequence[Path]) -> None:

@@ -58,7 +58,7 @@ from brainseg.preprocessing.preprocess import (
     reorient_array,
     undo_reorient_array,
 )
-from brainseg.quality.ood import scan_reasons
+from brainseg.quality.ood import scan_ood
 
 T = TypeVar("T")
 
@@ -77,6 +77,8 @@ class PreparedCase:
     nonzero: np.ndarray
     #: Why the scan is unlike the training scans (the card's ranges); empty: it is not, or unknown.
     ood: list[str] = field(default_factory=list)
+    #: How far outside the training ranges (:meth:`~brainseg.quality.ood.TrainingRanges.distance`; 0: inside or unknown).
+    ood_distance: float = 0.0
 
 
 @dataclass
@@ -197,6 +199,10 @@ class Predictor:
                 f"the model expects {self.n_channels} channel(s) {list(self.card.channels)}, got {len(images)} file(s)"
             )
         data, geometry = read_channels(images, max_voxels=self.max_voxels)
+        return self.prepare_arrays(data, geometry)
+
+    def prepare_arrays(self, data: np.ndarray, geometry: Geometry) -> PreparedCase:
+        """:meth:`prepare` of a (C, X, Y, Z) scan already in memory (its first file's ``geometry``)."""
         norm = self.card.normalization
         subject = subject_mask(data)  # once: preprocessing and the input-mask rule both use it
         image, _, record = preprocess(
@@ -209,8 +215,8 @@ class Predictor:
             subject=subject,
         )
         ranges = self.card.training_ranges
-        ood = [] if ranges is None else scan_reasons(data, geometry, ranges, self.card.channels, subject)
-        return PreparedCase(image=image, record=record, geometry=geometry, nonzero=subject, ood=ood)
+        ood, distance = ([], 0.0) if ranges is None else scan_ood(data, geometry, ranges, self.card.channels, subject)
+        return PreparedCase(image, record, geometry, subject, ood, distance)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """``(labels, probabilities or None)`` of a prepared case, in its original grid.

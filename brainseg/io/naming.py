@@ -27,6 +27,10 @@ CV_SUMMARY_FILES = ("cv_summary.json", "cv_summary.csv")
 SPLITS_FILE = "splits.json"
 FOLD_PREFIX = "fold_"
 CV_PREDICTIONS = "cv_predictions"
+#: What a cross-validation chose after its folds: the decision (and its pooled Dice) and the
+#: quality score's calibration set (each out-of-fold case, clean and degraded).
+CV_DECISION = "cv_decision.json"
+CV_QUALITY = "cv_quality.json"
 
 NIFTI_GZ = ".nii.gz"
 NIFTI_SUFFIXES = (NIFTI_GZ, ".nii")

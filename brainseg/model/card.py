@@ -27,6 +27,11 @@ Stored form (format 2)::
                                           # chosen on validation (empty: plain argmax)
      "initialised_from": null,            # a fine-tuned model: {"path", "sha256"} of the checkpoint
                                           # its training started from (null: trained from scratch)
+     "decision_source": null,             # where the decision and postprocessing were chosen:
+                                          # {"on": "cross-validation", "cases", "dice_before", "dice_after", ...}
+                                          # (null: the run's validation cases)
+     "quality": null,                     # the calibrated quality score (brainseg.quality.qc.QualityModel),
+                                          # fitted on the cross-validation (null: none)
      "config": {...},                     # the whole run config
      "versions": {"brainseg": ..., "torch": ..., ...}}
 
@@ -52,6 +57,7 @@ from brainseg.errors import BrainsegError
 from brainseg.labels.regions import Regions
 from brainseg.preprocessing.normalisation import ChannelIntensity
 from brainseg.quality.ood import TrainingRanges
+from brainseg.quality.qc import QualityModel
 
 #: The format this brainseg writes for label models; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
@@ -144,6 +150,10 @@ class ModelCard:
     class_offsets: tuple[float, ...] = ()
     #: A fine-tuned model: the checkpoint its training started from (None: trained from scratch).
     initialised_from: InitialisedFrom | None = None
+    #: Where the decision and postprocessing were chosen, with the Dice before and after (None: validation).
+    decision_source: dict[str, Any] | None = None
+    #: The calibrated quality score (None: the model has none; only cross-validation fits one).
+    quality: QualityModel | None = None
 
     # ------------------------------------------------------------------ views
     @property
@@ -180,6 +190,8 @@ class ModelCard:
             "innermost_min_mm3": float(self.innermost_min_mm3),
             "class_offsets": [float(o) for o in self.class_offsets],
             "initialised_from": None if self.initialised_from is None else self.initialised_from.to_dict(),
+            "decision_source": None if self.decision_source is None else dict(self.decision_source),
+            "quality": None if self.quality is None else self.quality.to_dict(),
             "config": dict(self.config),
             "versions": dict(self.versions),
         }
@@ -223,6 +235,9 @@ class ModelCard:
             class_offsets = tuple(float(o) for o in raw.get("class_offsets") or ())
             init = raw.get("initialised_from")
             initialised_from = None if init is None else InitialisedFrom.from_dict(init)
+            source = raw.get("decision_source")
+            decision_source = None if source is None else dict(source)
+            quality = None if raw.get("quality") is None else QualityModel.from_dict(raw["quality"])
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -282,6 +297,8 @@ class ModelCard:
             innermost_min_mm3=innermost_min_mm3,
             class_offsets=class_offsets,
             initialised_from=initialised_from,
+            decision_source=decision_source,
+            quality=quality,
         )
 
 

@@ -103,6 +103,13 @@ def load_card(path: str | os.PathLike) -> ModelCard:
     return card_from_state(load_checkpoint(source), source)
 
 
+def replace_card(path: str | os.PathLike, card: ModelCard) -> Path:
+    """Rewrite a checkpoint file with ``card`` as its model card (weights and the rest unchanged;
+    atomic): how a cross-validation stores the decision and quality score chosen after its folds."""
+    state = load_checkpoint(path)
+    return save_checkpoint(path, {**state, "card": card.to_dict()})
+
+
 def nonfinite_tensors(weights: dict[str, Any]) -> list[str]:
     """The names of the floating-point tensors of a state dict that hold NaN or inf."""
     return [

@@ -100,6 +100,30 @@ class TrainingRanges:
                 )
         return out
 
+    def distance(self, spacing, extent, obliquity: float, correlations, medians) -> float:
+        """How far a scan lies outside the training ranges, in units of each check's tolerance:
+        0 inside every range, 1 where :meth:`reasons` starts to speak, more beyond (the largest
+        over the checks). A continuous feature of the quality score, which learns how much
+        straying costs instead of a yes/no that fires on ordinary scans."""
+        if len(correlations) != self.channels:
+            return 10.0
+
+        def beyond(value: float, lo: float, hi: float, below: float, above: float | None = None) -> float:
+            return max(0.0, (lo - value) / below, (value - hi) / (below if above is None else above))
+
+        def log_beyond(value: float, lo: float, hi: float, below: float, above: float) -> float:
+            v, a, b = (float(np.log(max(x, 1e-6))) for x in (value, lo, hi))
+            return beyond(v, a, b, float(np.log(below)), float(np.log(above)))
+
+        parts = [log_beyond(s, a, b, SPACING_FACTOR, SPACING_FACTOR) for s, (a, b) in zip(spacing, self.spacing)]
+        parts += [
+            log_beyond(e, a, b, 1 / EXTENT_FACTORS[0], EXTENT_FACTORS[1]) for e, (a, b) in zip(extent, self.extent_mm)
+        ]
+        parts.append(max(0.0, obliquity - self.obliquity_max) / OBLIQUITY_MARGIN)
+        parts += [beyond(c, a, b, CORRELATION_MARGIN) for c, (a, b) in zip(correlations, self.depth_correlation)]
+        parts += [beyond(m, a, b, PROFILE_MARGIN) for m, (a, b) in zip(medians, self.median_position)]
+        return float(max(parts))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -123,14 +147,22 @@ def _fmt(values) -> str:
     return "x".join(f"{float(v):.3g}" for v in values)
 
 
-def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None) -> list[str]:
-    """:meth:`TrainingRanges.reasons` for a (C, X, Y, Z) scan as read (``subject``: its subject mask, if known)."""
+def scan_ood(
+    data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None
+) -> tuple[list[str], float]:
+    """:meth:`TrainingRanges.reasons` and :meth:`TrainingRanges.distance` of a (C, X, Y, Z) scan as
+    read (``subject``: its subject mask, if known), measured once."""
     channels, extent, _ = scan_statistics(data, geom, subject)
-    return ranges.reasons(
+    measured = (
         to_ras(geom.spacing, geom),
         extent,
         obliquity(geom.affine),
         [c.depth_correlation for c in channels],
         [c.profile[2] for c in channels],
-        channel_names,
     )
+    return ranges.reasons(*measured, channel_names), ranges.distance(*measured)
+
+
+def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None) -> list[str]:
+    """:meth:`TrainingRanges.reasons` for a (C, X, Y, Z) scan as read (``subject``: its subject mask, if known)."""
+    return scan_ood(data, geom, ranges, channel_names, subject)[0]

@@ -9,6 +9,8 @@ Run folder (``brainseg train --folds K``)::
     RUN/cv_predictions/ID.nii.gz     each case's mask from the fold that held it out, in the case's own grid
     RUN/cv_predictions/fold_k.json   the fold's cases, checkpoint, the decision its card holds, each case's Dice
     RUN/cv_summary.csv, .json        Dice per case and label (region), per fold, mean and std
+    RUN/cv_decision.json             the decision chosen on all folds (:mod:`.cv_calibration`), Dice before/after
+    RUN/cv_quality.json              the quality score's calibration set and how well it predicts
 
 :func:`make_splits` shuffles the sorted case ids with ``train.seed`` and cuts them into K
 near-equal parts, as scikit-learn's ``KFold(shuffle=True)`` does: every case is held out exactly
@@ -18,7 +20,9 @@ other machines) agree, and checked against the data set's cases. The masks are w
 the scores are ``brainseg evaluate``'s: :func:`~brainseg.evaluate.per_label.evaluate_case` per label,
 or :func:`~brainseg.evaluate.metrics.region_scores` (BraTS's conventions) for a region model. A fold
 whose ``checkpoint_final.pt`` exists is not trained again; the summary is rewritten after every fold
-from the fold records that exist.
+from the fold records that exist. When the last fold is done, :mod:`.cv_calibration` chooses the
+decision on all folds and calibrates the quality score, stores both in every fold's cards, and
+the out-of-fold masks and the summary are made again with that decision.
 """
 
 from __future__ import annotations
@@ -42,11 +46,12 @@ from brainseg.evaluate.per_label import evaluate_case, read_pair
 from brainseg.infer.batch import predict_cases
 from brainseg.infer.loading import load_predictor
 from brainseg.io.atomic import atomic_write_text
-from brainseg.io.naming import CV_PREDICTIONS, CV_SUMMARY_FILES, FOLD_PREFIX, NIFTI_GZ, SPLITS_FILE
+from brainseg.io.naming import CV_DECISION, CV_PREDICTIONS, CV_SUMMARY_FILES, FOLD_PREFIX, NIFTI_GZ, SPLITS_FILE
 from brainseg.labels.regions import Regions
 from brainseg.model.checkpoint import CHECKPOINT_FINAL, CHECKPOINT_LAST, resolve_checkpoint
 from brainseg.plan.fingerprint import FINGERPRINT_FILE, fingerprint_dataset
 from brainseg.runtime import resolve_device, torchrun_env
+from brainseg.train.cv_calibration import finish_cross_validation
 from brainseg.train.trainer import train
 
 log = logging.getLogger(__name__)
@@ -190,7 +195,21 @@ def train_folds(
             summary = write_cv_summary(run_dir, len(splits))
         if on_fold is not None:
             on_fold(k, trained)
+    if env.is_main and complete(run_dir, len(splits)) and not (run_dir / CV_DECISION).is_file():
+        device = resolve_device(options.get("device", "auto"), env.local_rank)
+        finish_cross_validation(run_dir, splits, ds.train, device)
+        for k, fold_split in enumerate(splits):  # the out-of-fold masks again, as the chosen decision makes them
+            predict_fold(run_dir, k, fold_split, ds.train, device)
+        summary = write_cv_summary(run_dir, len(splits))
     return summary
+
+
+def complete(run_dir: Path, n_folds: int) -> bool:
+    """Every fold trained to its end and its held-out cases predicted."""
+    return all(
+        (fold_dir(run_dir, k) / CHECKPOINT_FINAL).is_file() and fold_record_path(run_dir, k).is_file()
+        for k in range(n_folds)
+    )
 
 
 def predict_fold(run_dir: Path, fold: int, split: Split, cases: Sequence[Case], device) -> dict:

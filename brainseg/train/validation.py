@@ -14,10 +14,10 @@ enhancing-tumour rule's volume: the candidate (:data:`~brainseg.postprocess.deci
 with the best mean region Dice over the validation cases, the smallest on a tie.
 
 Before that, :meth:`Validation.choose_decision` picks how voxels are decided: for a label
-model a log-probability offset per class (:data:`OFFSET_CANDIDATES`, background fixed at 0),
-for a region model a probability threshold per region (:data:`THRESHOLD_CANDIDATES`), by
-coordinate ascent on the validation cases' mean Dice (two sweeps; a change must gain more
-than :data:`DECISION_MIN_GAIN`). The softmax's argmax is each voxel's most likely class, not
+model a log-probability offset per class (:data:`~brainseg.train.decisions.OFFSET_CANDIDATES`, background fixed at 0),
+for a region model a probability threshold per region (:data:`~brainseg.train.decisions.THRESHOLD_CANDIDATES`), by
+coordinate ascent on the validation cases' mean Dice (:func:`~brainseg.train.decisions.coordinate_ascent`:
+two sweeps; a change must gain more than :data:`~brainseg.train.decisions.DECISION_MIN_GAIN`). The softmax's argmax is each voxel's most likely class, not
 the labelling with the best Dice: it under-segments thin classes (CSF on a 1.5 mm grid),
 which a positive offset for that class corrects.
 """
@@ -42,21 +42,21 @@ from brainseg.labels.regions import Regions
 from brainseg.model.card import ModelCard
 from brainseg.postprocess.decision import (
     INNERMOST_CANDIDATES_MM3,
-    innermost_rule,
     labels_within_input,
     regions_within_input,
 )
 from brainseg.runtime import DistInfo
 from brainseg.train import distributed as ddp
+from brainseg.train.decisions import (
+    OFFSET_CANDIDATES,
+    THRESHOLD_CANDIDATES,
+    coordinate_ascent,
+    innermost_scores,
+    smallest_best,
+)
 
 log = logging.getLogger(__name__)
 
-#: Log-probability offsets tried for each foreground class of a label model.
-OFFSET_CANDIDATES: tuple[float, ...] = (-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
-#: Probability thresholds tried for each region of a region model.
-THRESHOLD_CANDIDATES: tuple[float, ...] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-#: The mean validation Dice a change must add (less is noise of a few voxels).
-DECISION_MIN_GAIN = 1e-3
 #: At most this many validation cases per rank are kept in memory for the search.
 DECISION_MAX_CASES = 4
 
@@ -179,14 +179,7 @@ class Validation:
             *totals, count = ddp.sum_across_ranks(local + [float(len(kept))], self.info)
             return [t / count for t in totals] if count else []
 
-        best = start
-        before = current = (scores([start]) or [0.0])[0]
-        for _sweep in range(2):
-            for k in range(first, len(start)):
-                tried = [np.where(np.arange(len(start)) == k, c, best) for c in candidates]
-                means = scores(tried)
-                if means and max(means) > current + DECISION_MIN_GAIN:
-                    best, current = tried[int(np.argmax(means))], max(means)
+        best, before, current = coordinate_ascent(start, candidates, first, scores)
         if np.array_equal(best, start):
             return {}
         names = [card.labels[int(v)] for v in values] if regions is None else list(regions.names)
@@ -226,18 +219,3 @@ def no_mirror(cfg: Config):
     """The inference settings validation uses: the config's without test-time mirroring (8x the
     time at every validation; the decision it chooses is applied to the mirrored average too)."""
     return replace(cfg.infer, mirror=False)
-
-
-def innermost_scores(pred, ref, spacing, regions: Regions, candidates: Sequence[float]) -> list[float]:
-    """One case's mean region Dice with the enhancing-tumour rule at each candidate volume."""
-    out = []
-    for t in candidates:
-        scores = region_dice(innermost_rule(pred, spacing, regions, t), ref, regions)
-        out.append(sum(scores.values()) / len(scores))
-    return out
-
-
-def smallest_best(candidates: Sequence[float], means: Sequence[float]) -> float:
-    """The smallest candidate with the best mean (ties go to the smaller volume: less changed)."""
-    best = max(means)
-    return min(c for c, m in zip(candidates, means) if m == best)

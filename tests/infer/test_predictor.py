@@ -27,7 +27,7 @@ from brainseg.model.checkpoint import load_checkpoint, load_model, save_checkpoi
 from brainseg.postprocess.components import postprocess_labels
 from brainseg.postprocess.decision import INNERMOST_CANDIDATES_MM3, innermost_rule, regions_within_input
 from brainseg.preprocessing.foreground import subject_mask
-from brainseg.train.validation import THRESHOLD_CANDIDATES
+from brainseg.train.decisions import THRESHOLD_CANDIDATES
 from tests.conftest import (
     BRATS_VALUES,
     TINY_REGION_TRAIN,

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from brainseg.infer.batch import PredictionSummary, finish_run, rank_part
+from brainseg.infer.batch import finish_run, rank_part
 from brainseg.infer.provenance import RUN_RECORD, merge_parts, sha256_input
+from brainseg.infer.summary import PredictionSummary
 from tests.infer.test_batch import BASE_SHAPE, head_phantom, run_cli, save_nifti
 
 AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])

@@ -20,7 +20,8 @@ from brainseg.infer.predictor import Predictor
 from brainseg.labels.regions import BRATS_2021
 from brainseg.model.checkpoint import load_model
 from brainseg.runtime import DistInfo
-from brainseg.train.validation import Validation, innermost_scores, smallest_best
+from brainseg.train.decisions import innermost_scores, smallest_best
+from brainseg.train.validation import Validation
 from tests.conftest import tumour_label
 
 
