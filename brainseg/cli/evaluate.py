@@ -21,6 +21,7 @@ from brainseg.evaluate.per_region import (
     regions_from_spec,
 )
 from brainseg.evaluate.report import BOXPLOT_NAME, WORST_FIRST_NAME, worst_lines
+from brainseg.evaluate.trust import DEFAULT_QC_THRESHOLD, format_trust
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -45,6 +46,14 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--worst", type=int, default=5, metavar="N", help="print the N cases with the lowest mean Dice (default 5)"
     )
+    p.add_argument(
+        "--qc-threshold",
+        type=float,
+        default=DEFAULT_QC_THRESHOLD,
+        metavar="T",
+        help="with a volumes.csv of predicted Dice beside the masks: the flag threshold predict used; a case whose "
+        f"true mean Dice is under T should be flagged (default {DEFAULT_QC_THRESHOLD})",
+    )
     return p
 
 
@@ -60,14 +69,25 @@ def _model_regions(path: Path):
 
 def run(args: argparse.Namespace) -> int:
     """0 when every case was scored, 1 if any failed or none was."""
+    if not 0.0 <= args.qc_threshold <= 1.0:
+        raise BrainsegError(f"--qc-threshold {args.qc_threshold:g}: expected a Dice from 0 to 1")
     if args.regions is not None or args.model is not None:
         regions = regions_from_spec(args.regions) if args.regions is not None else _model_regions(args.model)
-        summary = evaluate_region_folders(args.pred, args.ref, args.out, regions=regions, progress=True)
+        summary = evaluate_region_folders(
+            args.pred, args.ref, args.out, regions=regions, progress=True, qc_threshold=args.qc_threshold
+        )
         scored = bool(summary["regions"])
         if summary["n_cases"]:
             print(format_region_table(summary))
     else:
-        summary = evaluate_folders(args.pred, args.ref, args.out, labels=parse_labels(args.labels), progress=True)
+        summary = evaluate_folders(
+            args.pred,
+            args.ref,
+            args.out,
+            labels=parse_labels(args.labels),
+            progress=True,
+            qc_threshold=args.qc_threshold,
+        )
         scored = bool(summary["labels"])
         if scored:
             print(format_table(summary))
@@ -75,11 +95,16 @@ def run(args: argparse.Namespace) -> int:
     if worst:
         print(f"worst {len(worst)} case(s) by mean Dice:")
         print("\n".join(f"  {line}" for line in worst))
+    if "trust" in summary:
+        print(format_trust(summary["trust"]))
     print(f"{summary['n_cases']} case(s) scored, {len(summary['failed'])} failed")
     for name in (METRICS_NAME, SUMMARY_NAME):
         print(f"wrote {Path(args.out) / name}")
     if summary["n_cases"]:
         for name in (WORST_FIRST_NAME, BOXPLOT_NAME):
+            print(f"wrote {Path(args.out) / name}")
+    if "trust" in summary:
+        for name in (summary["trust"]["file"], summary["trust"]["plot"]):
             print(f"wrote {Path(args.out) / name}")
     if summary["n_cases"] == 0 or not scored:
         print("brainseg: nothing was evaluated", file=sys.stderr)

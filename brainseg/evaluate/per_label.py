@@ -38,6 +38,7 @@ from brainseg.errors import BrainsegError, InputError
 from brainseg.evaluate.metrics import check_spacing, dice, hd95
 from brainseg.evaluate.pairing import drop_probability_maps, pair_cases, scan_folder
 from brainseg.evaluate.report import write_report
+from brainseg.evaluate.trust import DEFAULT_QC_THRESHOLD, add_trust
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import DEFAULT_MAX_VOXELS, Geometry, read_label
 from brainseg.io.naming import strip_suffix
@@ -256,6 +257,7 @@ def evaluate_folders(
     out_dir: str | os.PathLike,
     labels: list[int] | None = None,
     progress: bool = True,
+    qc_threshold: float = DEFAULT_QC_THRESHOLD,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference in ``ref_dir``.
 
@@ -269,7 +271,9 @@ def evaluate_folders(
 
     Writes ``out_dir/metrics.csv`` and ``out_dir/summary.json`` (atomically; the
     folder is created, and may be anywhere, including inside ``pred_dir``), and the box
-    plot and worst-first table of :mod:`brainseg.evaluate.report`. Returns the summary dict.
+    plot and worst-first table of :mod:`brainseg.evaluate.report`, and, when ``pred_dir`` holds a
+    ``volumes.csv`` with predicted Dice, the trust report of :mod:`brainseg.evaluate.trust`
+    (``qc_threshold``: the flag threshold). Returns the summary dict.
     """
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     if labels is not None:
@@ -287,6 +291,7 @@ def evaluate_folders(
     for r in rows:
         dice.setdefault(r["case"], {})[str(r["label"])] = r["dice"]
     write_report(out_dir, dice, [str(v) for v in labels], "Dice per label")
+    summary = add_trust(summary, pred_dir, out_dir, dice, [str(v) for v in labels], True, qc_threshold)
     return write_summary(out_dir, summary)
 
 

@@ -45,6 +45,7 @@ from brainseg.evaluate.per_label import (
     write_summary,
 )
 from brainseg.evaluate.report import write_report
+from brainseg.evaluate.trust import DEFAULT_QC_THRESHOLD, add_trust
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.images import read_label
 from brainseg.labels.regions import BRATS_2021, BRATS_2023, Regions, brats_regions
@@ -138,11 +139,13 @@ def evaluate_region_folders(
     regions: Regions | None = None,
     progress: bool = True,
     penalty_mm: float = BRATS_HD95_PENALTY_MM,
+    qc_threshold: float = DEFAULT_QC_THRESHOLD,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference in ``ref_dir`` on ``regions``
     (None: BraTS's, 2021 or 2023 by the label values of all references, which are then read
     once more before scoring); write metrics.csv and summary.json in ``out_dir`` (see the
-    module docstring), and the box plot and worst-first table (:mod:`brainseg.evaluate.report`);
+    module docstring), the box plot and worst-first table (:mod:`brainseg.evaluate.report`) and
+    the trust report of a ``volumes.csv`` with predicted Dice (:mod:`brainseg.evaluate.trust`);
     return the summary. A prediction holding a label value no region
     contains is scored and warned about."""
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
@@ -173,7 +176,9 @@ def evaluate_region_folders(
     write_region_csv(out_dir / METRICS_NAME, regions.names, rows)
     dice = {case: {n: scores[n][0] for n in regions.names} for case, scores in rows.items()}
     write_report(out_dir, dice, list(regions.names), "Dice per region")
-    return write_summary(out_dir, summarize_regions(regions, rows, failed, penalty_mm))
+    summary = summarize_regions(regions, rows, failed, penalty_mm)
+    summary = add_trust(summary, pred_dir, out_dir, dice, list(regions.names), False, qc_threshold)
+    return write_summary(out_dir, summary)
 
 
 def format_region_table(summary: dict) -> str:

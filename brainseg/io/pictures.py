@@ -1,4 +1,4 @@
-"""Pictures: a label map over its scan in three orthogonal slices; a box plot of scores.
+"""Pictures: a label map over its scan in three orthogonal slices; a box plot of scores; a risk-coverage curve.
 
 matplotlib's object API only (a :class:`~matplotlib.figure.Figure` per picture, no pyplot):
 no global backend or figure state, so drawing is safe in any process or thread.
@@ -159,3 +159,43 @@ def boxplot_png(
 ) -> Path:
     """Write :func:`boxplot_figure` as a PNG (atomically)."""
     return _save(boxplot_figure(groups, title, ylabel), out_path)
+
+
+def risk_coverage_figure(
+    coverage: Sequence[float], curves: Mapping[str, Sequence[float]], random_level: float, title: str
+) -> Figure:
+    """Risk (mean of 1 - Dice over the cases kept) against coverage (the fraction of cases kept,
+    most trusted first): one line per curve, a dashed line at ``random_level`` (a random order's
+    expected risk). Each curve's line carries the gid ``curve:<name>``, the random line ``random``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.0, 4.5))
+    ax = fig.subplots()
+    x = np.asarray(coverage, dtype=np.float64)
+    for name, risk in curves.items():
+        (line,) = ax.plot(x, np.asarray(risk, dtype=np.float64), "-o", ms=3, label=name)
+        line.set_gid(f"curve:{name}")
+    ax.axhline(
+        float(random_level), ls="--", color="grey", label=f"random order (AURC {float(random_level):.3f})", gid="random"
+    )
+    top = max([float(random_level)] + [float(np.max(r)) for r in curves.values() if len(r)])
+    ax.set_xlim(0.0, 1.02)
+    ax.set_ylim(0.0, max(top, 0.01) * 1.4)  # room for the legend above the curves
+    ax.set_xlabel("coverage (fraction of cases kept, most trusted first)")
+    ax.set_ylabel("risk (mean of 1 - Dice)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def risk_coverage_png(
+    out_path: str | os.PathLike,
+    coverage: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    random_level: float,
+    title: str,
+) -> Path:
+    """Write :func:`risk_coverage_figure` as a PNG (atomically)."""
+    return _save(risk_coverage_figure(coverage, curves, random_level, title), out_path)
