@@ -90,13 +90,14 @@ def read_qc_table(path: str | Path) -> QcTable | None:
 
 
 def label_names_of_run(pred_dir: str | Path) -> dict[str, str] | None:
-    """{label name: label value as text} from the ``"labels"`` mapping of the prediction folder's
-    ``brainseg_run.json`` (background left out); None when the record or the mapping is absent or
-    unreadable."""
+    """{label name: label value as text} from the ``"labels"`` mapping of the newest run in the
+    prediction folder's ``brainseg_run.json`` (``{"runs": [{..., "labels": ...}]}``; background left
+    out); None when the record or the mapping is absent or unreadable."""
     path = Path(pred_dir) / RUN_RECORD_NAME
     try:
-        labels = json.loads(path.read_text()).get("labels")
-    except (OSError, ValueError, AttributeError):
+        runs = json.loads(path.read_text()).get("runs") or [{}]
+        labels = runs[-1].get("labels")
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
     if not isinstance(labels, dict):
         return None

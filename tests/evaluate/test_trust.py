@@ -44,7 +44,7 @@ def write_cases(root: Path, record: bool = True) -> None:
         write_labels(root / "ref" / f"{case}.nii.gz", ref)
         write_labels(root / "pred" / f"{case}.nii.gz", pred)
     if record:
-        (root / "pred" / "brainseg_run.json").write_text(json.dumps({"format": 1, "labels": LABELS}))
+        (root / "pred" / "brainseg_run.json").write_text(json.dumps({"format": 1, "runs": [{"labels": LABELS}]}))
 
 
 def write_volumes(pred_dir: Path, predicted: Mapping[str, tuple[str, str, str, str]]) -> Path:

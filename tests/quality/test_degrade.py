@@ -1,0 +1,45 @@
+"""Degraded calibration copies: deterministic, the input untouched, each kind doing what it says."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainseg.quality.degrade import DEGRADATIONS, Degradation, case_seed, degradation_plan, degrade
+
+
+def two_tissue_scan() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(1, 24, 24, 24): a bright core (about 100) in a darker shell (about 50), each with a gradient,
+    zero outside; its subject and core masks."""
+    grid = np.indices((24, 24, 24)) - 11.5
+    r = np.sqrt((grid**2).sum(0))
+    data = np.where(r < 6, 100.0 - 2 * r, np.where(r < 10, 40.0 + 2 * r, 0.0)).astype(np.float32)[None]
+    return data, r < 10, r < 6
+
+
+@pytest.mark.parametrize("kind", DEGRADATIONS)
+def test_each_degradation_changes_the_scan_deterministically_and_leaves_the_input_alone(kind: str):
+    data, subject, _ = two_tissue_scan()
+    before = data.copy()
+    a = degrade(data, subject, Degradation(kind, 0.7), seed=3)
+    b = degrade(data, subject, Degradation(kind, 0.7), seed=3)
+    assert np.array_equal(data, before) and a.dtype == np.float32 and a.shape == data.shape
+    assert np.array_equal(a, b) and not np.allclose(a, data)
+
+
+def test_inverted_contrast_reverses_the_tissues_order_and_stronger_noise_is_noisier():
+    data, subject, core = two_tissue_scan()
+    shell = subject & ~core
+    inverted = degrade(data, subject, Degradation("invert", 1.0), seed=0)[0]
+    assert inverted[core].mean() < inverted[shell].mean()
+    mild = degrade(data, subject, Degradation("noise", 0.0), seed=0)[0] - data[0]
+    strong = degrade(data, subject, Degradation("noise", 1.0), seed=0)[0] - data[0]
+    assert strong.std() > 3 * mild.std() > 0
+
+
+def test_a_case_gets_distinct_kinds_the_same_on_every_run():
+    plan = degradation_plan("case_007", 4)
+    assert plan == degradation_plan("case_007", 4) and len({d.kind for d in plan}) == 4
+    assert all(0 <= d.severity <= 1 for d in plan) and plan != degradation_plan("case_008", 4)
+    assert case_seed("a") == case_seed("a") != case_seed("a", 1)
+    assert Degradation("noise", 0.456).name == "noise46"

@@ -1,0 +1,68 @@
+"""The quality score: its measures, the isotonic map, the fit and its stored form."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from brainseg.quality.qc import (
+    FEATURES,
+    CalibrationRow,
+    KeyMeasures,
+    QualityModel,
+    fit_quality,
+    isotonic,
+    measure_key,
+)
+
+
+def test_isotonic_pools_adjacent_violators_into_their_mean():
+    x, y = isotonic([1, 2, 3, 4, 5], [0.1, 0.5, 0.3, 0.7, 0.6])
+    assert np.interp([1, 2, 3, 4, 5], x, y).tolist() == pytest.approx([0.1, 0.4, 0.4, 0.65, 0.65])
+    assert isotonic([3, 1, 2], [0.3, 0.1, 0.2]) == ([1.0, 2.0, 3.0], pytest.approx([0.1, 0.2, 0.3]))
+    x, y = isotonic([1, 1, 2], [0.2, 0.6, 0.1])  # equal x are one block, then pooled with the next
+    assert np.interp(1.5, x, y) == pytest.approx(0.3)
+
+
+def test_measures_of_a_confident_right_mask_and_an_unsure_one():
+    mask = np.zeros((4, 4, 4), bool)
+    mask[:2] = True  # 32 voxels
+    sure = measure_key(np.where(mask, 1.0, 0.0), mask, voxel_mm3=2.0)
+    assert sure.soft_dice == pytest.approx(1.0) and sure.entropy_in == pytest.approx(0.0, abs=1e-3)
+    assert sure.volume_mm3 == 64.0
+    unsure = measure_key(np.where(mask, 0.5, 0.0), mask, voxel_mm3=2.0)
+    assert unsure.soft_dice == pytest.approx(2 * 16 / (16 + 32))  # half the probability mass: 2/3
+    assert unsure.entropy_in == pytest.approx(1.0) and unsure.boundary == pytest.approx(1.0, abs=1e-3)
+    empty = measure_key(np.zeros((4, 4, 4)), np.zeros((4, 4, 4), bool), 1.0)
+    assert empty.soft_dice == 1.0 and empty.volume_mm3 == 0.0  # nothing predicted, nothing expected
+
+
+def rows(n: int, seed: int = 0) -> list[CalibrationRow]:
+    """Cases whose true Dice follows their soft Dice (plus noise) and falls with the OOD distance."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        soft = rng.uniform(0.3, 1.0)
+        ood = rng.choice([0.0, 0.0, 2.0])
+        true = float(np.clip(soft - 0.15 * ood + rng.normal(0, 0.02), 0, 1))
+        m = KeyMeasures(soft, 1 - soft, 2 * (1 - soft), 1000.0 * rng.uniform(0.8, 1.2))
+        out.append(CalibrationRow(f"c{i}", {"1": m}, ood, {"1": true}))
+    return out
+
+
+def test_the_fitted_score_ranks_new_cases_as_their_true_dice_and_survives_its_stored_form():
+    model = fit_quality(rows(60), ["1"], {"1": [1000.0, 900.0, 1100.0]})
+    test = rows(30, seed=1)
+    predicted = [model.predict(r.measures, r.ood)["1"] for r in test]
+    true = [r.dice["1"] for r in test]
+    from scipy.stats import spearmanr
+
+    assert spearmanr(predicted, true).statistic > 0.9
+    assert np.mean(np.abs(np.subtract(predicted, true))) < 0.06
+    assert model.fit["spearman_mean"] > 0.9 and model.n_cases == 60
+    again = QualityModel.from_dict(model.to_dict())
+    assert [again.predict(r.measures, r.ood) for r in test] == [model.predict(r.measures, r.ood) for r in test]
+    with pytest.raises(ValueError, match="features"):
+        QualityModel.from_dict({**model.to_dict(), "features": [*FEATURES, "new"]})
+    with pytest.raises(ValueError, match="3 calibration cases"):
+        fit_quality(rows(2), ["1"], {})
