@@ -147,8 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_start = time.perf_counter(), load1()
     run_dir, out = args.run.resolve(), args.out.resolve()
     logs = out / "logs"
-    out.mkdir(parents=True, exist_ok=True)
     folds = folds_of(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
     models = {"ensemble": run_dir, **folds}
     timings: dict[str, float] = {}
 
