@@ -15,7 +15,8 @@ from brainseg.cli import main
 from brainseg.data.layouts import discover_dataset
 from brainseg.errors import BrainsegError
 from brainseg.io.images import read_label
-from brainseg.io.naming import SPLITS_FILE
+from brainseg.io.naming import CV_DECISION, CV_QUALITY, SPLITS_FILE
+from brainseg.model.checkpoint import load_card
 from brainseg.train.crossval import (
     fold_record_path,
     fold_splits,
@@ -23,6 +24,7 @@ from brainseg.train.crossval import (
     make_splits,
     write_cv_summary,
 )
+from brainseg.train.cv_calibration import CALIBRATION_COPIES
 from brainseg.train.recipe import split_cases
 from brainseg.train.state import check_run_dir
 from tests.cli.conftest import AFFINE, TINY_TRAIN, cli, in_process, labels_of, make_train_set, phantom, save
@@ -190,6 +192,32 @@ def test_two_folds_predict_every_case_once_in_its_grid_scored_as_evaluate_does(t
     table = proc.stdout.splitlines()
     assert any(line.startswith("1 a ") and f"{summary['dice']['1']['mean']:.4f} ±" in line for line in table)
     assert "4 case(s) out of fold, 2 of 2 fold(s)" in proc.stdout
+
+    # after the last fold: the decision chosen on all folds and the quality score, in every fold's card
+    decision = json.loads((run / CV_DECISION).read_text())
+    assert decision["on"] == "cross-validation" and decision["cases"] == 4
+    assert decision["dice_after"] >= decision["dice_before"] and len(decision["validation_decisions"]) == 2
+    assert records[0]["decision"]["class_offsets"] == decision["class_offsets"]  # the masks' decision
+    calibration = json.loads((run / CV_QUALITY).read_text())
+    variants = [r["variant"] for r in calibration["rows"]]
+    assert len(variants) == 4 * (1 + CALIBRATION_COPIES) and variants.count("clean") == 4
+    assert {r["case"]: r["dice"] for r in calibration["rows"] if r["variant"] == "clean"} == {
+        row["case"]: {v: float(row[f"dice_{v}"]) for v in "12"} for row in rows
+    }  # the calibration's clean Dice is the summary's
+    for k in (0, 1):
+        card = load_card(run / f"fold_{k}")
+        assert card.quality is not None and card.quality.keys == ("1", "2") and card.quality.n_cases == len(variants)
+        assert card.decision_source is not None and card.decision_source["dice_after"] == decision["dice_after"]
+    predicted = cli(
+        "predict", "--model", run, "--input", data / "imagesTr", "--output", tmp_path / "pred", "--no-progress"
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    with open(tmp_path / "pred" / "volumes.csv") as fh:
+        volumes = list(csv.DictReader(fh))
+    assert [c for c in volumes[0] if c.startswith("qc_")] == ["qc_dice_a", "qc_dice_b", "qc_dice_mean", "qc_flag"]
+    flags = [r["case"] for r in volumes if r["qc_flag"] == "1"]
+    assert flags == [r["case"] for r in volumes if float(r["qc_dice_mean"]) < 0.7]
+    assert f"quality: {len(flags)} of 4 case(s) flagged" in predicted.stdout
 
     # a rerun reuses the splits and the plan and trains nothing; a changed data set is refused
     again = cli(*train_args(data, run, "--folds", "2"), timeout=120)

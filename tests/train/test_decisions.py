@@ -1,0 +1,69 @@
+"""The decision chosen on pooled out-of-fold cases: offsets, postprocessing rules, the ET rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brainseg.config import PostprocessConfig
+from brainseg.labels.regions import brats_regions
+from brainseg.model.checkpoint import load_card
+from brainseg.train.decisions import PooledCase, case_mean_dice, choose_on_pool, coordinate_ascent
+
+SHAPE = (20, 20, 20)
+
+
+def label_case(blob: bool) -> PooledCase:
+    """Three classes: a cube of label 1 with a thin slab of label 2 on it that the probabilities
+    under-call (0.45 against 0.55), and optionally a far, confident false-positive blob of label 1."""
+    ref = np.zeros(SHAPE, np.int16)
+    ref[4:14, 4:14, 4:14] = 1
+    ref[4:14, 4:14, 14:16] = 2
+    probs = np.zeros((3, *SHAPE), np.float32)
+    probs[0] = 1.0
+    probs[:, ref == 1] = np.array([0.0, 1.0, 0.0])[:, None]
+    probs[:, ref == 2] = np.array([0.0, 0.55, 0.45])[:, None]
+    if blob:
+        probs[:, 15:19, 15:19, 0:4] = np.array([0.0, 1.0, 0.0])[:, None, None, None]
+    return PooledCase(probs, np.ones(SHAPE, bool), "none", ref, (1.0, 1.0, 1.0))
+
+
+def test_offsets_and_a_component_rule_are_kept_where_they_raise_the_pooled_dice(tiny_checkpoint: Path):
+    card = load_card(tiny_checkpoint)
+    cases = [label_case(blob=True), label_case(blob=False)]
+    decision = choose_on_pool(cases, card, PostprocessConfig())
+    assert decision.class_offsets[0] == 0.0 and decision.class_offsets[2] - decision.class_offsets[1] > 0.2
+    assert decision.dice_before < 0.7 and decision.dice_after == 1.0  # the slab found, the blob removed
+    kept = [s["step"] for s in decision.steps]
+    assert kept[0] == "voxel decision" and len(kept) == 2  # one rule removes the blob; no other rule is kept
+    assert decision.postprocess.largest_foreground or decision.postprocess.largest_component == [1]
+    nothing = choose_on_pool([label_case(blob=False)], card, PostprocessConfig(class_offsets=[0.0, 0.0, 0.0]))
+    assert nothing.class_offsets == (0.0, 0.0, 0.0) and [s["step"] for s in nothing.steps] == []
+
+
+def test_a_region_model_chooses_its_thresholds_and_the_enhancing_tumour_volume(tiny_checkpoint_factory):
+    regions = brats_regions([0, 1, 2, 4])
+    card = load_card(tiny_checkpoint_factory(labels={"0": "bg", "1": "NCR", "2": "ED", "4": "ET"}, regions=regions))
+    ref = np.zeros(SHAPE, np.int16)
+    ref[5:15, 5:15, 5:15] = 2
+    ref[8:12, 8:12, 8:12] = 1
+    probs = np.zeros((3, *SHAPE), np.float32)
+    for i, mask in enumerate(regions.masks(ref)):
+        probs[i][mask] = 0.35  # every region under-called at 0.5
+    probs[2, 1:2, 1:2, 1:2] = 0.9  # a 1-voxel ET speck where there is no tumour
+    case = PooledCase(probs, np.ones(SHAPE, bool), "none", ref, (1.0, 1.0, 1.0))
+    decision = choose_on_pool([case], card, PostprocessConfig())
+    assert all(t <= 0.3 for t in decision.region_thresholds[:2])
+    assert decision.dice_after > decision.dice_before + 0.5
+    assert case_mean_dice(ref, ref, card) == 1.0
+
+
+def test_coordinate_ascent_moves_only_for_a_real_gain():
+    target = np.array([0.0, 0.4, -0.2])
+    score = lambda settings: [float(-np.abs(s - target).sum()) for s in settings]  # noqa: E731
+    best, before, after = coordinate_ascent(np.zeros(3), (-0.2, 0.0, 0.2, 0.4), 1, score)
+    assert best.tolist() == [0.0, 0.4, -0.2] and before == pytest.approx(-0.6) and after == 0.0
+    flat, b, a = coordinate_ascent(np.zeros(3), (-0.2, 0.0, 0.2), 1, lambda s: [1.0 + 1e-4 * x[1] for x in s])
+    assert flat.tolist() == [0.0, 0.0, 0.0] and a == b  # a gain under DECISION_MIN_GAIN is noise
