@@ -50,7 +50,10 @@ def register(sub) -> argparse.ArgumentParser:
         help="for DICOM inputs also write ID_seg.dcm, a DICOM SEG referencing the series (needs brainseg[dicom])",
     )
     p.add_argument(
-        "--preview", action="store_true", help="also write ID_preview.png: three slices with the mask over the scan"
+        "--preview",
+        action="store_true",
+        help="also write ID_preview.png: three slices with the mask over the scan (with --save-uncertainty, "
+        "a second row with the uncertainty; the title gives the predicted Dice of a model with a quality score)",
     )
     p.add_argument(
         "--tta",

@@ -134,7 +134,7 @@ def predict_cases(
                 commit = provenance.commit_case(
                     summary.records, case.case_id, inputs, outputs, fingerprint, lambda: journal and journal(summary)
                 )
-            volumes, background, ood, qc = predict_one(predictor, case, outputs, bids, commit)
+            volumes, background, ood, qc = predict_one(predictor, case, outputs, bids, commit, qc_threshold)
             summary.volumes[case.case_id], summary.backgrounds[case.case_id] = volumes, background
             summary.ood[case.case_id] = ood
             if qc is not None:

@@ -20,7 +20,7 @@ from brainseg.errors import BrainsegError, InputError
 from brainseg.infer import derivatives
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.predictor import Predictor
-from brainseg.infer.qc import case_measures
+from brainseg.infer.qc import QC_THRESHOLD, case_measures
 from brainseg.io.atomic import atomic_write_text
 from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import SEG_SUFFIX, write_dicom_seg
@@ -84,6 +84,7 @@ def predict_one(
     outputs: dict[str, Path],
     bids: BidsOutput | None = None,
     before_mask: Callable[[], None] | None = None,
+    qc_threshold: float = QC_THRESHOLD,
 ) -> tuple[dict[int, float], str, str, dict[str, float] | None]:
     """Segment one case, write its files; return its label volumes (mm³, background left out),
     its background kind ("zero" or "noise"), why it is out of distribution ("" if it is not) and,
@@ -137,7 +138,12 @@ def predict_one(
                 log.warning("%s", exc)
         if "preview" in outputs:
             scan, _ = read_image(case.images[0])
-            preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title=case.case_id)
+            title = case.case_id
+            if qc:
+                mean = sum(qc.values()) / len(qc)
+                title += f": predicted Dice {mean:.2f}" + (" (flagged)" if mean < qc_threshold else "")
+            unc = result.uncertainty
+            preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title, unc)
             written.append(outputs["preview"])
         if before_mask is not None:
             before_mask()

@@ -58,11 +58,14 @@ def overlay_figure(
     affine: np.ndarray,
     label_names: Mapping[int, str] | None = None,
     title: str | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> Figure:
     """The label map over the scan (both in file voxel order on the grid ``affine`` maps):
     axial, coronal and sagittal slices in RAS orientation with the true voxel aspect ratio,
     through the label map's centre of mass (the volume's centre when it is empty), and a
-    legend of every labelled value: ``label_names``' foreground labels and any other present."""
+    legend of every labelled value: ``label_names``' foreground labels and any other present.
+    With ``uncertainty`` (same grid, in [0, 1]) a second row shows it over the same slices, so a
+    reader sees where the model hesitated (a quality-check picture)."""
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
@@ -89,13 +92,24 @@ def overlay_figure(
         ("coronal", image[:, centre[1], :], index[:, centre[1], :], zooms[2] / zooms[0]),
         ("sagittal", image[centre[0], :, :], index[centre[0], :, :], zooms[2] / zooms[1]),
     ]
-    fig = Figure(figsize=(12, 4.6))
-    axes = fig.subplots(1, 3)
-    for ax, (name, img2d, lab2d, aspect) in zip(axes, views):
+    rows = 1 if uncertainty is None else 2
+    fig = Figure(figsize=(12, 4.6 * rows))
+    axes = np.asarray(fig.subplots(rows, 3)).reshape(rows, 3)
+    for ax, (name, img2d, lab2d, aspect) in zip(axes[0], views):
         ax.imshow(img2d.T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
         ax.imshow(lab2d.T, cmap=cmap, origin="lower", vmin=0, vmax=n, aspect=aspect, interpolation="nearest")
         ax.set_title(name)
         ax.axis("off")
+    if uncertainty is not None:
+        unc, _ = to_ras(np.asarray(uncertainty, dtype=np.float32), affine)
+        top = max(float(np.percentile(unc[unc > 0], 99.5)) if np.any(unc > 0) else 0.0, 0.05)
+        cuts = [unc[:, :, centre[2]], unc[:, centre[1], :], unc[centre[0], :, :]]
+        for ax, (name, img2d, _, aspect), u2d in zip(axes[1], views, cuts):
+            ax.imshow(img2d.T, cmap="gray", origin="lower", vmin=lo, vmax=hi, aspect=aspect, interpolation="nearest")
+            shown = np.ma.masked_less(u2d.T, 0.05 * top)
+            ax.imshow(shown, cmap="hot", origin="lower", vmin=0, vmax=top, aspect=aspect, interpolation="nearest")
+            ax.set_title(f"{name}: uncertainty (dark red to white: 0 to {top:.2f})", fontsize=9)
+            ax.axis("off")
     handles = [Patch(color=colours[i][:3], label=names.get(v, f"label {v}")) for i, v in enumerate(values, start=1)]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), frameon=False)
@@ -112,9 +126,10 @@ def preview_png(
     out_path: str | os.PathLike,
     label_names: Mapping[int, str] | None = None,
     title: str | None = None,
+    uncertainty: np.ndarray | None = None,
 ) -> Path:
     """Write :func:`overlay_figure` of arrays in memory as a PNG (atomically)."""
-    return _save(overlay_figure(scan, labels, affine, label_names, title), out_path)
+    return _save(overlay_figure(scan, labels, affine, label_names, title, uncertainty), out_path)
 
 
 def overlay_png(

@@ -64,3 +64,18 @@ def test_slices_go_through_the_masks_centre_of_mass_with_the_cards_names():
     assert fig.axes[0].get_images()[0].get_array().shape == (SHAPE[1], SHAPE[0])
     assert np.array_equal(fig.axes[0].get_images()[0].get_array(), scan()[:, :, SHAPE[2] // 2].T)
     assert [t.get_text() for t in fig.legends[0].get_texts()] == ["grey matter", "white matter"]
+
+
+def test_a_quality_check_picture_adds_the_uncertainty_on_the_same_slices(tmp_path: Path):
+    labels = mask()
+    unc = np.zeros(SHAPE, np.float32)
+    unc[labels == 2] = 0.6  # unsure of white matter only
+    fig = overlay_figure(scan(), labels, AFFINE, NAMES, uncertainty=unc)
+    assert len(fig.axes) == 6
+    centre = np.argwhere(labels > 0).mean(0).round().astype(int)
+    axial_unc = fig.axes[3].get_images()[1].get_array()
+    assert fig.axes[3].get_title().startswith("axial: uncertainty")
+    shown = ~np.ma.getmaskarray(axial_unc)
+    assert np.array_equal(shown, (labels == 2)[:, :, centre[2]].T)  # drawn where it is, nowhere else
+    out = preview_png(scan(), labels, AFFINE, tmp_path / "qc.png", NAMES, "S1", unc)
+    assert png_size(out) == (1200, 920)  # a second row
