@@ -37,8 +37,8 @@ def register(sub) -> argparse.ArgumentParser:
         "--regions",
         default=None,
         metavar="SPEC",
-        help="score nested regions instead of labels (BraTS conventions: HD95 373.13 mm when one side is empty): "
-        "brats (2021 or 2023 by the references' labels), brats2021, brats2023, or a dataset.json with regions",
+        help="score nested regions instead of labels (BraTS conventions: HD95 373.13 mm when one side is empty; "
+        "BraTS 2023's lesion-wise Dice and HD95 beside them): brats (2021 or 2023 by the references' labels), brats2021, brats2023, or a dataset.json with regions",
     )
     which.add_argument(
         "--model", type=Path, default=None, help="score the regions of this model (checkpoint or run folder)"

@@ -16,6 +16,7 @@ Conventions:
   empty -> 0.0; exactly one empty -> inf.
 * Regions (:func:`region_scores`, BraTS): Dice as above on each region's mask; HD95 as
   above except that exactly one empty mask scores :data:`BRATS_HD95_PENALTY_MM` (373.13 mm).
+* Lesion-wise scores (BraTS 2023) score each lesion with these in :mod:`brainseg.evaluate.lesions`.
 """
 
 from __future__ import annotations

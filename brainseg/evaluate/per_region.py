@@ -9,15 +9,20 @@ case with :func:`brainseg.evaluate.metrics.region_scores`:
 * HD95 (mm) as :func:`brainseg.evaluate.metrics.hd95`; both empty -> 0, exactly one empty -> the
   BraTS penalty :data:`~brainseg.evaluate.metrics.BRATS_HD95_PENALTY_MM` (373.13 mm, the diagonal of
   BraTS 2021's 240 x 240 x 155 grid of 1 mm voxels), so every value is finite.
+* Lesion-wise Dice and HD95 as BraTS 2023 ranks (:mod:`brainseg.evaluate.lesions`): each reference
+  lesion scored against the predicted components that reach it, a missed lesion and each predicted
+  component that reaches none scoring Dice 0 and HD95 374 mm, the mean over lesions.
 
 ``SPEC`` (:func:`regions_from_spec`): ``brats`` (BraTS 2023's regions when the references
 hold label 3 and no 4, else BraTS 2021's), ``brats2021``, ``brats2023``, or a dataset.json
 with nnU-Net v2 regions; the CLI also takes a model's regions (``--model``).
 
-``O/metrics.csv``: one row per case, columns ``case``, then ``<region>_dice`` and
-``<region>_hd95_mm`` per region. ``O/summary.json``: per region its label values and the
-mean/std/median/n of Dice and HD95; ``mean_over_regions`` (the mean of the region means),
-``n_cases``, ``failed``, ``hd95_penalty_mm`` and ``conventions``.
+``O/metrics.csv``: one row per case, columns ``case``, then ``<region>_dice``,
+``<region>_hd95_mm``, ``<region>_lesion_dice`` and ``<region>_lesion_hd95_mm`` per region.
+``O/summary.json``: per region its label values, the mean/std/median/n of each of those four and
+the lesion counts over all cases (``lesions``: scored, found, missed, false positives, too small);
+``mean_over_regions`` (the mean of the region means), ``n_cases``, ``failed``,
+``hd95_penalty_mm``, ``lesion_rule`` and ``conventions``.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ import numpy as np
 
 from brainseg.data.dataset_json import read_dataset_json
 from brainseg.errors import BrainsegError
+from brainseg.evaluate.lesions import BRATS_2023_LESIONS, LesionRule, LesionScores, region_lesion_scores
 from brainseg.evaluate.metrics import BRATS_HD95_PENALTY_MM, region_scores
 from brainseg.evaluate.per_label import (
     METRICS_NAME,
@@ -58,8 +65,30 @@ REGION_CONVENTIONS = (
     "hd95_mm: max over both directions of the 95th percentile of surface-to-nearest-surface "
     "distances in mm (= MONAI compute_hausdorff_distance(percentile=95)); both empty -> 0.0, exactly one "
     "empty -> the BraTS penalty hd95_penalty_mm (373.13 mm, the diagonal of BraTS 2021's 240x240x155 "
-    "1 mm grid). mean_over_regions: the mean of the per-region means. std is the population std (ddof=0)."
+    "1 mm grid). lesion_dice, lesion_hd95_mm (BraTS 2023's lesion-wise scores): the reference's lesions are the "
+    "reference voxels in one 26-connected component of the reference dilated lesion_rule.dilation times with the "
+    "18-connected cross; a lesion is scored (dice, hd95_mm as above) against the union of the 26-connected predicted "
+    "components that overlap the lesion dilated the same way; a lesion no component reaches scores dice 0 and hd95 "
+    "lesion_rule.penalty_mm (374 mm); lesions of lesion_rule.min_volume_mm3 or less are not scored (and the "
+    "components reaching them are no false positives); each predicted component that reaches no lesion is a false "
+    "positive scoring dice 0 and hd95 penalty_mm; the score is the sum over lesions and false positives divided by "
+    "their number; nothing to score -> dice 1.0, hd95 0.0. "
+    "mean_over_regions: the mean of the per-region means. std is the population std (ddof=0)."
 )
+METRICS = ("dice", "hd95_mm", "lesion_dice", "lesion_hd95_mm")
+
+
+@dataclass(frozen=True)
+class RegionScores:
+    """One case's scores on one region: voxel-wise Dice and HD95, and the lesion-wise ones."""
+
+    dice: float
+    hd95_mm: float
+    lesions: LesionScores
+
+    def values(self) -> tuple[float, float, float, float]:
+        """The values of :data:`METRICS`, in that order."""
+        return self.dice, self.hd95_mm, self.lesions.dice, self.lesions.hd95_mm
 
 
 def regions_from_spec(spec: str) -> Regions | None:
@@ -97,26 +126,40 @@ def _reference_values(pairs: Sequence[tuple[str, Path, Path]]) -> set[int]:
     return values
 
 
-def write_region_csv(path: Path, names: Sequence[str], rows: dict[str, dict[str, tuple[float, float]]]) -> Path:
+def write_region_csv(path: Path, names: Sequence[str], rows: dict[str, dict[str, RegionScores]]) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["case"] + [f"{n}_{m}" for n in names for m in ("dice", "hd95_mm")])
+    writer.writerow(["case"] + [f"{n}_{m}" for n in names for m in METRICS])
     for case in sorted(rows):
-        writer.writerow([case] + [_format_number(v) for n in names for v in rows[case][n]])
+        writer.writerow([case] + [_format_number(v) for n in names for v in rows[case][n].values()])
     atomic_write_text(path, buf.getvalue())
     return Path(path)
 
 
+def _lesion_counts(scores: Sequence[LesionScores]) -> dict[str, int]:
+    """Reference lesions scored, found and missed, false positives and lesions too small, over all cases."""
+    return {
+        "scored": sum(s.n_lesions for s in scores),
+        "found": sum(s.n_found for s in scores),
+        "missed": sum(s.n_missed for s in scores),
+        "false_positive": sum(s.n_false_positive for s in scores),
+        "too_small": sum(s.n_ignored for s in scores),
+    }
+
+
 def summarize_regions(
-    regions: Regions, rows: dict[str, dict[str, tuple[float, float]]], failed: list[dict], penalty_mm: float
+    regions: Regions,
+    rows: dict[str, dict[str, RegionScores]],
+    failed: list[dict],
+    penalty_mm: float,
+    rule: LesionRule = BRATS_2023_LESIONS,
 ) -> dict:
     per_region: dict[str, dict[str, Any]] = {}
     for name, values in zip(regions.names, regions.labels):
-        per_region[name] = {
-            "labels": list(values),
-            "dice": _stats([rows[c][name][0] for c in rows]),
-            "hd95_mm": _stats([rows[c][name][1] for c in rows]),
-        }
+        per_region[name] = {"labels": list(values)}
+        for i, metric in enumerate(METRICS):
+            per_region[name][metric] = _stats([rows[c][name].values()[i] for c in rows])
+        per_region[name]["lesions"] = _lesion_counts([rows[c][name].lesions for c in rows])
 
     def over_regions(metric: str) -> float | None:
         means = [r[metric]["mean"] for r in per_region.values()]
@@ -124,10 +167,11 @@ def summarize_regions(
 
     return {
         "regions": per_region,
-        "mean_over_regions": {"dice": over_regions("dice"), "hd95_mm": over_regions("hd95_mm")},
+        "mean_over_regions": {metric: over_regions(metric) for metric in METRICS},
         "n_cases": len(rows),
         "failed": failed,
         "hd95_penalty_mm": float(penalty_mm),
+        "lesion_rule": asdict(rule),
         "conventions": REGION_CONVENTIONS,
     }
 
@@ -140,14 +184,15 @@ def evaluate_region_folders(
     progress: bool = True,
     penalty_mm: float = BRATS_HD95_PENALTY_MM,
     qc_threshold: float = DEFAULT_QC_THRESHOLD,
+    rule: LesionRule = BRATS_2023_LESIONS,
 ) -> dict:
     """Score every prediction in ``pred_dir`` against its reference in ``ref_dir`` on ``regions``
     (None: BraTS's, 2021 or 2023 by the label values of all references, which are then read
-    once more before scoring); write metrics.csv and summary.json in ``out_dir`` (see the
-    module docstring), the box plot and worst-first table (:mod:`brainseg.evaluate.report`) and
-    the trust report of a ``volumes.csv`` with predicted Dice (:mod:`brainseg.evaluate.trust`);
-    return the summary. A prediction holding a label value no region
-    contains is scored and warned about."""
+    once more before scoring), voxel-wise and lesion-wise (``rule``); write metrics.csv and
+    summary.json in ``out_dir`` (see the module docstring), the box plot and worst-first table
+    (:mod:`brainseg.evaluate.report`) and the trust report of a ``volumes.csv`` with predicted Dice
+    (:mod:`brainseg.evaluate.trust`); return the summary. A prediction holding a label value no
+    region contains is scored and warned about."""
     pred_dir, ref_dir, out_dir = Path(pred_dir), Path(ref_dir), Path(out_dir)
     pairs, failed = pair_folders(pred_dir, ref_dir)
     if regions is None:
@@ -160,12 +205,14 @@ def evaluate_region_folders(
         )
     stray: dict[str, list[int]] = {}
 
-    def score(cid: str, pred_path: Path, ref_path: Path) -> dict[str, tuple[float, float]]:
+    def score(cid: str, pred_path: Path, ref_path: Path) -> dict[str, RegionScores]:
         pred, ref, geometry = read_pair(pred_path, ref_path)
         outside = sorted(set(int(v) for v in np.unique(pred)) - set(regions.label_values) - {0})
         if outside:
             stray[cid] = outside
-        return region_scores(pred, ref, regions, geometry.spacing, penalty_mm)
+        voxel = region_scores(pred, ref, regions, geometry.spacing, penalty_mm)
+        lesion = region_lesion_scores(pred, ref, regions, geometry.spacing, rule)
+        return {name: RegionScores(*voxel[name], lesion[name]) for name in regions.names}
 
     rows = score_pairs(pairs, score, failed, progress)
     for cid, held in sorted(stray.items()):
@@ -174,23 +221,29 @@ def evaluate_region_folders(
             f"({', '.join(f'{n} = {list(v)}' for n, v in zip(regions.names, regions.labels))})"
         )
     write_region_csv(out_dir / METRICS_NAME, regions.names, rows)
-    dice = {case: {n: scores[n][0] for n in regions.names} for case, scores in rows.items()}
+    dice = {case: {n: scores[n].dice for n in regions.names} for case, scores in rows.items()}
     write_report(out_dir, dice, list(regions.names), "Dice per region")
-    summary = summarize_regions(regions, rows, failed, penalty_mm)
+    summary = summarize_regions(regions, rows, failed, penalty_mm, rule)
     summary = add_trust(summary, pred_dir, out_dir, dice, list(regions.names), False, qc_threshold)
     return write_summary(out_dir, summary)
 
 
 def format_region_table(summary: dict) -> str:
-    """Region, mean Dice and mean HD95 as text."""
+    """Region, mean Dice and mean HD95, voxel-wise and lesion-wise, as text."""
 
     def cell(value: float | None, digits: int) -> str:
         return "-" if value is None else f"{value:.{digits}f}"
 
+    heads = ("mean Dice", "mean HD95 (mm)", "lesion Dice", "lesion HD95 (mm)")
+    digits = (4, 2, 4, 2)
     width = max([len("region"), len("mean")] + [len(n) for n in summary["regions"]])
-    lines = [f"{'region':>{width}}  {'mean Dice':>9}  {'mean HD95 (mm)':>14}"]
+
+    def line(name: str, values: Sequence[float | None]) -> str:
+        cells = (f"{cell(v, d):>{len(h)}}" for v, d, h in zip(values, digits, heads))
+        return f"{name:>{width}}  " + "  ".join(cells)
+
+    lines = [f"{'region':>{width}}  " + "  ".join(heads)]
     for name, stats in summary["regions"].items():
-        lines.append(f"{name:>{width}}  {cell(stats['dice']['mean'], 4):>9}  {cell(stats['hd95_mm']['mean'], 2):>14}")
-    over = summary["mean_over_regions"]
-    lines.append(f"{'mean':>{width}}  {cell(over['dice'], 4):>9}  {cell(over['hd95_mm'], 2):>14}")
+        lines.append(line(name, [stats[m]["mean"] for m in METRICS]))
+    lines.append(line("mean", [summary["mean_over_regions"][m] for m in METRICS]))
     return "\n".join(lines)

@@ -73,14 +73,8 @@ def test_evaluate_regions_brats_picks_the_year_and_writes_csv_and_summary(tmp_pa
     assert f"BraTS {year} regions" in res.stderr and "3 case(s) scored, 0 failed" in res.stdout
     with open(tmp_path / "ev" / "metrics.csv", newline="") as f:
         rows = {r["case"]: r for r in csv.DictReader(f)}
-    assert list(next(iter(rows.values()))) == [
-        "case",
-        "WT_dice",
-        "WT_hd95_mm",
-        "TC_dice",
-        "TC_hd95_mm",
-        "ET_dice",
-        "ET_hd95_mm",
+    assert list(next(iter(rows.values()))) == ["case"] + [
+        f"{r}_{m}" for r in ("WT", "TC", "ET") for m in ("dice", "hd95_mm", "lesion_dice", "lesion_hd95_mm")
     ]
     assert all(
         float(rows["perfect"][k]) == (1.0 if k.endswith("dice") else 0.0) for k in rows["perfect"] if k != "case"
@@ -88,6 +82,9 @@ def test_evaluate_regions_brats_picks_the_year_and_writes_csv_and_summary(tmp_pa
     assert float(rows["missed"]["ET_dice"]) == 0.0 and float(rows["missed"]["ET_hd95_mm"]) == 373.13
     assert float(rows["missed"]["TC_dice"]) == 1.0 and float(rows["missed"]["WT_dice"]) == 1.0
     assert float(rows["none"]["ET_dice"]) == 1.0 and float(rows["none"]["ET_hd95_mm"]) == 0.0
+    # one ET lesion each: missed -> lesion Dice 0 and the lesion-wise penalty; none on either side -> 1 and 0
+    assert (float(rows["missed"]["ET_lesion_dice"]), float(rows["missed"]["ET_lesion_hd95_mm"])) == (0.0, 374.0)
+    assert (float(rows["none"]["ET_lesion_dice"]), float(rows["none"]["ET_lesion_hd95_mm"])) == (1.0, 0.0)
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert list(summary["regions"]) == ["WT", "TC", "ET"] and summary["n_cases"] == 3 and summary["failed"] == []
     assert summary["regions"]["ET"]["labels"] == [et] and summary["regions"]["TC"]["labels"] == [1, et]
@@ -122,9 +119,10 @@ def test_evaluate_regions_from_dataset_json_and_refusals(tmp_path, capsys, tiny_
     )
     assert res.returncode == 0, res.stderr
     header = (tmp_path / "ev" / "metrics.csv").read_text().splitlines()[0]
-    assert header == (
-        "case,whole tumor_dice,whole tumor_hd95_mm,tumor core_dice,tumor core_hd95_mm,"
-        "enhancing tumor_dice,enhancing tumor_hd95_mm"
+    assert header == "case," + ",".join(
+        f"{r}_{m}"
+        for r in ("whole tumor", "tumor core", "enhancing tumor")
+        for m in ("dice", "hd95_mm", "lesion_dice", "lesion_hd95_mm")
     )
     summary = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert summary["regions"]["tumor core"]["labels"] == [2, 3]
