@@ -30,7 +30,7 @@ patch) stays raw 0 throughout: skull stripping comes after the scan.
 whole foreground (z-score, or quantile landmarks), never per patch, so a synthetic patch is
 normalised with the statistics its synthetic subject would have: a reference sample of the drawn
 mixture, each class weighted by its share of the real case's normalisation region
-(:class:`SubjectMix`), through the same noise and gamma. ``ct`` (absolute units) and ``none`` (no
+(:class:`SubjectMix`), through a bias of the patch's field's spread, the same noise and gamma. ``ct`` (absolute units) and ``none`` (no
 intensity convention) have nothing to draw into: the config refuses ``train.synth`` with them.
 
 **Several channels** are drawn independently (each its own mixture, resolution, bias, gamma and
@@ -213,13 +213,16 @@ def apply(
         means, stds, noise = params.means[c].ravel(), params.stds[c].ravel(), np.float32(params.noise[c])
         cluster = (lab * bins + quantile_bins(lab, real[c], ~outside, bins)).ravel()
         x = means[cluster] + stds[cluster] * rng.standard_normal(cluster.size, dtype=np.float32)
-        x = x.reshape(shape) * bias_field(shape, params.bias[c])
+        field = bias_field(shape, params.bias[c])
+        x = x.reshape(shape) * field
         x[outside] = 0.0
         x = simulate_low_resolution(x[None], 1.0 / params.window[c])[0]
         x += rng.standard_normal(shape, dtype=np.float32) * noise
         out[c] = _gamma(x, float(params.gamma[c]))
         out[c][outside] = 0.0
         ref = means[ref_cluster] + stds[ref_cluster] * rng.standard_normal(ref_cluster.size, dtype=np.float32)
+        # the bias field's spread over the subject (its level, the constant term, stays the patch's own)
+        ref *= np.exp(np.float32(np.log(field).std()) * rng.standard_normal(ref.size, dtype=np.float32))
         ref += rng.standard_normal(ref.size, dtype=np.float32) * noise
         refs.append(np.concatenate([_gamma(ref, float(params.gamma[c])), np.zeros(n_zero, np.float32)]))
     n_ref = len(refs[0])
