@@ -155,6 +155,9 @@ class TrainConfig:
     #: A step whose loss or gradient norm is NaN/inf is skipped (no optimizer step) and
     #: counted (metrics.csv's skipped_steps); this many in a row stop training with an error.
     max_nonfinite_steps: int = 10
+    #: Share of the training patches whose image is redrawn from their labels in a random contrast,
+    #: resolution and artefacts (SynthSeg-like; :mod:`brainseg.train.sampling.synth`); 0 = off.
+    synth: float = 0.0
 
 
 @dataclass
@@ -249,8 +252,7 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
         if value is None and type(None) in args:
             return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], where)
+        return _coerce(value, next(a for a in args if a is not type(None)), where)
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -292,25 +294,23 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
 def _check_values(name: str, kwargs: dict[str, Any]) -> None:
     """One line naming the field and what it may be, for a value outside its range (the
     enum-like fields are checked against their ``Literal`` type by :func:`_coerce`)."""
-    for key in ("patch_size",):
-        if key in kwargs and (len(kwargs[key]) != 3 or min(kwargs[key]) < 1):
-            raise BrainsegError(f"config {name}.{key}: expected 3 positive integers, got {kwargs[key]}")
-    for key in ("batch_size", "epochs", "iters_per_epoch", "val_every", "batch_windows", "levels", "base_features"):
+    if "patch_size" in kwargs and (len(kwargs["patch_size"]) != 3 or min(kwargs["patch_size"]) < 1):
+        raise BrainsegError(f"config {name}.patch_size: expected 3 positive integers, got {kwargs['patch_size']}")
+    at_least_1 = ("batch_size", "epochs", "iters_per_epoch", "val_every", "batch_windows", "levels", "base_features")
+    for key in (*at_least_1, "max_nonfinite_steps"):
         if key in kwargs and kwargs[key] < 1:
             raise BrainsegError(f"config {name}.{key}: must be at least 1, got {kwargs[key]}")
-    if name == "train" and kwargs.get("max_nonfinite_steps", 1) < 1:
-        value = kwargs["max_nonfinite_steps"]
-        raise BrainsegError(f"config train.max_nonfinite_steps: must be at least 1, got {value}")
+    if name == "train" and not 0.0 <= kwargs.get("synth", 0.0) <= 1.0:
+        raise BrainsegError(f"config train.synth: must be in [0, 1] (a share of the patches), got {kwargs['synth']}")
     if name == "infer" and "overlap" in kwargs and not 0.0 <= kwargs["overlap"] < 1.0:
         raise BrainsegError(f"config infer.overlap: must be in [0, 1), got {kwargs['overlap']}")
     if name == "postprocess" and (kwargs.get("innermost_min_mm3") or 0.0) < 0:
         raise BrainsegError(
             f"config postprocess.innermost_min_mm3: must be >= 0 or null, got {kwargs['innermost_min_mm3']}"
         )
-    if name == "data" and kwargs.get("target_spacing") is not None:
-        spacing = kwargs["target_spacing"]
-        if len(spacing) != 3 or min(spacing) <= 0:
-            raise BrainsegError(f"config data.target_spacing: expected 3 positive numbers or null, got {spacing}")
+    spacing = kwargs.get("target_spacing") if name == "data" else None
+    if spacing is not None and (len(spacing) != 3 or min(spacing) <= 0):
+        raise BrainsegError(f"config data.target_spacing: expected 3 positive numbers or null, got {spacing}")
 
 
 def _legacy_model_fields(values: dict) -> dict:
@@ -354,8 +354,10 @@ def config_from_dict(values: dict | None) -> Config:
     unknown = sorted(set(values) - set(hints))
     if unknown:
         raise BrainsegError(f"config: unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(hints))}")
-    sections = {k: _section_from_dict(hints[k], v or {}, k) for k, v in values.items()}
-    return Config(**sections)
+    config = Config(**{k: _section_from_dict(hints[k], v or {}, k) for k, v in values.items()})
+    if config.train.synth and (scheme := config.data.normalization) not in ("zscore", "quantile"):
+        raise BrainsegError(f"config train.synth: needs data.normalization zscore or quantile, not {scheme}")
+    return config
 
 
 def apply_overrides(values: dict, overrides: Sequence[str]) -> dict:

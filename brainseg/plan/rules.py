@@ -294,6 +294,12 @@ def plan_config(
         else "every label has several components in some training case"
     )
     reasons["infer.overlap"] = "half-patch steps with Gaussian weights (nnU-Net)"
+    reasons["train.synth"] = (  # off: what it buys (other contrasts) and costs (this one) only the user can weigh
+        "off: a share (0.5) of patches redrawn from the labels in random contrasts segments other contrasts "
+        "and slice thicknesses of this anatomy, at some cost on the training contrast"
+        if cfg.data.normalization in ("zscore", "quantile")
+        else f"off: synthetic contrasts cannot be drawn into the {cfg.data.normalization} normalisation"
+    )
     key = "postprocess.region_thresholds" if fp.regions else "postprocess.class_offsets"
     reasons[key] = "null: chosen on the validation cases at the end of training (kept in the model card)"
     reasons["augment.p_flip"] = "each axis on its own" + (

@@ -138,7 +138,6 @@ class Trainer:
         seed_everything(cfg.train.seed)
         if cfg.train.threads > 0:
             torch.set_num_threads(cfg.train.threads)
-
         ds = discover_dataset(self.data_dir)
         if not ds.train:
             raise BrainsegError(f"{self.data_dir}: no labelled training cases found")
@@ -217,6 +216,8 @@ class Trainer:
             laterality=self.laterality,
             label_values=list(self.labels),
             region_table=table,
+            synth_share=cfg.train.synth,
+            normalization=cfg.data.normalization,
         )
         self.sampler = RangeSampler(cfg.train.iters_per_epoch * cfg.train.batch_size)
         self.loader = make_loader(self.dataset, self.sampler, cfg.train.num_workers, self.device.type == "cuda")

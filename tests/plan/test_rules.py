@@ -81,6 +81,15 @@ def test_target_spacing_is_the_median_or_keeps_an_anisotropic_axis():
     assert aniso.config.model.strides is not None and aniso.config.model.strides[0] == [2, 2, 1]
 
 
+def test_the_plan_leaves_synthetic_contrasts_off_and_says_what_they_are_for(tmp_path):
+    plan = plan_config(_fp([_case(i, [1.0] * 3) for i in range(3)]), minutes=10, measure=False)
+    assert plan.config.train.synth == 0.0
+    assert plan.reasons["train.synth"].startswith("off: a share (0.5) of patches redrawn from the labels")
+    path = tmp_path / "plan.yaml"
+    path.write_text(render_plan(plan, "t"))
+    assert "  synth: 0.0  # off: " in path.read_text() and load_config(path).train.synth == 0.0
+
+
 def test_a_null_target_spacing_trains_at_the_plans_spacing(tmp_path):
     """The trainer with ``data.target_spacing: null`` and the plan choose one voxel size: on an
     anisotropic data set the coarse axis takes its 10th percentile (3.4 mm), not the median (5)."""

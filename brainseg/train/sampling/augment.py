@@ -208,13 +208,22 @@ def _power(x: np.ndarray, gamma: float) -> np.ndarray:
     return torch.exp(torch.log(t).mul_(float(gamma))).numpy()
 
 
+#: Coefficients of a bias field: the nine 1st- and 2nd-order terms of :func:`bias_field`, then the constant.
+BIAS_COEFFICIENTS = 10
+
+
 def _bias_field(shape, rng: np.random.Generator, strength: float) -> np.ndarray:
     """A smooth multiplicative field: exp of a random 2nd-order polynomial over the patch,
     its constant term included (a patch is a window of a scan-wide field: its level varies
     from patch to patch as much as its slope)."""
+    return bias_field(shape, rng.normal(0, strength / 3, BIAS_COEFFICIENTS).astype(np.float32))
+
+
+def bias_field(shape, coeffs: np.ndarray) -> np.ndarray:
+    """exp of the 2nd-order polynomial with float32 ``coeffs`` (x, y, z, x^2, y^2, z^2, xy, xz, yz,
+    then the constant) over a patch of ``shape``, each axis running over [-1, 1]."""
     grids = np.meshgrid(*[np.linspace(-1, 1, s, dtype=np.float32) for s in shape], indexing="ij", sparse=True)
     x, y, z = grids
     terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
-    coeffs = rng.normal(0, strength / 3, len(terms) + 1).astype(np.float32)
     field = coeffs[-1] + sum(c * t for c, t in zip(coeffs[:-1], terms))
     return np.exp(np.broadcast_to(field, shape)).astype(np.float32)

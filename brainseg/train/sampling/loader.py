@@ -13,6 +13,11 @@ Targets stay class indices either way; the loss turns them into region masks.
 A flip along axis 0 (the subject's left-right axis: the cache is in RAS order) swaps the
 labels of each left/right pair of the dataset's :class:`~brainseg.labels.laterality.Laterality`, and
 does not happen when a lateralised label has no partner (:func:`~brainseg.train.sampling.augment.flip`).
+
+With ``synth`` > 0 that share of the patches gets an image redrawn from its (flipped) labels in a
+random contrast (:mod:`brainseg.train.sampling.synth`), before the intensity augmentation; its
+draws come from a generator spawned from the patch's, so every other draw of the patch stays as
+it is, and ``synth`` 0 leaves every patch exactly as without it.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from brainseg.config import AugmentConfig
+from brainseg.config import AugmentConfig, NormalizationScheme
 from brainseg.labels.laterality import Laterality
 from brainseg.preprocessing.cache import CachedCase
-from brainseg.train.sampling import augment
+from brainseg.train.sampling import augment, synth
 from brainseg.train.sampling.patches import (
     extract_patch,
     foreground_center,
@@ -49,9 +54,12 @@ class PatchDataset(Dataset):
         laterality: Laterality = Laterality(),  # noqa: B008 (frozen: an immutable default)
         label_values: Sequence[int] | None = None,
         region_table: np.ndarray | None = None,
+        synth_share: float = 0.0,
+        normalization: NormalizationScheme = "zscore",
     ):
         """``laterality``: the left/right label pairs; ``label_values``: the data set's label
-        values (the cache's class i is the i-th smallest; needed when there are pairs)."""
+        values (the cache's class i is the i-th smallest; needed when there are pairs);
+        ``synth_share``: the share of synthetic patches; ``normalization``: the cache's scheme."""
         if not cases:
             raise ValueError("no training cases")
         self.swap: np.ndarray | None = None
@@ -69,6 +77,8 @@ class PatchDataset(Dataset):
         self.rank = int(rank)
         #: (K, R) class -> region table for region training (foreground patches on regions), or None.
         self.region_table = region_table
+        self.synth_share = float(synth_share)
+        self.normalization: NormalizationScheme = normalization
         self._arrays: dict[int, tuple] = {}
 
     def __len__(self) -> int:  # indices are unbounded; the sampler decides
@@ -81,7 +91,9 @@ class PatchDataset(Dataset):
             locations = case.locations()
             if self.region_table is not None:
                 locations = region_locations(locations, self.region_table)
-            self._arrays[k] = (image, seg, locations)
+            n_classes = max(case.classes, default=0) + 1
+            mix = synth.subject_mix(image, seg, case.record, n_classes) if self.synth_share else None
+            self._arrays[k] = (image, seg, locations, mix)
         return self._arrays[k]
 
     def wants_foreground(self, index: int) -> bool:
@@ -90,7 +102,7 @@ class PatchDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.rank, int(index)])
         k = int(rng.integers(len(self.cases)))
-        image, seg, locations = self._case(k)
+        image, seg, locations, mix = self._case(k)
         center = foreground_center(locations, rng) if self.wants_foreground(index) else None
         if center is None:
             center = random_center(seg.shape, self.patch, rng)
@@ -100,7 +112,14 @@ class PatchDataset(Dataset):
         img, lab = extract_patch(image, seg, center, self.patch, matrix, fill)
         img, lab = augment.flip(img, lab, rng, self.aug, self.swap, self.left_right)
         raw_zero = [-m / s for m, s in zip(record.norm_mean, record.norm_std)]
-        img = augment.intensity(img, rng, self.aug, fill if record.zero_background else None, raw_zero)
+        background = fill if record.zero_background else None
+        if mix is not None:
+            drawn = synth.redraw(rng.spawn(1)[0], self.synth_share, img, lab, record, mix, self.normalization)
+            if drawn is not None:
+                img, zero = drawn
+                raw_zero = [float(v) for v in zero]
+                background = raw_zero if record.zero_background else None
+        img = augment.intensity(img, rng, self.aug, background, raw_zero)
         return torch.from_numpy(np.ascontiguousarray(img)), torch.from_numpy(np.ascontiguousarray(lab).astype(np.int64))
 
 
