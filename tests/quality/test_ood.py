@@ -24,7 +24,7 @@ from brainseg.io.images import read_channels
 from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.plan.fingerprint import fingerprint_dataset, training_ranges
-from brainseg.quality.ood import TrainingRanges, scan_reasons
+from brainseg.quality.ood import CORRELATION_MARGIN, SPACING_FACTOR, TrainingRanges, scan_reasons
 from tests.conftest import REPO
 
 
@@ -137,3 +137,24 @@ def test_predict_writes_the_ood_column_and_one_warning_per_flagged_case(scans, r
     mask = nib.load(tmp_path / "out" / "coarse.nii.gz")
     assert mask.shape == nib.load(scans["coarse"]).shape
     assert np.allclose(mask.affine, nib.load(scans["coarse"]).affine)
+
+
+def test_the_distance_is_zero_inside_the_ranges_and_reaches_one_where_a_reason_starts():
+    ranges = TrainingRanges(
+        n_cases=3,
+        channels=1,
+        spacing=((1.0, 1.2),) * 3,
+        extent_mm=((100.0, 140.0),) * 3,
+        obliquity_max=0.0,
+        depth_correlation=((0.2, 0.4),),
+        median_position=((0.4, 0.6),),
+    )
+    inside = ((1.1,) * 3, (120.0,) * 3, 0.0, [0.3], [0.5])
+    assert ranges.distance(*inside) == 0.0 and ranges.reasons(*inside) == []
+    edge = ((1.2 * SPACING_FACTOR,) + (1.1,) * 2, (120.0,) * 3, 0.0, [0.3], [0.5])
+    assert ranges.distance(*edge) == pytest.approx(1.0) and ranges.reasons(*edge) == []
+    thick = ((1.2 * SPACING_FACTOR**2,) + (1.1,) * 2, (120.0,) * 3, 0.0, [0.3], [0.5])
+    assert ranges.distance(*thick) == pytest.approx(2.0) and len(ranges.reasons(*thick)) == 1
+    inverted = ((1.1,) * 3, (120.0,) * 3, 0.0, [-0.3], [0.5])  # 0.5 below the range: 0.5 / 0.15 margins
+    assert ranges.distance(*inverted) == pytest.approx(0.5 / CORRELATION_MARGIN)
+    assert ranges.distance((1.1,) * 3, (120.0,) * 3, 0.0, [0.3, 0.3], [0.5, 0.5]) == 10.0  # another channel count
