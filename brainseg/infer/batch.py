@@ -94,6 +94,7 @@ def predict_cases(
     fingerprint: Fingerprint | None = None,
     journal: Callable[[PredictionSummary], None] | None = None,
     qc_threshold: float = QC_THRESHOLD,
+    qc_predictor: Predictor | None = None,
 ) -> PredictionSummary:
     """Predict ``cases`` (from :func:`discover_inputs`) into ``output_dir`` (with ``bids``, as BIDS
     derivatives: :mod:`brainseg.infer.derivatives`).
@@ -134,7 +135,9 @@ def predict_cases(
                 commit = provenance.commit_case(
                     summary.records, case.case_id, inputs, outputs, fingerprint, lambda: journal and journal(summary)
                 )
-            volumes, background, ood, qc = predict_one(predictor, case, outputs, bids, commit, qc_threshold)
+            volumes, background, ood, qc = predict_one(
+                predictor, case, outputs, bids, commit, qc_threshold, qc_predictor
+            )
             summary.volumes[case.case_id], summary.backgrounds[case.case_id] = volumes, background
             summary.ood[case.case_id] = ood
             if qc is not None:
@@ -298,6 +301,10 @@ def predict(
         max_voxels=config.data.max_voxels,
         ensemble_with=[(m, c) for _, m, c in others],
     )
+    qc_predictor = None  # an ensemble's quality is measured on its first member alone (predict_one)
+    if others and card.quality is not None:
+        infer, post = config.infer, config.postprocess
+        qc_predictor = Predictor(model, card, infer, post, dev, log=log.warning, max_voxels=config.data.max_voxels)
     settings = {k: v for k, v in config.to_dict().items() if k in ("infer", "postprocess")}
     model_sha256, model_entry = provenance.model_record([path for path, _, _ in members])
     if bids is not None and env.is_main:
@@ -338,6 +345,7 @@ def predict(
         fingerprint=fingerprint,
         journal=lambda s: provenance.journal_part(output, token, env.rank, part(s, final=False)),
         qc_threshold=qc_threshold,
+        qc_predictor=qc_predictor,
     )
     if env.world_size == 1:
         parts: list[dict] | None = [part(summary, final=True)]

@@ -85,10 +85,15 @@ def predict_one(
     bids: BidsOutput | None = None,
     before_mask: Callable[[], None] | None = None,
     qc_threshold: float = QC_THRESHOLD,
+    qc_predictor: Predictor | None = None,
 ) -> tuple[dict[int, float], str, str, dict[str, float] | None]:
     """Segment one case, write its files; return its label volumes (mm³, background left out),
     its background kind ("zero" or "noise"), why it is out of distribution ("" if it is not) and,
     when the card holds a quality score, the predicted Dice per key (:mod:`brainseg.infer.qc`).
+    The score was calibrated on single models' out-of-fold predictions, so an ensemble's case is
+    measured on ``qc_predictor``'s (its first member alone, one more pass): the members' averaged
+    probabilities are less confident than any one member's and would read as a worse mask. The
+    ensemble's own Dice is at least its mean member's, so its predicted Dice errs on the safe side.
 
     The mask is written last (``before_mask()`` runs just before it); if any write fails, the
     files this call wrote are removed, so a failed case leaves no partial set of outputs."""
@@ -97,13 +102,15 @@ def predict_one(
     if prepared.ood:
         log.warning("%s: unlike the training scans: %s", case.case_id, ood)
     quality = predictor.card.quality
-    wanted = "probabilities" in outputs or quality is not None
-    result = predictor.segment_maps(prepared, wanted, "uncertainty" in outputs)
+    alone = quality is not None and qc_predictor is None  # the model the score was calibrated for
+    result = predictor.segment_maps(prepared, "probabilities" in outputs or alone, "uncertainty" in outputs)
     labels, probs = result.labels, result.probabilities
     geometry, record = prepared.geometry, prepared.record
     qc = None
-    if quality is not None and probs is not None:
-        measures = case_measures(predictor.card, probs, labels, geometry.spacing)
+    if quality is not None:
+        measured = result if qc_predictor is None else qc_predictor.segment_maps(prepared, probabilities=True)
+        assert measured.probabilities is not None  # asked for
+        measures = case_measures(predictor.card, measured.probabilities, measured.labels, geometry.spacing)
         qc = quality.predict(measures, prepared.ood_distance)
         probs = probs if "probabilities" in outputs else None
     foreground = [v for v in predictor.label_values if v != 0]
