@@ -4,7 +4,9 @@ A quality score fitted on clean out-of-fold cases only has never seen a mask go 
 cannot say when one does. The cross-validation's calibration set therefore holds each
 held-out case again after one strong degradation (:data:`DEGRADATIONS`): additive noise,
 a smooth multiplicative bias field, blur (isotropic, or along one axis as thick slices
-would), a gamma change, or the contrast inverted inside the subject. The severity is drawn
+would), a gamma change, the contrast inverted inside the subject, or real thick slices: the
+scan (and its label) on a new grid of 3-7 mm slices along one axis (:func:`degrade_case`), so
+the score also sees voxel sizes outside the training range that still segment well. The severity is drawn
 per case, from mild to far beyond what augmentation showed the network, so the calibration
 sees the whole range from unharmed to failed.
 
@@ -22,8 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from brainseg.preprocessing.resample import resample_image, resample_labels, resample_steps, resampled_shape
+
 #: What a calibration copy may suffer.
-DEGRADATIONS: tuple[str, ...] = ("noise", "bias", "blur", "thick", "gamma", "invert")
+DEGRADATIONS: tuple[str, ...] = ("noise", "bias", "blur", "thick", "gamma", "invert", "slices")
 
 
 @dataclass(frozen=True)
@@ -110,10 +114,39 @@ _APPLY: dict[str, Callable] = {
 
 
 def degrade(data: np.ndarray, subject: np.ndarray, degradation: Degradation, seed: int) -> np.ndarray:
-    """A degraded float32 copy of a (C, X, Y, Z) scan (``subject``: its subject mask)."""
+    """A degraded float32 copy of a (C, X, Y, Z) scan (``subject``: its subject mask), on its own
+    grid (every kind but ``slices``, which :func:`degrade_case` puts on a new one)."""
+    if degradation.kind == "slices":
+        raise ValueError("thick slices change the grid: use degrade_case")
     rng = np.random.default_rng(seed)
     data = np.asarray(data, dtype=np.float32)
     return _APPLY[degradation.kind](data, np.asarray(subject, dtype=bool), float(degradation.severity), rng)
+
+
+def degrade_case(
+    data: np.ndarray, labels: np.ndarray, subject: np.ndarray, affine: np.ndarray, degradation: Degradation, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(scan, label map, affine) of a degraded case. ``slices``: both resampled to slices of
+    3-7 mm (by the severity; at least 1.5x the voxel) along a random axis, the scan with the
+    slice's partial-volume blur, the label by :func:`~brainseg.preprocessing.resample.resample_labels`,
+    first voxel centres kept; every other kind: :func:`degrade` on the same grid."""
+    if degradation.kind != "slices":
+        return degrade(data, subject, degradation, seed), np.asarray(labels), np.asarray(affine)
+    rng = np.random.default_rng(seed)
+    axis = int(rng.integers(3))
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    thick = max(3.0 + 4.0 * float(degradation.severity), 1.5 * float(spacing[axis]))
+    target = [float(s) for s in spacing]
+    target[axis] = thick
+    shape = resampled_shape(np.shape(labels), spacing, target)
+    steps = resample_steps(spacing, target)
+    sigma = [0.0, 0.0, 0.0]
+    sigma[axis] = 0.4 * steps[axis]
+    blurred = np.stack([ndimage.gaussian_filter(np.asarray(ch, dtype=np.float32), sigma) for ch in data])
+    new_affine = np.array(affine, dtype=np.float64, copy=True)
+    new_affine[:3, axis] *= steps[axis]
+    image = resample_image(blurred, shape, steps)
+    return image.astype(np.float32), resample_labels(np.asarray(labels), shape, steps), new_affine
 
 
 def case_seed(case_id: str, salt: int = 0) -> int:

@@ -38,12 +38,12 @@ from brainseg.infer.loading import inference_config
 from brainseg.infer.predictor import Predictor
 from brainseg.infer.qc import case_measures, quality_keys
 from brainseg.io.atomic import atomic_write_text
-from brainseg.io.images import read_channels, read_label
+from brainseg.io.images import Geometry, read_channels, read_label
 from brainseg.io.naming import CHECKPOINT_CHOICES, CV_DECISION, CV_QUALITY, FOLD_PREFIX
 from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model, replace_card
 from brainseg.preprocessing.foreground import subject_mask
-from brainseg.quality.degrade import case_seed, degradation_plan, degrade
+from brainseg.quality.degrade import case_seed, degradation_plan, degrade_case
 from brainseg.quality.qc import CalibrationRow, QualityModel, fit_quality
 from brainseg.train.decisions import Decision, PooledCase, choose_on_pool
 
@@ -132,12 +132,15 @@ def calibration_rows(
                 mask = card.regions.masks(ref)[card.regions.names.index(key)] if card.regions else ref == int(key)
                 volumes.setdefault(key, []).append(float(np.count_nonzero(mask)) * voxel)
             for i, variant in enumerate([None, *degradation_plan(cid, copies)]):
-                image = data if variant is None else degrade(data, subject, variant, case_seed(cid, i))
-                prepared = predictor.prepare_arrays(image, geometry)
+                image, truth, grid = data, ref, geometry
+                if variant is not None:
+                    image, truth, affine = degrade_case(data, ref, subject, geometry.affine, variant, case_seed(cid, i))
+                    grid = Geometry((truth.shape[0], truth.shape[1], truth.shape[2]), affine)
+                prepared = predictor.prepare_arrays(image, grid)
                 seg = predictor.segment_maps(prepared, probabilities=True)
                 assert seg.probabilities is not None  # asked for
-                measures = case_measures(card, seg.probabilities, seg.labels, geometry.spacing)
-                row = CalibrationRow(cid, measures, prepared.ood_distance, key_dice(seg.labels, ref, card))
+                measures = case_measures(card, seg.probabilities, seg.labels, grid.spacing)
+                row = CalibrationRow(cid, measures, prepared.ood_distance, key_dice(seg.labels, truth, card))
                 rows.append(row)
                 table.append(
                     {
@@ -176,6 +179,20 @@ def cross_fitted(table: list[dict], rows: list[CalibrationRow], keys: list[str],
     return out | ({"spearman_mean_cross_fitted": rho} if np.isfinite(rho) else {})
 
 
+def validation_decision(card: ModelCard, fold: int) -> dict:
+    """What fold ``fold`` chose on its own validation cases: its card's decision, or, when the card
+    already holds one chosen on all folds (a calibration run again), the one recorded then."""
+    earlier = (card.decision_source or {}).get("validation_decisions")
+    if earlier:
+        return dict(earlier[fold])
+    return {
+        "class_offsets": list(card.class_offsets),
+        "region_thresholds": list(card.region_thresholds),
+        "innermost_min_mm3": card.innermost_min_mm3,
+        "postprocess": card.config.get("postprocess"),
+    }
+
+
 def finish_cross_validation(
     run_dir: Path, splits: Sequence[Split], cases: Sequence[Case], device, copies: int = CALIBRATION_COPIES
 ) -> dict:
@@ -196,11 +213,7 @@ def finish_cross_validation(
         "dice_before": decision.dice_before,
         "dice_after": decision.dice_after,
         "steps": decision.steps,
-        "validation_decisions": [
-            {"class_offsets": list(c.class_offsets), "region_thresholds": list(c.region_thresholds),
-             "innermost_min_mm3": c.innermost_min_mm3, "postprocess": c.config.get("postprocess")}
-            for c in cards
-        ],
+        "validation_decisions": [validation_decision(c, k) for k, c in enumerate(cards)],
     }  # fmt: skip
     log.info(
         "decision chosen on all folds: mean out-of-fold Dice %.4f -> %.4f (%s)",

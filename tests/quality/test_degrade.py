@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from brainseg.quality.degrade import DEGRADATIONS, Degradation, case_seed, degradation_plan, degrade
+from brainseg.quality.degrade import DEGRADATIONS, Degradation, case_seed, degradation_plan, degrade, degrade_case
 
 
 def two_tissue_scan() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -17,7 +17,7 @@ def two_tissue_scan() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return data, r < 10, r < 6
 
 
-@pytest.mark.parametrize("kind", DEGRADATIONS)
+@pytest.mark.parametrize("kind", [k for k in DEGRADATIONS if k != "slices"])
 def test_each_degradation_changes_the_scan_deterministically_and_leaves_the_input_alone(kind: str):
     data, subject, _ = two_tissue_scan()
     before = data.copy()
@@ -43,3 +43,21 @@ def test_a_case_gets_distinct_kinds_the_same_on_every_run():
     assert all(0 <= d.severity <= 1 for d in plan) and plan != degradation_plan("case_008", 4)
     assert case_seed("a") == case_seed("a") != case_seed("a", 1)
     assert Degradation("noise", 0.456).name == "noise46"
+
+
+def test_thick_slices_put_the_scan_and_its_label_on_one_new_grid():
+    data, subject, core = two_tissue_scan()
+    labels = np.where(core, 2, np.where(subject, 1, 0)).astype(np.int16)
+    affine = np.diag([1.0, 1.2, 1.0, 1.0])
+    affine[:3, 3] = [-10.0, 5.0, 2.0]
+    image, label, new = degrade_case(data, labels, subject, affine, Degradation("slices", 0.5), seed=4)
+    assert image.shape[1:] == label.shape and image.dtype == np.float32
+    spacing = np.linalg.norm(new[:3, :3], axis=0)
+    thick = int(np.argmax(spacing / np.diag(affine)[:3]))
+    assert spacing[thick] == pytest.approx(5.0, rel=0.05) and label.shape[thick] < labels.shape[thick]
+    assert np.array_equal(new[:3, 3], affine[:3, 3])  # the first voxel centre stays where it was
+    assert set(np.unique(label)) == {0, 1, 2} and np.array_equal(labels, labels.astype(np.int16))
+    same = degrade_case(data, labels, subject, affine, Degradation("noise", 0.5), seed=4)
+    assert same[1] is not None and np.array_equal(same[1], labels) and np.array_equal(same[2], affine)
+    with pytest.raises(ValueError, match="degrade_case"):
+        degrade(data, subject, Degradation("slices", 0.5), seed=4)
