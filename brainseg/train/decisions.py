@@ -5,7 +5,8 @@ Two callers, one search: a single training run chooses on its validation cases
 (:class:`~brainseg.train.validation.Validation`), a cross-validation on all its out-of-fold cases
 pooled (:func:`choose_on_pool`, nnU-Net's ``find_best_configuration`` step), which rests on many
 cases instead of one or two. Each step is kept only where it raises the mean Dice by more than
-:data:`DECISION_MIN_GAIN` (less is noise of a few voxels):
+:data:`DECISION_MIN_GAIN` (less is noise of a few voxels); a postprocessing rule must also raise
+more cases than it lowers (:func:`helps`):
 
 1. the voxel decision, by coordinate ascent (:func:`coordinate_ascent`: two sweeps over the
    classes or regions, each trying :data:`OFFSET_CANDIDATES` / :data:`THRESHOLD_CANDIDATES`);
@@ -62,6 +63,16 @@ def coordinate_ascent(
             if means and max(means) > current + DECISION_MIN_GAIN:
                 best, current = tried[int(np.argmax(means))], max(means)
     return best, before, current
+
+
+def helps(tried: np.ndarray, before: np.ndarray) -> bool:
+    """A postprocessing rule is kept when it raises the mean Dice by more than :data:`DECISION_MIN_GAIN`
+    *and* raises more cases than it lowers: a rule that deletes components can gain on average
+    by rescuing a few cases while wiping out others (the largest component of a weak model's
+    mask is as often a false blob as the tumour), and that coin flip does not carry over."""
+    delta = np.asarray(tried) - np.asarray(before)
+    raised, lowered = int(np.count_nonzero(delta > 1e-9)), int(np.count_nonzero(delta < -1e-9))
+    return float(delta.mean()) > DECISION_MIN_GAIN and raised > lowered
 
 
 def smallest_best(candidates: Sequence[float], means: Sequence[float]) -> float:
@@ -140,14 +151,16 @@ def choose_on_pool(cases: Sequence[PooledCase], card: ModelCard, post: Postproce
             steps.append({"step": "voxel decision", "setting": setting.tolist(), "dice": [raw_before, raw_after]})
     decided = [decide(c, setting) for c in cases]
 
+    def per_case(rules: PostprocessConfig, volume: float) -> np.ndarray:
+        return np.array([case_mean_dice(finished(d, c, rules, volume), c.ref, card) for d, c in zip(decided, cases)])
+
     def pooled(rules: PostprocessConfig, volume: float) -> float:
-        return float(
-            np.mean([case_mean_dice(finished(d, c, rules, volume), c.ref, card) for d, c in zip(decided, cases)])
-        )
+        return float(per_case(rules, volume).mean())
 
     baseline = [case_mean_dice(finished(decide(c, start), c, post, inner), c.ref, card) for c in cases]
     before = float(np.mean(baseline))
-    rules, current = post, pooled(post, inner)
+    rules, scores = post, per_case(post, inner)
+    current = float(scores.mean())
     foreground = [int(v) for v in (regions.class_order if regions is not None else values) if v != 0]
 
     def toggle_foreground(r: PostprocessConfig) -> PostprocessConfig:
@@ -167,10 +180,10 @@ def choose_on_pool(cases: Sequence[PooledCase], card: ModelCard, post: Postproce
         changes += [(f"min_size_mm3 {v}={m:g}", min_size(v, m)) for m in MIN_SIZE_CANDIDATES_MM3]
     for name, change in changes:
         candidate = change(rules)
-        score = pooled(candidate, inner)
-        if score > current + DECISION_MIN_GAIN:
-            steps.append({"step": name, "dice": [current, score]})
-            rules, current = candidate, score
+        tried = per_case(candidate, inner)
+        if helps(tried, scores):
+            steps.append({"step": name, "dice": [current, float(tried.mean())]})
+            rules, scores, current = candidate, tried, float(tried.mean())
     if regions is not None and post.innermost_min_mm3 is None:
         volumes = sorted(INNERMOST_CANDIDATES_MM3)
         means = [pooled(rules, t) for t in volumes]

@@ -10,7 +10,7 @@ import pytest
 from brainseg.config import PostprocessConfig
 from brainseg.labels.regions import brats_regions
 from brainseg.model.checkpoint import load_card
-from brainseg.train.decisions import PooledCase, case_mean_dice, choose_on_pool, coordinate_ascent
+from brainseg.train.decisions import PooledCase, case_mean_dice, choose_on_pool, coordinate_ascent, helps
 
 SHAPE = (20, 20, 20)
 
@@ -67,3 +67,9 @@ def test_coordinate_ascent_moves_only_for_a_real_gain():
     assert best.tolist() == [0.0, 0.4, -0.2] and before == pytest.approx(-0.6) and after == 0.0
     flat, b, a = coordinate_ascent(np.zeros(3), (-0.2, 0.0, 0.2), 1, lambda s: [1.0 + 1e-4 * x[1] for x in s])
     assert flat.tolist() == [0.0, 0.0, 0.0] and a == b  # a gain under DECISION_MIN_GAIN is noise
+
+
+def test_a_rule_that_rescues_one_case_and_lowers_two_is_not_kept():
+    assert not helps(np.array([1.0, 0.4, 0.4]), np.array([0.2, 0.5, 0.5]))  # the mean rises by 0.2: a coin flip
+    assert helps(np.array([0.9, 0.9, 0.5]), np.array([0.8, 0.85, 0.5]))  # most cases gain, none loses
+    assert not helps(np.array([0.8005, 0.8]), np.array([0.8, 0.8]))  # a gain under DECISION_MIN_GAIN
