@@ -22,7 +22,8 @@ or :func:`~brainseg.evaluate.metrics.region_scores` (BraTS's conventions) for a 
 whose ``checkpoint_final.pt`` exists is not trained again; the summary is rewritten after every fold
 from the fold records that exist. When the last fold is done, :mod:`.cv_calibration` chooses the
 decision on all folds and calibrates the quality score, stores both in every fold's cards, and
-the out-of-fold masks and the summary are made again with that decision.
+the out-of-fold masks and the summary are made again with that decision (delete
+``RUN/cv_decision.json`` and run the same command again to choose and calibrate anew).
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from scipy import stats
 
+from brainseg.config import config_from_dict
 from brainseg.data.cases import Case
 from brainseg.errors import BrainsegError
 from brainseg.evaluate.metrics import dice, region_dice
@@ -201,7 +202,14 @@ def finish_cross_validation(
     run_dir = Path(run_dir)
     by_id = {c.case_id: c for c in cases}
     cards = [load_model(_fold(run_dir, k), device)[1] for k in range(len(splits))]
-    post = inference_config(cards[0], None, ()).postprocess
+    configured = validation_decision(cards[0], 0).get(
+        "postprocess"
+    )  # the rules as trained (a rerun: not the last choice)
+    post = (
+        config_from_dict({"postprocess": configured}).postprocess
+        if configured
+        else inference_config(cards[0], None, ()).postprocess
+    )
     log.info(f"choosing the decision on the {len(splits)} folds' out-of-fold cases")
     pool = pooled_cases(run_dir, splits, by_id, device)
     decision = choose_on_pool(pool, cards[0], post)
