@@ -15,7 +15,8 @@ Steps (each a subprocess, as a user runs them):
 3. per seed S and arm: ``brainseg train --data D --out OUT/runs/ARM_sS --config configs/demo.yaml
    --max-minutes M --set train.seed=S`` (the synth arm adds ``--set train.synth=SHARE``); a run
    folder with a final checkpoint is kept with ``--reuse``;
-4. ``brainseg predict`` and ``brainseg evaluate --labels 1,2,3`` on every set of the family;
+4. ``brainseg predict`` and ``brainseg evaluate --labels 1,2,3`` once per run on all sets pooled
+   (``OUT/family_pooled``: links named ``SET__CASE``), the scores split back per set;
 5. OUT/report.json (and ``--json PATH``) and OUT/report.md: mean tissue Dice per set per arm,
    each seed and the mean over seeds, and whether the synthetic arm met the issue's bar.
 """
@@ -31,6 +32,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from scripts.common import REPO, CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info
 from scripts.common import run as run_command
 from scripts.experiments.generalisation.report import read_scores
@@ -43,6 +46,7 @@ QUICK = dict(minutes=0.1, n_demo=4, seeds=[0])
 CONFIG = REPO / "configs" / "demo.yaml"
 PROG = "python -m scripts.experiments.synth_contrast"
 ARMS = ("default", "synth")
+SEP = "__"  # pooled case names: SET__CASE
 log = logger("synth_contrast")
 
 
@@ -114,24 +118,54 @@ def train(demo: Path, run_dir: Path, arm: str, seed: int, minutes: float, share:
     run(cmd, logs / f"train_{run_dir.name}.log")
 
 
-def score(run_dir: Path, family: Path, out: Path) -> dict[str, Any]:
-    """Predict every set of the family with one run, evaluate, read the scores back."""
-    key, results = run_dir.name, {}
+def pooled_family(family: Path, out: Path) -> Path:
+    """Every set of the family in one folder (links named ``SET__CASE``), so one ``predict`` and one
+    ``evaluate`` per model cover them all: the model is loaded and warmed once, not once per set."""
+    pooled = fresh(out)
     for name in SETS:
-        masks = fresh(out / "masks" / key / name)
-        run(
-            brainseg_cmd("predict", "--model", run_dir, "--input", family / name / "images", "--output", masks)
-            + ["--no-progress"],
-            out / "logs" / f"predict_{key}_{name}.log",
-        )
-        eval_dir = fresh(out / "evaluation" / key / name)
-        run(
-            brainseg_cmd("evaluate", "--pred", masks, "--ref", family / name / "labels", "--out", eval_dir)
-            + ["--labels", "1,2,3"],
-            out / "logs" / f"evaluate_{key}_{name}.log",
-        )
-        results[name] = read_scores(eval_dir)
+        for sub in ("images", "labels"):
+            (pooled / sub).mkdir(exist_ok=True)
+            for path in sorted((family / name / sub).glob("*.nii.gz")):
+                (pooled / sub / f"{name}{SEP}{path.name}").symlink_to(path.resolve())
+    return pooled
+
+
+def split_scores(eval_dir: Path) -> dict[str, Any]:
+    """Per-set scores from one evaluation of the pooled family: each set's mean Dice per label over its
+    cases (a case's labels as ``evaluate`` scored them), its cases' means, and its failures."""
+    scores = read_scores(eval_dir)
+    failed = {f["case"] for f in scores["failed"]}  # evaluate's summary: one entry per failed case and label
+    results: dict[str, Any] = {}
+    for name in SETS:
+        cases = {c.split(SEP, 1)[1]: d for c, d in scores["per_case"].items() if c.split(SEP, 1)[0] == name}
+        labels = [k for k in next(iter(cases.values()), {}) if k != "mean"]
+        dice = {k: float(np.mean([d[k] for d in cases.values()])) for k in labels}
+        results[name] = {
+            "dice": dice,
+            "mean": float(np.mean(list(dice.values()))) if dice else float("nan"),
+            "n_cases": len(cases),
+            "failed": sorted(c.split(SEP, 1)[1] for c in failed if c.startswith(f"{name}{SEP}")),
+            "per_case": cases,
+        }
     return results
+
+
+def score(run_dir: Path, family: Path, out: Path) -> dict[str, Any]:
+    """Predict every set of the family with one run (one ``predict``, one ``evaluate``), read the scores back."""
+    key = run_dir.name
+    masks = fresh(out / "masks" / key)
+    run(
+        brainseg_cmd("predict", "--model", run_dir, "--input", family / "images", "--output", masks)
+        + ["--no-progress"],
+        out / "logs" / f"predict_{key}.log",
+    )
+    eval_dir = fresh(out / "evaluation" / key)
+    run(
+        brainseg_cmd("evaluate", "--pred", masks, "--ref", family / "labels", "--out", eval_dir)
+        + ["--labels", "1,2,3"],
+        out / "logs" / f"evaluate_{key}.log",
+    )
+    return split_scores(eval_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -166,6 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.perf_counter()
     demo = ensure_demo(out, args.data.resolve() if args.data else None, settings["n_demo"])
     manifest = ensure_family(demo, out / "family", args.family_seed)
+    pooled = pooled_family(out / "family", out / "family_pooled")
     timings["data"] = round(time.perf_counter() - t0, 1)
 
     results: dict[str, dict[str, Any]] = {}
@@ -177,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             train(demo, run_dir, arm, seed, settings["minutes"], args.share, args.reuse, out / "logs")
             timings[f"train_{run_dir.name}"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
-            results[run_dir.name] = score(run_dir, out / "family", out)
+            results[run_dir.name] = score(run_dir, pooled, out)
             timings[f"score_{run_dir.name}"] = round(time.perf_counter() - t0, 1)
             training[run_dir.name] = brainseg_training(run_dir)
 
