@@ -45,7 +45,7 @@ from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model, replace_card
 from brainseg.preprocessing.foreground import subject_mask
 from brainseg.quality.degrade import case_seed, degradation_plan, degrade_case
-from brainseg.quality.qc import CalibrationRow, QualityModel, fit_quality
+from brainseg.quality.qc import CalibrationRow, KeyMeasures, QualityModel, fit_quality
 from brainseg.train.decisions import Decision, PooledCase, choose_on_pool
 
 log = logging.getLogger(__name__)
@@ -180,6 +180,47 @@ def cross_fitted(table: list[dict], rows: list[CalibrationRow], keys: list[str],
     return out | ({"spearman_mean_cross_fitted": rho} if np.isfinite(rho) else {})
 
 
+def store_quality(run_dir: Path, fold: int, card: ModelCard) -> None:
+    """``card`` into every checkpoint of fold ``fold`` (the weights stay as they are)."""
+    for name in CHECKPOINT_CHOICES.values():
+        if (_fold(run_dir, fold) / name).is_file():
+            replace_card(_fold(run_dir, fold) / name, card)
+
+
+def refit_quality(run_dir: Path, device: torch.device | str = "cpu") -> QualityModel:
+    """Fit the quality score again on the calibration rows ``RUN/cv_quality.json`` keeps (what each
+    out-of-fold prediction measured and scored) and store it as :func:`finish_cross_validation`
+    does, without predicting anything again: for a new form of the fit on an existing run."""
+    run_dir = Path(run_dir)
+    try:
+        stored = json.loads((run_dir / CV_QUALITY).read_text())
+        volumes = {str(k): [float(v) for v in vs] for k, vs in stored["reference_volumes_mm3"].items()}
+        table = stored["rows"]
+        rows = [
+            CalibrationRow(
+                t["case"], {k: KeyMeasures(**m) for k, m in t["measures"].items()}, float(t["ood_distance"]), t["dice"]
+            )
+            for t in table
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise BrainsegError(
+            f"{run_dir / CV_QUALITY}: no calibration rows with reference volumes to refit from ({exc}); "
+            f"delete {run_dir / CV_DECISION} and run the cross-validation's train command again"
+        ) from None
+    keys = list(rows[0].dice)
+    quality = fit_quality(rows, keys, volumes)
+    quality = QualityModel(
+        quality.keys, quality.calibrations, quality.n_cases, quality.fit | cross_fitted(table, rows, keys, volumes)
+    )
+    folds = sorted(int(p.name.removeprefix(FOLD_PREFIX)) for p in run_dir.glob(f"{FOLD_PREFIX}*") if p.is_dir())
+    for k in folds:
+        store_quality(run_dir, k, replace(load_model(_fold(run_dir, k), device)[1], quality=quality))
+    atomic_write_text(run_dir / CV_QUALITY, json.dumps(stored | {"fit": quality.fit, "rows": table}, indent=1) + "\n")
+    decision = json.loads((run_dir / CV_DECISION).read_text())
+    atomic_write_text(run_dir / CV_DECISION, json.dumps(decision | {"quality_fit": quality.fit}, indent=1) + "\n")
+    return quality
+
+
 def validation_decision(card: ModelCard, fold: int) -> dict:
     """What fold ``fold`` chose on its own validation cases: its card's decision, or, when the card
     already holds one chosen on all folds (a calibration run again), the one recorded then."""
@@ -243,11 +284,9 @@ def finish_cross_validation(
         ", ".join(f"{k} {v:.3f}" for k, v in quality.fit.items()),
     )
     for k, card in enumerate(decided):
-        final = replace(card, quality=quality)
-        for name in CHECKPOINT_CHOICES.values():
-            if (_fold(run_dir, k) / name).is_file():
-                replace_card(_fold(run_dir, k) / name, final)
-    atomic_write_text(run_dir / CV_QUALITY, json.dumps({"fit": quality.fit, "rows": table}, indent=1) + "\n")
+        store_quality(run_dir, k, replace(card, quality=quality))
+    stored = {"fit": quality.fit, "reference_volumes_mm3": volumes, "rows": table}
+    atomic_write_text(run_dir / CV_QUALITY, json.dumps(stored, indent=1) + "\n")
     record = source | {"postprocess": asdict(decision.postprocess), "class_offsets": list(decision.class_offsets),
                        "region_thresholds": list(decision.region_thresholds),
                        "innermost_min_mm3": decision.innermost_min_mm3, "quality_fit": quality.fit}  # fmt: skip

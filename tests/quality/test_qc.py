@@ -66,3 +66,26 @@ def test_the_fitted_score_ranks_new_cases_as_their_true_dice_and_survives_its_st
         QualityModel.from_dict({**model.to_dict(), "features": [*FEATURES, "new"]})
     with pytest.raises(ValueError, match="3 calibration cases"):
         fit_quality(rows(2), ["1"], {})
+
+
+def test_the_keys_share_one_regression_and_keep_their_own_level_and_map():
+    """Two keys whose Dice follows soft Dice alike, the second 0.2 lower: one set of weights, the
+    second key's intercept lower, and a key seen on few distinct scores still ranks by soft Dice."""
+    base = rows(40)
+    two = [
+        CalibrationRow(
+            r.case,
+            {"1": r.measures["1"], "2": r.measures["1"]},
+            r.ood,
+            {"1": r.dice["1"], "2": max(r.dice["1"] - 0.2, 0.0)},
+        )
+        for r in base
+    ]
+    model = fit_quality(two, ["1", "2"], {"1": [1000.0], "2": [1000.0]})
+    first, second = model.calibrations
+    assert first.weights == second.weights and first.feature_mean == second.feature_mean
+    assert first.intercept - second.intercept == pytest.approx(0.2, abs=0.03)
+    good, bad = (KeyMeasures(s, 1 - s, 2 * (1 - s), 1000.0) for s in (0.95, 0.4))
+    hi, lo = model.predict({"1": good, "2": good}, 0.0), model.predict({"1": bad, "2": bad}, 0.0)
+    assert hi["1"] > lo["1"] + 0.3 and hi["2"] > lo["2"] + 0.3
+    assert hi["1"] - hi["2"] == pytest.approx(0.2, abs=0.05)

@@ -24,7 +24,7 @@ from brainseg.train.crossval import (
     make_splits,
     write_cv_summary,
 )
-from brainseg.train.cv_calibration import CALIBRATION_COPIES
+from brainseg.train.cv_calibration import CALIBRATION_COPIES, refit_quality
 from brainseg.train.recipe import split_cases
 from brainseg.train.state import check_run_dir
 from tests.cli.conftest import AFFINE, TINY_TRAIN, cli, in_process, labels_of, make_train_set, phantom, save
@@ -218,6 +218,14 @@ def test_two_folds_predict_every_case_once_in_its_grid_scored_as_evaluate_does(t
     flags = [r["case"] for r in volumes if r["qc_flag"] == "1"]
     assert flags == [r["case"] for r in volumes if float(r["qc_dice_mean"]) < 0.7]
     assert f"quality: {len(flags)} of 4 case(s) flagged" in predicted.stdout
+
+    # the score fitted again from the stored rows alone: the same score, in every fold's cards
+    assert sorted(calibration["reference_volumes_mm3"]) == ["1", "2"]
+    (run / CV_QUALITY).write_text(json.dumps({**calibration, "fit": {}}))
+    refitted = refit_quality(run)
+    assert refitted.to_dict() == load_card(run / "fold_0").quality.to_dict()
+    assert refitted.calibrations == load_card(run / "fold_1").quality.calibrations
+    assert json.loads((run / CV_QUALITY).read_text())["fit"] == refitted.fit == decision["quality_fit"]
 
     # a rerun reuses the splits and the plan and trains nothing; a changed data set is refused
     again = cli(*train_args(data, run, "--folds", "2"), timeout=120)
