@@ -1,27 +1,23 @@
 """The demo brain-tumour data set (BraTS-like), made from the MNI ICBM152 2009a template.
 
 Every case is the template (:mod:`brainseg.demo.template`) warped as the tissue demo warps it
-(:func:`brainseg.demo.tissue.template_coordinates`: a smooth displacement and a global size change) on
-one axis-aligned RAS grid of ``spacing`` mm (2 mm by default), skull-stripped (the
-background exactly 0), seen in four co-registered contrasts, with a tumour:
+(:func:`brainseg.demo.tissue.template_coordinates`: a smooth displacement and a global size change)
+onto the tissue demo's grids (:func:`brainseg.demo.tissue.subject_grid`: case 0 RAS, the others
+reoriented through LAS, LPS, PIR, ..., every odd case tilted 2-7 degrees: an oblique affine) of
+``spacing`` mm (2 mm isotropic by default), skull-stripped (the background exactly 0), seen in four
+co-registered sequences, with a tumour. What the tumour is and how each sequence looks is
+:mod:`brainseg.demo.tumour_model`'s (its docstring states the ranges):
 
-* **tissue contrast** per sequence from the CSF / grey / white-matter fractions (partial
-  volume kept): T1 and T1ce white matter brightest and CSF dark; T2 CSF brightest and
-  white matter darkest; FLAIR like T2 with the CSF suppressed (dark). Each case scales
-  every class intensity by its own factor (x0.9-1.1).
-* **the tumour**: a lobulated core (the union of 1-3 randomly rotated ellipsoids, its
-  surface roughened by a smooth noise field; radius 7-20 mm), inside a larger lobulated
-  region of oedema (x1.3-2.0 the core, kept out of the ventricles), placed where the brain
-  is deep enough to hold the core. Labels (BraTS 2021 values; see :data:`LAYOUT_VALUES`):
-  **2 oedema** (bright on T2 and FLAIR, a little dark on T1) around the **core**, whose
-  rim **enhances on T1ce (4)** around **necrosis (1)** (dark on T1 and T1ce, bright on
-  T2). Case ``i`` with ``i % 4 == 1`` has no necrosis (a solid enhancing core), ``i % 4 == 2``
-  no enhancement (the whole core is non-enhancing tumour, label 1), so every set of four
-  cases holds all three kinds.
-* **per-case and per-channel appearance**: a smooth multiplicative bias field, Gaussian
-  noise inside the brain (1-4 % of the white-matter level), texture inside the tumour
-  and an intensity scale (x100-x3000), each drawn per channel; tumour edges are blurred
-  (partial volume), the labels are the hard masks.
+* **the tumour**: of one of five kinds (solid; necrotic with a thin or a thick enhancing rim;
+  non-enhancing; multifocal), every five consecutive cases holding each kind once; small to large
+  lobulated, elongated cores inside oedema, anywhere in grey or white matter deep enough to hold them.
+  Labels (BraTS 2021 values; see :data:`LAYOUT_VALUES`): **2 oedema** around the **core**, whose
+  rim **enhances on T1ce (4)** around **necrosis (1)**; a non-enhancing core is 1 all through.
+* **its intensities** (oedema, necrosis, non-enhancing core, enhancement) drawn per case and per
+  sequence from plausible ranges, each with its own texture, edges blurred (partial volume; the
+  labels are the hard masks);
+* **each sequence its own acquisition**: a smooth bias field (up to 2.2x over the brain), a gamma,
+  noise, an intensity scale and an offset, as real sequences are acquired one by one.
 
 Layouts (:data:`LAYOUTS`; the last ``n_test`` cases are held out):
 
@@ -43,28 +39,26 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
-from brainseg.demo.template import (
-    Template,
-    load_template,
-    nifti_geometry,
-    resample,
-    rotation,
-    smooth_field,
-    world_box,
-)
+from brainseg.demo.template import Template, load_template, nifti_geometry, resample, world_box
 from brainseg.demo.tissue import (
     _split_sizes,
     msd_case_lists,
     subject_grid,
     template_coordinates,
+)
+from brainseg.demo.tumour_model import (
+    ENHANCING,
+    NECROSIS,
+    OEDEMA,
+    case_kind,
+    synthesise_contrasts,
+    tumour_labels,
 )
 from brainseg.errors import BrainsegError
 from brainseg.io.atomic import atomic_write_text
@@ -78,19 +72,6 @@ TUMOUR_NAME = "brainseg-demo-tumour"
 MANIFEST = "brainseg-demo.json"
 LAYOUTS = ("brats2021", "brats2023", "msd")
 DEFAULT_SPACING_MM = 2.0
-#: The contrasts in their internal order.
-CONTRASTS = ("t1", "t1ce", "t2", "flair")
-NECROSIS, OEDEMA, ENHANCING = 1, 2, 4  # BraTS 2021 values, used internally
-#: Relative intensity of each class in (t1, t1ce, t2, flair).
-INTENSITY = {
-    "csf": (0.22, 0.20, 1.00, 0.10),
-    "gm": (0.55, 0.52, 0.62, 0.62),
-    "wm": (0.82, 0.78, 0.42, 0.48),
-    "oedema": (0.46, 0.44, 0.88, 0.95),
-    "necrosis": (0.26, 0.20, 0.96, 0.55),  # inside an enhancing rim
-    "non-enhancing": (0.40, 0.40, 0.80, 0.84),  # a core without enhancement
-    "enhancing": (0.46, 1.25, 0.62, 0.74),
-}
 #: Label value of (necrosis / non-enhancing core, oedema, enhancing) in each layout.
 LAYOUT_VALUES = {"brats2021": (1, 2, 4), "brats2023": (1, 2, 3), "msd": (2, 1, 3)}
 #: File name part of each contrast (t1, t1ce, t2, flair) and of the segmentation, per BraTS layout.
@@ -113,119 +94,13 @@ def case_id(layout: str, index: int) -> str:
     }[layout]
 
 
-# ----------------------------------------------------------------------------- the tumour
-
-
-def _lobes(rng: np.random.Generator, rel_mm: np.ndarray, radius: float, n: int, spread: float) -> np.ndarray:
-    """min over ``n`` random ellipsoids of the normalised distance (< 1 inside), at offsets ``rel_mm``
-    (3, ...) from the tumour centre; lobe 0 is centred, the others moved by up to ``spread`` x radius."""
-    field = np.full(rel_mm.shape[1:], np.inf, dtype=np.float32)
-    for k in range(n):
-        direction = rng.normal(size=3)
-        centre = np.zeros(3) if k == 0 else direction / np.linalg.norm(direction) * rng.uniform(0.3, spread) * radius
-        radii = radius * (1.0 if k == 0 else rng.uniform(0.55, 0.9)) * rng.uniform(0.7, 1.0, size=3)
-        rot = rotation(rng.normal(size=3), float(rng.uniform(0, 180)))
-        d = np.tensordot(
-            (rot.T / radii[:, None]).astype(np.float32), rel_mm - centre.astype(np.float32)[:, None, None, None], axes=1
-        )
-        field = np.minimum(field, np.sqrt((d * d).sum(axis=0)))
-    return field
-
-
-def _place(rng: np.random.Generator, depth_mm: np.ndarray, tissue: np.ndarray, radius: float) -> np.ndarray:
-    """A voxel index for the tumour centre: in grey or white matter, at least radius + 4 mm inside the brain."""
-    for need in (radius + 4.0, radius, 0.6 * radius):
-        ok = np.argwhere((depth_mm >= need) & (tissue > 0.6))
-        if len(ok):
-            return ok[rng.integers(len(ok))]
-    raise BrainsegError("demo-data: no place in the brain deep enough for a tumour (is the spacing too coarse?)")
-
-
-def tumour_labels(
-    rng: np.random.Generator, index: int, brain: np.ndarray, csf: np.ndarray, tissue: np.ndarray, affine: np.ndarray
-) -> tuple[np.ndarray, dict]:
-    """uint8 labels (0, 1 necrosis / non-enhancing core, 2 oedema, 4 enhancing) and a description."""
-    spacing = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    depth = ndimage.distance_transform_edt(brain, sampling=spacing)
-    radius = float(rng.uniform(7.0, 20.0))
-    grow = float(rng.uniform(1.3, 2.0))
-    centre = _place(rng, depth, tissue, radius)
-    reach = np.ceil(radius * grow * 1.5 / spacing).astype(int) + 2
-    box = tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(centre, reach, brain.shape))
-    idx = np.stack(np.meshgrid(*[np.arange(s.start, s.stop) - c for s, c in zip(box, centre)], indexing="ij"))
-    rel = np.tensordot(affine[:3, :3].astype(np.float32), idx.astype(np.float32), axes=1)
-    shape = rel.shape[1:]
-    core_f = _lobes(rng, rel, radius, int(rng.integers(1, 4)), 0.6) * (1 + smooth_field(rng, shape, 6, 0.12))
-    oedema_f = _lobes(rng, rel, radius * grow, int(rng.integers(1, 4)), 0.5) * (1 + smooth_field(rng, shape, 6, 0.15))
-    enhancing = index % 4 != 2
-    necrosis = enhancing and index % 4 != 1
-    inner = float(rng.uniform(0.5, 0.8))
-    b_brain, b_depth = brain[box], depth[box]
-    core = (core_f < 1.0) & (b_depth >= 2.0)
-    oedema = ((oedema_f < 1.0) & b_brain & (csf[box] < 0.6)) | core
-    sub = np.where(oedema, OEDEMA, 0).astype(np.uint8)
-    if not enhancing:
-        sub[core] = NECROSIS
-    else:
-        sub[core] = ENHANCING
-        if necrosis:
-            sub[core & (core_f < inner)] = NECROSIS
-    labels = np.zeros(brain.shape, dtype=np.uint8)
-    labels[box] = sub
-    voxel = float(abs(np.linalg.det(affine[:3, :3])))
-    info = {
-        "centre_voxel": [int(c) for c in centre],
-        "core_radius_mm": round(radius, 2),
-        "oedema_factor": round(grow, 2),
-        "necrosis": bool(necrosis),
-        "enhancing": bool(enhancing),
-        "volume_mm3": {
-            name: float(np.count_nonzero(labels == v) * voxel)
-            for name, v in (("necrosis", NECROSIS), ("oedema", OEDEMA), ("enhancing", ENHANCING))
-        },
-    }
-    return labels, info
-
-
-# ----------------------------------------------------------------------------- the contrasts
-
-
-def synthesise_contrasts(
-    rng: np.random.Generator, brain: np.ndarray, fractions: dict[str, np.ndarray], labels: np.ndarray, enhancing: bool
-) -> list[np.ndarray]:
-    """The four images (float32, CONTRASTS order): tissue mix, tumour (blurred edges), bias, noise, scale."""
-    jitter = {name: rng.uniform(0.9, 1.1, size=4) for name in INTENSITY}
-    core_name = "necrosis" if enhancing else "non-enhancing"
-    box = tuple(slice(max(0, s.start - 3), s.stop + 3) for s in ndimage.find_objects((labels > 0).astype(np.uint8))[0])
-    sub = labels[box]
-    weights = {
-        name: ndimage.gaussian_filter((sub == v).astype(np.float32), 0.6)
-        for name, v in (("oedema", OEDEMA), (core_name, NECROSIS), ("enhancing", ENHANCING))
-    }
-    tumour_w = sum(weights.values())
-    texture = smooth_field(rng, sub.shape, 8, 0.08)
-    images = []
-    for c in range(len(CONTRASTS)):
-        signal = sum(fractions[t] * np.float32(INTENSITY[t][c] * jitter[t][c]) for t in ("csf", "gm", "wm"))
-        tumour = sum(w * np.float32(INTENSITY[t][c] * jitter[t][c]) for t, w in weights.items())
-        signal[box] = signal[box] * (1 - tumour_w) + tumour * (1 + texture)
-        bias = np.exp(smooth_field(rng, brain.shape, 4, float(rng.uniform(0.05, 0.2))))
-        noise_std = np.float32(rng.uniform(0.01, 0.04) * INTENSITY["wm"][0])
-        scale = np.float32(math.exp(rng.uniform(math.log(100.0), math.log(3000.0))))
-        inside = signal[brain] * bias[brain] + rng.normal(0.0, noise_std, size=int(brain.sum())).astype(np.float32)
-        out = np.zeros(brain.shape, dtype=np.float32)
-        out[brain] = np.maximum(inside, 0.01) * scale  # skull-stripped: the brain > 0, the rest exactly 0
-        images.append(out)
-    return images
-
-
 def make_tumour_case(
     template: Template, brain_map: np.ndarray, seed: int, index: int, spacing_mm=(2.0, 2.0, 2.0)
 ) -> tuple[list[np.ndarray], np.ndarray, Geometry, dict]:
     """One case: (images in CONTRASTS order, labels in BraTS 2021 values, geometry, description)."""
     rng = np.random.default_rng([seed, index, 15])
     lo, hi = world_box(template.affine, template.t1.shape)
-    grid = subject_grid(rng, 0, lo, hi, spacing_mm)  # index 0: RAS, not tilted
+    grid = subject_grid(rng, index, lo, hi, spacing_mm)
     coords = template_coordinates(rng, grid, template.affine, (lo + hi) / 2.0)
     gm = resample(template.gm, coords)
     wm = resample(template.wm, coords)
@@ -233,9 +108,11 @@ def make_tumour_case(
     del coords
     gm, wm = np.where(brain, gm, 0).astype(np.float32), np.where(brain, wm, 0).astype(np.float32)
     csf = np.where(brain, np.clip(1.0 - gm - wm, 0.0, 1.0), 0.0).astype(np.float32)
-    labels, info = tumour_labels(rng, index, brain, csf, gm + wm, grid.affine)
-    images = synthesise_contrasts(rng, brain, {"csf": csf, "gm": gm, "wm": wm}, labels, info["enhancing"])
-    return images, labels, nifti_geometry(grid), info
+    kind = case_kind(seed, index)
+    labels, info = tumour_labels(rng, kind, brain, csf, gm + wm, grid.affine)
+    images, drawn = synthesise_contrasts(rng, brain, {"csf": csf, "gm": gm, "wm": wm}, labels, kind)
+    grid_info = {"orientation": grid.orientation, "oblique_degrees": round(grid.oblique_degrees, 2)}
+    return images, labels, nifti_geometry(grid), {**info, "grid": grid_info, **drawn}
 
 
 # ----------------------------------------------------------------------------- writing
@@ -336,16 +213,10 @@ def make_tumour_dataset(
         _write_case(out, layout, held_out, cid, images, labels, geometry)
         cases.append({"id": cid, "split": "test" if held_out else "train", **info})
         if verbose:
-            kind = (
-                "necrosis and enhancing rim"
-                if info["necrosis"]
-                else "enhancing core"
-                if info["enhancing"]
-                else "no enhancement"
-            )
             log.info(
-                f"demo-data [{index + 1}/{n}] {cid} ({cases[-1]['split']}): {geometry.shape}, core radius "
-                f"{info['core_radius_mm']:.0f} mm, {kind} ({time.perf_counter() - start:.1f} s)"
+                f"demo-data [{index + 1}/{n}] {cid} ({cases[-1]['split']}): {info['grid']['orientation']} "
+                f"{geometry.shape}, {info['kind']} tumour, core radius {info['core_radius_mm']:.0f} mm "
+                f"({time.perf_counter() - start:.1f} s)"
             )
     if layout == "msd":
         atomic_write_text(
