@@ -258,6 +258,7 @@ def test_the_table_reads_the_scores_of_real_masks(demo_data: Path, tmp_path: Pat
             },
         },
         "seconds_per_case": {"nnunet": {"demo_heldout": 30.04, "shifted": 41.0}, "brainseg": {"demo_heldout": 2.5}},
+        "cpu_seconds_per_case": {"nnunet": {"demo_heldout": 52.4, "shifted": 70.6}},
     }
     header = report_mod.header_cells(report)
     rows = report_mod.rows(report)
@@ -270,8 +271,11 @@ def test_the_table_reads_the_scores_of_real_masks(demo_data: Path, tmp_path: Pat
     assert brainseg["held-out (1) grey"] == f"{grey:.3f}" and brainseg["held-out (1) white"] == "0.000"
     assert brainseg["shifted mean"] == f"**{(1 + grey) / 3:.3f}**"
     assert nnunet["held-out mean"] == "**1.000**" and nnunet["shifted (1) CSF"] == "1.000"
-    assert nnunet["s/case held-out"] == "30.0" and nnunet["s/case shifted"] == "41.0"
-    assert brainseg["s/case shifted"] == "-" and brainseg["training"] == "120 steps, 1.0 min"
+    assert (
+        nnunet["s/case held-out (wall / CPU)"] == "30.0 / 52" and nnunet["s/case shifted (wall / CPU)"] == "41.0 / 71"
+    )
+    assert brainseg["s/case held-out (wall / CPU)"] == "2.5" and brainseg["s/case shifted (wall / CPU)"] == "-"
+    assert brainseg["training"] == "120 steps, 1.0 min"
     assert nnunet["training"] == "3 iterations, 1.1 min" and nnunet["mirroring"] == "no"
     assert brainseg["masks on the scans' grids"] == "yes"
     assert report_mod.best(report) == [
@@ -369,7 +373,7 @@ def test_the_comparison_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
         for key, (images, labels) in sets.items():
             r = results[key]
             assert r["n_cases"] == 1 and not r["failed"] and r["geometry"]["ok"], (pipeline, key, r["geometry"])
-            assert report["seconds_per_case"][pipeline][key] > 0
+            assert report["seconds_per_case"][pipeline][key] > 0 and report["cpu_seconds_per_case"][pipeline][key] > 0
             for scan in images.glob("*_0000.nii.gz"):
                 cid = scan.name.removesuffix("_0000.nii.gz")
                 src, mask_img = nib.load(str(scan)), nib.load(str(out / "masks" / pipeline / key / f"{cid}.nii.gz"))

@@ -65,7 +65,8 @@ def rows(report: dict) -> list[list[str]]:
             cells += [_f(res["dice"][n]) if res else "-" for n in LABEL_NAMES.values()]
             cells.append(f"**{_f(res['mean'])}**" if res else "-")
         per_case = report["seconds_per_case"].get(key, {})
-        cells += [_f(per_case.get(s), 1) for s in SETS]
+        cpu = report.get("cpu_seconds_per_case", {}).get(key, {})
+        cells += [_f(per_case.get(s), 1) + ("" if cpu.get(s) is None else f" / {cpu[s]:.0f}") for s in SETS]
         cells.append("yes" if all(r["geometry"]["ok"] for r in results.values()) else "**NO**")
         out.append(cells)
     return out
@@ -81,7 +82,7 @@ def header_cells(report: dict) -> list[str]:
         "mirroring",
         "training",
         *dice,
-        *(f"s/case {SETS[s]}" for s in SETS),
+        *(f"s/case {SETS[s]} (wall / CPU)" for s in SETS),
         "masks on the scans' grids",
     ]
 
@@ -141,7 +142,9 @@ def notes(report: dict) -> list[str]:
         )
     parts.append(
         "Seconds per case: each predict command's whole wall time (process start, imports, model load, all its "
-        "cases) over its cases; one command per pipeline and scan set."
+        "cases) over its cases, one command per pipeline and scan set, then the CPU seconds (user + system) of the "
+        "command and its worker processes over its cases: on a shared machine the wall time includes waiting "
+        "for the cores, the CPU time does not."
     )
     lines = best(report)
     if lines:

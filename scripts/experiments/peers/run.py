@@ -27,7 +27,8 @@ a subprocess as a user runs it:
    exact shape and affine; OUT/report.json (and ``--json PATH``) and OUT/report.md with one table.
 
 Seconds per case are each predict command's whole wall time (process start, imports, model load, every
-case) over its cases, one command per pipeline and scan set, as a user would time it. nnU-Net's worker
+case) over its cases, one command per pipeline and scan set, as a user would time it, beside the CPU
+seconds the command and its workers used (the figure to read on a shared machine). nnU-Net's worker
 processes are held to the machine's cores: ``nnUNet_n_proc_DA`` = cores - 1 (at least 1) augmentation
 workers beside the training process, ``nnUNet_def_n_proc`` = cores for planning and preprocessing,
 ``-npp 1 -nps 1`` when predicting, and torch threads = cores (what ``-device cpu`` sets). The exit
@@ -68,16 +69,26 @@ MONAI_REFERENCE = "scripts.experiments.generalisation.monai_reference"
 log = logger("peers")
 
 
-def run(cmd: Sequence[Any], log_file: Path, env: dict[str, str] | None = None) -> float:
-    """Run ``cmd`` (from the repo root) under ``env``, its output into ``log_file``; its wall seconds.
-    Stops the experiment with the command's last lines on failure."""
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children and theirs."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(cmd: Sequence[Any], log_file: Path, env: dict[str, str] | None = None) -> tuple[float, float]:
+    """Run ``cmd`` (from the repo root) under ``env``, its output into ``log_file``; (wall seconds, CPU
+    seconds of the command and its worker processes). The CPU seconds stay meaningful on a shared
+    machine, where the wall seconds include waiting for the cores. Stops the experiment with the
+    command's last lines on failure."""
     log(" ".join(str(c) for c in cmd))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), children_cpu_seconds()
     try:
         run_command(cmd, log_file, env=env)
     except CommandFailed as exc:
         raise SystemExit(f"peers: {exc}") from None
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, children_cpu_seconds() - c0
 
 
 def usable_cores() -> int:
@@ -147,7 +158,7 @@ def nnunet_side(
     limits: dict[str, int],
     dataset_id: int,
     reuse: bool,
-) -> tuple[dict[str, Any], dict[str, dict[str, float]], dict[str, float]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, tuple[float, float]]], dict[str, float]]:
     """Convert, plan, train and predict with nnU-Net; (training record, predict seconds per mode and set, timings)."""
     timings: dict[str, float] = {}
     results = Path(env["nnUNet_results"])
@@ -167,15 +178,15 @@ def nnunet_side(
         timings["nnunet_convert"] = round(time.perf_counter() - t0, 1)
         cmd = [peers_bin(venv, "nnUNetv2_plan_and_preprocess"), "-d", dataset_id, "-c", CONFIGURATION]
         cmd += ["--verify_dataset_integrity", "-npfp", limits["nnUNet_def_n_proc"], "-np", limits["nnUNet_def_n_proc"]]
-        timings["nnunet_plan_and_preprocess"] = round(run(cmd, out / "logs" / "nnunet_plan.log", env), 1)
+        timings["nnunet_plan_and_preprocess"] = round(run(cmd, out / "logs" / "nnunet_plan.log", env)[0], 1)
         cmd = [peers_bin(venv, "nnUNetv2_train"), dataset_id, CONFIGURATION, FOLD, "-tr", TRAINER, "-device", "cpu"]
-        timings["nnunet_train_process"] = round(run(cmd, out / "logs" / "nnunet_train.log", env), 1)
+        timings["nnunet_train_process"] = round(run(cmd, out / "logs" / "nnunet_train.log", env)[0], 1)
         final = list(results.glob(f"Dataset{dataset_id:03d}_*/{TRAINER}__nnUNetPlans__{CONFIGURATION}/fold_{FOLD}"))
     training = json.loads((final[0] / "budget.json").read_text())
     plans = json.loads((final[0].parent / "plans.json").read_text())
     training["plan"] = report_mod.plan_summary(plans, CONFIGURATION)
     training["steps"], training["minutes"] = training["iterations"], training["seconds"] / 60.0
-    seconds: dict[str, dict[str, float]] = {}
+    seconds: dict[str, dict[str, tuple[float, float]]] = {}
     for mode, flags in (("nnunet_tta", []), ("nnunet", ["--disable_tta"])):
         seconds[mode] = {}
         for key, (images, _) in sets.items():
@@ -188,14 +199,14 @@ def nnunet_side(
 
 def brainseg_side(
     demo: Path, sets: dict[str, tuple[Path, Path]], out: Path, minutes: float, reuse: bool
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, tuple[float, float]]]]:
     model = out / "brainseg_run"
     if reuse and (model / "checkpoint_final.pt").is_file():
         log(f"brainseg: reusing {model}")
     else:
         cmd = brainseg_cmd("train", "--data", demo, "--out", fresh(model), "--config", CONFIG)
         run([*cmd, "--max-minutes", minutes, "--no-progress"], out / "logs" / "brainseg_train.log")
-    seconds: dict[str, dict[str, float]] = {}
+    seconds: dict[str, dict[str, tuple[float, float]]] = {}
     for mode, flags in (("brainseg", []), ("brainseg_tta", ["--tta"])):
         seconds[mode] = {}
         for key, (images, _) in sets.items():
@@ -208,7 +219,7 @@ def brainseg_side(
 
 def monai_side(
     demo: Path, sets: dict[str, tuple[Path, Path]], out: Path, minutes: float, reuse: bool
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, tuple[float, float]]]]:
     model = out / "monai_run"
 
     def same_budget() -> bool:
@@ -219,7 +230,7 @@ def monai_side(
     else:
         cmd = python_module(MONAI_REFERENCE, "train", "--data", demo, "--out", fresh(model), "--minutes", minutes)
         run(cmd, out / "logs" / "monai_train.log")
-    seconds = {}
+    seconds: dict[str, tuple[float, float]] = {}
     for key, (images, _) in sets.items():
         cmd = python_module(
             MONAI_REFERENCE, "predict", "--model", model, "--job", images, fresh(out / "masks" / "monai" / key)
@@ -289,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = {key: n_scans(images) for key, (images, _) in sets.items()}
 
     training: dict[str, Any] = {}
-    predict_seconds: dict[str, dict[str, float]] = {}
+    predict_seconds: dict[str, dict[str, tuple[float, float]]] = {}
     t0 = time.perf_counter()
     training["brainseg"], secs = brainseg_side(demo, sets, out, settings["minutes"], args.reuse)
     training["brainseg_tta"] = training["brainseg"]
@@ -325,9 +336,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peers_env": {"path": str(venv), **versions},
         "workers": {"cores": cores, **limits},
         "training": training,
-        "predict_seconds": predict_seconds,
+        "predict_seconds": {k: {s: v[0] for s, v in by_set.items()} for k, by_set in predict_seconds.items()},
+        "predict_cpu_seconds": {k: {s: v[1] for s, v in by_set.items()} for k, by_set in predict_seconds.items()},
         "seconds_per_case": {
-            k: {s: v / max(1, cases[s]) for s, v in by_set.items()} for k, by_set in predict_seconds.items()
+            k: {s: v[0] / max(1, cases[s]) for s, v in by_set.items()} for k, by_set in predict_seconds.items()
+        },
+        "cpu_seconds_per_case": {
+            k: {s: v[1] / max(1, cases[s]) for s, v in by_set.items()} for k, by_set in predict_seconds.items()
         },
         "results": results,
         "shifted_cases": manifest["cases"],
