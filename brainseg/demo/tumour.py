@@ -191,7 +191,8 @@ def make_tumour_dataset(
     """Write ``n`` synthetic tumour cases at ``out`` in ``layout`` (see the module docstring).
 
     The last ``n_test`` cases (default: a quarter, at least one) are held out. ``spacing``:
-    the voxel size per axis in mm (default :data:`DEFAULT_SPACING_MM` isotropic). The same
+    the voxel size in mm along the left-right, posterior-anterior and inferior-superior axes,
+    whatever the case's file axis order (default :data:`DEFAULT_SPACING_MM` isotropic). The same
     seed gives the same files.
     """
     out = Path(out)

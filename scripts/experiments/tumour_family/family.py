@@ -213,6 +213,7 @@ def tumour(
         box = tuple(slice(max(0, int(c) - half), min(n, int(c) + half + 1)) for c, n in zip(centre, brain.shape))
         local = centre - np.array([s.start for s in box])
         core = level_set_core(rng, labels[box].shape, local, r_mm, spacing) & brain[box] & (csf[box] < 0.5)
+        core[tuple(int(c) for c in local)] = True  # never empty (the centre is white matter)
         oedema = grow_oedema(rng, core, wm[box], brain[box] & (csf[box] < 0.5), int(round(reach / spacing)))
         focus_kind = kind if kind != "multifocal" else ("ring" if r_mm > 7.0 and rng.random() < 0.5 else "solid")
         necrosis, sigma = (
