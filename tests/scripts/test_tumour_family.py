@@ -70,6 +70,8 @@ def test_each_case_labels_on_its_images_grid_integer_scans_zero_outside_the_brai
     assert values <= {0, 1, 2, 4} and 2 in values and not (seg > 0)[~brain].any()
     assert info["volume_mm3"]["oedema"] == pytest.approx(np.count_nonzero(seg == 2) * 27.0)
     assert (4 in values) == (info["kind"] != "non_enhancing")
+    if info["split"] == "test":
+        assert info["kind"] == family.held_out_kind(4, int(info["id"][-3:]))
     assert len({a["gamma"] for a in info["acquisition"].values()}) == 4  # each sequence its own
 
 
@@ -136,6 +138,8 @@ def test_polynomial_bias_spans_its_ratio_and_the_mass_effect_pushes_tissue_away(
     assert np.allclose(coords[:, 0, 0, 0], before[:, 0, 0, 0], atol=1e-3)  # far away: unchanged
     kinds = {family.draw_kind(np.random.default_rng(s)) for s in range(60)}
     assert kinds == set(family.KINDS)
+    for seed in range(5):  # any four consecutive held-out cases hold every kind
+        assert {family.held_out_kind(seed, j) for j in range(3, 7)} == set(family.KINDS)
 
 
 # --------------------------------------------------------------------------- the report

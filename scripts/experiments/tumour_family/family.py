@@ -20,7 +20,8 @@ necrosis / rim         Euclidean depth inside the core > rim        the core's *
 oedema                 lobes of ellipsoids, out of the ventricles   **grown along white matter**: dilated step
                                                                     by step into white matter, into grey matter
                                                                     only every third step, gated by a smooth field
-kinds                  a shuffled cycle of five                     drawn per case (:data:`KINDS`, their weights)
+kinds                  a shuffled cycle of five                     drawn per training case (:data:`KINDS`, their
+                                                                    weights); held-out cases cycle through the four
 normal T1 / T1ce       CSF / GM / WM fractions times a table        **the template's own T1** (its texture)
 normal T2 / FLAIR      fractions times a table                      fractions times its own table
                                                                     (:data:`SIGNAL`), each tissue its own texture
@@ -188,6 +189,14 @@ def draw_kind(rng: np.random.Generator) -> str:
     return str(rng.choice(list(KINDS), p=list(KINDS.values())))
 
 
+def held_out_kind(seed: int, j: int) -> str:
+    """Held-out case ``j``'s kind: a seed-shuffled order of :data:`KINDS` at ``j % 4``, so any four consecutive
+    held-out cases hold every kind (a few drawn ones could all be solid, and a score without necrosis
+    would say nothing of it)."""
+    order = np.random.default_rng([seed, 4242]).permutation(len(KINDS))
+    return list(KINDS)[int(order[j % len(KINDS)])]
+
+
 #: Core radius (mm) per kind; a multifocal tumour's foci take the last.
 RADIUS_MM = {"ring": (9.0, 24.0), "solid": (3.0, 12.0), "non_enhancing": (6.0, 22.0), "multifocal": (4.0, 12.0)}
 
@@ -308,7 +317,7 @@ def make_case(template: Template, seed: int, split: str, j: int, spacing: float 
     brain_map = (template.t1 > 0).astype(np.float32)
     brain = resample(brain_map, coords) >= 0.5
     wm = np.where(brain, resample(template.wm, coords), 0.0)
-    kind = draw_kind(rng)
+    kind = draw_kind(rng) if split == "train" else held_out_kind(seed, j)
     # the tumour is placed on the unpushed anatomy (white matter deep enough for its core), then the
     # anatomy is pushed away from it
     radius = float(rng.uniform(*RADIUS_MM[kind]))
