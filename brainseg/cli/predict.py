@@ -55,11 +55,18 @@ def register(sub) -> argparse.ArgumentParser:
         help="also write ID_preview.png: three slices with the mask over the scan (with --save-uncertainty, "
         "a second row with the uncertainty; the title gives the predicted Dice of a model with a quality score)",
     )
-    p.add_argument(
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument(
         "--tta",
         action="store_true",
         help="test-time mirroring (infer.mirror): the mean over 8 flipped passes, 8x the time "
         "(a CPU plan and the CPU configs leave it off)",
+    )
+    speed.add_argument(
+        "--fast",
+        action="store_true",
+        help="the 'fast' inference preset (brainseg.infer.loading.INFER_PRESETS: fewer windows, no mirroring), "
+        "recorded in brainseg_run.json; --set still overrides its fields",
     )
     p.add_argument(
         "--qc-threshold",
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         args.output,
         config_path=args.config,
         overrides=[*(args.overrides or []), *(["infer.mirror=true"] if args.tta else [])],
+        preset="fast" if args.fast else None,
         progress=not args.no_progress and sys.stderr.isatty(),
         command=getattr(args, "command_line", None),
         **same_name,

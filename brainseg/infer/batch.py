@@ -58,7 +58,7 @@ from brainseg.errors import BrainsegError
 from brainseg.infer import derivatives, provenance
 from brainseg.infer.derivatives import BidsOutput
 from brainseg.infer.ensemble import load_members
-from brainseg.infer.loading import inference_config
+from brainseg.infer.loading import inference_config, preset_overrides
 from brainseg.infer.outputs import (
     check_output_folder,
     output_paths,
@@ -245,6 +245,7 @@ def predict(
     save_uncertainty: bool = False,
     command: Sequence[str] | None = None,
     qc_threshold: float = QC_THRESHOLD,
+    preset: str | None = None,
 ) -> BatchResult:
     """Segment every case found in ``inputs`` into ``output`` (this rank's share under torchrun).
 
@@ -256,6 +257,8 @@ def predict(
     from a DICOM series (needs highdicom, checked before any work). ``preview``: also
     ``ID_preview.png``. ``command``: the command line the record names (default ``sys.argv``).
     ``qc_threshold``: a case whose predicted mean Dice (a model with a quality score) is below it is flagged.
+    ``preset``: a named set of ``infer`` values (:data:`~brainseg.infer.loading.INFER_PRESETS`, ``--fast``) applied
+    before ``overrides``; the record names it beside the values used.
 
     ``model_path``: one run folder or checkpoint, or several (or a cross-validation run folder with
     ``fold_*``): an ensemble of them (:func:`~brainseg.infer.ensemble.load_members`) whose decision
@@ -287,6 +290,7 @@ def predict(
             ", ".join(str(path) for path, _, _ in members),
             source,
         )
+    overrides = [*preset_overrides(preset), *overrides]  # the preset first: an explicit --set wins
     config = inference_config(card, Path(config_path) if config_path is not None else None, overrides)
     cases = discover_inputs(paths, channel_names=card.channels)
     bids = derivatives.bids_output(output, cases) if bids_derivatives else None
@@ -323,6 +327,7 @@ def predict(
         "labels": {str(v): name for v, name in card.labels.items()},
         "regions": None if card.regions is None else list(card.regions.names),
         "qc_threshold": qc_threshold,
+        "preset": preset,
         "config": settings,
         "started": started,
     }

@@ -83,7 +83,7 @@ def predict_one(
     case: Case,
     outputs: dict[str, Path],
     bids: BidsOutput | None = None,
-    before_mask: Callable[[], None] | None = None,
+    before_mask: Callable[[dict[str, object]], None] | None = None,
     qc_threshold: float = QC_THRESHOLD,
     qc_predictor: Predictor | None = None,
 ) -> tuple[dict[int, float], str, str, dict[str, float] | None]:
@@ -95,7 +95,8 @@ def predict_one(
     probabilities are less confident than any one member's and would read as a worse mask. The
     ensemble's own Dice is at least its mean member's, so its predicted Dice errs on the safe side.
 
-    The mask is written last (``before_mask()`` runs just before it); if any write fails, the
+    The mask is written last (``before_mask(facts)`` runs just before it, with facts of how it was made
+    for the record: ``windows``, the sliding windows the case took); if any write fails, the
     files this call wrote are removed, so a failed case leaves no partial set of outputs."""
     prepared = predictor.prepare(list(case.images))
     ood = "; ".join(prepared.ood)
@@ -153,7 +154,7 @@ def predict_one(
             preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title, unc)
             written.append(outputs["preview"])
         if before_mask is not None:
-            before_mask()
+            before_mask({"windows": len(predictor.window.locations(prepared.image.shape[1:]))})
         write_image(outputs["mask"], labels, geometry)
     except BaseException:
         for path in written:

@@ -5,10 +5,11 @@ redoes exactly what changed::
 
     {"format": 1,
      "runs": [{"id", "command", "brainseg", "versions" (torch, monai, ...), "devices" (by rank),
-               "world_size", "model": {"path", "sha256"}, "config" (infer, postprocess),
+               "world_size", "model": {"path", "sha256"}, "preset" (--fast: "fast"), "config" (infer, postprocess),
                "started", "finished" (UTC, ISO 8601), "seconds", "written", "skipped", "failed"}],
      "cases": {ID: {"inputs": [{"path", "sha256"}] (channel order), "outputs": {kind: file name},
-                    "model_sha256", "config_sha256", "seconds", "run" (the run's id)}}}
+                    "model_sha256", "config_sha256", "seconds", "windows" (sliding windows the case
+                    took), "run" (the run's id)}}}
 
 It accumulates: a run adds its entry to ``runs`` and replaces the entries of the cases it
 wrote; the cases it skipped keep theirs; a case that failed loses its entry (its outputs,
@@ -179,13 +180,13 @@ def commit_case(
     outputs: Mapping[str, Path],
     fingerprint: Fingerprint,
     journal: Callable[[], object],
-) -> Callable[[], None]:
+) -> Callable[[Mapping[str, object]], None]:
     """What runs just before a case's mask (its last output) is written: the older mask removed,
-    the case's entry put in ``records`` and journaled. A kill in between leaves no mask, so the
+    the case's entry (plus the ``facts`` it is called with) put in ``records`` and journaled. A kill in between leaves no mask, so the
     case is redone; a mask never exists that an entry claims for other inputs."""
     start = time.perf_counter()
 
-    def commit() -> None:
+    def commit(facts: Mapping[str, object]) -> None:
         with contextlib.suppress(FileNotFoundError):
             outputs["mask"].unlink()
         records[case_id] = {
@@ -194,6 +195,7 @@ def commit_case(
             "model_sha256": fingerprint.model_sha256,
             "config_sha256": fingerprint.config_sha256,
             "seconds": round(time.perf_counter() - start, 3),
+            **facts,
             "run": fingerprint.run_id,
         }
         journal()

@@ -161,17 +161,9 @@ class SlidingWindow:
         weight = self.weight.to(out_device)
         image = image.to(device, non_blocking=True)
         locations = window_locations(padded, self.patch, self.overlap)
-        # On the CPU a batch of one window takes PyTorch's slow (non-oneDNN) Conv3d path:
-        # batches have at least two windows there, and a short last batch is filled up with
-        # copies of its last window (their outputs are dropped).
-        per_batch = max(int(batch_size), 2) if device.type == "cpu" else max(1, int(batch_size))
-        for chunk in _chunks(locations, per_batch):
-            slices = [tuple(slice(a, a + p) for a, p in zip(loc, self.patch)) for loc in chunk]
-            crops = [image[(slice(None),) + sl] for sl in slices]
-            if device.type == "cpu" and len(crops) < per_batch:
-                crops += [crops[-1]] * (per_batch - len(crops))
-            pred = predict(torch.stack(crops)).float().to(out_device)
-            for sl, p in zip(slices, pred):
+        for slices, batch in window_batches(image, locations, self.patch, batch_size, device):
+            pred = predict(batch).float().to(out_device)
+            for sl, p in zip(slices, pred):  # a filled-up batch's extra outputs are dropped
                 logits[(slice(None),) + sl].addcmul_(p, weight)
                 weights[sl] += weight
         logits /= weights
@@ -180,6 +172,19 @@ class SlidingWindow:
         return logits
 
 
-def _chunks(items: list, n: int) -> Iterator[list]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def window_batches(
+    image: torch.Tensor, locations: Sequence[Sequence[int]], patch: Sequence[int], batch_size: int, device: torch.device
+) -> Iterator[tuple[list[tuple[slice, ...]], torch.Tensor]]:
+    """The windows of a (C, X, Y, Z) ``image`` (on ``device``) at ``locations``, batch by batch: their
+    slices and the stacked (B, C, *patch) crops.
+
+    On the CPU a batch of one window takes PyTorch's slow (non-oneDNN) Conv3d path: batches have at
+    least two windows there, and a short last batch is filled up with copies of its last window
+    (more crops than slices: the caller drops their outputs)."""
+    per_batch = max(int(batch_size), 2) if device.type == "cpu" else max(1, int(batch_size))
+    for i in range(0, len(locations), per_batch):
+        slices = [tuple(slice(a, a + p) for a, p in zip(loc, patch)) for loc in locations[i : i + per_batch]]
+        crops = [image[(slice(None),) + sl] for sl in slices]
+        if device.type == "cpu" and len(crops) < per_batch:
+            crops += [crops[-1]] * (per_batch - len(crops))
+        yield slices, torch.stack(crops)

@@ -80,7 +80,7 @@ def child_infer_brainseg(spec: dict) -> dict:
     if summary.failed:
         raise RuntimeError(f"cases failed: {summary.failed}")
     voxels = sum(spatial_voxels(c.images[0]) for c in cases)
-    return {
+    result = {
         "seconds": seconds,
         "voxels": voxels,
         "cases": len(cases),
@@ -90,6 +90,48 @@ def child_infer_brainseg(spec: dict) -> dict:
         "warmup_seconds": warmup_seconds,
         "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
         "torch_threads": torch.get_num_threads(),
+    }
+    if spec.get("floor"):  # after the timing (and its peak memory): the windows, and the network alone
+        result.update(network_floor(predictor, [predictor.prepare(list(c.images)) for c in cases]))
+    return result
+
+
+def network_floor(predictor, prepared) -> dict:
+    """What the network alone costs on these cases: one no-overlap pass over each one's region.
+
+    The region is what brainseg's windows cover, the preprocessed (cropped) volume; the pass is the
+    fewest patch-size windows that cover it (overlap 0, margin 0), in the batches the sliding window
+    uses, through the same network call without mirroring: no reading, preprocessing, aggregation or
+    inversion. ``floor_seconds`` is the fastest of two such passes (the first warms them up);
+    ``windows``: how many windows the configured sliding window lays on the same cases."""
+    import torch
+
+    from brainseg.infer.mirroring import NetworkForward
+    from brainseg.infer.sliding_window import SlidingWindow, window_batches
+
+    infer, device = predictor.infer, predictor.device
+    forward = NetworkForward(predictor.network, device, infer.amp, infer.channels_last)
+    one_pass = SlidingWindow(tuple(predictor.card.patch_size), predictor.num_classes, overlap=0.0, margin=0.0)
+    images, locations = [], []
+    for case in prepared:
+        image = torch.from_numpy(case.image)
+        pad = one_pass.padding(image.shape[1:])  # only where an axis is shorter than the patch
+        image = torch.nn.functional.pad(image, [v for d in reversed(pad) for v in (d // 2, d - d // 2)])
+        images.append(image.to(device))
+        locations.append(one_pass.locations(case.image.shape[1:]))
+    times = []
+    with torch.inference_mode():
+        for _ in range(2):
+            t0 = time.perf_counter()
+            for image, locs in zip(images, locations):
+                for _, batch in window_batches(image, locs, one_pass.patch, infer.batch_windows, device):
+                    forward(batch)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    return {
+        "floor_seconds": min(times),
+        "floor_windows": sum(len(locs) for locs in locations),
+        "windows": sum(len(predictor.window.locations(case.image.shape[1:])) for case in prepared),
     }
 
 
@@ -301,20 +343,71 @@ def child_scale(spec: dict) -> dict:
         "maxrss_base_mb": rss_base,
         "maxrss_warmup_mb": peak_warm,
         "torch_threads": torch.get_num_threads(),
-        "windows": predictor_windows(predictor, case),
+        **window_accounting(predictor, predictor.prepare(list(case.images)).image.shape[1:]),
     }
 
 
-def predictor_windows(predictor, case) -> int:
-    """How many sliding windows a case takes (its preprocessed, cropped shape; header + data read again):
-    the volume padded as the sliding window pads it, then tiled at the configured overlap."""
-    from brainseg.infer.sliding_window import window_locations, window_padding
+def window_accounting(predictor, shape) -> dict:
+    """The windows a case of preprocessed (cropped) ``shape`` takes, and the size of the full-volume float32
+    maps its sliding window aggregates into (one per class, plus the summed weights, over the padded box):
+    what the scaling section sets the peak memory against."""
+    import math
 
-    image = predictor.prepare(list(case.images)).image
-    patch = [int(p) for p in predictor.card.patch_size]
-    infer = predictor.infer
-    padded = [int(s) + window_padding(int(s), p, infer.overlap, infer.margin) for s, p in zip(image.shape[1:], patch)]
-    return len(window_locations(padded, patch, infer.overlap))
+    padded = predictor.window.padded_shape(shape)
+    return {
+        "windows": len(predictor.window.locations(shape)),
+        "preprocessed_voxels": int(math.prod(shape)),
+        "class_maps_mb": (predictor.window.num_outputs + 1) * math.prod(padded) * 4 / 2**20,
+        "classes": predictor.num_classes,
+    }
+
+
+# ----- ensembles
+
+
+def child_ensemble(spec: dict) -> dict:
+    """A K-member ensemble (``brainseg predict --model A B C``) against K single-model predictions of the
+    same cases, each end to end as :func:`~brainseg.infer.batch.predict_cases` runs it (read, preprocess,
+    windows, inversion, write). The members are the same weights loaded K times: what a member costs does
+    not depend on its weights."""
+    import torch
+
+    from brainseg.data.inputs import discover_inputs
+    from brainseg.infer.batch import predict_cases
+    from brainseg.infer.loading import inference_config
+    from brainseg.infer.predictor import Predictor
+    from brainseg.model.checkpoint import load_model
+
+    k = int(spec["members"])
+    members = [load_model(spec["model"], "cpu") for _ in range(k)]
+    (model, card), others = members[0], members[1:]
+    config = inference_config(card, None, spec.get("overrides", []))
+    settings = (config.infer, config.postprocess, "cpu")
+    single = Predictor(model, card, *settings, max_voxels=config.data.max_voxels)
+    ensemble = Predictor(model, card, *settings, max_voxels=config.data.max_voxels, ensemble_with=others)
+    out = Path(spec["out"])
+    warm = discover_inputs([Path(spec["warmup"])], n_channels=len(card.channels))
+    cases = discover_inputs([Path(p) for p in spec["images"]], n_channels=len(card.channels))
+    for predictor in (single, ensemble):
+        predict_cases(predictor, warm, out / "warmup", overwrite=True)
+    singles = []
+    for i in range(k):  # K separate predictions, as K runs of brainseg predict would make them
+        t0 = time.perf_counter()
+        predict_cases(single, cases, out / f"single_{i}", overwrite=True)
+        singles.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    predict_cases(ensemble, cases, out / "ensemble", overwrite=True)
+    seconds = time.perf_counter() - t0
+    return {
+        "members": k,
+        "cases": len(cases),
+        "ensemble_seconds": seconds,
+        "single_seconds": singles,
+        "ratio_vs_k_singles": seconds / sum(singles),
+        "ratio_vs_one_single": seconds / min(singles),
+        "torch_threads": torch.get_num_threads(),
+        "maxrss_mb": maxrss_mb(),
+    }
 
 
 CHILDREN = {
@@ -324,4 +417,5 @@ CHILDREN = {
     "loader_brainseg": child_loader_brainseg,
     "loader_monai": child_loader_monai,
     "scale": child_scale,
+    "ensemble": child_ensemble,
 }

@@ -15,6 +15,8 @@ from brainseg.model.card import ModelCard
 
 MONAI_SW_BATCH = 4
 MONAI_OVERLAP = 0.5
+#: The reference runs each window once (``sliding_window_inference``, no test-time flips).
+MONAI_MIRROR = False
 
 
 def foreground_zscore(data: dict, scheme: str = "zscore") -> dict:

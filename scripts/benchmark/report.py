@@ -23,6 +23,30 @@ def targets(res: dict) -> dict[str, bool | None]:
     return crit
 
 
+def headline(res: dict) -> dict:
+    """The run's main figures in one place (``summary`` in the JSON; absent sections leave theirs out)."""
+    out: dict = {"network": res.get("network")}
+    inf = res.get("inference")
+    if inf:
+        out.update(
+            ratio_vs_monai=inf["ratio_vs_monai"],
+            mirroring=inf["mirroring"],
+            fast_ratio_vs_monai=inf["fast_ratio_vs_monai"],
+            fast_dice_diff_vs_default=inf["fast_dice_diff_vs_default"],
+            floor_ratio=inf["floor_ratio"],
+            peak_rss_mb={
+                "brainseg": inf["brainseg"]["maxrss_mb"],
+                "brainseg_fast": inf["brainseg_fast"]["maxrss_mb"],
+                "monai": inf["monai"]["maxrss_mb"],
+            },
+        )
+    if res.get("loader"):
+        out["loader_ratio_vs_monai"] = res["loader"]["ratio_vs_monai"]
+    if res.get("ensemble"):
+        out["ensemble_ratio_vs_k_singles"] = res["ensemble"]["ratio_vs_k_singles"]
+    return out
+
+
 def report_tables(res: dict) -> str:
     parts = []
     m = res["machine"]
@@ -30,7 +54,8 @@ def report_tables(res: dict) -> str:
     net_text = (
         (
             f"; network: U-Net {net.get('levels')} levels, {net.get('base_features')}-{net.get('max_features')} "
-            f"features, {net.get('norm')} norm, patch {net.get('patch_size')}"
+            f"features, {net.get('norm')} norm, patch {net.get('patch_size')} ({net.get('source')}"
+            f"{', the shipped network' if net.get('shipped') else ''})"
         )
         if net
         else ""
@@ -43,13 +68,32 @@ def report_tables(res: dict) -> str:
     rows = []
     inf = res.get("inference")
     if inf:
-        b, mo = inf["brainseg"], inf["monai"]
+        b, mo, fa, mi = inf["brainseg"], inf["monai"], inf["brainseg_fast"], inf["mirroring"]
+        win, floor = inf["windows"], inf["floor_ratio"]
         rows.append(
             [
-                f"inference, file to written mask (MVox/s, {len(inf['cases'])} cases)",
+                f"inference, file to written mask (MVox/s, {len(inf['cases'])} cases; mirroring: brainseg "
+                f"{'on' if mi['brainseg'] else 'off'}, MONAI {'on' if mi['monai'] else 'off'})",
                 _f(b["mvox_per_s"]),
                 _f(mo["mvox_per_s"]),
-                f"**{inf['ratio_vs_monai']:.2f}x**",
+                f"**{inf['ratio_vs_monai']:.2f}x** ({win['default']} windows)",
+            ]
+        )
+        rows.append(
+            [
+                f"  same, brainseg predict --fast ({', '.join(fa['overrides'])})",
+                _f(fa["mvox_per_s"]),
+                "",
+                f"**{inf['fast_ratio_vs_monai']:.2f}x** ({win['fast']} windows); Dice - default mode: "
+                + " / ".join(f"{v:+.4f}" for v in inf["fast_dice_diff_vs_default"].values()),
+            ]
+        )
+        rows.append(
+            [
+                "  floor: end to end / one no-overlap pass of the network over the same region",
+                f"{floor['default']:.2f} (fast {floor['fast']:.2f})",
+                "",
+                f"the pass: {b['floor_seconds']:.2f} s, {win['floor']} windows",
             ]
         )
         comp = inf.get("brainseg_compiled")
@@ -84,7 +128,14 @@ def report_tables(res: dict) -> str:
                     + " / ".join(f"{v:+.4f}" for v in nc["dice_diff"].values()),
                 ]
             )
-        rows.append(["inference peak RSS (MB, whole process)", f"{b['maxrss_mb']:.0f}", f"{mo['maxrss_mb']:.0f}", ""])
+        rows.append(
+            [
+                "inference peak RSS (MB, whole process)",
+                f"{b['maxrss_mb']:.0f}",
+                f"{mo['maxrss_mb']:.0f}",
+                f"--fast {fa['maxrss_mb']:.0f}",
+            ]
+        )
         rows.append(
             [
                 "masks: voxels equal (all / foreground of either)",
@@ -140,6 +191,17 @@ def report_tables(res: dict) -> str:
                 f"{tr['steps']} steps, {tr['seconds_per_step']:.2f} s/step",
             ]
         )
+    ens = res.get("ensemble")
+    if ens:
+        rows.append(
+            [
+                f"{ens['members']}-model ensemble, end to end (s, {ens['cases']} cases)",
+                f"{ens['ensemble_seconds']:.2f}",
+                "",
+                f"{ens['ratio_vs_k_singles']:.2f}x the {ens['members']} single predictions "
+                f"({sum(ens['single_seconds']):.2f} s), {ens['ratio_vs_one_single']:.2f}x one",
+            ]
+        )
     parts.append(markdown_table(rows, ["measurement", "brainseg", "MONAI reference", "ratio / note"]))
     crit = targets(res)
     if crit:
@@ -160,14 +222,12 @@ def report_tables(res: dict) -> str:
                 _f(r["seconds"] / r["windows"] * 1000, 0),
                 f"{r['delta_rss_mb']:.0f}",
                 _f(r["delta_rss_mb"] / r["mvox"], 1),
+                f"{r['class_maps_mb']:.0f}" if "class_maps_mb" in r else "",
             ]
             for r in sc["rows"]
         ]
-        parts.append(
-            markdown_table(
-                srows, ["volume", "MVox", "windows", "seconds", "s/MVox", "ms/window", "peak extra RSS MB", "MB/MVox"]
-            )
-        )
+        head = ["volume", "MVox", "windows", "seconds", "s/MVox", "ms/window", "peak extra RSS MB", "MB/MVox"]
+        parts.append(markdown_table(srows, [*head, "class maps MB"]))
         t, mem = sc["time"], sc["memory"]
         parts.append(
             "Linearity, largest/smallest: s/MVox "

@@ -14,8 +14,9 @@ from typing import Any
 import scripts.benchmark as package
 from scripts.benchmark.children import CHILDREN
 from scripts.benchmark.harness import log, wait_for_quiet
-from scripts.benchmark.report import report_tables, targets
+from scripts.benchmark.report import headline, report_tables, targets
 from scripts.benchmark.sections import (
+    ensemble_section,
     gpu_section,
     inference_section,
     loader_section,
@@ -39,7 +40,8 @@ QUICK = dict(
     repeats=1,
     compile_variant=False,
     reference_shifts=[0.5],
-    norm="batch",
+    norm=None,
+    ensemble_members=3,
 )
 FULL = dict(
     n_subjects=12,
@@ -52,14 +54,17 @@ FULL = dict(
     repeats=2,
     compile_variant=True,
     reference_shifts=[0.5],
-    norm="batch",
+    norm=None,
+    ensemble_members=3,
 )
 
 
 # --------------------------------------------------------------------------- main
 
 
-SECTIONS = ("training", "inference", "loader", "scaling", "gpu")
+SECTIONS = ("training", "inference", "loader", "scaling", "gpu", "ensemble")
+#: What runs without ``--only``: the ensemble section is asked for by name.
+DEFAULT_SECTIONS = ("training", "inference", "loader", "scaling", "gpu")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,15 +83,20 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--train-minutes", type=float, default=None, help="training budget (default 5; 0.6 with --quick)")
     p.add_argument("--workdir", type=Path, default=None, help="keep inputs and outputs here (default: a temp folder)")
-    p.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections to run (default: all)")
+    p.add_argument(
+        "--only",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated sections to run, of {', '.join(SECTIONS)} (default: all but ensemble)",
+    )
     p.add_argument("--max-load", type=float, default=None, help="wait for the 1-min load to drop below this first")
     p.add_argument("--max-wait", type=float, default=600.0, help="seconds to wait for --max-load at most")
     p.add_argument(
         "--norm",
         choices=NORMS,
         default=None,
-        help="normalisation of the benchmarked network (default batch: its output does not depend on "
-        "where the windows fall; instance = configs/demo.yaml as it is)",
+        help="normalisation of the benchmarked network (default: configs/demo.yaml's own, instance, the "
+        "network make demo trains and ships; batch: a variant whose output does not depend on where the "
+        "windows fall)",
     )
     p.add_argument("--report", type=Path, default=None, help="print the tables of a saved --json file and exit")
     p.add_argument("--child", nargs=3, metavar=("KIND", "SPEC", "OUT"), help=argparse.SUPPRESS)
@@ -145,11 +155,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         res["data"] = str(data)
         model = args.model
         if "training" in sections or model is None:
-            log(f"training configs/demo.yaml (model.norm={settings['norm']}) for {settings['train_minutes']} min")
+            norm = "as configured" if settings["norm"] is None else settings["norm"]
+            log(f"training configs/demo.yaml (model.norm {norm}) for {settings['train_minutes']} min")
             res["training"] = train_section(data, workdir, settings["train_minutes"], settings["norm"])
             if model is None:
                 model = Path(res["training"]["run_dir"])
-        res["network"] = network_info(model)
+        res["network"] = network_info(model, res.get("training"))
         if "inference" in sections:
             res["inference"] = inference_section(
                 model,
@@ -168,10 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             res["scaling"] = scaling_section(model, data, workdir, settings["scaling_sizes"])
         if "gpu" in sections:
             res["gpu"] = gpu_section(model, data, workdir, settings["inference_cases"])
+        if "ensemble" in sections:
+            res["ensemble"] = ensemble_section(
+                model, data, workdir, settings["ensemble_members"], settings["inference_cases"]
+            )
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     res["targets"] = targets(res)
+    res["summary"] = headline(res)
     res["load_1min_end"] = load1()
     res["total_seconds"] = time.perf_counter() - started
     text = report_tables(res)

@@ -12,18 +12,26 @@ import numpy as np
 
 from scripts.benchmark.compare import dice_difference, linearity, mask_agreement, outside_range, placement_range
 from scripts.benchmark.harness import log, run_child
-from scripts.benchmark.reference import MONAI_OVERLAP
+from scripts.benchmark.reference import MONAI_MIRROR, MONAI_OVERLAP
 from scripts.common import REPO, case_id
 
 SCALING_SPACING_FACTOR = 0.9
 
 
-def network_info(model: Path) -> dict:
-    """The benchmarked network as its model card describes it (architecture and patch size)."""
+def network_info(model: Path, training: dict | None = None) -> dict:
+    """The benchmarked network as its model card describes it (architecture and patch size), and which it
+    is: ``source`` (the config and overrides it was trained here with, or the model given) and ``shipped``
+    (``configs/demo.yaml`` as it is, the network ``make demo`` trains)."""
     from brainseg.model.checkpoint import load_card
 
     card = load_card(model)
-    return dict(card.network.kwargs(), patch_size=list(card.patch_size))
+    if training is not None:
+        overrides = list(training["overrides"])
+        source = " ".join([training["config"], *(f"--set {o}" for o in overrides)])
+    else:
+        overrides, source = [], str(model)
+    shipped = training is not None and training["config"] == "configs/demo.yaml" and not overrides
+    return dict(card.network.kwargs(), patch_size=list(card.patch_size), source=source, shipped=shipped)
 
 
 def make_data(root: Path, n: int, n_test: int) -> Path:
@@ -32,9 +40,10 @@ def make_data(root: Path, n: int, n_test: int) -> Path:
     return make_demo_dataset(root / "data", n=n, n_test=n_test, seed=0, verbose=False)
 
 
-def train_section(data: Path, workdir: Path, minutes: float, norm: str) -> dict:
+def train_section(data: Path, workdir: Path, minutes: float, norm: str | None) -> dict:
+    """``configs/demo.yaml`` trained for ``minutes`` (``norm``: another ``model.norm``; None: the config's own)."""
     run_dir = workdir / "run"
-    overrides = [f"model.norm={norm}"]
+    overrides = [] if norm is None else [f"model.norm={norm}"]
     res = run_child(
         "train",
         {
@@ -90,6 +99,7 @@ def inference_section(
     device: str = "cpu",
     shift_fractions: Sequence[float] = (),
 ) -> dict:
+    from brainseg.infer.loading import preset_overrides
     from brainseg.model.checkpoint import load_card
 
     images = sorted(str(p) for p in (data / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
@@ -100,16 +110,21 @@ def inference_section(
     # MONAI's window step; the reference is rerun (untimed) with its lattice moved by these fractions of it.
     steps = [max(1, int(p * (1 - MONAI_OVERLAP))) for p in card.patch_size]
     shifts = [[int(round(f * st)) for st in steps] for f in shift_fractions]
-    runs_b, runs_m = [], []
-    for r in range(repeats):  # interleaved, so both sides see the machine's ups and downs
-        log(f"inference: brainseg on {len(images)} cases ({device}), run {r + 1}/{repeats}")
-        runs_b.append(run_child("infer_brainseg", dict(common, out=str(out_b)), workdir))
+    fast_overrides = preset_overrides("fast")  # what brainseg predict --fast sets
+    out_f = workdir / f"pred_brainseg_fast_{device}"
+    runs_b, runs_f, runs_m = [], [], []
+    for r in range(repeats):  # interleaved, so all sides see the machine's ups and downs
+        log(f"inference: brainseg on {len(images)} cases ({device}), run {r + 1}/{repeats}, then its floor")
+        runs_b.append(run_child("infer_brainseg", dict(common, out=str(out_b), floor=True), workdir))
+        log(f"inference: brainseg --fast on {len(images)} cases ({device}), run {r + 1}/{repeats}, then its floor")
+        spec_f = dict(common, out=str(out_f), overrides=fast_overrides, floor=True)
+        runs_f.append(run_child("infer_brainseg", spec_f, workdir))
         log(
             f"inference: MONAI reference on {len(images)} cases ({device}), run {r + 1}/{repeats}"
             + (f", then (untimed) with its windows shifted by {shifts}" if r == 0 and shifts else "")
         )
         runs_m.append(run_child("infer_monai", dict(common, out=str(out_m), shifts=shifts if r == 0 else []), workdir))
-    b, m = _best(runs_b, "mvox_per_s"), _best(runs_m, "mvox_per_s")
+    b, f, m = _best(runs_b, "mvox_per_s"), _best(runs_f, "mvox_per_s"), _best(runs_m, "mvox_per_s")
     compiled = None
     if compile_variant:
         log("inference: brainseg with torch.compile (opt-in; compile time in warmup_seconds)")
@@ -178,12 +193,35 @@ def inference_section(
         }
     ratio = b["mvox_per_s"] / m["mvox_per_s"]
     worst_deficit = max((-d for d in cmp["dice_diff"].values()), default=0.0)
+    fast_cmp = compare_masks(images, out_f, out_b, data, values)  # --fast (a) against the default mode (b)
+    fast_ratio = f["mvox_per_s"] / m["mvox_per_s"]
+    mirroring = {
+        "brainseg": bool(b["config"]["infer"]["mirror"]),
+        "brainseg_fast": bool(f["config"]["infer"]["mirror"]),
+        "monai": MONAI_MIRROR,
+    }
+    mirroring["equal_work"] = mirroring["brainseg"] == mirroring["monai"]
     return {
         "brainseg": b,
         "monai": m,
+        "mirroring": mirroring,  # test-time mirroring on each side: equal work when the same
+        "brainseg_fast": dict(f, preset="fast", overrides=fast_overrides),
+        "fast_ratio_vs_monai": fast_ratio,
+        "fast_speedup_vs_default": f["mvox_per_s"] / b["mvox_per_s"],
+        # --fast's masks against the default mode's: Dice vs the reference labels, fast - default, per label
+        "fast_dice_vs_reference": fast_cmp["dice_vs_reference_brainseg"],
+        "fast_dice_diff_vs_default": fast_cmp["dice_diff"],
+        "fast_dice_diff_vs_default_max": fast_cmp["dice_diff_max"],
+        "fast_agreement_with_default": fast_cmp["agreement"],
+        # end-to-end seconds / one no-overlap pass of the network over the same (cropped) region
+        "floor_ratio": {"default": b["seconds"] / b["floor_seconds"], "fast": f["seconds"] / f["floor_seconds"]},
+        "windows": {"default": b["windows"], "fast": f["windows"], "floor": b["floor_windows"]},
         "reference_placement": placement,
         "criteria": {  # the issue's targets, each as measured in this run
-            "ratio_at_least_2": ratio >= 2.0,
+            "ratio_at_least_5": ratio >= 5.0,
+            "fast_ratio_at_least_10": fast_ratio >= 10.0,
+            "fast_dice_within_0.01_of_default": fast_cmp["dice_diff_max"] <= 0.01,
+            "equal_work": mirroring["equal_work"],
             "agreement_at_least_98pct": cmp["agreement"] >= 0.98,
             "dice_diff_max_at_most_0.005": cmp["dice_diff_max"] <= 0.005,
             "dice_not_lower_by_more_than_0.005": worst_deficit <= 0.005,
@@ -332,6 +370,16 @@ def scaling_section(model: Path, data: Path, workdir: Path, sizes: Sequence[int]
         "warm-up), VmHWM, fresh process per size. Windows per MVox grow with size toward 8x the cropped "
         "volume (overlap 0.5 per axis), so s/MVox rises toward a constant; s/window stays flat.",
     }
+
+
+def ensemble_section(model: Path, data: Path, workdir: Path, members: int, n_cases: int) -> dict:
+    """Optional (``--only ensemble``): a ``members``-model ensemble's time against that many single-model
+    predictions of the same held-out cases (:func:`~scripts.benchmark.children.child_ensemble`)."""
+    images = sorted(str(p) for p in (data / "imagesTs").glob("*_0000.nii.gz"))[:n_cases]
+    warmup = sorted(str(p) for p in (data / "imagesTr").glob("*_0000.nii.gz"))[0]
+    log(f"ensemble: {members} members against {members} single predictions of {len(images)} cases")
+    spec = {"model": str(model), "images": images, "warmup": warmup, "members": members}
+    return run_child("ensemble", dict(spec, out=str(workdir / "ensemble")), workdir)
 
 
 def gpu_section(model: Path, data: Path, workdir: Path, n_cases: int) -> dict:

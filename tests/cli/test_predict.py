@@ -21,6 +21,7 @@ import torch
 
 from brainseg.data.inputs import discover_inputs
 from brainseg.evaluate.per_label import evaluate_folders
+from brainseg.infer.loading import INFER_PRESETS
 from brainseg.model.checkpoint import CHECKPOINT_LAST
 from tests.cli.conftest import (
     SCAN_KINDS,
@@ -41,7 +42,7 @@ from tests.cli.conftest import (
     shifted,
     snapshot,
 )
-from tests.conftest import REPO
+from tests.conftest import REPO, oblique_affine
 
 
 def visible_masks(folder: Path) -> list[Path]:
@@ -269,6 +270,51 @@ def test_sigkill_during_predict_then_rerun_writes_only_the_missing_cases(tmp_pat
     summary = evaluate_folders(out, out, tmp_path / "eval", progress=False)
     assert summary["n_cases"] == len(ids) and summary["failed"] == []
     assert snapshot(scans, tiny_checkpoint) == before  # predict never touches its inputs
+
+
+def test_predict_fast_takes_fewer_windows_records_its_preset_and_writes_masks_in_the_scan_geometry(
+    tmp_path: Path, tiny_checkpoint: Path
+):
+    """``--fast`` is the "fast" preset of the infer section (:data:`~brainseg.infer.loading.INFER_PRESETS`): the run's
+    record names it and holds the values used, the case took fewer windows than without it, an explicit
+    ``--set`` still wins over the preset, and the mask lies in the scan's own (oblique, resampled) grid."""
+    affine = oblique_affine()
+    scan = save(tmp_path / "scans" / "head.nii.gz", phantom((40, 44, 36)), affine)
+    source = nib.load(str(scan))
+    runs = {
+        "default": [],
+        "fast": ["--fast"],
+        "fast, overlap set": ["--fast", "--set", "infer.overlap=0.5"],
+    }
+    records = {}
+    for name, flags in runs.items():
+        out = tmp_path / name.replace(", ", "_").replace(" ", "_")
+        res = cli("predict", "--model", tiny_checkpoint, "--input", scan, "--output", out, "--no-progress", *flags)
+        assert res.returncode == 0, res.stderr
+        mask = nib.load(str(out / "head.nii.gz"))
+        assert mask.shape == source.shape and np.array_equal(mask.affine, source.affine)
+        labels = np.asarray(mask.dataobj)
+        assert set(np.unique(labels)) <= {0, 1, 2} and (labels != 0).any()
+        records[name] = json.loads((out / "brainseg_run.json").read_text())
+
+    default, fast, overlap_set = (records[name] for name in runs)
+    assert default["runs"][0]["preset"] is None and fast["runs"][0]["preset"] == "fast"
+    assert fast["runs"][0]["config"]["infer"] == {**default["runs"][0]["config"]["infer"], **INFER_PRESETS["fast"]}
+    assert INFER_PRESETS["fast"]["mirror"] is False
+    assert INFER_PRESETS["fast"]["overlap"] < default["runs"][0]["config"]["infer"]["overlap"]
+    windows = {name: records[name]["cases"]["head"]["windows"] for name in runs}
+    assert 0 < windows["fast"] < windows["default"], windows
+    # --set after --fast: the preset's overlap is overridden, so the default's windows again
+    assert overlap_set["runs"][0]["config"]["infer"]["overlap"] == 0.5
+    assert windows["fast, overlap set"] == windows["default"]
+
+
+def test_predict_fast_and_tta_together_are_refused(tmp_path: Path, tiny_checkpoint: Path):
+    scan = save(tmp_path / "scans" / "head.nii.gz", phantom())
+    out = tmp_path / "out"
+    res = cli("predict", "--model", tiny_checkpoint, "--input", scan, "--output", out, "--fast", "--tta")
+    assert res.returncode == 2 and "not allowed with argument" in res.stderr
+    assert not out.exists()
 
 
 class _Payload:

@@ -19,6 +19,7 @@ import torch
 
 from brainseg.config import load_config
 from brainseg.evaluate.metrics import dice
+from brainseg.infer.loading import INFER_PRESETS, preset_overrides
 from brainseg.model.card import ModelCard, Network, Normalization, package_versions
 from brainseg.model.checkpoint import save_checkpoint
 from brainseg.model.unet import UNet3D
@@ -32,6 +33,8 @@ from scripts.benchmark.compare import (
     placement_range,
 )
 from scripts.benchmark.reference import MonaiReference, ReferenceSpec
+from scripts.benchmark.run import DEFAULT_SECTIONS, FULL, QUICK, SECTIONS
+from scripts.benchmark.sections import network_info
 from scripts.common import case_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -181,6 +184,7 @@ def test_quick_inference_run_reports_what_its_masks_show(tmp_path: Path, demo_da
     assert {"machine", "settings", "network", "inference", "targets", "total_seconds"} <= set(report)
     assert report["sections"] == ["inference"] and "training" not in report and "loader" not in report
     assert report["network"]["norm"] == "batch" and report["network"]["patch_size"] == [16, 16, 16]
+    assert report["network"]["source"] == str(model) and report["network"]["shipped"] is False
 
     inf = report["inference"]
     (image,) = sorted((demo_data / "imagesTs").glob("*_0000.nii.gz"))
@@ -192,10 +196,37 @@ def test_quick_inference_run_reports_what_its_masks_show(tmp_path: Path, demo_da
         assert r["maxrss_mb"] >= r["maxrss_after_warmup_mb"] > 0
     assert inf["ratio_vs_monai"] == pytest.approx(inf["brainseg"]["mvox_per_s"] / inf["monai"]["mvox_per_s"])
     assert inf["geometry_identical"] is True
+    # Equal work: the planted card leaves mirroring off, as the MONAI reference runs (and --fast too).
+    assert inf["mirroring"] == {"brainseg": False, "brainseg_fast": False, "monai": False, "equal_work": True}
+
+    # --fast: the preset's settings, fewer windows; the floor: the fewest windows, the network alone.
+    fast = inf["brainseg_fast"]
+    assert fast["overrides"] == preset_overrides("fast")
+    assert fast["config"]["infer"]["overlap"] == INFER_PRESETS["fast"]["overlap"]
+    assert inf["fast_ratio_vs_monai"] == pytest.approx(fast["mvox_per_s"] / inf["monai"]["mvox_per_s"])
+    windows = inf["windows"]
+    assert windows == {
+        "default": inf["brainseg"]["windows"],
+        "fast": fast["windows"],
+        "floor": inf["brainseg"]["floor_windows"],
+    }
+    assert 0 < windows["floor"] <= windows["fast"] < windows["default"], windows
+    for mode, run in (("default", inf["brainseg"]), ("fast", fast)):
+        assert 0 < run["floor_seconds"] and inf["floor_ratio"][mode] == pytest.approx(
+            run["seconds"] / run["floor_seconds"]
+        )
+    assert report["summary"]["peak_rss_mb"] == {
+        "brainseg": inf["brainseg"]["maxrss_mb"],
+        "brainseg_fast": fast["maxrss_mb"],
+        "monai": inf["monai"]["maxrss_mb"],
+    }
+    assert report["summary"]["fast_ratio_vs_monai"] == inf["fast_ratio_vs_monai"]
+    assert report["summary"]["floor_ratio"] == inf["floor_ratio"]
 
     # The figures are those of the masks the two pipelines wrote.
     a = np.asarray(nib.load(work / "pred_brainseg_cpu" / f"{inf['cases'][0]}.nii.gz").dataobj)
     b = np.asarray(nib.load(work / "pred_monai_cpu" / f"{inf['cases'][0]}.nii.gz").dataobj)
+    f = np.asarray(nib.load(work / "pred_brainseg_fast_cpu" / f"{inf['cases'][0]}.nii.gz").dataobj)
     ref = np.asarray(nib.load(demo_data / "labelsTs" / f"{inf['cases'][0]}.nii.gz").dataobj)
     assert inf["agreement"] == pytest.approx(float(np.mean(a == b)), abs=1e-12)
     for label in ("1", "2", "3"):
@@ -204,6 +235,9 @@ def test_quick_inference_run_reports_what_its_masks_show(tmp_path: Path, demo_da
         assert inf["dice_vs_reference_monai"][label] == pytest.approx(dice(b == value, ref == value))
         diff = inf["dice_vs_reference_brainseg"][label] - inf["dice_vs_reference_monai"][label]
         assert inf["dice_diff"][label] == pytest.approx(diff)
+        fast_dice = dice(f == value, ref == value)
+        assert inf["fast_dice_vs_reference"][label] == pytest.approx(fast_dice)
+        assert inf["fast_dice_diff_vs_default"][label] == pytest.approx(fast_dice - dice(a == value, ref == value))
     # The planted rule, one pass each: the two pipelines differ only by their resampling and
     # field of view, so they nearly agree, and score alike against the reference labels.
     assert len(np.unique(a)) == 4, "the planted rule gives every label somewhere"
@@ -213,5 +247,28 @@ def test_quick_inference_run_reports_what_its_masks_show(tmp_path: Path, demo_da
     # MONAI against itself with its windows moved: a voxel-wise rule cannot notice where the windows fall.
     placement = inf["reference_placement"]
     assert placement["agreement_with_default_min"] >= 0.9999 and placement["dice_spread_max"] <= 1e-4
-    assert set(report["targets"]) >= {"inference_ratio_at_least_2", "inference_agreement_at_least_98pct"}
+    # A voxel-wise rule cannot notice where, or how many, windows fall either: --fast changes nothing but the time.
+    assert inf["fast_agreement_with_default"] >= 0.9999 and inf["fast_dice_diff_vs_default_max"] <= 1e-3
+    assert set(report["targets"]) >= {
+        "inference_ratio_at_least_5",
+        "inference_fast_ratio_at_least_10",
+        "inference_fast_dice_within_0.01_of_default",
+        "inference_equal_work",
+        "inference_agreement_at_least_98pct",
+    }
     assert report["targets"]["inference_agreement_at_least_98pct"] == (inf["agreement"] >= 0.98)
+    assert report["targets"]["inference_ratio_at_least_5"] == (inf["ratio_vs_monai"] >= 5)
+    assert report["targets"]["inference_equal_work"] is True
+    assert "brainseg predict --fast" in res.stdout and "floor: end to end" in res.stdout
+
+
+def test_the_benchmark_names_the_shipped_network(tmp_path: Path):
+    """Trained here from configs/demo.yaml as it is: the shipped network; with another norm, or given: not."""
+    model = intensity_rule_checkpoint(tmp_path / "checkpoint_final.pt")
+    shipped = network_info(model, {"config": "configs/demo.yaml", "overrides": []})
+    variant = network_info(model, {"config": "configs/demo.yaml", "overrides": ["model.norm=batch"]})
+    assert shipped["shipped"] is True and shipped["source"] == "configs/demo.yaml"
+    assert variant["shipped"] is False and variant["source"] == "configs/demo.yaml --set model.norm=batch"
+    assert network_info(model)["shipped"] is False
+    assert QUICK["norm"] is None and FULL["norm"] is None  # the benchmark trains configs/demo.yaml's own norm
+    assert "ensemble" in SECTIONS and "ensemble" not in DEFAULT_SECTIONS
