@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from brainseg.config import load_config
 from brainseg.data.inputs import discover_inputs
 from brainseg.evaluate.per_label import evaluate_folders
 from brainseg.infer.loading import INFER_PRESETS
@@ -281,11 +282,10 @@ def test_predict_fast_takes_fewer_windows_records_its_preset_and_writes_masks_in
     affine = oblique_affine()
     scan = save(tmp_path / "scans" / "head.nii.gz", phantom((40, 44, 36)), affine)
     source = nib.load(str(scan))
-    runs = {
-        "default": [],
-        "fast": ["--fast"],
-        "fast, overlap set": ["--fast", "--set", "infer.overlap=0.5"],
-    }
+    # the preset's fields set back to the defaults' values by --set after --fast
+    defaults = load_config().infer
+    reset = [f for key in INFER_PRESETS["fast"] for f in ("--set", f"infer.{key}={getattr(defaults, key)}")]
+    runs = {"default": [], "fast": ["--fast"], "fast, reset by --set": ["--fast", *reset]}
     records = {}
     for name, flags in runs.items():
         out = tmp_path / name.replace(", ", "_").replace(" ", "_")
@@ -297,16 +297,16 @@ def test_predict_fast_takes_fewer_windows_records_its_preset_and_writes_masks_in
         assert set(np.unique(labels)) <= {0, 1, 2} and (labels != 0).any()
         records[name] = json.loads((out / "brainseg_run.json").read_text())
 
-    default, fast, overlap_set = (records[name] for name in runs)
+    default, fast, reset_run = (records[name] for name in runs)
     assert default["runs"][0]["preset"] is None and fast["runs"][0]["preset"] == "fast"
     assert fast["runs"][0]["config"]["infer"] == {**default["runs"][0]["config"]["infer"], **INFER_PRESETS["fast"]}
     assert INFER_PRESETS["fast"]["mirror"] is False
     assert INFER_PRESETS["fast"]["overlap"] < default["runs"][0]["config"]["infer"]["overlap"]
     windows = {name: records[name]["cases"]["head"]["windows"] for name in runs}
     assert 0 < windows["fast"] < windows["default"], windows
-    # --set after --fast: the preset's overlap is overridden, so the default's windows again
-    assert overlap_set["runs"][0]["config"]["infer"]["overlap"] == 0.5
-    assert windows["fast, overlap set"] == windows["default"]
+    # --set after --fast wins over the preset: the default's settings, so the default's windows again
+    assert reset_run["runs"][0]["config"]["infer"] == default["runs"][0]["config"]["infer"]
+    assert windows["fast, reset by --set"] == windows["default"]
 
 
 def test_predict_fast_and_tta_together_are_refused(tmp_path: Path, tiny_checkpoint: Path):
