@@ -102,7 +102,7 @@ def network_floor(predictor, prepared) -> dict:
     The region is what brainseg's windows cover, the preprocessed (cropped) volume; the pass is the
     fewest patch-size windows that cover it (overlap 0, margin 0), in the batches the sliding window
     uses, through the same network call without mirroring: no reading, preprocessing, aggregation or
-    inversion. ``floor_seconds`` is the fastest of two such passes (the first warms them up);
+    inversion. ``floor_seconds`` times one such pass (the timed run before it warmed the network up);
     ``windows``: how many windows the configured sliding window lays on the same cases."""
     import torch
 
@@ -119,17 +119,15 @@ def network_floor(predictor, prepared) -> dict:
         image = torch.nn.functional.pad(image, [v for d in reversed(pad) for v in (d // 2, d - d // 2)])
         images.append(image.to(device))
         locations.append(one_pass.locations(case.image.shape[1:]))
-    times = []
     with torch.inference_mode():
-        for _ in range(2):
-            t0 = time.perf_counter()
-            for image, locs in zip(images, locations):
-                for _, batch in window_batches(image, locs, one_pass.patch, infer.batch_windows, device):
-                    forward(batch)
-            sync(device)
-            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for image, locs in zip(images, locations):
+            for _, batch in window_batches(image, locs, one_pass.patch, infer.batch_windows, device):
+                forward(batch)
+        sync(device)
+        seconds = time.perf_counter() - t0
     return {
-        "floor_seconds": min(times),
+        "floor_seconds": seconds,
         "floor_windows": sum(len(locs) for locs in locations),
         "windows": sum(len(predictor.window.locations(case.image.shape[1:])) for case in prepared),
     }
