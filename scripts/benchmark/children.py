@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 
 from scripts.benchmark.compare import mix_corrected
-from scripts.benchmark.harness import maxrss_mb, reset_peak_rss, spatial_voxels, sync
+from scripts.benchmark.harness import maxrss_mb, spatial_voxels, sync
 from scripts.benchmark.reference import MonaiReference, ReferenceSpec, monai_train_transforms
+from scripts.benchmark.scaling import child_scale
 from scripts.common import case_id
 
 # ----- training
@@ -302,61 +303,6 @@ def child_loader_monai(spec: dict) -> dict:
         "maxrss_after_warmup_mb": rss_warm,
         "spatially_augmented": sum(flags) / n,
         **mix_corrected(times, flags, _p_spatial()),
-    }
-
-
-# ----- scaling
-
-
-def child_scale(spec: dict) -> dict:
-    import torch
-
-    from brainseg.data.inputs import discover_inputs
-    from brainseg.infer.loading import inference_config
-    from brainseg.infer.outputs import output_paths, predict_one
-    from brainseg.infer.predictor import Predictor
-    from brainseg.model.checkpoint import load_model
-
-    model, card = load_model(spec["model"], "cpu")
-    config = inference_config(card, None, spec.get("overrides", []))
-    predictor = Predictor(model, card, config.infer, config.postprocess, "cpu", max_voxels=config.data.max_voxels)
-    out = Path(spec["out"])
-    warm = discover_inputs([Path(spec["warmup"])], n_channels=1)[0]
-    predict_one(predictor, warm, output_paths(out / "warmup", warm.case_id, False))
-    peak_warm = maxrss_mb()
-    import gc
-
-    gc.collect()
-    rss_base = reset_peak_rss()  # from here on, the peak is this case's
-    if rss_base is None:
-        rss_base = peak_warm
-    case = discover_inputs([Path(spec["image"])], n_channels=1)[0]
-    t0 = time.perf_counter()
-    predict_one(predictor, case, output_paths(out, case.case_id, False))
-    seconds = time.perf_counter() - t0
-    return {
-        "seconds": seconds,
-        "voxels": spatial_voxels(spec["image"]),
-        "maxrss_mb": maxrss_mb(),
-        "maxrss_base_mb": rss_base,
-        "maxrss_warmup_mb": peak_warm,
-        "torch_threads": torch.get_num_threads(),
-        **window_accounting(predictor, predictor.prepare(list(case.images)).image.shape[1:]),
-    }
-
-
-def window_accounting(predictor, shape) -> dict:
-    """The windows a case of preprocessed (cropped) ``shape`` takes, and the size of the full-volume float32
-    maps its sliding window aggregates into (one per class, plus the summed weights, over the padded box):
-    what the scaling section sets the peak memory against."""
-    import math
-
-    padded = predictor.window.padded_shape(shape)
-    return {
-        "windows": len(predictor.window.locations(shape)),
-        "preprocessed_voxels": int(math.prod(shape)),
-        "class_maps_mb": (predictor.window.num_outputs + 1) * math.prod(padded) * 4 / 2**20,
-        "classes": predictor.num_classes,
     }
 
 

@@ -15,6 +15,7 @@ import scripts.benchmark as package
 from scripts.benchmark.children import CHILDREN
 from scripts.benchmark.harness import log, wait_for_quiet
 from scripts.benchmark.report import headline, report_tables, targets
+from scripts.benchmark.scaling import scaling_section
 from scripts.benchmark.sections import (
     ensemble_section,
     gpu_section,
@@ -22,7 +23,6 @@ from scripts.benchmark.sections import (
     loader_section,
     make_data,
     network_info,
-    scaling_section,
     train_section,
 )
 from scripts.common import load1, machine_info

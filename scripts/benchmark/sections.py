@@ -10,12 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from scripts.benchmark.compare import dice_difference, linearity, mask_agreement, outside_range, placement_range
+from scripts.benchmark.compare import dice_difference, mask_agreement, outside_range, placement_range
 from scripts.benchmark.harness import log, run_child
 from scripts.benchmark.reference import MONAI_MIRROR, MONAI_OVERLAP
 from scripts.common import REPO, case_id
-
-SCALING_SPACING_FACTOR = 0.9
 
 
 def network_info(model: Path, training: dict | None = None) -> dict:
@@ -316,60 +314,6 @@ def loader_section(
     out["ratio_vs_monai"] = float(np.exp(np.mean(np.log(ratios))))
     out["ratio_vs_monai_min"] = float(min(ratios))
     return out
-
-
-def make_scaled_volume(src: Path, size: int, spacing: Sequence[float], dst: Path) -> Path:
-    """``src`` resampled to size³ voxels, stored LPS with voxels SCALING_SPACING_FACTOR x ``spacing``."""
-    import torch
-    import torch.nn.functional as F
-
-    from brainseg.io.images import Geometry, read_image, write_image
-    from brainseg.preprocessing.preprocess import ras_orientation, reorient_array
-
-    data, geom = read_image(src)
-    ras = reorient_array(data, ras_orientation(geom))
-    t = torch.from_numpy(np.ascontiguousarray(ras, dtype=np.float32))[None, None]
-    vol = F.interpolate(t, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
-    vol = np.ascontiguousarray(vol[::-1, ::-1, :])  # LPS voxel order
-    s = [float(v) * SCALING_SPACING_FACTOR for v in spacing]
-    affine = np.diag([-s[0], -s[1], s[2], 1.0])
-    write_image(dst, vol, Geometry(shape=vol.shape, affine=affine), dtype=np.float32)
-    return dst
-
-
-def scaling_section(model: Path, data: Path, workdir: Path, sizes: Sequence[int]) -> dict:
-    from brainseg.model.checkpoint import load_card
-
-    card = load_card(model)
-    src = sorted((data / "imagesTs").glob("*_0000.nii.gz"))[0]
-    folder = workdir / "scaling"
-    folder.mkdir(exist_ok=True)
-    warm = make_scaled_volume(src, 64, card.spacing, folder / "warm_0000.nii.gz")
-    rows = []
-    for size in sizes:
-        path = make_scaled_volume(src, size, card.spacing, folder / f"size{size}_0000.nii.gz")
-        log(f"scaling: {size}^3")
-        r = run_child(
-            "scale",
-            {"model": str(model), "image": str(path), "warmup": str(warm), "out": str(workdir / "scaling_out")},
-            workdir,
-        )
-        r["size"] = size
-        r["mvox"] = r["voxels"] / 1e6
-        r["delta_rss_mb"] = r["maxrss_mb"] - r["maxrss_base_mb"]
-        rows.append(r)
-        path.unlink()
-    mvox = [r["mvox"] for r in rows]
-    windows = [r["windows"] for r in rows]
-    return {
-        "rows": rows,
-        "time": linearity(mvox, [r["seconds"] for r in rows]),
-        "time_per_window": linearity(windows, [r["seconds"] for r in rows]),
-        "memory": linearity(mvox, [max(r["delta_rss_mb"], 1e-3) for r in rows]),
-        "note": "memory: peak RSS during the case minus the RSS just before it (peak mark reset after a 64^3 "
-        "warm-up), VmHWM, fresh process per size. Windows per MVox grow with size toward 8x the cropped "
-        "volume (overlap 0.5 per axis), so s/MVox rises toward a constant; s/window stays flat.",
-    }
 
 
 def ensemble_section(model: Path, data: Path, workdir: Path, members: int, n_cases: int) -> dict:
