@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -141,6 +142,13 @@ def run(
 
 
 # --------------------------------------------------------------------------- names and tables
+
+
+def fresh(folder: Path) -> Path:
+    """An empty ``folder`` (what an earlier run of an experiment left there is removed)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
 
 
 def case_id(path: str | os.PathLike) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -38,6 +37,7 @@ from scripts.common import (
     REPO,
     CommandFailed,
     brainseg_cmd,
+    fresh,
     git_state,
     load1,
     logger,
@@ -63,13 +63,6 @@ def run(cmd: Sequence[Any], log_file: Path) -> None:
         run_command(cmd, log_file)
     except CommandFailed as exc:
         raise SystemExit(f"generalisation: {exc}") from None
-
-
-def fresh(folder: Path) -> Path:
-    """An empty ``folder`` (what an earlier run of this script left there is removed)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def ensure_demo(out: Path, given: Path | None, n: int) -> Path:

@@ -47,10 +47,20 @@ from pathlib import Path
 from typing import Any
 
 from brainseg.config import load_config
-from scripts.common import REPO, CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info, python_module
+from scripts.common import (
+    REPO,
+    CommandFailed,
+    brainseg_cmd,
+    fresh,
+    git_state,
+    load1,
+    logger,
+    machine_info,
+    python_module,
+)
 from scripts.common import run as run_command
 from scripts.experiments.generalisation import report as gen_report
-from scripts.experiments.generalisation.run import brainseg_training, ensure_demo, fresh
+from scripts.experiments.generalisation.run import brainseg_training, ensure_demo
 from scripts.experiments.generalisation.shifted import DEFAULT_SEED, make_shifted_set
 from scripts.experiments.peers import report as report_mod
 from scripts.experiments.peers.nnunet_ext.peers_budget import BUDGET_ENV, ITERATIONS_ENV, THREADS_ENV

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from scripts.common import REPO, CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info
+from scripts.common import REPO, CommandFailed, brainseg_cmd, fresh, git_state, load1, logger, machine_info
 from scripts.common import run as run_command
 from scripts.experiments.generalisation.report import read_scores
 from scripts.experiments.generalisation.run import brainseg_training
@@ -57,13 +56,6 @@ def run(cmd: Sequence[Any], log_file: Path) -> None:
         run_command(cmd, log_file)
     except CommandFailed as exc:
         raise SystemExit(f"synth_contrast: {exc}") from None
-
-
-def fresh(folder: Path) -> Path:
-    """An empty ``folder`` (what an earlier run of this script left there is removed)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def ensure_demo(out: Path, given: Path | None, n: int) -> Path:

@@ -26,14 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from scripts.common import CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info
+from scripts.common import CommandFailed, brainseg_cmd, fresh, git_state, load1, logger, machine_info
 from scripts.common import run as run_command
 from scripts.experiments.generalisation.run import brainseg_training
 from scripts.experiments.tumour_family import report as report_mod
@@ -56,13 +55,6 @@ def run(cmd: Sequence[Any], log_file: Path, commands: list[str]) -> None:
         run_command(cmd, log_file)
     except CommandFailed as exc:
         raise SystemExit(f"tumour_family: {exc}") from None
-
-
-def fresh(folder: Path) -> Path:
-    """An empty ``folder`` (what an earlier run of this script left there is removed)."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    return folder
 
 
 def ensure_demo(out: Path, s: dict[str, Any], commands: list[str]) -> dict[str, Any]:
