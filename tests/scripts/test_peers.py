@@ -287,6 +287,9 @@ def test_the_table_reads_the_scores_of_real_masks(demo_data: Path, tmp_path: Pat
     assert table.startswith("| pipeline | mirroring | training | held-out (1) CSF |")
     assert len(table.splitlines()) == 4  # header, separator, two rows: ONE table
     assert any("3 iterations (1 epochs of <= 10) in 1.1 min of the 1-min budget" in n for n in notes)
+    assert not any("mirrored predictions" in n for n in notes)  # not said when the run does not say it skipped them
+    report["settings"]["nnunet_tta"] = False
+    assert any("mirrored predictions (its default, 8 passes) were not run" in n for n in report_mod.notes(report))
     results["nnunet"]["shifted"]["geometry"]["ok"] = False
     assert dict(zip(header, report_mod.rows(report)[1]))["masks on the scans' grids"] == "**NO**"
 
@@ -351,7 +354,7 @@ def test_the_comparison_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
     out, extra_json = tmp_path / "run", tmp_path / "extra.json"
     cmd = [sys.executable, "-m", "scripts.experiments.peers", "--quick", "--out", str(out)]
     cmd += ["--data", str(demo_data_copy), "--minutes", "0.05", "--n-shifted", "1", "--json", str(extra_json)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=3000, cwd=REPO)
+    res = subprocess.run([*cmd, "--nnunet-tta"], capture_output=True, text=True, timeout=3000, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert json.loads(extra_json.read_text()) == report

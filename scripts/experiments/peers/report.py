@@ -146,6 +146,11 @@ def notes(report: dict) -> list[str]:
         "command and its worker processes over its cases: on a shared machine the wall time includes waiting "
         "for the cores, the CPU time does not."
     )
+    if report["settings"].get("nnunet_tta") is False:
+        parts.append(
+            "nnU-Net's mirrored predictions (its default, 8 passes) were not run in this run (`--nnunet-tta` runs "
+            "them): on a CPU they take minutes per scan."
+        )
     lines = best(report)
     if lines:
         parts.append("This run: " + "; ".join(lines) + ".")

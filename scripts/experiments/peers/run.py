@@ -4,7 +4,8 @@ scans by ``brainseg evaluate``, in one run.
 
     make peers-env                                                     # once: .venv-peers, several GB
     python -m scripts.experiments.peers --out peers/                   # 10 demo subjects, 10-min trainings, 6 shifted scans
-    python -m scripts.experiments.peers --out peers/ --quick           # 1-min trainings, 4 subjects, 2 shifted scans
+    python -m scripts.experiments.peers --out peers/ --quick           # 1-min trainings, 4 subjects, 2 shifted scans,
+                                                                       # no mirrored nnU-Net predictions (--nnunet-tta)
     python -m scripts.experiments.peers --out peers/ --reuse           # keep trained runs found in OUT
 
 Run from the default environment (``.venv``); nnU-Net runs only as ``.venv-peers/bin/nnUNetv2_*``
@@ -20,7 +21,8 @@ a subprocess as a user runs it:
    stopped by the budget (``nnunet_ext/nnUNetTrainerBudget.py``), fold ``all`` (every training case, as
    brainseg's and MONAI's trainings use them); it writes the iterations it reached to ``budget.json``;
 4. ``nnUNetv2_predict ... -f all -device cpu`` on the demo's held-out scans and on the shifted scans, with
-   its test-time mirroring (its default) and with ``--disable_tta``;
+   its test-time mirroring (its default; minutes per scan on a CPU, so ``--quick`` leaves it out unless
+   ``--nnunet-tta`` asks) and with ``--disable_tta``;
 5. ``brainseg train --config configs/demo.yaml --max-minutes M``, ``brainseg predict`` as shipped and with
    ``--tta``; the MONAI reference (:mod:`scripts.experiments.generalisation.monai_reference`) for M minutes;
 6. ``brainseg evaluate --labels 1,2,3`` of every pipeline's masks, each mask checked to have its scan's
@@ -168,8 +170,10 @@ def nnunet_side(
     limits: dict[str, int],
     dataset_id: int,
     reuse: bool,
+    mirrored: bool = True,
 ) -> tuple[dict[str, Any], dict[str, dict[str, tuple[float, float]]], dict[str, float]]:
-    """Convert, plan, train and predict with nnU-Net; (training record, predict seconds per mode and set, timings)."""
+    """Convert, plan, train and predict with nnU-Net (with its mirroring too where ``mirrored``); (training
+    record, predict seconds per mode and set, timings)."""
     timings: dict[str, float] = {}
     results = Path(env["nnUNet_results"])
     final = list(results.glob(f"Dataset{dataset_id:03d}_*/{TRAINER}__nnUNetPlans__{CONFIGURATION}/fold_{FOLD}"))
@@ -197,7 +201,8 @@ def nnunet_side(
     training["plan"] = report_mod.plan_summary(plans, CONFIGURATION)
     training["steps"], training["minutes"] = training["iterations"], training["seconds"] / 60.0
     seconds: dict[str, dict[str, tuple[float, float]]] = {}
-    for mode, flags in (("nnunet_tta", []), ("nnunet", ["--disable_tta"])):
+    modes = [("nnunet_tta", []), ("nnunet", ["--disable_tta"])] if mirrored else [("nnunet", ["--disable_tta"])]
+    for mode, flags in modes:
         seconds[mode] = {}
         for key, (images, _) in sets.items():
             cmd = [peers_bin(venv, "nnUNetv2_predict"), "-i", images, "-o", fresh(out / "masks" / mode / key)]
@@ -279,10 +284,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--peers-venv", type=Path, default=PEERS_VENV, help="nnU-Net's environment (make peers-env)")
     p.add_argument("--reuse", action="store_true", help="keep trained runs found in OUT (each pipeline's own check)")
     p.add_argument("--skip-monai", action="store_true", help="no MONAI reference rows")
+    p.add_argument(
+        "--nnunet-tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also predict with nnU-Net's test-time mirroring (8 passes, minutes per scan on a CPU; "
+        "default: yes, with --quick: no)",
+    )
     p.add_argument("--json", type=Path, default=None, help="also write report.json here")
     args = p.parse_args(argv)
 
     settings: dict[str, Any] = dict(QUICK if args.quick else FULL)
+    settings["nnunet_tta"] = not args.quick if args.nnunet_tta is None else args.nnunet_tta
     if args.minutes is not None:
         settings["minutes"] = args.minutes
     if args.n_shifted is not None:
@@ -322,7 +335,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         predict_seconds.update(secs)
         timings["monai"] = round(time.perf_counter() - t0, 1)
     t0 = time.perf_counter()
-    nn_training, secs, nn_timings = nnunet_side(demo, sets, out, venv, env, limits, args.dataset_id, args.reuse)
+    nn_training, secs, nn_timings = nnunet_side(
+        demo, sets, out, venv, env, limits, args.dataset_id, args.reuse, settings["nnunet_tta"]
+    )
     training["nnunet_tta"] = training["nnunet"] = nn_training
     predict_seconds.update(secs)
     timings.update(nn_timings)
