@@ -42,10 +42,10 @@ demo: $(STAMP)
 	$(BIN)/brainseg demo --out demo_output
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto --durations=15 tests
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --durations=15 tests
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n auto -m "not slow" tests
+	$(BIN)/python -m pytest -q -n auto --dist worksteal -m "not slow" tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check brainseg scripts tests

@@ -190,6 +190,12 @@ class PostprocessConfig:
     #: A region model keeps the component with the most voxels inside the outer region
     #: instead (BraTS: the most tumour core; its size breaks a tie).
     largest_foreground: bool = False
+    #: Region models (BraTS): remove the foreground components that hold no tumour core (no
+    #: voxel of the regions inside the outer one: necrosis, enhancing tumour) when another
+    #: component holds some. A core-less FLAIR-bright blob is the common false positive;
+    #: unlike ``largest_foreground`` this keeps every lesion of a multifocal tumour.
+    #: Label models have no core: nothing is removed.
+    drop_coreless: bool = False
     #: Labels whose holes are filled.
     fill_holes: list[int] = field(default_factory=list)
     #: Per label, components smaller than this many mm^3 are removed ({label: mm3}).

@@ -289,6 +289,14 @@ def plan_config(
         if cfg.postprocess.largest_foreground
         else f"in some training case the largest foreground component holds only {least:.1%} of the labels"
     )
+    cfg.postprocess.drop_coreless = bool(fp.regions)
+    reasons["postprocess.drop_coreless"] = (
+        "region labels: foreground components without tumour core are removed where another has core "
+        "(a core-less FLAIR-bright blob is the common false positive; validation or the folds switch it off "
+        "where it lowers the Dice)"
+        if fp.regions
+        else "no regions: no tumour core to tell a lesion by"
+    )
     reasons["postprocess.largest_component"] = (
         "labels that are one component in every training case"
         if single

@@ -98,6 +98,22 @@ def main_component_mask(labels: np.ndarray, core: Sequence[int] = ()) -> np.ndar
     return components == best
 
 
+def cored_components_mask(labels: np.ndarray, core: Sequence[int]) -> np.ndarray:
+    """The foreground without its 26-connected components that hold no voxel of the ``core``
+    labels (``drop_coreless``): a tumour has a core, a FLAIR-bright blob beside it often has
+    none. Every component is kept when none holds core (nothing to tell the tumour by) and
+    with no ``core`` labels (a label model)."""
+    foreground = labels > 0
+    if not core:
+        return foreground
+    components, n = ndimage.label(foreground, structure=COMPONENT_STRUCTURE)
+    if n <= 1:
+        return foreground
+    cored = np.bincount(components[np.isin(labels, core)], minlength=n + 1) > 0
+    cored[0] = False
+    return cored[components] if cored.any() else foreground
+
+
 def postprocess_labels(
     labels: np.ndarray, spacing: Sequence[float], config: PostprocessConfig, core: Sequence[int] = ()
 ) -> np.ndarray:
@@ -105,7 +121,8 @@ def postprocess_labels(
 
     With ``config.largest_foreground`` first only one 26-connected component of the whole
     foreground is kept, the largest, or with ``core`` labels the one :func:`main_component_mask`
-    ranks first. Then two passes over the labels named in ``config`` (labels
+    ranks first; with ``config.drop_coreless`` (and ``core`` labels) the components without
+    core go (:func:`cored_components_mask`). Then two passes over the labels named in ``config`` (labels
     absent from the map are skipped; the input is never modified):
 
     1. removal, per label: keep only its largest 26-connected component (labels in
@@ -127,6 +144,8 @@ def postprocess_labels(
     out = labels.copy()
     if config.largest_foreground:
         out[~main_component_mask(out, core)] = 0
+    if config.drop_coreless and core:
+        out[~cored_components_mask(out, core)] = 0
 
     largest = {int(v) for v in config.largest_component}
     min_size = {int(k): float(v) for k, v in (config.min_size_mm3 or {}).items()}

@@ -11,7 +11,7 @@ more cases than it lowers (:func:`helps`):
 1. the voxel decision, by coordinate ascent (:func:`coordinate_ascent`: two sweeps over the
    classes or regions, each trying :data:`OFFSET_CANDIDATES` / :data:`THRESHOLD_CANDIDATES`);
 2. the postprocessing rules, greedily from the configured ones: the largest component of the
-   whole foreground, then per label its largest component and a minimum component size
+   whole foreground, for a region model the removal of core-less components, then per label its largest component and a minimum component size
    (:data:`MIN_SIZE_CANDIDATES_MM3`);
 3. for a region model, the enhancing-tumour rule's volume
    (:data:`~brainseg.postprocess.decision.INNERMOST_CANDIDATES_MM3`, the smallest on a tie).
@@ -166,6 +166,9 @@ def choose_on_pool(cases: Sequence[PooledCase], card: ModelCard, post: Postproce
     def toggle_foreground(r: PostprocessConfig) -> PostprocessConfig:
         return replace(r, largest_foreground=not r.largest_foreground)
 
+    def toggle_coreless(r: PostprocessConfig) -> PostprocessConfig:
+        return replace(r, drop_coreless=not r.drop_coreless)
+
     def toggle_largest(v: int) -> Callable[[PostprocessConfig], PostprocessConfig]:
         return lambda r: replace(r, largest_component=sorted(set(r.largest_component) ^ {v}))
 
@@ -175,6 +178,8 @@ def choose_on_pool(cases: Sequence[PooledCase], card: ModelCard, post: Postproce
     changes: list[tuple[str, Callable[[PostprocessConfig], PostprocessConfig]]] = [
         ("largest_foreground", toggle_foreground)
     ]
+    if regions is not None:
+        changes.append(("drop_coreless", toggle_coreless))
     for v in foreground:
         changes.append((f"largest_component {v}", toggle_largest(v)))
         changes += [(f"min_size_mm3 {v}={m:g}", min_size(v, m)) for m in MIN_SIZE_CANDIDATES_MM3]

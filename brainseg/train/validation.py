@@ -192,27 +192,32 @@ class Validation:
         return {"class_offsets" if regions is None else "region_thresholds": tuple(float(x) for x in best)}
 
     def checked_postprocess(self, model: torch.nn.Module, card: ModelCard, cfg: Config, device: torch.device) -> Config:
-        """``cfg``, with ``postprocess.largest_foreground`` switched off when it does not raise the
-        mean Dice over all ranks' validation cases (nnU-Net keeps a postprocessing step only
-        where validation says it helps: one false-positive blob larger than a small tumour
-        would otherwise be all that is kept)."""
-        if not cfg.postprocess.largest_foreground:
-            return cfg
-        off = replace(cfg, postprocess=replace(cfg.postprocess, largest_foreground=False))
-        sums = [0.0, 0.0]
-        with ddp.together(self.info, "checking the largest-foreground rule"):
-            for i, c in enumerate((cfg, off)):
-                for pred, ref, _ in self._segmented(model, card, c, device, c.postprocess):
-                    sums[i] += float(np.mean(self._scores(pred, ref)))
-        with_rule, without, count = ddp.sum_across_ranks(sums + [float(len(self.cases))], self.info)
-        if count and with_rule > without:
-            return cfg
-        if self.info.is_main and count:
-            log.info(
-                f"postprocess.largest_foreground off: validation Dice {without / count:.4f} without it, "
-                f"{with_rule / count:.4f} with it"
-            )
-        return off if count else cfg
+        """``cfg``, with each whole-foreground rule switched off where the mean Dice over all ranks'
+        validation cases says so (nnU-Net keeps a postprocessing step only where validation says it
+        helps). ``largest_foreground`` must raise the Dice to stay: one false-positive blob larger
+        than a small tumour would otherwise be all that is kept. ``drop_coreless`` (the plan's
+        default for region models, measured on two tumour families) stays unless it lowers the
+        Dice: one or two validation cases without a core-less blob cannot show it helping."""
+        for flag in ("largest_foreground", "drop_coreless"):
+            if not getattr(cfg.postprocess, flag) or (flag == "drop_coreless" and cfg.postprocess.largest_foreground):
+                continue  # (the largest cored component kept, no core-less one is left)
+            off = replace(cfg, postprocess=replace(cfg.postprocess, **{flag: False}))
+            sums = [0.0, 0.0]
+            with ddp.together(self.info, f"checking the {flag} rule"):
+                for i, c in enumerate((cfg, off)):
+                    for pred, ref, _ in self._segmented(model, card, c, device, c.postprocess):
+                        sums[i] += float(np.mean(self._scores(pred, ref)))
+            with_rule, without, count = ddp.sum_across_ranks(sums + [float(len(self.cases))], self.info)
+            keep = with_rule > without if flag == "largest_foreground" else with_rule >= without
+            if not count or keep:
+                continue
+            if self.info.is_main:
+                log.info(
+                    f"postprocess.{flag} off: validation Dice {without / count:.4f} without it, "
+                    f"{with_rule / count:.4f} with it"
+                )
+            cfg = off
+        return cfg
 
 
 def no_mirror(cfg: Config):

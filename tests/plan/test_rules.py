@@ -141,6 +141,15 @@ def test_pairs_ct_and_single_component_labels():
     assert ct.config.data.normalization == "ct"
 
 
+def test_region_labels_plan_the_removal_of_core_less_components():
+    labels = {0: "background", 1: "necrosis", 2: "edema", 4: "enhancing"}
+    fp = _fp([_case(i, [1.0] * 3) for i in range(3)], labels)
+    assert not plan_config(fp, measure=False).config.postprocess.drop_coreless  # per-label: no core
+    fp.regions = {"names": ["WT", "TC", "ET"], "labels": [[1, 2, 4], [1, 4], [4]], "class_order": [2, 1, 4]}
+    plan = plan_config(fp, measure=False)
+    assert plan.config.postprocess.drop_coreless and "core-less" in plan.reasons["postprocess.drop_coreless"]
+
+
 def test_gpu_plan_fits_its_memory():
     fp = _fp([_case(i, [1.0] * 3, extent=(150.0, 180.0, 150.0)) for i in range(3)])
     small, large = (plan_config(fp, device="cuda", gpu_memory=gb, measure=False) for gb in (6.0, 40.0))

@@ -175,3 +175,30 @@ def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core(
     assert kept[31, 20, 20] == 1 and not kept[blob].any()
     equal = np.where(tumour, 2, labels * blob).astype(np.uint8)  # no core anywhere: the size decides
     assert postprocess_labels(equal, (1, 1, 1), cfg, core=(1, 4))[12, 20, 20] == 2
+
+
+def test_drop_coreless_removes_core_less_blobs_and_keeps_every_lesion_with_a_core():
+    """A multifocal tumour (two lesions, each with a core) beside a larger core-less oedema blob:
+    ``drop_coreless`` removes the blob and keeps both lesions (``largest_foreground`` would keep
+    one). With no core anywhere, or a label model (no core labels), nothing is removed."""
+    shape = (48, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    blob = _ball(shape, (10, 20, 20), 8)
+    labels[blob] = 2
+    lesions = [_ball(shape, (30, 12, 20), 5), _ball(shape, (40, 28, 20), 4)]
+    for lesion, (cx, cy) in zip(lesions, ((30, 12), (40, 28))):
+        labels[lesion] = 2
+        labels[_ball(shape, (cx, cy, 20), 2)] = 4
+    labels[_ball(shape, (30, 12, 20), 1)] = 1
+    before = labels.copy()
+    out = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4))
+    both = lesions[0] | lesions[1]
+    assert np.array_equal(out, np.where(both, labels, 0)) and not out[blob].any()
+    assert np.array_equal(labels, before)  # the input is not modified
+    one = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(largest_foreground=True), core=(1, 4))
+    assert one[lesions[0]].all() and not one[lesions[1]].any()  # the rule it does not replace keeps one lesion
+    oedema_only = np.where(labels > 0, 2, 0).astype(np.uint8)
+    assert np.array_equal(
+        postprocess_labels(oedema_only, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4)), oedema_only
+    )
+    assert np.array_equal(postprocess_labels(labels, (1, 1, 1), PostprocessConfig(drop_coreless=True)), labels)

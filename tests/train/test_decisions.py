@@ -60,6 +60,36 @@ def test_a_region_model_chooses_its_thresholds_and_the_enhancing_tumour_volume(t
     assert case_mean_dice(ref, ref, card) == 1.0
 
 
+def _region_case(regions, blob_in_ref: bool) -> PooledCase:
+    """A two-lesion tumour (each with a core) and, apart from it, an oedema-only blob the
+    probabilities call with confidence: a false positive, or (``blob_in_ref``) a real core-less lesion."""
+    ref = np.zeros(SHAPE, np.int16)
+    ref[3:11, 3:11, 3:11] = 2
+    ref[5:9, 5:9, 5:9] = 4
+    ref[14:18, 2:6, 2:6] = 2
+    ref[15:17, 3:5, 3:5] = 1
+    pred = ref.copy()
+    pred[14:18, 14:18, 14:18] = 2
+    if blob_in_ref:
+        ref = pred.copy()
+    probs = np.stack([m.astype(np.float32) for m in regions.masks(pred)])
+    return PooledCase(probs, np.ones(SHAPE, bool), "none", ref, (1.0, 1.0, 1.0))
+
+
+def test_core_less_components_go_only_where_the_folds_say_so(tiny_checkpoint_factory):
+    regions = brats_regions([0, 1, 2, 4])
+    card = load_card(tiny_checkpoint_factory(labels={"0": "bg", "1": "NCR", "2": "ED", "4": "ET"}, regions=regions))
+    thresholds = [0.5, 0.5, 0.5]
+    false_blobs = [_region_case(regions, blob_in_ref=False) for _ in range(2)]
+    on = choose_on_pool(false_blobs, card, PostprocessConfig(region_thresholds=thresholds, innermost_min_mm3=0))
+    assert [s["step"] for s in on.steps] == ["drop_coreless"]  # largest_foreground would lose a lesion
+    assert on.postprocess.drop_coreless and not on.postprocess.largest_foreground and on.dice_after == 1.0
+    real = [_region_case(regions, blob_in_ref=True) for _ in range(2)]
+    configured = PostprocessConfig(region_thresholds=thresholds, innermost_min_mm3=0, drop_coreless=True)
+    off = choose_on_pool(real, card, configured)
+    assert not off.postprocess.drop_coreless and off.dice_before < 1.0 and off.dice_after == 1.0
+
+
 def test_coordinate_ascent_moves_only_for_a_real_gain():
     target = np.array([0.0, 0.4, -0.2])
     score = lambda settings: [float(-np.abs(s - target).sum()) for s in settings]  # noqa: E731
