@@ -244,3 +244,17 @@ def test_the_check_runs_end_to_end(tmp_path: Path, demo_data_copy: Path):
         a = np.asarray(nib.load(str(out / "masks" / "brainseg" / "shifted" / f"{cid}.nii.gz")).dataobj)
         b = np.asarray(nib.load(str(out / "masks" / "monai" / "shifted" / f"{cid}.nii.gz")).dataobj)
         assert value == pytest.approx(mask_agreement(a, b, [0, 1, 2, 3])["agreement"]) == pytest.approx(np.mean(a == b))
+
+
+def test_the_training_note_names_the_config_or_the_plan(tmp_path: Path):
+    from scripts.experiments.generalisation.run import brainseg_training
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch,step,elapsed_minutes\n1,50,0.4\n2,100,0.8\n")
+    record = brainseg_training(run)
+    assert record["steps"] == 100 and record["minutes"] == 0.8
+    assert record["note"].startswith("configs/demo.yaml, 100 steps in 0.8 min")
+    (run / "plan.yaml").write_text("# plan\n")
+    assert brainseg_training(run)["note"].startswith("no config (its plan.yaml), 100 steps")
+    assert brainseg_training(tmp_path / "none")["steps"] is None

@@ -83,7 +83,8 @@ def ensure_demo(out: Path, given: Path | None, n: int) -> Path:
 
 
 def brainseg_training(run_dir: Path) -> dict[str, Any]:
-    """Steps and minutes from a brainseg run folder's metrics.csv."""
+    """Steps and minutes from a brainseg run folder's metrics.csv; the note names the config (a run
+    trained without one has its plan.yaml)."""
     import csv
 
     folder = run_dir if run_dir.is_dir() else run_dir.parent
@@ -93,11 +94,12 @@ def brainseg_training(run_dir: Path) -> dict[str, Any]:
     except (OSError, IndexError):
         return {"run": str(run_dir), "steps": None, "note": f"{run_dir} (no metrics.csv: steps unknown)"}
     steps, minutes = int(last["step"]), float(last["elapsed_minutes"])
+    source = "no config (its plan.yaml)" if (folder / "plan.yaml").is_file() else "configs/demo.yaml"
     return {
         "run": str(run_dir),
         "steps": steps,
         "minutes": minutes,
-        "note": f"configs/demo.yaml, {steps} steps in {minutes:.1f} min ({run_dir})",
+        "note": f"{source}, {steps} steps in {minutes:.1f} min ({run_dir})",
     }
 
 
