@@ -192,9 +192,9 @@ class PostprocessConfig:
     largest_foreground: bool = False
     #: Region models (BraTS): remove the foreground components that hold no tumour core (no
     #: voxel of the regions inside the outer one: necrosis, enhancing tumour) when another
-    #: component holds some. A core-less FLAIR-bright blob is the common false positive;
-    #: unlike ``largest_foreground`` this keeps every lesion of a multifocal tumour.
-    #: Label models have no core: nothing is removed.
+    #: component holds some (where none does, only the largest component stays). A core-less
+    #: FLAIR-bright blob is the common false positive; unlike ``largest_foreground`` this keeps
+    #: every lesion of a multifocal tumour. Label models have no core: nothing is removed.
     drop_coreless: bool = False
     #: Labels whose holes are filled.
     fill_holes: list[int] = field(default_factory=list)

@@ -101,8 +101,9 @@ def main_component_mask(labels: np.ndarray, core: Sequence[int] = ()) -> np.ndar
 def cored_components_mask(labels: np.ndarray, core: Sequence[int]) -> np.ndarray:
     """The foreground without its 26-connected components that hold no voxel of the ``core``
     labels (``drop_coreless``): a tumour has a core, a FLAIR-bright blob beside it often has
-    none. Every component is kept when none holds core (nothing to tell the tumour by) and
-    with no ``core`` labels (a label model)."""
+    none. When no component holds core (a non-enhancing tumour called oedema throughout) the
+    largest stays, as :func:`main_component_mask` ranks them; with no ``core`` labels (a label
+    model) the whole foreground."""
     foreground = labels > 0
     if not core:
         return foreground
@@ -111,7 +112,11 @@ def cored_components_mask(labels: np.ndarray, core: Sequence[int]) -> np.ndarray
         return foreground
     cored = np.bincount(components[np.isin(labels, core)], minlength=n + 1) > 0
     cored[0] = False
-    return cored[components] if cored.any() else foreground
+    if not cored.any():
+        sizes = np.bincount(components.ravel(), minlength=n + 1)
+        sizes[0] = 0
+        return components == int(np.argmax(sizes))
+    return cored[components]
 
 
 def postprocess_labels(

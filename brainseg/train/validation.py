@@ -201,7 +201,13 @@ class Validation:
         for flag in ("largest_foreground", "drop_coreless"):
             if not getattr(cfg.postprocess, flag) or (flag == "drop_coreless" and cfg.postprocess.largest_foreground):
                 continue  # (the largest cored component kept, no core-less one is left)
-            off = replace(cfg, postprocess=replace(cfg.postprocess, **{flag: False}))
+            post = cfg.postprocess
+            without_rule = (
+                replace(post, largest_foreground=False)
+                if flag == "largest_foreground"
+                else replace(post, drop_coreless=False)
+            )
+            off = replace(cfg, postprocess=without_rule)
             sums = [0.0, 0.0]
             with ddp.together(self.info, f"checking the {flag} rule"):
                 for i, c in enumerate((cfg, off)):

@@ -180,7 +180,8 @@ def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core(
 def test_drop_coreless_removes_core_less_blobs_and_keeps_every_lesion_with_a_core():
     """A multifocal tumour (two lesions, each with a core) beside a larger core-less oedema blob:
     ``drop_coreless`` removes the blob and keeps both lesions (``largest_foreground`` would keep
-    one). With no core anywhere, or a label model (no core labels), nothing is removed."""
+    one). With no core anywhere the largest component stays; a label model (no core labels)
+    loses nothing."""
     shape = (48, 40, 40)
     labels = np.zeros(shape, np.uint8)
     blob = _ball(shape, (10, 20, 20), 8)
@@ -198,7 +199,6 @@ def test_drop_coreless_removes_core_less_blobs_and_keeps_every_lesion_with_a_cor
     one = postprocess_labels(labels, (1, 1, 1), PostprocessConfig(largest_foreground=True), core=(1, 4))
     assert one[lesions[0]].all() and not one[lesions[1]].any()  # the rule it does not replace keeps one lesion
     oedema_only = np.where(labels > 0, 2, 0).astype(np.uint8)
-    assert np.array_equal(
-        postprocess_labels(oedema_only, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4)), oedema_only
-    )
+    kept = postprocess_labels(oedema_only, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4))
+    assert np.array_equal(kept, np.where(blob, 2, 0))  # no core anywhere: the largest component
     assert np.array_equal(postprocess_labels(labels, (1, 1, 1), PostprocessConfig(drop_coreless=True)), labels)

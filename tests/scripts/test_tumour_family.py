@@ -206,3 +206,40 @@ def test_the_quick_check_runs_end_to_end(tmp_path):
         and rep["commands"][0].startswith("python -m brainseg demo-data")
     )
     assert "| demo_s0 | independent family | BraTS2021_51000 |" in (out / "report.md").read_text()
+
+
+def test_the_post_hoc_component_check_scores_masks_with_and_without_the_rule(tmp_path: Path):
+    """A mask that is its reference plus a core-less blob far from the tumour: as predicted the blob costs
+    WT Dice and is a false-positive lesion; with core-less components removed every score is 1. The
+    command prints one row per rule."""
+    from scripts.experiments.tumour_family import components
+
+    ref = np.zeros((40, 40, 40), np.uint8)
+    ref[5:15, 5:15, 5:15] = 2
+    ref[8:12, 8:12, 8:12] = 4
+    ref[9:11, 9:11, 9:11] = 1
+    mask = ref.copy()
+    mask[28:34, 28:34, 28:34] = 2  # 216 voxels of oedema, no core
+    labels, masks = tmp_path / "labels", tmp_path / "masks"
+    labels.mkdir()
+    masks.mkdir()
+    case = f"BraTS2021_{family.TEST_BASE}"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    nib.save(nib.Nifti1Image(ref, affine), str(labels / f"{case}.nii.gz"))
+    nib.save(nib.Nifti1Image(mask, affine), str(masks / f"{case}.nii.gz"))
+    scores = components.score_folder(masks, labels)
+    wt = 2 * 1000 / (1000 + 1000 + 216)
+    plain, cleaned = scores["as predicted"][case], scores["core-less components removed"][case]
+    assert plain["WT"] == pytest.approx(wt) and plain["TC"] == 1.0 and plain["ET"] == 1.0
+    assert plain["lesion WT"] == pytest.approx(0.5)  # one lesion found whole, one false-positive lesion
+    assert cleaned == {"WT": 1.0, "TC": 1.0, "ET": 1.0, "mean": 1.0, "lesion WT": 1.0}
+    assert components.family_of(case) == "independent" and components.family_of("BraTS2021_00012") == "demo"
+    res = subprocess.run(
+        [sys.executable, "-m", "scripts.experiments.tumour_family.components", str(masks), "--labels", str(labels)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "| core-less components removed |" in res.stdout and "+0." in res.stdout
