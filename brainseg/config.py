@@ -184,31 +184,25 @@ class InferConfig:
 class PostprocessConfig:
     #: Labels for which only the largest connected component is kept.
     largest_component: list[int] = field(default_factory=list)
-    #: Keep only the largest connected component of the whole foreground (every non-zero label
-    #: together; nnU-Net's "remove all but the largest foreground component"): for one
-    #: structure per scan, a brain or a tumour; what lies apart from it becomes background.
-    #: A region model keeps the component with the most voxels inside the outer region
-    #: instead (BraTS: the most tumour core; its size breaks a tie).
+    #: Keep only the largest 26-connected component of the whole foreground (nnU-Net's "remove
+    #: all but the largest foreground component"): one structure per scan. A region model keeps
+    #: the one with the most tumour core instead (its size breaks a tie).
     largest_foreground: bool = False
-    #: Region models (BraTS): remove the foreground components that hold no tumour core (no
-    #: voxel of the regions inside the outer one: necrosis, enhancing tumour) when another
-    #: component holds some (where none does, only the largest component stays). A core-less
-    #: FLAIR-bright blob is the common false positive; unlike ``largest_foreground`` this keeps
-    #: every lesion of a multifocal tumour. Label models have no core: nothing is removed.
+    #: Region models: remove the foreground components without tumour core (the regions inside
+    #: the outer one) where another has core, else all but the largest: a core-less blob is the
+    #: common false positive; every lesion of a multifocal tumour stays. Label models: no-op.
     drop_coreless: bool = False
     #: Labels whose holes are filled.
     fill_holes: list[int] = field(default_factory=list)
     #: Per label, components smaller than this many mm^3 are removed ({label: mm3}).
     min_size_mm3: dict[int, float] = field(default_factory=dict)
-    #: Use the input's non-zero region: "none"; "restrict" (all-zero voxels are
-    #: background); "fill" (also every non-zero voxel gets a foreground label, for
-    #: skull-stripped tissue segmentation).
+    #: The input's non-zero region: "none"; "restrict" (all-zero voxels are background); "fill"
+    #: (and every non-zero voxel gets a foreground label: skull-stripped tissue segmentation).
     input_mask: InputMask = "none"
-    #: Region models (BraTS): the enhancing-tumour rule. When the innermost region (the last
-    #: of the class order: ET) covers less than this many mm^3 in a case, its voxels take the
-    #: label of the region before it (TC: necrosis, 1), BraTS's fix for false-positive ET.
-    #: null = the value training chose on the validation cases (kept in the model card),
-    #: 0 = off. Label models ignore it.
+    #: Region models (BraTS): the enhancing-tumour rule. When the innermost region (ET) covers
+    #: less than this many mm^3 in a case, its voxels take the label of the region before it (TC:
+    #: necrosis, 1), BraTS's fix for false-positive ET. null = the value training chose on the
+    #: validation cases (kept in the model card), 0 = off. Label models ignore it.
     innermost_min_mm3: float | None = None
     #: Label models: per class, a log-probability offset added before the argmax (the softmax's
     #: argmax under-segments thin classes that Dice weighs as much as large ones; training
