@@ -112,11 +112,7 @@ def cored_components_mask(labels: np.ndarray, core: Sequence[int]) -> np.ndarray
         return foreground
     cored = np.bincount(components[np.isin(labels, core)], minlength=n + 1) > 0
     cored[0] = False
-    if not cored.any():
-        sizes = np.bincount(components.ravel(), minlength=n + 1)
-        sizes[0] = 0
-        return components == int(np.argmax(sizes))
-    return cored[components]
+    return cored[components] if cored.any() else largest_component_mask(foreground)
 
 
 def postprocess_labels(
