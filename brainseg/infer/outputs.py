@@ -9,6 +9,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -96,7 +97,8 @@ def predict_one(
     ensemble's own Dice is at least its mean member's, so its predicted Dice errs on the safe side.
 
     The mask is written last (``before_mask(facts)`` runs just before it, with facts of how it was made
-    for the record: ``windows``, the sliding windows the case took); if any write fails, the
+    for the record: ``windows``, the sliding windows the case took, and with a quality score
+    ``quality``, what it measured, so a score fitted again can be checked without predicting); if any write fails, the
     files this call wrote are removed, so a failed case leaves no partial set of outputs."""
     prepared = predictor.prepare(list(case.images))
     ood = "; ".join(prepared.ood)
@@ -107,12 +109,18 @@ def predict_one(
     result = predictor.segment_maps(prepared, "probabilities" in outputs or alone, "uncertainty" in outputs)
     labels, probs = result.labels, result.probabilities
     geometry, record = prepared.geometry, prepared.record
-    qc = None
+    qc, qc_facts = None, {}
     if quality is not None:
         measured = result if qc_predictor is None else qc_predictor.segment_maps(prepared, probabilities=True)
         assert measured.probabilities is not None  # asked for
         measures = case_measures(predictor.card, measured.probabilities, measured.labels, geometry.spacing)
         qc = quality.predict(measures, prepared.ood_distance)
+        qc_facts = {
+            "quality": {
+                "ood_distance": asdict(prepared.ood_distance),
+                "measures": {k: asdict(m) for k, m in measures.items()},
+            }
+        }
         probs = probs if "probabilities" in outputs else None
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"
@@ -154,7 +162,7 @@ def predict_one(
             preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title, unc)
             written.append(outputs["preview"])
         if before_mask is not None:
-            before_mask({"windows": len(predictor.window.locations(prepared.image.shape[1:]))})
+            before_mask({"windows": len(predictor.window.locations(prepared.image.shape[1:])), **qc_facts})
         write_image(outputs["mask"], labels, geometry)
     except BaseException:
         for path in written:

@@ -58,7 +58,7 @@ from brainseg.preprocessing.preprocess import (
     reorient_array,
     undo_reorient_array,
 )
-from brainseg.quality.ood import scan_ood
+from brainseg.quality.ood import OodDistance, scan_ood
 
 T = TypeVar("T")
 
@@ -77,8 +77,9 @@ class PreparedCase:
     nonzero: np.ndarray
     #: Why the scan is unlike the training scans (the card's ranges); empty: it is not, or unknown.
     ood: list[str] = field(default_factory=list)
-    #: How far outside the training ranges (:meth:`~brainseg.quality.ood.TrainingRanges.distance`; 0: inside or unknown).
-    ood_distance: float = 0.0
+    #: How far outside the training ranges, grid and contrast apart (:class:`~brainseg.quality.ood.OodDistance`;
+    #: 0: inside or unknown).
+    ood_distance: OodDistance = field(default_factory=OodDistance)
 
 
 @dataclass
@@ -215,7 +216,9 @@ class Predictor:
             subject=subject,
         )
         ranges = self.card.training_ranges
-        ood, distance = ([], 0.0) if ranges is None else scan_ood(data, geometry, ranges, self.card.channels, subject)
+        ood, distance = (
+            ([], OodDistance()) if ranges is None else scan_ood(data, geometry, ranges, self.card.channels, subject)
+        )
         return PreparedCase(image, record, geometry, subject, ood, distance)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

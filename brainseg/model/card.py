@@ -47,6 +47,7 @@ raises one :class:`~brainseg.errors.BrainsegError` line naming the checkpoint.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -57,7 +58,9 @@ from brainseg.errors import BrainsegError
 from brainseg.labels.regions import Regions
 from brainseg.preprocessing.normalisation import ChannelIntensity
 from brainseg.quality.ood import TrainingRanges
-from brainseg.quality.qc import QualityModel
+from brainseg.quality.qc import QualityModel, StaleQualityModel
+
+log = logging.getLogger(__name__)
 
 #: The format this brainseg writes for label models; :data:`READABLE_FORMATS` are those it reads.
 CARD_FORMAT = 2
@@ -235,9 +238,9 @@ class ModelCard:
             class_offsets = tuple(float(o) for o in raw.get("class_offsets") or ())
             init = raw.get("initialised_from")
             initialised_from = None if init is None else InitialisedFrom.from_dict(init)
-            source = raw.get("decision_source")
-            decision_source = None if source is None else dict(source)
-            quality = None if raw.get("quality") is None else QualityModel.from_dict(raw["quality"])
+            chosen = raw.get("decision_source")
+            decision_source = None if chosen is None else dict(chosen)
+            quality = _quality(raw.get("quality"), source)
         except (TypeError, ValueError, AttributeError, KeyError, BrainsegError) as exc:
             raise fail(f"has a malformed field ({exc})") from None
         if len(spacing) != 3 or min(spacing) <= 0:
@@ -300,6 +303,18 @@ class ModelCard:
             decision_source=decision_source,
             quality=quality,
         )
+
+
+def _quality(raw: Any, source: object) -> QualityModel | None:
+    """The card's quality score; one fitted on other features than this brainseg computes is
+    dropped with a warning (the masks are unaffected; the ``qc_*`` columns are left out)."""
+    if raw is None:
+        return None
+    try:
+        return QualityModel.from_dict(raw)
+    except StaleQualityModel as exc:
+        log.warning("%s: %s; predictions get no quality columns (run the cross-validation's finish again)", source, exc)
+        return None
 
 
 def _check_regions(regions: Regions, thresholds, innermost_min_mm3: float, labels, num_classes: int, fail) -> None:

@@ -32,6 +32,24 @@ CORRELATION_MARGIN = 0.15
 PROFILE_MARGIN = 0.15
 #: Degrees of obliquity beyond the training maximum.
 OBLIQUITY_MARGIN = 20.0
+#: The distance of a scan with another number of channels than the training scans.
+OTHER_CHANNELS = 10.0
+
+
+@dataclass(frozen=True)
+class OodDistance:
+    """How far a scan lies outside the training ranges, in units of each check's tolerance (0:
+    inside every range, 1: where :meth:`TrainingRanges.reasons` starts to speak), split by what
+    strays: the grid (voxel size, field of view, obliquity) or the contrast (depth correlation,
+    histogram shape). Kept apart because they cost differently: thick slices on a new grid
+    often segment well, an inverted contrast does not (the quality score weighs each)."""
+
+    geometry: float = 0.0
+    contrast: float = 0.0
+
+    @property
+    def overall(self) -> float:
+        return max(self.geometry, self.contrast)
 
 
 def _span(values: Sequence[float]) -> tuple[float, float]:
@@ -101,12 +119,16 @@ class TrainingRanges:
         return out
 
     def distance(self, spacing, extent, obliquity: float, correlations, medians) -> float:
-        """How far a scan lies outside the training ranges, in units of each check's tolerance:
-        0 inside every range, 1 where :meth:`reasons` starts to speak, more beyond (the largest
-        over the checks). A continuous feature of the quality score, which learns how much
-        straying costs instead of a yes/no that fires on ordinary scans."""
+        """The largest part of :meth:`distances`: one number for how far the scan strays."""
+        return self.distances(spacing, extent, obliquity, correlations, medians).overall
+
+    def distances(self, spacing, extent, obliquity: float, correlations, medians) -> OodDistance:
+        """How far a scan lies outside the training ranges (:class:`OodDistance`), each part the
+        largest over its checks. Continuous features of the quality score, which learns how much
+        straying costs instead of a yes/no that fires on ordinary scans. Another channel count
+        is :data:`OTHER_CHANNELS` on both parts."""
         if len(correlations) != self.channels:
-            return 10.0
+            return OodDistance(OTHER_CHANNELS, OTHER_CHANNELS)
 
         def beyond(value: float, lo: float, hi: float, below: float, above: float | None = None) -> float:
             return max(0.0, (lo - value) / below, (value - hi) / (below if above is None else above))
@@ -115,14 +137,14 @@ class TrainingRanges:
             v, a, b = (float(np.log(max(x, 1e-6))) for x in (value, lo, hi))
             return beyond(v, a, b, float(np.log(below)), float(np.log(above)))
 
-        parts = [log_beyond(s, a, b, SPACING_FACTOR, SPACING_FACTOR) for s, (a, b) in zip(spacing, self.spacing)]
-        parts += [
+        grid = [log_beyond(s, a, b, SPACING_FACTOR, SPACING_FACTOR) for s, (a, b) in zip(spacing, self.spacing)]
+        grid += [
             log_beyond(e, a, b, 1 / EXTENT_FACTORS[0], EXTENT_FACTORS[1]) for e, (a, b) in zip(extent, self.extent_mm)
         ]
-        parts.append(max(0.0, obliquity - self.obliquity_max) / OBLIQUITY_MARGIN)
-        parts += [beyond(c, a, b, CORRELATION_MARGIN) for c, (a, b) in zip(correlations, self.depth_correlation)]
-        parts += [beyond(m, a, b, PROFILE_MARGIN) for m, (a, b) in zip(medians, self.median_position)]
-        return float(max(parts))
+        grid.append(max(0.0, obliquity - self.obliquity_max) / OBLIQUITY_MARGIN)
+        contrast = [beyond(c, a, b, CORRELATION_MARGIN) for c, (a, b) in zip(correlations, self.depth_correlation)]
+        contrast += [beyond(m, a, b, PROFILE_MARGIN) for m, (a, b) in zip(medians, self.median_position)]
+        return OodDistance(float(max(grid)), float(max(contrast, default=0.0)))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -149,8 +171,8 @@ def _fmt(values) -> str:
 
 def scan_ood(
     data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None
-) -> tuple[list[str], float]:
-    """:meth:`TrainingRanges.reasons` and :meth:`TrainingRanges.distance` of a (C, X, Y, Z) scan as
+) -> tuple[list[str], OodDistance]:
+    """:meth:`TrainingRanges.reasons` and :meth:`TrainingRanges.distances` of a (C, X, Y, Z) scan as
     read (``subject``: its subject mask, if known), measured once."""
     channels, extent, _ = scan_statistics(data, geom, subject)
     measured = (
@@ -160,7 +182,7 @@ def scan_ood(
         [c.depth_correlation for c in channels],
         [c.profile[2] for c in channels],
     )
-    return ranges.reasons(*measured, channel_names), ranges.distance(*measured)
+    return ranges.reasons(*measured, channel_names), ranges.distances(*measured)
 
 
 def scan_reasons(data: np.ndarray, geom: Geometry, ranges: TrainingRanges, channel_names=(), subject=None) -> list[str]:

@@ -17,14 +17,19 @@ and the final mask ``m_k``:
   (the uncertain shell against the structure's size);
 * ``volume_mm3``: the mask's volume, compared with the reference volumes of the calibration
   cases (``|log volume - mean| / std``);
-* the case's out-of-distribution distance (:meth:`~brainseg.quality.ood.TrainingRanges.distance`).
+* the case's out-of-distribution distances, of its grid and of its contrast apart
+  (:class:`~brainseg.quality.ood.OodDistance`): real thick slices stray far in voxel size and
+  often still segment well, an inverted contrast strays as far and fails; one distance for
+  both taught the score to punish the first and spare the second.
 
 :func:`fit_quality` fits one ridge regression of the true Dice on the standardised features over
 all keys' rows at once, with an intercept per key (a few dozen calibration cases give each key
 too few rows of its own: cross-fitted on the demo's 3-fold calibration, pooling raised the
-Spearman of the mean from 0.76 to 0.84, see docs/benchmarks.md), then per key an isotonic
-(monotone non-decreasing) map from that score to the Dice, by pool-adjacent-violators; :meth:`QualityModel.predict` applies both and clips to [0, 1]. The
-fitted model is a few numbers per key, kept in the model card.
+Spearman of the mean from 0.76 to 0.84, see docs/benchmarks.md), then per key a monotone map
+from that score to the Dice: pool-adjacent-violators, interpolated between the pooled blocks'
+centres, so the map rises wherever the fit rises (a step function would give many cases the
+same predicted Dice and lose their order). :meth:`QualityModel.predict` applies both and clips
+to [0, 1]. The fitted model is a few numbers per key, kept in the model card.
 """
 
 from __future__ import annotations
@@ -36,14 +41,20 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from brainseg.quality.ood import OodDistance
+
 #: The features of one key, in the order the regression uses them.
-FEATURES: tuple[str, ...] = ("soft_dice", "entropy_in", "boundary", "volume_z", "ood")
+FEATURES: tuple[str, ...] = ("soft_dice", "entropy_in", "boundary", "volume_z", "ood_geometry", "ood_contrast")
 #: Ridge penalty on the standardised features (a few dozen calibration cases per key, pooled over keys).
 RIDGE = 1.0
 #: The spread a key's log-volume is given at least (a calibration set of equal volumes).
 MIN_LOG_VOLUME_STD = 0.1
 #: Caps of the unbounded features, so one extreme case does not dominate the fit.
-FEATURE_CAPS = {"boundary": 5.0, "volume_z": 6.0, "ood": 6.0}
+FEATURE_CAPS = {"boundary": 5.0, "volume_z": 6.0, "ood_geometry": 6.0, "ood_contrast": 6.0}
+
+
+class StaleQualityModel(ValueError):
+    """A stored quality score fitted on other features than this brainseg computes."""
 
 
 @dataclass(frozen=True)
@@ -83,35 +94,35 @@ def measure(
     return {k: measure_key(probs[key_channels[k]], key_masks[k], voxel_mm3) for k in key_masks}
 
 
-def _features(m: KeyMeasures, ood: float, log_mean: float, log_std: float) -> np.ndarray:
+def _features(m: KeyMeasures, ood: OodDistance, log_mean: float, log_std: float) -> np.ndarray:
     volume_z = abs(float(np.log1p(m.volume_mm3)) - log_mean) / log_std
     raw = {"soft_dice": m.soft_dice, "entropy_in": m.entropy_in, "boundary": m.boundary, "volume_z": volume_z}
-    raw["ood"] = float(ood)
+    raw |= {"ood_geometry": float(ood.geometry), "ood_contrast": float(ood.contrast)}
     return np.array([min(raw[f], FEATURE_CAPS.get(f, np.inf)) for f in FEATURES], dtype=np.float64)
 
 
 def isotonic(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[list[float], list[float]]:
-    """Pool-adjacent-violators: the non-decreasing least-squares fit of ``y`` on ``x``, as the
-    breakpoints (x, fitted y) that :func:`numpy.interp` evaluates (ties in x pooled first)."""
+    """Pool-adjacent-violators: the non-decreasing least-squares fit of ``y`` on ``x``, as one
+    breakpoint per pooled block, (mean x, mean y) of its points (ties in x pooled first), which
+    :func:`numpy.interp` joins linearly: strictly rising between the first and the last block,
+    flat beyond them."""
     order = np.argsort(np.asarray(x, dtype=np.float64), kind="stable")
     xs, ys = np.asarray(x, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
-    blocks: list[list[float]] = []  # [sum y, weight, min x, max x]
+    blocks: list[list[float]] = []  # [sum y, weight, sum x, last x]
     for xv, yv in zip(xs, ys):
         if blocks and blocks[-1][3] == xv:  # equal x: one block
             blocks[-1][0] += yv
             blocks[-1][1] += 1
+            blocks[-1][2] += xv
         else:
             blocks.append([yv, 1.0, xv, xv])
-        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-            s, w, _, hi = blocks.pop()
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] >= blocks[-1][0] / blocks[-1][1]:
+            s, w, sx, last = blocks.pop()
             blocks[-1][0] += s
             blocks[-1][1] += w
-            blocks[-1][3] = hi
-    px, py = [], []
-    for s, w, lo, hi in blocks:
-        px += [lo, hi] if hi > lo else [lo]
-        py += [s / w] * (2 if hi > lo else 1)
-    return [float(v) for v in px], [float(v) for v in py]
+            blocks[-1][2] += sx
+            blocks[-1][3] = last
+    return [float(sx / w) for _, w, sx, _ in blocks], [float(s / w) for s, w, _, _ in blocks]
 
 
 @dataclass(frozen=True)
@@ -127,7 +138,7 @@ class KeyCalibration:
     iso_x: tuple[float, ...]
     iso_y: tuple[float, ...]
 
-    def predict(self, m: KeyMeasures, ood: float) -> float:
+    def predict(self, m: KeyMeasures, ood: OodDistance) -> float:
         x = _features(m, ood, self.log_volume_mean, self.log_volume_std)
         score = float((x - np.asarray(self.feature_mean)) / np.asarray(self.feature_std) @ np.asarray(self.weights))
         return float(np.clip(np.interp(score + self.intercept, self.iso_x, self.iso_y), 0.0, 1.0))
@@ -144,7 +155,7 @@ class QualityModel:
     fit: dict[str, float] = field(default_factory=dict)
     features: tuple[str, ...] = FEATURES
 
-    def predict(self, measures: Mapping[str, KeyMeasures], ood: float) -> dict[str, float]:
+    def predict(self, measures: Mapping[str, KeyMeasures], ood: OodDistance) -> dict[str, float]:
         """Predicted Dice per key (keys the case has no measures for are left out)."""
         return {k: c.predict(measures[k], ood) for k, c in zip(self.keys, self.calibrations) if k in measures}
 
@@ -161,7 +172,9 @@ class QualityModel:
     def from_dict(cls, raw: Mapping[str, Any]) -> QualityModel:
         features = tuple(str(f) for f in raw.get("features", FEATURES))
         if features != FEATURES:
-            raise ValueError(f"quality model features {list(features)}, this brainseg computes {list(FEATURES)}")
+            raise StaleQualityModel(
+                f"quality score fitted on features {list(features)}, this brainseg computes {list(FEATURES)}"
+            )
 
         def numbers(c: Mapping[str, Any], key: str) -> tuple[float, ...]:
             return tuple(float(x) for x in c[key])
@@ -187,11 +200,11 @@ class QualityModel:
 
 @dataclass(frozen=True)
 class CalibrationRow:
-    """One calibration case: its measures per key, its OOD distance and its true Dice per key."""
+    """One calibration case: its measures per key, its OOD distances and its true Dice per key."""
 
     case: str
     measures: Mapping[str, KeyMeasures]
-    ood: float
+    ood: OodDistance
     dice: Mapping[str, float]
 
 

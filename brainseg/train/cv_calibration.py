@@ -45,6 +45,7 @@ from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model, replace_card
 from brainseg.preprocessing.foreground import subject_mask
 from brainseg.quality.degrade import case_seed, degradation_plan, degrade_case
+from brainseg.quality.ood import OodDistance
 from brainseg.quality.qc import CalibrationRow, KeyMeasures, QualityModel, fit_quality
 from brainseg.train.decisions import Decision, PooledCase, choose_on_pool
 
@@ -148,7 +149,7 @@ def calibration_rows(
                         "case": cid,
                         "fold": k,
                         "variant": "clean" if variant is None else variant.name,
-                        "ood_distance": prepared.ood_distance,
+                        "ood_distance": asdict(prepared.ood_distance),
                         "dice": dict(row.dice),
                         "measures": {key: asdict(m) for key, m in measures.items()},
                     }
@@ -198,7 +199,10 @@ def refit_quality(run_dir: Path, device: torch.device | str = "cpu") -> QualityM
         table = stored["rows"]
         rows = [
             CalibrationRow(
-                t["case"], {k: KeyMeasures(**m) for k, m in t["measures"].items()}, float(t["ood_distance"]), t["dice"]
+                t["case"],
+                {k: KeyMeasures(**m) for k, m in t["measures"].items()},
+                OodDistance(**t["ood_distance"]),
+                t["dice"],
             )
             for t in table
         ]

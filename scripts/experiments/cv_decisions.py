@@ -38,6 +38,8 @@ def validation_overrides(decision: dict[str, Any], n_regions: int) -> list[str]:
         "postprocess.class_offsets": list(decision.get("class_offsets") or []),
         "postprocess.innermost_min_mm3": float(decision.get("innermost_min_mm3") or 0.0),
         "postprocess.largest_foreground": bool(post.get("largest_foreground", False)),
+        "postprocess.drop_coreless": bool(post.get("drop_coreless", False)),
+        "postprocess.fill_holes": list(post.get("fill_holes") or []),
         "postprocess.largest_component": list(post.get("largest_component") or []),
         "postprocess.min_size_mm3": {str(k): v for k, v in (post.get("min_size_mm3") or {}).items()},
     }
@@ -45,7 +47,10 @@ def validation_overrides(decision: dict[str, Any], n_regions: int) -> list[str]:
         sets["postprocess.region_thresholds"] = thresholds
     out = []
     for key, value in sets.items():
-        out += ["--set", f"{key}={json.dumps(value)}"]
+        text = json.dumps(value)
+        if key == "postprocess.min_size_mm3":  # YAML with integer keys: JSON would make them strings
+            text = "{" + ", ".join(f"{int(k)}: {float(v)}" for k, v in value.items()) + "}"
+        out += ["--set", f"{key}={text}"]
     return out
 
 

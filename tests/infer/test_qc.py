@@ -17,7 +17,14 @@ SOFT_DICE = QualityModel(
     keys=("1", "2"),
     calibrations=tuple(
         KeyCalibration(
-            0.0, 1.0, (0.0,) * len(FEATURES), (1.0,) * len(FEATURES), (1.0, 0, 0, 0, 0), 0.0, (-9.0, 9.0), (-9.0, 9.0)
+            0.0,
+            1.0,
+            (0.0,) * len(FEATURES),
+            (1.0,) * len(FEATURES),
+            (1.0, 0, 0, 0, 0, 0),
+            0.0,
+            (-9.0, 9.0),
+            (-9.0, 9.0),
         )
         for _ in range(2)
     ),

@@ -121,6 +121,18 @@ def test_inconsistent_or_malformed_cards_are_refused(tiny_checkpoint):
         ModelCard.from_dict(dict(raw, normalization=dict(raw["normalization"], scheme="robust")))
 
 
+def test_a_quality_score_of_other_features_is_dropped_with_a_warning_naming_the_checkpoint(tiny_checkpoint, caplog):
+    """A cross-validation run from before the score's features changed still predicts (its masks
+    are unaffected); its stale score is left out, and a later problem still names the file."""
+    raw = dict(_stored(tiny_checkpoint)["card"], decision_source={"on": "cross-validation"})
+    stale = {"keys": ["1"], "calibrations": [], "n_cases": 3, "features": ["soft_dice", "ood"]}
+    card = ModelCard.from_dict(dict(raw, quality=stale), source="fold_0/ckpt.pt")
+    assert card.quality is None and card.decision_source == {"on": "cross-validation"}
+    assert "fold_0/ckpt.pt: quality score fitted on features ['soft_dice', 'ood']" in caplog.text
+    with pytest.raises(BrainsegError, match=r"^fold_0/ckpt.pt: model card 'spacing'"):
+        ModelCard.from_dict(dict(raw, spacing=[1.0, -1.0, 1.0]), source="fold_0/ckpt.pt")
+
+
 def test_a_format_1_card_still_reads(tiny_checkpoint):
     raw = dict(_stored(tiny_checkpoint)["card"])
     raw["format"], raw["model"] = 1, raw.pop("network")

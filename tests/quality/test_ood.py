@@ -24,7 +24,7 @@ from brainseg.io.images import read_channels
 from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_checkpoint, save_checkpoint
 from brainseg.plan.fingerprint import fingerprint_dataset, training_ranges
-from brainseg.quality.ood import CORRELATION_MARGIN, SPACING_FACTOR, TrainingRanges, scan_reasons
+from brainseg.quality.ood import CORRELATION_MARGIN, SPACING_FACTOR, OodDistance, TrainingRanges, scan_reasons
 from tests.conftest import REPO
 
 
@@ -157,4 +157,9 @@ def test_the_distance_is_zero_inside_the_ranges_and_reaches_one_where_a_reason_s
     assert ranges.distance(*thick) == pytest.approx(2.0) and len(ranges.reasons(*thick)) == 1
     inverted = ((1.1,) * 3, (120.0,) * 3, 0.0, [-0.3], [0.5])  # 0.5 below the range: 0.5 / 0.15 margins
     assert ranges.distance(*inverted) == pytest.approx(0.5 / CORRELATION_MARGIN)
+    # the grid's and the contrast's parts apart: thick slices stray in the grid, an inversion in contrast
+    assert ranges.distances(*thick) == OodDistance(pytest.approx(2.0), 0.0)
+    assert ranges.distances(*inverted) == OodDistance(0.0, pytest.approx(0.5 / CORRELATION_MARGIN))
+    both = ((1.2 * SPACING_FACTOR**2,) + (1.1,) * 2, (120.0,) * 3, 0.0, [-0.3], [0.5])
+    assert ranges.distances(*both).overall == ranges.distance(*both) == pytest.approx(0.5 / CORRELATION_MARGIN)
     assert ranges.distance((1.1,) * 3, (120.0,) * 3, 0.0, [0.3, 0.3], [0.5, 0.5]) == 10.0  # another channel count

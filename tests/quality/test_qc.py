@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from brainseg.quality.ood import OodDistance
 from brainseg.quality.qc import (
     FEATURES,
     CalibrationRow,
@@ -16,12 +17,15 @@ from brainseg.quality.qc import (
 )
 
 
-def test_isotonic_pools_adjacent_violators_into_their_mean():
+def test_isotonic_pools_adjacent_violators_and_joins_the_blocks_centres():
     x, y = isotonic([1, 2, 3, 4, 5], [0.1, 0.5, 0.3, 0.7, 0.6])
-    assert np.interp([1, 2, 3, 4, 5], x, y).tolist() == pytest.approx([0.1, 0.4, 0.4, 0.65, 0.65])
+    assert x == pytest.approx([1.0, 2.5, 4.5]) and y == pytest.approx([0.1, 0.4, 0.65])  # blocks {1}, {2,3}, {4,5}
+    assert np.interp([1, 2, 3, 4, 5], x, y).tolist() == pytest.approx([0.1, 0.3, 0.4625, 0.5875, 0.65])
+    assert np.all(np.diff(np.interp(np.linspace(1, 4.5, 50), x, y)) > 0)  # rises between the end blocks: no ties
     assert isotonic([3, 1, 2], [0.3, 0.1, 0.2]) == ([1.0, 2.0, 3.0], pytest.approx([0.1, 0.2, 0.3]))
     x, y = isotonic([1, 1, 2], [0.2, 0.6, 0.1])  # equal x are one block, then pooled with the next
-    assert np.interp(1.5, x, y) == pytest.approx(0.3)
+    assert x == pytest.approx([4 / 3]) and y == pytest.approx([0.3])
+    assert isotonic([1, 2], [0.5, 0.5]) == ([1.5], [0.5])  # equal means pool: the map never stays flat inside
 
 
 def test_measures_of_a_confident_right_mask_and_an_unsure_one():
@@ -43,10 +47,11 @@ def rows(n: int, seed: int = 0) -> list[CalibrationRow]:
     out = []
     for i in range(n):
         soft = rng.uniform(0.3, 1.0)
-        ood = rng.choice([0.0, 0.0, 2.0])
-        true = float(np.clip(soft - 0.15 * ood + rng.normal(0, 0.02), 0, 1))
+        contrast = rng.choice([0.0, 0.0, 2.0])
+        grid = rng.choice([0.0, 3.0])  # voxel size astray costs nothing here
+        true = float(np.clip(soft - 0.15 * contrast + rng.normal(0, 0.02), 0, 1))
         m = KeyMeasures(soft, 1 - soft, 2 * (1 - soft), 1000.0 * rng.uniform(0.8, 1.2))
-        out.append(CalibrationRow(f"c{i}", {"1": m}, ood, {"1": true}))
+        out.append(CalibrationRow(f"c{i}", {"1": m}, OodDistance(grid, contrast), {"1": true}))
     return out
 
 
@@ -60,6 +65,11 @@ def test_the_fitted_score_ranks_new_cases_as_their_true_dice_and_survives_its_st
     assert spearmanr(predicted, true).statistic > 0.9
     assert np.mean(np.abs(np.subtract(predicted, true))) < 0.06
     assert model.fit["spearman_mean"] > 0.9 and model.n_cases == 60
+    ordinary = KeyMeasures(0.8, 0.2, 0.4, 1000.0)  # the grid astray costs nothing, the contrast 0.3
+    on_grid, thick, inverted = (
+        model.predict({"1": ordinary}, o)["1"] for o in (OodDistance(), OodDistance(3.0, 0.0), OodDistance(0.0, 2.0))
+    )
+    assert abs(thick - on_grid) < 0.05 and on_grid - inverted > 0.2
     again = QualityModel.from_dict(model.to_dict())
     assert [again.predict(r.measures, r.ood) for r in test] == [model.predict(r.measures, r.ood) for r in test]
     with pytest.raises(ValueError, match="features"):
@@ -86,6 +96,6 @@ def test_the_keys_share_one_regression_and_keep_their_own_level_and_map():
     assert first.weights == second.weights and first.feature_mean == second.feature_mean
     assert first.intercept - second.intercept == pytest.approx(0.2, abs=0.03)
     good, bad = (KeyMeasures(s, 1 - s, 2 * (1 - s), 1000.0) for s in (0.95, 0.4))
-    hi, lo = model.predict({"1": good, "2": good}, 0.0), model.predict({"1": bad, "2": bad}, 0.0)
+    hi, lo = model.predict({"1": good, "2": good}, OodDistance()), model.predict({"1": bad, "2": bad}, OodDistance())
     assert hi["1"] > lo["1"] + 0.3 and hi["2"] > lo["2"] + 0.3
     assert hi["1"] - hi["2"] == pytest.approx(0.2, abs=0.05)
