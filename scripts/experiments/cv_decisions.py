@@ -34,7 +34,7 @@ def validation_overrides(decision: dict[str, Any], n_regions: int) -> list[str]:
     """``--set`` arguments that make a fold decide as its own validation chose."""
     post = dict(decision.get("postprocess") or {})
     thresholds = list(decision.get("region_thresholds") or []) or ([0.5] * n_regions if n_regions else [])
-    sets = {
+    sets: dict[str, Any] = {
         "postprocess.class_offsets": list(decision.get("class_offsets") or []),
         "postprocess.innermost_min_mm3": float(decision.get("innermost_min_mm3") or 0.0),
         "postprocess.largest_foreground": bool(post.get("largest_foreground", False)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -67,6 +68,12 @@ def test_the_quality_columns_hold_the_calibrated_score_and_the_flag(
         assert row["qc_flag"] == ("1" if mean < 0.6 else "0")
     flagged = sorted(c for c, r in rows.items() if r["qc_flag"] == "1")
     assert f"quality: {len(flagged)} of {len(rows)} case(s) flagged" in proc.stdout
+    # The run record keeps what the score measured, so a refitted score can be checked without predicting.
+    record = json.loads((out / "brainseg_run.json").read_text())["cases"]
+    for case, row in rows.items():
+        measured = record[case]["quality"]
+        assert set(measured["ood_distance"]) == {"geometry", "contrast"}
+        assert measured["measures"]["1"]["soft_dice"] == pytest.approx(float(row["qc_dice_a"]), abs=1e-4)
 
 
 def test_an_ensemble_is_measured_on_its_first_member_alone(tiny_checkpoint_factory, scans: Path, tmp_path: Path):

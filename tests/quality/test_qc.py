@@ -14,6 +14,7 @@ from brainseg.quality.qc import (
     fit_quality,
     isotonic,
     measure_key,
+    monotone_map,
 )
 
 
@@ -26,6 +27,13 @@ def test_isotonic_pools_adjacent_violators_and_joins_the_blocks_centres():
     x, y = isotonic([1, 1, 2], [0.2, 0.6, 0.1])  # equal x are one block, then pooled with the next
     assert x == pytest.approx([4 / 3]) and y == pytest.approx([0.3])
     assert isotonic([1, 2], [0.5, 0.5]) == ([1.5], [0.5])  # equal means pool: the map never stays flat inside
+
+
+def test_the_map_keeps_the_order_beyond_the_calibrated_range():
+    x, y = [0.4, 0.6, 0.8], [0.3, 0.65, 0.75]
+    assert monotone_map(0.6, x, y) == pytest.approx(0.65) and monotone_map(0.7, x, y) == pytest.approx(0.70)
+    assert monotone_map(0.9, x, y) == pytest.approx(0.85) and monotone_map(0.2, x, y) == pytest.approx(0.1)
+    assert monotone_map(1.5, x, y) > monotone_map(1.0, x, y) > monotone_map(0.9, x, y)
 
 
 def test_measures_of_a_confident_right_mask_and_an_unsure_one():

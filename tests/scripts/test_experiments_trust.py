@@ -9,11 +9,13 @@ anisotropic, shifted grid, background exactly 0) and read back with nibabel; the
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -244,3 +246,38 @@ def test_the_driver_predicts_evaluates_and_reports_every_case_and_model(tiny_che
     assert res.returncode == 0, res.stderr[-3000:]
     assert (out / "pred_fold_1" / "s1_noise2.nii.gz").stat().st_mtime_ns == stamp
     assert json.loads((out / "report.json").read_text())["cases"] == result["cases"]
+
+
+def test_rescore_rewrites_the_quality_columns_from_the_recorded_measures(tiny_checkpoint_factory, tmp_path):
+    """A refitted score applied to a finished prediction: the qc columns change to the new
+    score's values, every other column and the masks stay."""
+    from brainseg.model.checkpoint import load_card, replace_card
+    from scripts.experiments.trust.run import rescore
+    from tests.infer.test_qc import SOFT_DICE
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint_factory(quality=SOFT_DICE).parent, run_dir / "fold_0")
+    data = tmp_path / "data"
+    (data / "imagesTs").mkdir(parents=True)
+    (data / "labelsTs").mkdir()
+    write_cases(data, affine=np.diag([1.5, 1.5, 1.5, 1.0]), shape=(24, 24, 24))
+    pred = tmp_path / "pred"
+    cmd = [sys.executable, "-m", "brainseg", "predict", "--model", str(run_dir / "fold_0")]
+    res = subprocess.run([*cmd, "--input", str(data / "imagesTs"), "--output", str(pred), "--no-progress"],
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env())  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = list(csv.DictReader(open(pred / "volumes.csv")))
+    mask_stamp = (pred / "s0.nii.gz").stat().st_mtime_ns
+    checkpoint = run_dir / "fold_0" / "checkpoint_final.pt"
+    flat = [replace(c, weights=(0.0,) * len(c.weights), intercept=0.42) for c in SOFT_DICE.calibrations]
+    replace_card(checkpoint, replace(load_card(checkpoint), quality=replace(SOFT_DICE, calibrations=tuple(flat))))
+    assert rescore(run_dir, pred, 0.7) == 2
+    after = list(csv.DictReader(open(pred / "volumes.csv")))
+    assert [r["case"] for r in after] == [r["case"] for r in before] == ["s0", "s1"]
+    for old, new in zip(before, after):
+        assert {k: v for k, v in new.items() if not k.startswith("qc_")} == {
+            k: v for k, v in old.items() if not k.startswith("qc_")
+        }
+        assert [new[k] for k in ("qc_dice_a", "qc_dice_b", "qc_dice_mean", "qc_flag")] == ["0.4200"] * 3 + ["1"]
+        assert new["qc_dice_a"] != old["qc_dice_a"]
+    assert (pred / "s0.nii.gz").stat().st_mtime_ns == mask_stamp

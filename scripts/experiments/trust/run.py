@@ -26,6 +26,8 @@ subprocess, so the experiment runs the CLI as a user would):
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import shutil
 import sys
@@ -36,7 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from brainseg.infer.qc import qc_columns
 from brainseg.io.atomic import atomic_write_text
+from brainseg.model.checkpoint import load_card
+from brainseg.quality.ood import OodDistance
+from brainseg.quality.qc import KeyMeasures
 from scripts.common import CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info
 from scripts.common import run as run_command
 from scripts.experiments.trust import report as report_mod
@@ -87,6 +93,34 @@ def evaluate(model: Path, pred: Path, ref: Path, out: Path, logs: Path, name: st
     shutil.rmtree(out, ignore_errors=True)
     by_region = ["--model", model] if regions else []
     run(brainseg_cmd("evaluate", "--pred", pred, "--ref", ref, "--out", out, *by_region), logs / f"evaluate_{name}.log")
+
+
+def rescore(run_dir: Path, pred: Path, threshold: float) -> int:
+    """Rewrite the quality columns of ``pred/volumes.csv`` with the run's current quality score
+    (after :func:`brainseg.train.cv_calibration.refit_quality`), from what prediction recorded
+    per case in ``brainseg_run.json`` (``quality``: the measures and OOD distances); no case is
+    predicted again. Returns the number of cases rescored."""
+    card = load_card(next(iter(folds_of(run_dir).values())))
+    if card.quality is None:
+        raise SystemExit(f"trust: --rescore: {run_dir} has no quality score")
+    record = json.loads((pred / "brainseg_run.json").read_text())["cases"]
+    predicted = {}
+    for cid, entry in record.items():
+        if "quality" not in entry:
+            raise SystemExit(f"trust: --rescore: {pred / 'brainseg_run.json'}: {cid} has no recorded measures")
+        measures = {k: KeyMeasures(**m) for k, m in entry["quality"]["measures"].items()}
+        predicted[cid] = card.quality.predict(measures, OodDistance(**entry["quality"]["ood_distance"]))
+    columns = qc_columns(card, predicted, threshold)
+    with open(pred / "volumes.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    fields = [f for f in table[0] if f not in columns] + list(columns)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({**row, **{name: values.get(row["case"], "") for name, values in columns.items()}})
+    atomic_write_text(pred / "volumes.csv", buffer.getvalue())
+    return len(predicted)
 
 
 def case_rows(manifest: dict[str, Any], out: Path, models: Sequence[str]) -> list[dict[str, Any]]:
@@ -140,6 +174,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the damaged test set")
     p.add_argument("--qc-threshold", type=float, default=0.7, help="flag cases whose predicted mean Dice is below")
     p.add_argument("--skip-predict", action="store_true", help="reuse OUT/pred_* (evaluation and report only)")
+    p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="with --skip-predict: the ensemble's quality columns again from its recorded measures, "
+        "with RUN's current quality score (after refit_quality)",
+    )
     args = p.parse_args(argv)
     if not 0.0 < args.qc_threshold < 1.0:
         p.error("--qc-threshold must lie between 0 and 1")
@@ -157,10 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     timings["test_set"] = round(time.perf_counter() - t0, 1)
     images, labels = out / "test" / "imagesTs", out / "test" / "labelsTs"
 
+    if args.rescore and not args.skip_predict:
+        p.error("--rescore goes with --skip-predict")
     if args.skip_predict:
         missing = [str(out / f"pred_{m}") for m in models if not (out / f"pred_{m}").is_dir()]
         if missing:
             raise SystemExit(f"trust: --skip-predict: no predictions in {', '.join(missing)}")
+        if args.rescore:
+            log(
+                f"rescored {rescore(run_dir, out / 'pred_ensemble', args.qc_threshold)} case(s) from their recorded measures"
+            )
     else:
         extra = ["--qc-threshold", args.qc_threshold] if predict_has("--qc-threshold", logs) else []
         if not extra:
@@ -187,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "qc_threshold": args.qc_threshold,
             "folds": len(folds),
             "skip_predict": args.skip_predict,
+            "rescore": args.rescore,
         },
         "models": list(models),
         "machine": machine,
