@@ -95,7 +95,8 @@ def pooled_cases(run_dir: Path, splits: Sequence[Split], by_id: dict[str, Case],
             assert probs is not None  # asked for
             mode = predictor.input_mask_rule(prepared.record)
             spacing = tuple(prepared.geometry.spacing)
-            pool.append(PooledCase(probs.astype(np.float16), prepared.nonzero, mode, _label(by_id[cid]), spacing))
+            ref = _label(by_id[cid])
+            pool.append(PooledCase(probs.astype(np.float16), prepared.nonzero, mode, ref, spacing, fold=k))
     return pool
 
 

@@ -6,7 +6,7 @@ Two callers, one search: a single training run chooses on its validation cases
 pooled (:func:`choose_on_pool`, nnU-Net's ``find_best_configuration`` step), which rests on many
 cases instead of one or two. Each step is kept only where it raises the mean Dice by more than
 :data:`DECISION_MIN_GAIN` (less is noise of a few voxels); a postprocessing rule must also raise
-more cases than it lowers (:func:`helps`):
+more cases than it lowers, and lower no fold's out-of-fold mean (:func:`helps`):
 
 1. the voxel decision, by coordinate ascent (:func:`coordinate_ascent`: two sweeps over the
    classes or regions, each trying :data:`OFFSET_CANDIDATES` / :data:`THRESHOLD_CANDIDATES`);
@@ -65,14 +65,19 @@ def coordinate_ascent(
     return best, before, current
 
 
-def helps(tried: np.ndarray, before: np.ndarray) -> bool:
-    """A postprocessing rule is kept when it raises the mean Dice by more than :data:`DECISION_MIN_GAIN`
-    *and* raises more cases than it lowers: a rule that deletes components can gain on average
-    by rescuing a few cases while wiping out others (the largest component of a weak model's
-    mask is as often a false blob as the tumour), and that coin flip does not carry over."""
+def helps(tried: np.ndarray, before: np.ndarray, folds: Sequence[int] | None = None) -> bool:
+    """A postprocessing rule is kept when it raises the mean Dice by more than :data:`DECISION_MIN_GAIN`,
+    raises more cases than it lowers, and (``folds``: each case's fold) lowers no fold's mean by
+    more than that: a rule that deletes components can gain on average by rescuing a few cases
+    while wiping out others (the largest component of a weak model's mask is as often a false
+    blob as the tumour), and that coin flip does not carry over; one that helps across folds,
+    each fold a model of its own, is what carries over to new cases."""
     delta = np.asarray(tried) - np.asarray(before)
     raised, lowered = int(np.count_nonzero(delta > 1e-9)), int(np.count_nonzero(delta < -1e-9))
-    return float(delta.mean()) > DECISION_MIN_GAIN and raised > lowered
+    if not (float(delta.mean()) > DECISION_MIN_GAIN and raised > lowered):
+        return False
+    fold_of = np.zeros(len(delta), dtype=int) if folds is None else np.asarray(folds)
+    return all(float(delta[fold_of == f].mean()) >= -DECISION_MIN_GAIN for f in np.unique(fold_of))
 
 
 def smallest_best(candidates: Sequence[float], means: Sequence[float]) -> float:
@@ -99,6 +104,8 @@ class PooledCase:
     input_mask: InputMask
     ref: np.ndarray
     spacing: tuple[float, ...]
+    #: The fold whose model predicted it (a postprocessing rule must not lower any fold: :func:`helps`).
+    fold: int = 0
 
 
 @dataclass(frozen=True)
@@ -186,7 +193,7 @@ def choose_on_pool(cases: Sequence[PooledCase], card: ModelCard, post: Postproce
     for name, change in changes:
         candidate = change(rules)
         tried = per_case(candidate, inner)
-        if helps(tried, scores):
+        if helps(tried, scores, [c.fold for c in cases]):
             steps.append({"step": name, "dice": [current, float(tried.mean())]})
             rules, scores, current = candidate, tried, float(tried.mean())
     if regions is not None and post.innermost_min_mm3 is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,33 @@ def test_a_rule_that_rescues_one_case_and_lowers_two_is_not_kept():
     assert not helps(np.array([1.0, 0.4, 0.4]), np.array([0.2, 0.5, 0.5]))  # the mean rises by 0.2: a coin flip
     assert helps(np.array([0.9, 0.9, 0.5]), np.array([0.8, 0.85, 0.5]))  # most cases gain, none loses
     assert not helps(np.array([0.8005, 0.8]), np.array([0.8, 0.8]))  # a gain under DECISION_MIN_GAIN
+
+
+def test_a_rule_must_not_lower_any_folds_cases():
+    before, tried = np.array([0.5, 0.5, 0.5, 0.5, 0.8]), np.array([0.9, 0.9, 0.9, 0.9, 0.2])
+    assert helps(tried, before)  # pooled: four cases up, one down
+    assert helps(tried, before, [0, 0, 1, 1, 1])  # the second fold's mean still rises
+    assert not helps(tried, before, [0, 0, 0, 0, 1])  # the second fold's only case is wiped out
+
+
+def test_the_pool_keeps_a_rule_only_where_no_fold_loses(tiny_checkpoint_factory):
+    """largest_foreground rescues fold 0's cases (a false blob beside the tumour, larger than
+    nothing) and wipes out fold 1's (its false blob is larger than its tumour): kept on fold 0
+    alone, not when fold 1's cases are in the pool."""
+    card = load_card(tiny_checkpoint_factory(labels={"0": "bg", "1": "a", "2": "b"}))
+
+    def case(fold: int, blob_larger: bool) -> PooledCase:
+        ref = np.zeros(SHAPE, np.int16)
+        ref[2:8, 2:8, 2:8] = 1
+        pred = ref.copy()
+        side = 9 if blob_larger else 5
+        pred[10 : 10 + side, 10 : 10 + side, 10 : 10 + side] = 1
+        probs = np.stack([(pred == v).astype(np.float32) for v in (0, 1, 2)])
+        return PooledCase(probs, np.ones(SHAPE, bool), "none", ref, (1.0, 1.0, 1.0), fold=fold)
+
+    post = PostprocessConfig(class_offsets=[0.0, 0.0, 0.0])
+    fold0 = [case(0, False) for _ in range(3)]
+    assert choose_on_pool(fold0, card, post).postprocess.largest_foreground
+    mixed = [*fold0, case(1, True)]
+    assert choose_on_pool([replace(c, fold=0) for c in mixed], card, post).postprocess.largest_foreground
+    assert not choose_on_pool(mixed, card, post).postprocess.largest_foreground
