@@ -11,13 +11,12 @@ a case goes::
     -> softmax -> invert_to_original (the file's own grid) -> argmax -> class index to label value
     -> postprocess_labels
 
-so the mask has exactly the input's shape and affine. A region model (``card.regions``) has
-one sigmoid output per region instead: each region's probability is thresholded (the
-card's ``thresholds``), the regions write their labels by the class order
-(:func:`~brainseg.postprocess.decision.regions_within_input`), and after the per-label clean-up
-the enhancing-tumour rule (:func:`~brainseg.postprocess.decision.innermost_rule`) applies. :meth:`Predictor.prepare` does the
-reading and preprocessing, :meth:`Predictor.segment` the rest: the trainer's validation
-prepares its cases once and segments them with the same code ``brainseg predict`` runs.
+so the mask has exactly the input's shape and affine. A region model (``card.regions``) has one
+sigmoid output per region instead: each region's probability is thresholded (the card's
+``thresholds``), the regions write their labels by the class order (:func:`~brainseg.postprocess.decision.regions_within_input`),
+and after the per-label clean-up the enhancing-tumour rule (:func:`~brainseg.postprocess.decision.innermost_rule`) applies.
+:meth:`Predictor.prepare` reads and preprocesses, :meth:`Predictor.segment` does the rest: the trainer's validation
+prepares its cases once and segments them with the code ``brainseg predict`` runs.
 The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.batch`.
 """
 
@@ -77,8 +76,7 @@ class PreparedCase:
     nonzero: np.ndarray
     #: Why the scan is unlike the training scans (the card's ranges); empty: it is not, or unknown.
     ood: list[str] = field(default_factory=list)
-    #: How far outside the training ranges, grid and contrast apart (:class:`~brainseg.quality.ood.OodDistance`;
-    #: 0: inside or unknown).
+    #: How far outside the training ranges, grid and contrast apart (0: inside or unknown).
     ood_distance: OodDistance = field(default_factory=OodDistance)
 
 
@@ -215,10 +213,9 @@ class Predictor:
             intensity=self.card.intensity or None,
             subject=subject,
         )
-        ranges = self.card.training_ranges
-        ood, distance = (
-            ([], OodDistance()) if ranges is None else scan_ood(data, geometry, ranges, self.card.channels, subject)
-        )
+        if self.card.training_ranges is None:
+            return PreparedCase(image, record, geometry, subject)
+        ood, distance = scan_ood(data, geometry, self.card.training_ranges, self.card.channels, subject)
         return PreparedCase(image, record, geometry, subject, ood, distance)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
