@@ -9,7 +9,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from brainseg.io.naming import NIFTI_GZ, PROBABILITIES_TAG, UNCERTAINTY_TAG
 from brainseg.io.pictures import preview_png
 from brainseg.model.card import ModelCard
 from brainseg.postprocess.volumes import label_volumes
+from brainseg.quality.qc import measures_record
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ def predict_one(
         assert measured.probabilities is not None  # asked for
         measures = case_measures(predictor.card, measured.probabilities, measured.labels, geometry.spacing)
         qc = quality.predict(measures, prepared.ood_distance)
-        qc_facts = {
-            "quality": {
-                "ood_distance": asdict(prepared.ood_distance),
-                "measures": {k: asdict(m) for k, m in measures.items()},
-            }
-        }
+        qc_facts = {"quality": measures_record(measures, prepared.ood_distance)}
         probs = probs if "probabilities" in outputs else None
     foreground = [v for v in predictor.label_values if v != 0]
     background = "zero" if record.zero_background else "noise"

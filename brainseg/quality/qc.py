@@ -29,8 +29,9 @@ Spearman of the mean from 0.76 to 0.84, see docs/benchmarks.md), then per key a 
 from that score to the Dice: pool-adjacent-violators, interpolated between the pooled blocks'
 centres and continued with slope 1 beyond the first and last (:func:`monotone_map`), so the map
 rises wherever the fit rises (a step function gives many cases the same predicted Dice and
-loses their order). :meth:`QualityModel.predict` applies both and clips
-to [0, 1]. The fitted model is a few numbers per key, kept in the model card.
+loses their order). :meth:`QualityModel.predict` applies both and clips to [0, 1]. The fitted
+model is a few numbers per key, kept in the model card; what it measured for a case is kept as
+:func:`measures_record` (the calibration rows, ``predict``'s run record).
 """
 
 from __future__ import annotations
@@ -95,6 +96,16 @@ def measure(
     return {k: measure_key(probs[key_channels[k]], key_masks[k], voxel_mm3) for k in key_masks}
 
 
+def measures_record(measures: Mapping[str, KeyMeasures], ood: OodDistance) -> dict[str, Any]:
+    """What the score measured for one case, as JSON keeps it (``measures`` per key, ``ood_distance``)."""
+    return {"ood_distance": asdict(ood), "measures": {k: asdict(m) for k, m in measures.items()}}
+
+
+def from_measures_record(raw: Mapping[str, Any]) -> tuple[dict[str, KeyMeasures], OodDistance]:
+    """The measures per key and the OOD distances of a :func:`measures_record`."""
+    return {k: KeyMeasures(**m) for k, m in raw["measures"].items()}, OodDistance(**raw["ood_distance"])
+
+
 def _features(m: KeyMeasures, ood: OodDistance, log_mean: float, log_std: float) -> np.ndarray:
     volume_z = abs(float(np.log1p(m.volume_mm3)) - log_mean) / log_std
     raw = {"soft_dice": m.soft_dice, "entropy_in": m.entropy_in, "boundary": m.boundary, "volume_z": volume_z}
@@ -105,8 +116,7 @@ def _features(m: KeyMeasures, ood: OodDistance, log_mean: float, log_std: float)
 def isotonic(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[list[float], list[float]]:
     """Pool-adjacent-violators: the non-decreasing least-squares fit of ``y`` on ``x``, as one
     breakpoint per pooled block, (mean x, mean y) of its points (ties in x pooled first), which
-    :func:`numpy.interp` joins linearly: strictly rising between the first and the last block,
-    flat beyond them."""
+    :func:`monotone_map` joins: strictly rising between the first and the last block."""
     order = np.argsort(np.asarray(x, dtype=np.float64), kind="stable")
     xs, ys = np.asarray(x, dtype=np.float64)[order], np.asarray(y, dtype=np.float64)[order]
     blocks: list[list[float]] = []  # [sum y, weight, sum x, last x]

@@ -45,8 +45,7 @@ from brainseg.model.card import ModelCard
 from brainseg.model.checkpoint import load_model, replace_card
 from brainseg.preprocessing.foreground import subject_mask
 from brainseg.quality.degrade import case_seed, degradation_plan, degrade_case
-from brainseg.quality.ood import OodDistance
-from brainseg.quality.qc import CalibrationRow, KeyMeasures, QualityModel, fit_quality
+from brainseg.quality.qc import CalibrationRow, QualityModel, fit_quality, from_measures_record, measures_record
 from brainseg.train.decisions import Decision, PooledCase, choose_on_pool
 
 log = logging.getLogger(__name__)
@@ -150,9 +149,8 @@ def calibration_rows(
                         "case": cid,
                         "fold": k,
                         "variant": "clean" if variant is None else variant.name,
-                        "ood_distance": asdict(prepared.ood_distance),
                         "dice": dict(row.dice),
-                        "measures": {key: asdict(m) for key, m in measures.items()},
+                        **measures_record(measures, prepared.ood_distance),
                     }
                 )
     return table, rows, volumes
@@ -198,15 +196,7 @@ def refit_quality(run_dir: Path, device: torch.device | str = "cpu") -> QualityM
         stored = json.loads((run_dir / CV_QUALITY).read_text())
         volumes = {str(k): [float(v) for v in vs] for k, vs in stored["reference_volumes_mm3"].items()}
         table = stored["rows"]
-        rows = [
-            CalibrationRow(
-                t["case"],
-                {k: KeyMeasures(**m) for k, m in t["measures"].items()},
-                OodDistance(**t["ood_distance"]),
-                t["dice"],
-            )
-            for t in table
-        ]
+        rows = [CalibrationRow(t["case"], *from_measures_record(t), t["dice"]) for t in table]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BrainsegError(
             f"{run_dir / CV_QUALITY}: no calibration rows with reference volumes to refit from ({exc}); "

@@ -41,7 +41,7 @@ def validation_overrides(decision: dict[str, Any], n_regions: int) -> list[str]:
         "postprocess.drop_coreless": bool(post.get("drop_coreless", False)),
         "postprocess.fill_holes": list(post.get("fill_holes") or []),
         "postprocess.largest_component": list(post.get("largest_component") or []),
-        "postprocess.min_size_mm3": {str(k): v for k, v in (post.get("min_size_mm3") or {}).items()},
+        "postprocess.min_size_mm3": {int(k): float(v) for k, v in (post.get("min_size_mm3") or {}).items()},
     }
     if n_regions:
         sets["postprocess.region_thresholds"] = thresholds
@@ -49,7 +49,7 @@ def validation_overrides(decision: dict[str, Any], n_regions: int) -> list[str]:
     for key, value in sets.items():
         text = json.dumps(value)
         if key == "postprocess.min_size_mm3":  # YAML with integer keys: JSON would make them strings
-            text = "{" + ", ".join(f"{int(k)}: {float(v)}" for k, v in value.items()) + "}"
+            text = "{" + ", ".join(f"{k}: {v}" for k, v in value.items()) + "}"
         out += ["--set", f"{key}={text}"]
     return out
 

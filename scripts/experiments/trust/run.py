@@ -41,8 +41,7 @@ import numpy as np
 from brainseg.infer.qc import qc_columns
 from brainseg.io.atomic import atomic_write_text
 from brainseg.model.checkpoint import load_card
-from brainseg.quality.ood import OodDistance
-from brainseg.quality.qc import KeyMeasures
+from brainseg.quality.qc import from_measures_record
 from scripts.common import CommandFailed, brainseg_cmd, git_state, load1, logger, machine_info
 from scripts.common import run as run_command
 from scripts.experiments.trust import report as report_mod
@@ -108,8 +107,7 @@ def rescore(run_dir: Path, pred: Path, threshold: float) -> int:
     for cid, entry in record.items():
         if "quality" not in entry:
             raise SystemExit(f"trust: --rescore: {pred / 'brainseg_run.json'}: {cid} has no recorded measures")
-        measures = {k: KeyMeasures(**m) for k, m in entry["quality"]["measures"].items()}
-        predicted[cid] = card.quality.predict(measures, OodDistance(**entry["quality"]["ood_distance"]))
+        predicted[cid] = card.quality.predict(*from_measures_record(entry["quality"]))
     columns = qc_columns(card, predicted, threshold)
     with open(pred / "volumes.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
