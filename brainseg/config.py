@@ -170,8 +170,8 @@ class InferConfig:
     mirror: bool = False
     #: Gaussian importance sigma as a fraction of the patch size.
     sigma_scale: float = 0.125
-    #: How far the windows reach past the volume (the non-zero box) on every side, as a
-    #: fraction of the patch size; the volume is zero-padded for them. 0 = the outer
+    #: How far the windows reach past a skull-stripped scan's box on every side (a fraction of the
+    #: patch; padded with its background); a noisy scan's windows stay on its box. 0 = the outer
     #: windows may end flush on the brain's rim, where the network sees the least context.
     margin: float = 0.125
     #: Mixed precision on CUDA: "bf16", "fp16" or "none".

@@ -157,7 +157,9 @@ def predict_one(
             preview_png(scan, labels, geometry.affine, outputs["preview"], predictor.label_names, title, unc)
             written.append(outputs["preview"])
         if before_mask is not None:
-            before_mask({"windows": len(predictor.window.locations(prepared.image.shape[1:])), **qc_facts})
+            before_mask(
+                {"windows": len(predictor.window(prepared.record).locations(prepared.image.shape[1:])), **qc_facts}
+            )
         write_image(outputs["mask"], labels, geometry)
     except BaseException:
         for path in written:

@@ -3,8 +3,8 @@
 :class:`Predictor` holds an inference-ready copy of the model (:attr:`Predictor.network`,
 :func:`~brainseg.model.fast_paths.inference_network`; the caller's model is never changed), the
 callable its windows go through (the network under autocast, with test-time mirroring:
-:mod:`brainseg.infer.mirroring`) and one :class:`~brainseg.infer.sliding_window.SlidingWindow`;
-a case goes::
+:mod:`brainseg.infer.mirroring`) and each case's :class:`~brainseg.infer.sliding_window.SlidingWindow`
+(:meth:`Predictor.window`); a case goes::
 
     read_channels -> preprocess (RAS, resample to the card's spacing, crop, normalise)
     -> sliding window (logits; a test-time mirror swaps the left/right labels' channels)
@@ -16,8 +16,7 @@ sigmoid output per region instead: each region's probability is thresholded (the
 ``thresholds``), the regions write their labels by the class order (:func:`~brainseg.postprocess.decision.regions_within_input`),
 and after the per-label clean-up the enhancing-tumour rule (:func:`~brainseg.postprocess.decision.innermost_rule`) applies.
 :meth:`Predictor.prepare` reads and preprocesses, :meth:`Predictor.segment` does the rest: the trainer's validation
-prepares its cases once and segments them with the code ``brainseg predict`` runs.
-The batch runner (many cases, files, ``volumes.csv``) is :mod:`brainseg.infer.batch`.
+prepares its cases once and segments them with the code ``brainseg predict`` runs (its batch runner: :mod:`~brainseg.infer.batch`).
 """
 
 from __future__ import annotations
@@ -156,7 +155,6 @@ class Predictor:
             if len(members) > 1 or infer.mirror
             else None
         )
-        self.window = SlidingWindow.from_config(card.patch_size, self.num_classes, infer)
         chosen = postprocess.innermost_min_mm3
         #: The enhancing-tumour rule's volume: the config's, else the one training chose (the card's).
         self.innermost_min_mm3 = float(card.innermost_min_mm3 if chosen is None else chosen)
@@ -179,8 +177,7 @@ class Predictor:
 
     @property
     def network(self) -> torch.nn.Module:
-        """The inference-ready network (a copy of the model: eval mode, on the device, norms folded/fused);
-        an ensemble's first member's."""
+        """The inference-ready network (a copy: eval mode, on the device, norms folded/fused; an ensemble's first)."""
         return self._network
 
     @property
@@ -274,6 +271,11 @@ class Predictor:
         labels, probs = self.segment(case, return_probabilities)
         return labels, probs, case.geometry, case.record
 
+    def window(self, record: PreprocessRecord, outputs: int | None = None) -> SlidingWindow:
+        """A case's windows (:meth:`SlidingWindow.from_config`: the margin where its background is 0)."""
+        patch, zero = self.card.patch_size, record.zero_background
+        return SlidingWindow.from_config(patch, outputs or self.num_classes, self.infer, zero)
+
     def input_mask_rule(self, record: PreprocessRecord) -> InputMask:
         """The ``postprocess.input_mask`` rule for this case: as configured where the case's
         background is exactly 0, else ``"none"`` (on a noisy background "non-zero" is everywhere)."""
@@ -297,7 +299,7 @@ class Predictor:
         c = self.num_classes
         predict = self.uncertainty_windows if uncertainty else self.predict_windows
         assert predict is not None
-        window = SlidingWindow.from_config(self.card.patch_size, c + 1, self.infer) if uncertainty else self.window
+        window = self.window(record, c + 1 if uncertainty else c)
         on_gpu = accumulators_fit_on_gpu(self.device, window.num_outputs, window.padded_shape(image.shape[1:]))
         attempts = inference_attempts(
             self.device, max(1, int(self.infer.batch_windows)), self.device if on_gpu else torch.device("cpu")
@@ -339,8 +341,7 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()  # the sliding window's output is an inference tensor
 def sigmoid_(logits: torch.Tensor, far: np.ndarray | None, activate: bool = True) -> torch.Tensor:
-    """In place: region probabilities (a sigmoid per channel; ``activate`` False: they are already),
-    every region 0 where ``far``."""
+    """In place: region probabilities (sigmoids; ``activate`` False: they are already), all 0 where ``far``."""
     if activate:
         logits.sigmoid_()
     if far is not None and far.any():
@@ -350,8 +351,7 @@ def sigmoid_(logits: torch.Tensor, far: np.ndarray | None, activate: bool = True
 
 @torch.inference_mode()  # the sliding window's output is an inference tensor
 def force_background_(probs: torch.Tensor, far: np.ndarray | None) -> torch.Tensor:
-    """In place: the background one-hot where ``far`` (a noisy scan's far background, see
-    :func:`~brainseg.preprocessing.foreground.far_background`); ``probs`` is (C, x, y, z)."""
+    """In place: the background one-hot where ``far`` (:func:`~brainseg.preprocessing.foreground.far_background`)."""
     if far is not None and far.any():
         where = torch.from_numpy(far).to(probs.device)
         probs[:, where] = 0.0

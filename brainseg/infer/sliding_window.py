@@ -106,9 +106,17 @@ class SlidingWindow:
         object.__setattr__(self, "weight", gaussian_importance(self.patch, self.sigma_scale))
 
     @classmethod
-    def from_config(cls, patch_size: Sequence[int], num_outputs: int, infer: InferConfig) -> SlidingWindow:
-        """A sliding window with the ``infer`` section's placement settings."""
-        return cls(tuple(patch_size), num_outputs, infer.overlap, infer.sigma_scale, infer.margin)
+    def from_config(
+        cls, patch_size: Sequence[int], num_outputs: int, infer: InferConfig, zero_background: bool = True
+    ) -> SlidingWindow:
+        """A sliding window with the ``infer`` section's placement settings for a case whose background
+        is exactly zero or not: only there do the windows reach ``infer.margin`` past the box, since
+        only there is the constant padding what lies past it. A noisy background's box is the head
+        plus 5 mm inside a scan of noise; windows reaching into constant padding there normalise it
+        unlike anything real (CSF Dice +0.014, mean +0.005 on 4 demo models with the margin off for
+        all cases, the gain all on noisy-background cases; docs/benchmarks.md)."""
+        margin = infer.margin if zero_background else 0.0
+        return cls(tuple(patch_size), num_outputs, infer.overlap, infer.sigma_scale, margin)
 
     def padding(self, shape: Sequence[int]) -> list[int]:
         """Padding voxels added per axis to a volume of ``shape`` (see the module docstring)."""

@@ -4,7 +4,7 @@
 Connectivity: a label's voxels form one component when they touch by a face, an edge
 or a corner (**26-connectivity**, ``generate_binary_structure(3, 3)``). Holes are the
 complement's dual: background that cannot reach the volume border through face
-neighbours (6-connectivity), which is what ``binary_fill_holes`` does by default. The
+neighbours (6-connectivity), as ``binary_fill_holes`` does by default (:func:`fill_holes`). The
 26/6 pair is the standard consistent choice in 3D: a one-voxel-thick diagonal wall
 counts as closed for hole filling exactly when it counts as connected for components.
 """
@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from brainseg.config import PostprocessConfig
 from brainseg.io.images import voxel_volume
-from brainseg.preprocessing.foreground import bounding_box, largest_component_mask
+from brainseg.preprocessing.foreground import bounding_box, fill_holes, largest_component_mask
 
 #: Structuring element for connected components of one label (26-connectivity).
 COMPONENT_STRUCTURE = ndimage.generate_binary_structure(3, 3)
@@ -75,7 +75,7 @@ def _fill_label(out: np.ndarray, value: int) -> None:
         return
     crop = out[box]
     mask = crop == value
-    holes = ndimage.binary_fill_holes(mask) & ~mask
+    holes = fill_holes(mask) & ~mask
     crop[holes & (crop == 0)] = value
 
 

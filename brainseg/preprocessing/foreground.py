@@ -52,7 +52,21 @@ def zero_voxels(data: np.ndarray) -> np.ndarray:
 def subject_mask(data: np.ndarray) -> np.ndarray:
     """Every voxel but the exact zeros (in every channel) that reach the volume's border face
     by face: the non-zero voxels with their holes filled."""
-    return ndimage.binary_fill_holes(~zero_voxels(data))
+    return fill_holes(~zero_voxels(data))
+
+
+def fill_holes(mask: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.binary_fill_holes(mask)`` (holes: background that cannot reach the array's
+    border through face neighbours) in one labelling pass of the background instead of dilations
+    repeated until nothing changes: the same mask, several times faster on a head's mask."""
+    mask = np.asarray(mask, dtype=bool)
+    background, n = ndimage.label(~mask)
+    reaches_border = np.zeros(n + 1, dtype=bool)
+    for axis in range(mask.ndim):
+        for end in (0, -1):
+            reaches_border[np.take(background, end, axis=axis)] = True
+    reaches_border[0] = True  # label 0: the mask itself
+    return mask | ~reaches_border[background]
 
 
 def has_zero_background(data: np.ndarray, subject: np.ndarray | None = None) -> bool:
@@ -103,7 +117,7 @@ def threshold_mask(data: np.ndarray, valid: np.ndarray | None = None) -> np.ndar
         return np.ones(data.shape[1:], dtype=bool)
     mask = largest_component_mask(mask)
     mask = ndimage.binary_closing(mask, structure=ndimage.generate_binary_structure(3, 1), iterations=2)
-    return ndimage.binary_fill_holes(mask)
+    return fill_holes(mask)
 
 
 def beyond_margin(mask: np.ndarray, spacing, margin_mm: float) -> np.ndarray:

@@ -130,7 +130,7 @@ def network_floor(predictor, prepared) -> dict:
     return {
         "floor_seconds": seconds,
         "floor_windows": sum(len(locs) for locs in locations),
-        "windows": sum(len(predictor.window.locations(case.image.shape[1:])) for case in prepared),
+        "windows": sum(len(predictor.window(case.record).locations(case.image.shape[1:])) for case in prepared),
     }
 
 

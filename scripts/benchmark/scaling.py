@@ -103,20 +103,21 @@ def child_scale(spec: dict) -> dict:
         "maxrss_base_mb": rss_base,
         "maxrss_warmup_mb": peak_warm,
         "torch_threads": torch.get_num_threads(),
-        **window_accounting(predictor, predictor.prepare(list(case.images)).image.shape[1:]),
+        **window_accounting(predictor, predictor.prepare(list(case.images))),
     }
 
 
-def window_accounting(predictor, shape) -> dict:
-    """The windows a case of preprocessed (cropped) ``shape`` takes, and the size of the full-volume float32
+def window_accounting(predictor, case) -> dict:
+    """The windows a prepared case (its cropped image) takes, and the size of the full-volume float32
     maps its sliding window aggregates into (one per class, plus the summed weights, over the padded box):
     what the scaling section sets the peak memory against."""
     import math
 
-    padded = predictor.window.padded_shape(shape)
+    window, shape = predictor.window(case.record), case.image.shape[1:]
+    padded = window.padded_shape(shape)
     return {
-        "windows": len(predictor.window.locations(shape)),
+        "windows": len(window.locations(shape)),
         "preprocessed_voxels": int(math.prod(shape)),
-        "class_maps_mb": (predictor.window.num_outputs + 1) * math.prod(padded) * 4 / 2**20,
+        "class_maps_mb": (window.num_outputs + 1) * math.prod(padded) * 4 / 2**20,
         "classes": predictor.num_classes,
     }

@@ -6,8 +6,10 @@ Real files: demo subjects of both background kinds (made from the MNI template).
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from scipy import ndimage
 
-from brainseg.preprocessing.foreground import bounding_box, has_zero_background, threshold_mask
+from brainseg.preprocessing.foreground import bounding_box, fill_holes, has_zero_background, threshold_mask
 
 
 def test_bounding_box_without_and_with_margin():
@@ -62,3 +64,25 @@ def test_integer_noise_with_many_zeros_is_not_a_zero_background(subjects):
     stripped = subjects[0][0].copy()
     stripped[tuple(np.argwhere(subjects[0][1] == 3)[::50].T)] = 0
     assert has_zero_background(stripped[None])
+
+
+def shell(shape=(20, 22, 18)) -> np.ndarray:
+    """A hollow ball (a closed cavity inside) cut open by the first axis's border."""
+    grid = np.indices(shape, dtype=np.float64)
+    r = np.sqrt((grid[0] - 2.0) ** 2 + (grid[1] - 11.0) ** 2 + (grid[2] - 9.0) ** 2)
+    inner = np.sqrt((grid[0] - 10.0) ** 2 + (grid[1] - 11.0) ** 2 + (grid[2] - 9.0) ** 2)
+    return ((r < 15) & (r > 12)) | ((inner < 5) & (inner > 3))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fill_holes_is_scipys_binary_fill_holes(subjects, seed):
+    """One labelling pass gives scipy's mask: random masks (many small holes, diagonal walls that do
+    not close a hole), a cavity closed inside the volume, one open to the border, a real head's mask."""
+    rng = np.random.default_rng(seed)
+    masks = [rng.random((17, 23, 19)) < p for p in (0.3, 0.55, 0.7)]
+    masks += [shell(), np.zeros((5, 6, 7), bool), np.ones((5, 6, 7), bool), rng.random((40, 30)) < 0.6]
+    masks.append(threshold_mask(subjects[1 + seed % 2][0][None]))
+    for mask in masks:
+        got = fill_holes(mask)
+        assert got.dtype == bool and np.array_equal(got, ndimage.binary_fill_holes(mask))
+    assert fill_holes(shell()).sum() > shell().sum()  # the closed cavity is filled, the open one not
