@@ -84,16 +84,14 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training-patch augmentation: ``p_*`` is the probability that a patch gets one, the
-    second block their strengths. Flips (each axis on its own), rotation (uniform in
-    +-``rotate_degrees`` about each axis), isotropic zoom (``scale_range``), gamma over
-    each channel's [min, max] keeping the patch's mean and std (as nnU-Net), brightness
-    (multiplicative), contrast about the patch mean (clipped to its range), Gaussian noise
-    (std up to ``noise_std``, normalised units), Gaussian blur (sigma in voxels), a smooth
-    multiplicative bias field (log-amplitude up to ``bias_strength``), Rician noise over an
-    exact-zero background (skull-stripped cases only, so the network also knows scans
-    whose background is noise; normalised units) and a low-resolution simulation
-    (down-sampled by ``lowres_zoom`` per axis by averaging, then trilinearly back up).
+    """Training-patch augmentation: ``p_*`` is the probability that a patch gets one, the second block
+    their strengths. Flips (each axis on its own), rotation (uniform in +-``rotate_degrees`` about each
+    axis), isotropic zoom (``scale_range``), gamma over each channel's [min, max] keeping the patch's mean
+    and std (as nnU-Net), brightness (multiplicative), contrast about the patch mean (clipped to its
+    range), Gaussian noise (std up to ``noise_std``, normalised units), Gaussian blur (sigma in voxels), a
+    smooth multiplicative bias field (log-amplitude up to ``bias_strength``), Rician noise over an exact-zero
+    background (skull-stripped cases only: the network also knows noisy backgrounds) and a low-resolution
+    simulation (down-sampled by ``lowres_zoom`` per axis by averaging, then trilinearly back up).
     """
 
     enabled: bool = True
@@ -105,6 +103,8 @@ class AugmentConfig:
     p_gamma: float = 0.3  # of each channel
     p_brightness: float = 0.15
     p_contrast: float = 0.15
+    #: Brightness, contrast, gamma and bias field drawn per channel (each MR sequence its own); False: one.
+    per_channel: bool = False
     # acquisition
     p_noise: float = 0.1  # Gaussian, additive
     p_blur: float = 0.2

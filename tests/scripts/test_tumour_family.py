@@ -188,7 +188,8 @@ def test_family_scores_over_seeds_and_the_bar():
 def test_the_quick_check_runs_end_to_end(tmp_path):
     out = tmp_path / "tf"
     res = subprocess.run(
-        [sys.executable, "-m", "scripts.experiments.tumour_family", "--out", str(out), "--quick", "--minutes", "0.02"],
+        [sys.executable, "-m", "scripts.experiments.tumour_family", "--out", str(out), "--quick", "--minutes", "0.02"]
+        + ["--set", "augment.per_channel=true"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -206,6 +207,10 @@ def test_the_quick_check_runs_end_to_end(tmp_path):
         and rep["commands"][0].startswith("python -m brainseg demo-data")
     )
     assert "| demo_s0 | independent family | BraTS2021_51000 |" in (out / "report.md").read_text()
+    # the arm's override reached the training: the run's config says so, and the report records it
+    assert rep["settings"]["overrides"] == ["augment.per_channel=true"]
+    assert "--set augment.per_channel=true" in next(c for c in rep["commands"] if " train " in c)
+    assert "per_channel: true" in (out / "runs" / "demo_s0" / "config.yaml").read_text()
 
 
 def test_the_post_hoc_component_check_scores_masks_with_and_without_the_rule(tmp_path: Path):

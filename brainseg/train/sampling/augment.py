@@ -108,28 +108,32 @@ def intensity(
         for c in range(image.shape[0]):
             sigma = _between(rng, cfg.blur_sigma)
             image[c] = gaussian_blur(image[c], sigma)
+    channels = range(image.shape[0])
+    draws = image.shape[0] if cfg.per_channel else 1  # cfg.per_channel: each channel its own parameters
     if rng.random() < cfg.p_brightness:
-        image *= np.float32(_between(rng, cfg.brightness_range))
+        factors = [np.float32(_between(rng, cfg.brightness_range)) for _ in range(draws)]
+        for c in channels:
+            image[c] *= factors[c % draws]
     if rng.random() < cfg.p_contrast:
-        factor = np.float32(_between(rng, cfg.contrast_range))
-        for c in range(image.shape[0]):
+        factors = [np.float32(_between(rng, cfg.contrast_range)) for _ in range(draws)]
+        for c in channels:
             lo, hi, mean = image[c].min(), image[c].max(), image[c].mean()
-            image[c] = np.clip((image[c] - mean) * factor + mean, lo, hi)
+            image[c] = np.clip((image[c] - mean) * factors[c % draws] + mean, lo, hi)
     if rng.random() < cfg.p_gamma:
-        gamma = _between(rng, cfg.gamma_range)
-        for c in range(image.shape[0]):
+        gammas = [_between(rng, cfg.gamma_range) for _ in range(draws)]
+        for c in channels:
             lo, hi = image[c].min(), image[c].max()
             if hi - lo > 1e-6:
                 mean, std = image[c].mean(), image[c].std()
-                x = _power((image[c] - lo) / (hi - lo), gamma) * (hi - lo) + lo
+                x = _power((image[c] - lo) / (hi - lo), gammas[c % draws]) * (hi - lo) + lo
                 # keep the patch's mean and spread, as nnU-Net's gamma transform does
                 x = (x - x.mean()) / max(float(x.std()), 1e-6) * std + mean
                 image[c] = x
     if rng.random() < cfg.p_bias:
-        field = _bias_field(image.shape[1:], rng, cfg.bias_strength)
+        fields = [_bias_field(image.shape[1:], rng, cfg.bias_strength) for _ in range(draws)]
         zero = np.zeros(image.shape[0], np.float32) if raw_zero is None else np.asarray(raw_zero, np.float32)
-        for c in range(image.shape[0]):
-            image[c] = (image[c] - zero[c]) * field + zero[c]
+        for c in channels:
+            image[c] = (image[c] - zero[c]) * fields[c % draws] + zero[c]
     return image
 
 

@@ -4,6 +4,7 @@
     python -m scripts.experiments.tumour_family --out tf/                  # 12+4 demo cases, 4 family cases, 10-min trainings, seeds 0 1
     python -m scripts.experiments.tumour_family --out tf/ --family-train   # also 12 family training cases, trained on as well
     python -m scripts.experiments.tumour_family --out tf/ --quick          # 3+1 demo cases at 3 mm, a few seconds of training, seed 0
+    python -m scripts.experiments.tumour_family --out tfB/ --set augment.per_channel=true   # an arm: every training with this override
 
 Steps (each brainseg step a subprocess, as a new user runs it):
 
@@ -13,7 +14,7 @@ Steps (each brainseg step a subprocess, as a new user runs it):
    shape and intensity models, BraTS 2021 layout): ``--n-family-test`` held-out cases (and
    ``--n-family-train`` training cases with ``--family-train``);
 3. per training set and seed S: ``brainseg train --data SET/train --out OUT/runs/SET_sS --max-minutes M
-   --set train.seed=S`` with no ``--config`` (the plan decides); ``--reuse`` keeps finished runs;
+   --set train.seed=S`` with no ``--config`` (the plan decides) and each ``--set`` given; ``--reuse`` keeps finished runs;
 4. per run one ``brainseg predict`` of both families' ``test/`` folders and one ``brainseg evaluate
    --regions brats`` against both ``test_labels/`` (pooled in ``OUT/heldout_labels``), the scores split
    back per family; each case's label confusion from the masks (necrosis and oedema recall);
@@ -101,11 +102,22 @@ def pooled_labels(folders: Sequence[Path], out: Path) -> Path:
     return pooled
 
 
-def train(data: Path, run_dir: Path, seed: int, minutes: float, reuse: bool, logs: Path, commands: list[str]) -> None:
+def train(
+    data: Path,
+    run_dir: Path,
+    seed: int,
+    minutes: float,
+    reuse: bool,
+    logs: Path,
+    commands: list[str],
+    overrides: Sequence[str] = (),
+) -> None:
+    """``brainseg train`` with no config (the plan decides), ``train.seed`` and the ``overrides`` (``--set``)."""
     if reuse and (run_dir / "checkpoint_final.pt").is_file():
         log(f"reusing {run_dir}")
         return
     cmd = brainseg_cmd("train", "--data", data, "--out", fresh(run_dir), "--max-minutes", minutes)
+    cmd += [f for o in overrides for f in ("--set", o)]
     run(cmd + ["--set", f"train.seed={seed}", "--no-progress"], logs / f"train_{run_dir.name}.log", commands)
 
 
@@ -147,6 +159,9 @@ def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, dict[str, Any
     )
     p.add_argument("--family-seed", type=int, default=DEFAULT_SEED, help="seed of the independent family")
     p.add_argument("--reuse", action="store_true", help="keep run folders that hold a final checkpoint")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="a config override of every training (an arm)"
+    )
     p.add_argument("--quick", action="store_true", help="small sets at 3 mm, trainings of a few seconds, seed 0")
     p.add_argument("--json", type=Path, default=None, help="also write report.json here")
     args = p.parse_args(argv)
@@ -192,7 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in settings["seeds"]:
             run_dir = out / "runs" / f"{name}_s{seed}"
             t0 = time.perf_counter()
-            train(data, run_dir, seed, settings["minutes"], args.reuse, out / "logs", commands)
+            train(data, run_dir, seed, settings["minutes"], args.reuse, out / "logs", commands, args.set)
             timings[f"train_{run_dir.name}"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
             results[run_dir.name] = score(run_dir, tests, labels, cases, kinds, out, commands)
@@ -208,6 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {
             **settings,
             "family_train": args.family_train,
+            "overrides": args.set,
             "family_seed": args.family_seed,
             "demo_seed": DEMO_SEED,
         },

@@ -140,3 +140,22 @@ def test_intensities_stay_finite_and_the_label_map_keeps_its_values(seed):
     assert np.isfinite(img).all()
     assert set(np.unique(lab)) <= {0, 1, 2, 3} and lab.dtype == seg.dtype
     assert {2, 3} <= set(np.unique(lab))  # both hemispheres are still in the patch
+
+
+@pytest.mark.parametrize("transform", ["brightness", "contrast", "gamma", "bias"])
+def test_per_channel_draws_each_channels_parameters_on_its_own(transform):
+    """``per_channel``: two identical channels come out different (each its own factor, gamma or
+    field); without it one draw serves both and they stay identical, and the first channel is what
+    a one-channel patch gets from the same seed (the draws are those of one channel)."""
+    off = dict(p_background_noise=0, p_lowres=0, p_noise=0, p_blur=0, p_brightness=0, p_contrast=0, p_gamma=0)
+    cfg = {**off, "p_bias": 0, f"p_{transform}": 1.0}
+    rng = np.random.default_rng(0)
+    one = rng.standard_normal((1, 16, 16, 16)).astype(np.float32)
+    both = np.concatenate([one, one])
+    for seed in range(3):
+        shared = augment.intensity(both, np.random.default_rng(seed), AugmentConfig(**cfg))
+        alone = augment.intensity(one, np.random.default_rng(seed), AugmentConfig(**cfg))
+        assert np.array_equal(shared[0], shared[1]) and np.array_equal(shared[0], alone[0])
+        apart = augment.intensity(both, np.random.default_rng(seed), AugmentConfig(**cfg, per_channel=True))
+        assert not np.allclose(apart[0], apart[1]) and np.array_equal(apart[0], alone[0])
+        assert np.isfinite(apart).all()
