@@ -355,8 +355,12 @@ def msd_root(root: Path, meta: dict) -> Path:
 #: The longest tests (whole scripts end to end, minutes each), run first: under ``pytest -n``
 #: a long test that starts last keeps one worker busy after the others have finished.
 LONGEST_FIRST = (
+    "test_synth_contrast.py::test_the_quick_check_runs_end_to_end",
     "test_generalisation.py::test_the_check_runs_end_to_end",
     "test_skip_ablation.py::test_script_runs_end_to_end_on_tiny_settings",
+    "test_distributed.py::test_resume_with_max_minutes_continues_the_budget_and_the_lr_schedule",
+    "test_trainer.py::test_resume_after_a_kill_gives_the_same_losses_and_weights",
+    "test_rules.py::test_train_without_config_plans_first",
 )
 
 

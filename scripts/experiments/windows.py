@@ -10,7 +10,7 @@ reference labels (``<case>.nii.gz``). Every case is read and preprocessed once; 
 margin as the setting says, on every case, whatever its background) and segments it with the code
 ``brainseg predict`` runs. The first setting is the baseline; the report gives, per setting, the
 windows and seconds against it and the Dice difference per label, over all cases, per background
-kind (exact zero / noise) and per model, and the worst case: ``DIR/report.json``, ``DIR/report.md``.
+kind (exact zero / noise) and per ``--cases`` entry, and the worst case: ``DIR/report.json``, ``DIR/report.md``.
 
 It is a comparison on one set of trained weights per model, so no training seeds are needed: what
 differs between the arms is only where the windows fall.
@@ -61,7 +61,7 @@ def window_for(patch: Sequence[int], outputs: int, setting: tuple[float, float, 
     return SlidingWindow(size, outputs, overlap, sigma, margin / min(size))
 
 
-def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], model_key: str) -> list[dict[str, Any]]:
+def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], entry: str) -> list[dict[str, Any]]:
     """Every case of ``images`` under every setting in ``names``: one row per case and setting."""
     predictor = load_predictor(run, torch.device("cpu"))
     card = predictor.card
@@ -79,7 +79,7 @@ def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], model_key
             dice = dice_per_class(seg, ref, values)
             rows.append(
                 {
-                    "model": model_key,
+                    "entry": entry,
                     "case": case.case_id,
                     "background": "zero" if prepared.record.zero_background else "noise",
                     "setting": name,
@@ -89,9 +89,7 @@ def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], model_key
                     "dice": {str(v): round(float(dice[v]), 4) for v in values},
                 }
             )
-            log(
-                f"{model_key} {case.case_id} {name}: {rows[-1]['windows']} windows, {seconds:.2f} s, {rows[-1]['dice']}"
-            )
+            log(f"{entry} {case.case_id} {name}: {rows[-1]['windows']} windows, {seconds:.2f} s, {rows[-1]['dice']}")
     return rows
 
 
@@ -111,10 +109,10 @@ def predictor_with(predictor, window: SlidingWindow):
 
 def summarise(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
     """Per setting against the first: windows and seconds (ratios of the sums), the mean Dice difference
-    per label over all cases, per background kind and per model, and the worst case's mean difference."""
+    per label over all cases, per background kind and per entry, and the worst case's mean difference."""
     base = names[0]
-    by_key = {(r["model"], r["case"], r["setting"]): r for r in rows}
-    pairs = sorted({(r["model"], r["case"]) for r in rows})
+    by_key = {(r["entry"], r["case"], r["setting"]): r for r in rows}
+    pairs = sorted({(r["entry"], r["case"]) for r in rows})
     out: dict[str, Any] = {}
     for name in names:
         both = [(by_key[m, c, base], by_key[m, c, name]) for m, c in pairs if (m, c, name) in by_key]
@@ -123,9 +121,9 @@ def summarise(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any
         labels = list(both[0][0]["dice"])
 
         def delta(group, labels=labels):
-            d = np.array([[b["dice"][k] - a["dice"][k] for k in labels] for a, b in group]) if group else None
-            if d is None:
+            if not group:
                 return None
+            d = np.array([[b["dice"][k] - a["dice"][k] for k in labels] for a, b in group])
             return {
                 "n": len(group),
                 **{k: round(float(v), 4) for k, v in zip(labels, d.mean(0))},
@@ -137,14 +135,18 @@ def summarise(rows: list[dict[str, Any]], names: Sequence[str]) -> dict[str, Any
             "seconds_ratio": round(sum(b["seconds"] for _, b in both) / sum(a["seconds"] for a, _ in both), 3),
             "all": delta(both),
             "by_background": {k: delta([p for p in both if p[0]["background"] == k]) for k in ("zero", "noise")},
-            "by_model": {
-                m: delta([p for p in both if p[0]["model"] == m]) for m in sorted({p[0]["model"] for p in both})
+            "by_entry": {
+                e: delta([p for p in both if p[0]["entry"] == e]) for e in sorted({p[0]["entry"] for p in both})
             },
             "worst_case_mean": round(
                 min(float(np.mean([b["dice"][k] - a["dice"][k] for k in labels])) for a, b in both), 4
             ),
         }
     return out
+
+
+def _mean_n(d: dict[str, Any] | None) -> str:
+    return "-" if d is None else f"{d['mean']:+.4f} ({d['n']})"
 
 
 def markdown(summary: dict[str, Any], names: Sequence[str]) -> str:
@@ -154,14 +156,17 @@ def markdown(summary: dict[str, Any], names: Sequence[str]) -> str:
         if s is None:
             continue
         labels = [k for k in s["all"] if k not in ("n", "mean")]
-        fmt = lambda d: "-" if d is None else f"{d['mean']:+.4f} ({d['n']})"  # noqa: E731
         rows.append(
             [name, s["windows_ratio"], s["seconds_ratio"], " / ".join(f"{s['all'][k]:+.4f}" for k in labels)]
-            + [f"**{s['all']['mean']:+.4f}**", fmt(s["by_background"]["zero"]), fmt(s["by_background"]["noise"])]
-            + [s["worst_case_mean"], ", ".join(f"{m} {d['mean']:+.4f}" for m, d in s["by_model"].items())]
+            + [
+                f"**{s['all']['mean']:+.4f}**",
+                _mean_n(s["by_background"]["zero"]),
+                _mean_n(s["by_background"]["noise"]),
+            ]
+            + [s["worst_case_mean"], ", ".join(f"{e} {d['mean']:+.4f}" for e, d in s["by_entry"].items())]
         )
     header = ["setting", "windows", "seconds", "Dice difference per label", "mean", "zero background (n)"]
-    header += ["noisy background (n)", "worst case", "per model"]
+    header += ["noisy background (n)", "worst case", "per --cases entry"]
     return markdown_table(rows, header)
 
 
@@ -184,11 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rows: list[dict[str, Any]] = []
     for i, (run, images, labels) in enumerate(args.cases):
-        rows += sweep(Path(run), Path(images), Path(labels), names, f"model {i + 1}")
+        rows += sweep(Path(run), Path(images), Path(labels), names, f"entry {i + 1}")
     summary = summarise(rows, names)
     report = {
         "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
-        "models": {f"model {i + 1}": run for i, (run, _, _) in enumerate(args.cases)},
+        "entries": {f"entry {i + 1}": list(entry) for i, entry in enumerate(args.cases)},
         "settings": {n: SETTINGS[n] for n in names},
         "machine": machine_info(),
         "git": git_state(),
