@@ -178,13 +178,14 @@ def test_largest_foreground_of_a_region_model_keeps_the_component_with_the_core(
 
 
 def test_drop_coreless_removes_core_less_blobs_and_keeps_every_lesion_with_a_core():
-    """A multifocal tumour (two lesions, each with a core) beside a larger core-less oedema blob:
+    """A multifocal tumour (two lesions, each with a core) beside a smaller core-less oedema blob:
     ``drop_coreless`` removes the blob and keeps both lesions (``largest_foreground`` would keep
-    one). With no core anywhere the largest component stays; a label model (no core labels)
-    loses nothing."""
+    one). With no core anywhere the largest component stays; a core-less component larger than every
+    cored one stays (a non-enhancing tumour called oedema beside a speck of core); a label model (no
+    core labels) loses nothing."""
     shape = (48, 40, 40)
     labels = np.zeros(shape, np.uint8)
-    blob = _ball(shape, (10, 20, 20), 8)
+    blob = _ball(shape, (10, 20, 20), 3)
     labels[blob] = 2
     lesions = [_ball(shape, (30, 12, 20), 5), _ball(shape, (40, 28, 20), 4)]
     for lesion, (cx, cy) in zip(lesions, ((30, 12), (40, 28))):
@@ -200,5 +201,11 @@ def test_drop_coreless_removes_core_less_blobs_and_keeps_every_lesion_with_a_cor
     assert one[lesions[0]].all() and not one[lesions[1]].any()  # the rule it does not replace keeps one lesion
     oedema_only = np.where(labels > 0, 2, 0).astype(np.uint8)
     kept = postprocess_labels(oedema_only, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4))
-    assert np.array_equal(kept, np.where(blob, 2, 0))  # no core anywhere: the largest component
+    assert np.array_equal(kept, np.where(lesions[0], 2, 0))  # no core anywhere: the largest component
+    tumour = _ball(shape, (24, 20, 20), 9)
+    speck = np.zeros(shape, np.uint8)
+    speck[tumour] = 2  # a non-enhancing tumour called oedema throughout ...
+    speck[2, 2, 2] = 1  # ... and one voxel of "core" far from it
+    out = postprocess_labels(speck, (1, 1, 1), PostprocessConfig(drop_coreless=True), core=(1, 4))
+    assert np.array_equal(out, speck)  # the tumour stays (and the cored speck, which is not core-less)
     assert np.array_equal(postprocess_labels(labels, (1, 1, 1), PostprocessConfig(drop_coreless=True)), labels)
