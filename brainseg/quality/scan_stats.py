@@ -14,6 +14,7 @@ from scipy import ndimage
 
 from brainseg.io.images import Geometry
 from brainseg.preprocessing.foreground import (
+    bounding_box,
     has_zero_background,
     subject_mask,
     threshold_mask,
@@ -105,8 +106,8 @@ def scan_statistics(
     (``subject``: its :func:`subject_mask`, when the caller has it)."""
     foreground, zero_bg = scan_foreground(data, subject)
     depth = depth_into(foreground, geom.spacing)
-    box = np.argwhere(foreground)
-    extent_vox = (box.max(axis=0) - box.min(axis=0) + 1) if box.size else np.array(data.shape[1:])
+    box = bounding_box(foreground)
+    extent_vox = np.array([s.stop - s.start for s in box] if box is not None else data.shape[1:])
     extent = [round(v, 2) for v in to_ras(extent_vox * np.asarray(geom.spacing), geom)]
     return [channel_stats(c, foreground, zero_bg, depth) for c in data], extent, foreground
 
@@ -117,13 +118,9 @@ def depth_into(foreground: np.ndarray, spacing) -> np.ndarray:
     over the whole array (the grown box's rim is background, or the array's own edge), in a
     fraction of the time where the subject fills a fifth of its scan."""
     depth = np.zeros(foreground.shape, dtype=np.float64)
-    where = np.argwhere(foreground)
-    if where.size == 0:
-        return depth
-    lo = np.maximum(where.min(axis=0) - 1, 0)
-    hi = np.minimum(where.max(axis=0) + 2, foreground.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    depth[box] = ndimage.distance_transform_edt(foreground[box], sampling=[float(s) for s in spacing])
+    box = bounding_box(foreground, margin=1)
+    if box is not None:
+        depth[box] = ndimage.distance_transform_edt(foreground[box], sampling=[float(s) for s in spacing])
     return depth
 
 

@@ -19,6 +19,7 @@ differs between the arms is only where the windows fall.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -95,7 +96,6 @@ def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], entry: st
 
 def predictor_with(predictor, window: SlidingWindow):
     """A shallow copy of ``predictor`` whose every case takes ``window`` (the caller's predictor unchanged)."""
-    import copy
 
     def fixed(record, outputs: int | None = None) -> SlidingWindow:
         if outputs in (None, window.num_outputs):

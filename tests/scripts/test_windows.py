@@ -17,7 +17,7 @@ import torch
 from brainseg.config import load_config
 from brainseg.evaluate.metrics import dice_per_class
 from brainseg.infer.loading import load_predictor
-from brainseg.io.images import write_image
+from brainseg.io.images import read_label, write_image
 from scripts.experiments import windows
 
 SETTINGS = ["patch, overlap 1/2, margin 6", "patch, overlap 1/2, margin 0", "patch, overlap 1/4, margin 0"]
@@ -59,8 +59,6 @@ def test_every_case_under_every_setting_and_the_predict_rule_arm_is_predicts_mas
     case = predictor.prepare([images / "noisy_0000.nii.gz"])
     assert not case.record.zero_background and predictor.window(case.record).margin == 0.0
     mask = predictor.segment(case)[0]
-    from brainseg.io.images import read_label
-
     ref, _ = read_label(labels / "noisy.nii.gz")
     dice = dice_per_class(mask, ref, [1, 2])
     assert rows["noisy", SETTINGS[1]]["dice"] == {str(k): round(float(v), 4) for k, v in dice.items()}
