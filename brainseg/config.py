@@ -32,7 +32,7 @@ SkipMode = Literal["concat", "none", "add", "lowpass"]
 Optimizer = Literal["sgd", "adamw"]
 #: ``train.lr_schedule``.
 LrSchedule = Literal["poly", "constant"]
-#: Mixed precision on CUDA (``train.amp``, ``infer.amp``).
+#: Mixed precision (``train.amp``, ``infer.amp``): on CUDA as named; on a CPU with native bf16, bf16.
 Amp = Literal["bf16", "fp16", "none"]
 #: How the input's non-zero region decides voxels (``postprocess.input_mask``).
 InputMask = Literal["none", "restrict", "fill"]

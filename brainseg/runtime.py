@@ -8,9 +8,11 @@ training, inference and the benchmark all call these.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import cast
 
 import numpy as np
@@ -79,11 +81,38 @@ def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", index)
 
 
+#: CPU flags of native bfloat16 arithmetic (AVX-512 BF16, AMX): there bf16 convolutions run about
+#: twice as fast as float32 (docs/benchmarks.md); elsewhere oneDNN emulates them, slower than float32.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this machine's CPU computes bfloat16 natively (Linux ``/proc/cpuinfo`` flags, and
+    oneDNN's own bf16 check); False wherever that cannot be read."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (OSError, AttributeError, RuntimeError):
+        return False
+    return supported and any(flag in flags for flag in CPU_BF16_FLAGS)
+
+
+def effective_amp(device: torch.device, amp: Amp) -> Amp:
+    """The precision ``amp`` (``train.amp``, ``infer.amp``) gives on ``device``: as asked on a GPU;
+    on the CPU bf16 where the CPU computes it natively, else float32 (``none``; fp16 never)."""
+    if device.type == "cuda":
+        return amp
+    return "bf16" if amp == "bf16" and cpu_has_native_bf16() else "none"
+
+
 def autocast(device: torch.device, amp: Amp):
-    """Mixed precision on a GPU (``bf16``/``fp16``); on the CPU, or with ``none``, full float32."""
-    if device.type == "cuda" and amp in ("bf16", "fp16"):
-        return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-    return contextlib.nullcontext()
+    """An autocast context for ``amp`` as :func:`effective_amp` resolves it on ``device``
+    (``none``: full float32)."""
+    amp = effective_amp(device, amp)
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def seed_everything(seed: int) -> None:

@@ -72,7 +72,7 @@ from brainseg.io.dicom import DicomSeries
 from brainseg.io.dicom_seg import INSTALL_HINT, highdicom_available
 from brainseg.model.card import ModelCard, package_versions
 from brainseg.postprocess.volumes import write_volumes_csv
-from brainseg.runtime import resolve_device, torchrun_env
+from brainseg.runtime import effective_amp, resolve_device, torchrun_env
 
 log = logging.getLogger(__name__)
 
@@ -322,6 +322,7 @@ def predict(
         "brainseg": versions["brainseg"],
         "versions": versions,
         "device": str(dev),
+        "precision": effective_amp(dev, config.infer.amp),
         "world_size": env.world_size,
         "model": model_entry,
         "labels": {str(v): name for v, name in card.labels.items()},

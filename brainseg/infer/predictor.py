@@ -57,6 +57,7 @@ from brainseg.preprocessing.preprocess import (
     undo_reorient_array,
 )
 from brainseg.quality.ood import OodDistance, scan_ood
+from brainseg.runtime import effective_amp
 
 T = TypeVar("T")
 
@@ -119,11 +120,10 @@ class Predictor:
         self.device = torch.device(device)
         members = [(model, card), *ensemble_with]
         check_compatible([c for _, c in members], [f"member {i + 1}" for i in range(len(members))])
-        networks = []
-        for member, _ in members:
-            network = inference_network(member, self.device, infer.channels_last)  # a copy: the caller's stays as it is
-            # torch.compile: opt-in (benchmarks); the compiled module is a module
-            networks.append(cast(torch.nn.Module, torch.compile(network)) if compile_network else network)
+        # copies (the caller's stay as they are); torch.compile: opt-in (benchmarks), a compiled module is a module
+        amp = effective_amp(self.device, infer.amp)
+        networks = [inference_network(member, self.device, infer.channels_last, amp) for member, _ in members]
+        networks = [cast(torch.nn.Module, torch.compile(n)) if compile_network else n for n in networks]
         self._network = networks[0]
         self.max_voxels = int(max_voxels)  # refuse scans whose header claims more (config data.max_voxels)
         self.card = card

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from brainseg.config import Amp
+
 
 class InstanceNormLeakyReLU(nn.Module):
     """``InstanceNorm3d`` (statistics of each sample, no running statistics) then ``LeakyReLU``, as one
@@ -191,18 +193,23 @@ def fold_batch_norm(model: nn.Module) -> nn.Module:
     return _rewrite_pairs(model, rule)
 
 
-def inference_network(model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = False) -> nn.Module:
+def inference_network(
+    model: nn.Module, device: str | torch.device = "cpu", channels_last: bool = False, amp: Amp = "none"
+) -> nn.Module:
     """A new module computing ``model`` for inference; ``model`` itself is not changed.
 
     A copy of ``model`` on ``device`` in eval mode, in the channels-last layout if asked (the
     convolution weights in the activations' layout too: oneDNN's Conv3d is slower with
     channels-last inputs and contiguous weights), with its batch norms folded into the
-    convolutions before them (:func:`fold_batch_norm`) and, on the CPU, its instance norms
-    computed without layout copies (:func:`fuse_instance_norm`; GPUs get the norms as they are).
+    convolutions before them (:func:`fold_batch_norm`) and, on the CPU in float32, its instance
+    norms computed without layout copies (:func:`fuse_instance_norm`). ``amp``: the precision the
+    network will run in (``brainseg.runtime.effective_amp``); under CPU bf16 autocast the plain
+    norms are faster (1.8x the float32 network against 1.0x with the fused ones), and GPUs get
+    the norms as they are.
     """
     device = torch.device(device)
     network = copy.deepcopy(model).to(device).eval()
     if channels_last:
         network.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]  # (missing from the stubs)
     network = fold_batch_norm(network)
-    return fuse_instance_norm(network) if device.type == "cpu" else network
+    return fuse_instance_norm(network) if device.type == "cpu" and amp == "none" else network

@@ -52,7 +52,7 @@ from brainseg.plan.fingerprint import FINGERPRINT_FILE, fingerprint_dataset, tra
 from brainseg.plan.rules import spacing_rule
 from brainseg.preprocessing.cache import cache_cases, intensity_statistics, ras_spacing
 from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
-from brainseg.runtime import autocast, resolve_device, seed_everything, torchrun_env
+from brainseg.runtime import autocast, effective_amp, resolve_device, seed_everything, torchrun_env
 from brainseg.train import distributed as ddp
 from brainseg.train.finetune import InitModel, check_channels, finish, start_from, start_row
 from brainseg.train.monitor import EpochTally, RunLog, curve_names, training_bar, validation_fields
@@ -199,7 +199,7 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.optimizer = make_optimizer(self.model, cfg.train)
-        self.amp = cfg.train.amp if self.device.type == "cuda" else "none"
+        self.amp = effective_amp(self.device, cfg.train.amp)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.loss_fn = SegLoss(table)
 

@@ -50,6 +50,7 @@ def child_infer_brainseg(spec: dict) -> dict:
     from brainseg.infer.loading import inference_config
     from brainseg.infer.predictor import Predictor
     from brainseg.model.checkpoint import load_model
+    from brainseg.runtime import effective_amp
 
     device = torch.device(spec.get("device", "cpu"))
     model, card = load_model(spec["model"], device)
@@ -90,6 +91,7 @@ def child_infer_brainseg(spec: dict) -> dict:
         "maxrss_after_warmup_mb": rss_warm,
         "warmup_seconds": warmup_seconds,
         "config": {"infer": config.infer.__dict__, "postprocess": config.postprocess.__dict__},
+        "precision": effective_amp(device, config.infer.amp),  # what infer.amp gives on this device
         "torch_threads": torch.get_num_threads(),
     }
     if spec.get("floor"):  # after the timing (and its peak memory): the windows, and the network alone

@@ -106,6 +106,17 @@ def report_tables(res: dict) -> str:
                     f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)",
                 ]
             )
+        f32 = inf.get("brainseg_fp32")
+        if f32:
+            rows.append(
+                [
+                    f"  same, brainseg in float32 (infer.amp=none; the default ran in {b.get('precision', '?')})",
+                    _f(f32["mvox_per_s"]),
+                    "",
+                    f"{f32['ratio_vs_monai']:.2f}x; voxels equal {f32['agreement'] * 100:.2f}%; Dice default - float32 "
+                    + " / ".join(f"{v:+.4f}" for v in f32["dice_diff"].values()),
+                ]
+            )
         nm = inf.get("brainseg_margin_0")
         if nm:
             rows.append(

@@ -189,6 +189,19 @@ def inference_section(
             "ratio_vs_monai": nc["mvox_per_s"] / m["mvox_per_s"],
             **{k: c[k] for k in ("agreement", "agreement_foreground", "dice_diff", "dice_diff_max")},
         }
+    fp32 = None
+    if compile_variant:  # the full run: what CPU bf16 (infer.amp on a CPU with native bf16) buys and costs
+        log("inference: brainseg in float32 (infer.amp=none)")
+        f32 = run_child(
+            "infer_brainseg", dict(common, out=str(workdir / "pred_fp32"), overrides=["infer.amp=none"]), workdir
+        )
+        c = compare_masks(images, out_b, workdir / "pred_fp32", data, values)  # the default (a) against float32 (b)
+        fp32 = {
+            "mvox_per_s": f32["mvox_per_s"],
+            "ratio_vs_monai": f32["mvox_per_s"] / m["mvox_per_s"],
+            "default_speedup": b["mvox_per_s"] / f32["mvox_per_s"],
+            **{k: c[k] for k in ("agreement", "dice_diff", "dice_diff_max")},  # default - float32
+        }
     ratio = b["mvox_per_s"] / m["mvox_per_s"]
     worst_deficit = max((-d for d in cmp["dice_diff"].values()), default=0.0)
     fast_cmp = compare_masks(images, out_f, out_b, data, values)  # --fast (a) against the default mode (b)
@@ -230,6 +243,7 @@ def inference_section(
         "brainseg_compiled": compiled,
         "brainseg_no_crop": no_crop,
         "brainseg_margin_0": no_margin,
+        "brainseg_fp32": fp32,
         "ratio_vs_monai": ratio,
         "ratio_vs_monai_median_runs": float(np.median(b["mvox_per_s_runs"]) / np.median(m["mvox_per_s_runs"])),
         **cmp,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from brainseg.config import Amp
 from brainseg.data.inputs import discover_inputs
 from brainseg.evaluate.metrics import dice_per_class
 from brainseg.infer.loading import load_predictor
@@ -40,31 +41,41 @@ from scripts.common import git_state, load1, logger, machine_info, markdown_tabl
 PROG = "python -m scripts.experiments.windows"
 log = logger("windows")
 
-#: name -> (window edge as a multiple of the training patch, overlap, margin in voxels).
-#: A margin is in voxels so a larger window reaches as far past the box as the baseline's.
-SETTINGS: dict[str, tuple[float, float, int]] = {
-    "patch, overlap 1/2, margin 6": (1.0, 0.5, 6),
-    "patch, overlap 1/2, margin 0": (1.0, 0.5, 0),
-    "patch, overlap 1/3, margin 6": (1.0, 1 / 3, 6),
-    "patch, overlap 1/4, margin 6": (1.0, 0.25, 6),
-    "patch, overlap 1/4, margin 0": (1.0, 0.25, 0),
-    "4/3 patch, overlap 1/2, margin 6": (4 / 3, 0.5, 6),
-    "4/3 patch, overlap 1/4, margin 6": (4 / 3, 0.25, 6),
-    "5/3 patch, overlap 1/2, margin 6": (5 / 3, 0.5, 6),
-    "2 patch, overlap 1/2, margin 6": (2.0, 0.5, 6),
+#: name -> (window edge as a multiple of the training patch, overlap, margin in voxels, ``infer.amp``).
+#: A margin is in voxels so a larger window reaches as far past the box as the baseline's. A name
+#: without a precision runs in float32; "bf16" is what ``infer.amp: bf16`` gives on a CPU with
+#: native bf16 (``brainseg.runtime.effective_amp``; elsewhere it runs in float32 too).
+SETTINGS: dict[str, tuple[float, float, int, Amp]] = {
+    "patch, overlap 1/2, margin 6": (1.0, 0.5, 6, "none"),
+    "patch, overlap 1/2, margin 0": (1.0, 0.5, 0, "none"),
+    "patch, overlap 1/3, margin 6": (1.0, 1 / 3, 6, "none"),
+    "patch, overlap 1/4, margin 6": (1.0, 0.25, 6, "none"),
+    "patch, overlap 1/4, margin 0": (1.0, 0.25, 0, "none"),
+    "4/3 patch, overlap 1/2, margin 6": (4 / 3, 0.5, 6, "none"),
+    "4/3 patch, overlap 1/4, margin 6": (4 / 3, 0.25, 6, "none"),
+    "5/3 patch, overlap 1/2, margin 6": (5 / 3, 0.5, 6, "none"),
+    "2 patch, overlap 1/2, margin 6": (2.0, 0.5, 6, "none"),
+    "patch, overlap 1/2, margin 6, bf16": (1.0, 0.5, 6, "bf16"),
+    "patch, overlap 1/2, margin 0, bf16": (1.0, 0.5, 0, "bf16"),
+    "patch, overlap 1/3, margin 0, bf16": (1.0, 1 / 3, 0, "bf16"),
+    "patch, overlap 1/4, margin 0, bf16": (1.0, 0.25, 0, "bf16"),
 }
 
 
-def window_for(patch: Sequence[int], outputs: int, setting: tuple[float, float, int], sigma: float) -> SlidingWindow:
+def window_for(
+    patch: Sequence[int], outputs: int, setting: tuple[float, float, int, Amp], sigma: float
+) -> SlidingWindow:
     """The setting's window: the patch scaled (rounded to a multiple of 16, the shipped networks' divisor)."""
-    scale, overlap, margin = setting
+    scale, overlap, margin, _ = setting
     size = tuple(max(16, int(round(p * scale / 16.0)) * 16) if scale != 1.0 else int(p) for p in patch)
     return SlidingWindow(size, outputs, overlap, sigma, margin / min(size))
 
 
 def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], entry: str) -> list[dict[str, Any]]:
     """Every case of ``images`` under every setting in ``names``: one row per case and setting."""
-    predictor = load_predictor(run, torch.device("cpu"))
+    precisions = sorted({SETTINGS[name][3] for name in names})
+    predictors = {amp: load_predictor(run, torch.device("cpu"), overrides=[f"infer.amp={amp}"]) for amp in precisions}
+    predictor = predictors[precisions[0]]
     card = predictor.card
     values = [v for v in card.label_values if v != 0]
     rows = []
@@ -75,7 +86,7 @@ def sweep(run: Path, images: Path, labels: Path, names: Sequence[str], entry: st
         for name in names:
             window = window_for(card.patch_size, predictor.num_classes, SETTINGS[name], predictor.infer.sigma_scale)
             t0 = time.perf_counter()
-            seg = predictor_with(predictor, window).segment(prepared)[0]
+            seg = predictor_with(predictors[SETTINGS[name][3]], window).segment(prepared)[0]
             seconds = time.perf_counter() - t0
             dice = dice_per_class(seg, ref, values)
             rows.append(

@@ -87,11 +87,24 @@ def ensure_family(demo: Path, out: Path, seed: int) -> dict[str, Any]:
     return make_family(demo, out, seed, log=log)
 
 
-def train(demo: Path, run_dir: Path, arm: str, seed: int, minutes: float, share: float, reuse: bool, logs: Path):
+def train(
+    demo: Path,
+    run_dir: Path,
+    arm: str,
+    seed: int,
+    minutes: float,
+    share: float,
+    reuse: bool,
+    logs: Path,
+    overrides: Sequence[str] = (),
+):
+    """One arm's training; ``overrides`` (``--set KEY=VALUE``, every arm alike) after the arm's own."""
     if reuse and (run_dir / "checkpoint_final.pt").is_file():
         log(f"reusing {run_dir}")
         return
     extra = ["--set", f"train.synth={share}"] if arm == "synth" else []
+    for item in overrides:
+        extra += ["--set", item]
     cmd = brainseg_cmd(
         "train",
         "--data",
@@ -173,6 +186,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="train.seed of each pair of runs (default 0 1)")
     p.add_argument("--share", type=float, default=0.5, help="train.synth of the synthetic arm (default 0.5)")
     p.add_argument("--family-seed", type=int, default=DEFAULT_SEED, help="seed of the test family")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="which arms to train (default both)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override for every arm's training (repeatable), e.g. train.amp=none",
+    )
     p.add_argument("--reuse", action="store_true", help="keep run folders that hold a final checkpoint")
     p.add_argument("--quick", action="store_true", help="4 subjects, trainings of a few seconds, seed 0 (a smoke run)")
     p.add_argument("--json", type=Path, default=None, help="also write report.json here")
@@ -198,10 +220,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, dict[str, Any]] = {}
     training: dict[str, Any] = {}
     for seed in settings["seeds"]:
-        for arm in ARMS:
+        for arm in args.arms:
             run_dir = out / "runs" / f"{arm}_s{seed}"
             t0 = time.perf_counter()
-            train(demo, run_dir, arm, seed, settings["minutes"], args.share, args.reuse, out / "logs")
+            train(demo, run_dir, arm, seed, settings["minutes"], args.share, args.reuse, out / "logs", args.overrides)
             timings[f"train_{run_dir.name}"] = round(time.perf_counter() - t0, 1)
             t0 = time.perf_counter()
             results[run_dir.name] = score(run_dir, pooled, out)
@@ -212,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join([PROG, *(argv if argv is not None else sys.argv[1:])]),
         "settings": {
             **settings,
-            "arms": list(ARMS),
+            "arms": list(args.arms),
+            "overrides": list(args.overrides),
             "share": args.share,
             "quick": args.quick,
             "family_seed": args.family_seed,
