@@ -162,10 +162,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+#: How ``trained_line`` names each effective precision.
+PRECISION_NAMES = {"none": "float32", "bf16": "bf16", "fp16": "fp16"}
+
+
 def trained_line(summary: dict) -> str:
     dice = summary["val_dice_mean"]
     return (
-        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min)"
+        f"trained {summary['epochs']} epochs ({summary['steps']} steps, {summary['minutes']:.1f} min"
+        + f" in {PRECISION_NAMES.get(summary.get('precision', 'none'), 'float32')})"
         + (", stopped at the time budget" if summary["stopped_by_time"] else "")
         + (f"; validation Dice {dice:.3f}" if dice is not None else "")
         + f"; run folder: {summary['run_dir']}"

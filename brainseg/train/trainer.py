@@ -369,11 +369,10 @@ class Trainer:
         tuned = finish(self.run_dir, s, self.validate(), self.dist.is_main) if s.initialised_from else {}
         return {
             "run_dir": str(self.run_dir),
-            "epochs": s.epoch,
-            "steps": s.step,
-            "minutes": s.elapsed / 60.0,
+            **{"epochs": s.epoch, "steps": s.step, "minutes": s.elapsed / 60.0},
             "val_dice_mean": last.get("val_dice_mean"),
             "stopped_by_time": stop,
+            "precision": self.amp,  # what train.amp gave on this device (runtime.effective_amp)
             **tuned,
         }
 

@@ -21,6 +21,7 @@ import torch
 from brainseg.infer.batch import finish_run, rank_part
 from brainseg.infer.provenance import RUN_RECORD, merge_parts, sha256_input
 from brainseg.infer.summary import PredictionSummary
+from brainseg.runtime import effective_amp
 from tests.infer.test_batch import BASE_SHAPE, head_phantom, run_cli, save_nifti
 
 AFFINE = np.diag([1.5, 1.5, 1.5, 1.0])
@@ -60,6 +61,7 @@ def test_the_record_names_inputs_model_and_outputs_by_hash(scans: Path, tmp_path
     assert run["versions"]["torch"] == str(torch.__version__) and run["versions"]["monai"] == monai.__version__
     assert run["brainseg"] == run["versions"]["brainseg"]
     assert run["devices"] == ["cpu"] and run["world_size"] == 1
+    assert run["precision"] == effective_amp(torch.device("cpu"), "bf16")  # the card's infer.amp, as this CPU runs it
     assert run["model"] == {"path": str(tiny_checkpoint.resolve()), "sha256": sha256(tiny_checkpoint)}
     assert run["written"] == ["a", "b"] and run["skipped"] == [] and run["failed"] == []
     assert sorted(rec["cases"]) == ["a", "b"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from brainseg.config import AugmentConfig
 from brainseg.model.card import CARD_FORMAT, ModelCard
 from brainseg.model.checkpoint import CHECKPOINT_LAST
 from brainseg.preprocessing.preprocess import PREPROCESS_VERSION
+from brainseg.runtime import effective_amp
 from brainseg.train.sampling.loader import PatchDataset
 
 # A network and schedule small enough for seconds per epoch on 2 CPU cores.
@@ -74,7 +76,8 @@ def test_train_cli_writes_a_self_describing_run(demo_data, tmp_path):
         brainseg_cmd("train", "--data", str(demo_data), "--out", str(run_dir), "--epochs", "2", "--no-progress", *TINY)
     )
     assert res.returncode == 0, res.stderr
-    assert "trained 2 epochs" in res.stdout
+    precision = "bf16" if effective_amp(torch.device("cpu"), "bf16") == "bf16" else "float32"
+    assert re.search(rf"trained 2 epochs \(\d+ steps, [\d.]+ min in {precision}\)", res.stdout), res.stdout
     for name in (
         "checkpoint_last.pt",
         "checkpoint_best.pt",
