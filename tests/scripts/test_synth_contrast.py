@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from brainseg.config import load_config
 from scripts.experiments.synth_contrast import family, report
 
 REPO = Path(__file__).resolve().parents[2]
@@ -151,7 +152,7 @@ def test_the_quick_check_runs_end_to_end(demo_data, tmp_path):
     out = tmp_path / "sc"
     res = subprocess.run(
         [sys.executable, "-m", "scripts.experiments.synth_contrast", "--out", str(out), "--data", str(demo_data)]
-        + ["--quick", "--minutes", "0.05"],
+        + ["--quick", "--minutes", "0.05", "--set", "train.amp=none"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -163,3 +164,8 @@ def test_the_quick_check_runs_end_to_end(demo_data, tmp_path):
     for run in rep["results"].values():
         assert set(run) == set(family.SETS) and all(r["n_cases"] == 1 for r in run.values())
     assert "| T2-like |" in (out / "report.md").read_text()
+    # --set reaches every arm's training, after the arm's own override
+    for arm, share in (("default", 0.0), ("synth", 0.5)):
+        config = load_config(out / "runs" / f"{arm}_s0" / "config.yaml")
+        assert config.train.amp == "none" and config.train.synth == share
+    assert rep["settings"]["overrides"] == ["train.amp=none"]

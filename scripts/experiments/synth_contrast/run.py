@@ -5,6 +5,7 @@ the training never saw.
     python -m scripts.experiments.synth_contrast --out sc/                    # 10 demo subjects, 10-min trainings, seeds 0 1
     python -m scripts.experiments.synth_contrast --out sc/ --seeds 0 1 2 --share 0.5
     python -m scripts.experiments.synth_contrast --out sc/ --quick            # 4 subjects, a few seconds each, seed 0
+    python -m scripts.experiments.synth_contrast --out f32/ --data sc/demo --arms default --set train.amp=none
 
 Steps (each a subprocess, as a user runs them):
 
@@ -13,8 +14,9 @@ Steps (each a subprocess, as a user runs them):
    (:mod:`~scripts.experiments.synth_contrast.family`): the held-out T1 scans, T2-, PD- and
    FLAIR-like scans drawn from their labels, and T1 / T2-like scans with 4-6 mm slices on a new grid;
 3. per seed S and arm: ``brainseg train --data D --out OUT/runs/ARM_sS --config configs/demo.yaml
-   --max-minutes M --set train.seed=S`` (the synth arm adds ``--set train.synth=SHARE``); a run
-   folder with a final checkpoint is kept with ``--reuse``;
+   --max-minutes M --set train.seed=S`` (the synth arm adds ``--set train.synth=SHARE``, then every
+   ``--set`` given here); ``--arms`` trains only those arms; a run folder with a final checkpoint is
+   kept with ``--reuse``;
 4. ``brainseg predict`` and ``brainseg evaluate --labels 1,2,3`` once per run on all sets pooled
    (``OUT/family_pooled``: links named ``SET__CASE``), the scores split back per set;
 5. OUT/report.json (and ``--json PATH``) and OUT/report.md: mean tissue Dice per set per arm,
