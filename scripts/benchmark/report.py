@@ -106,39 +106,27 @@ def report_tables(res: dict) -> str:
                     f"{comp['mvox_per_s'] / mo['mvox_per_s']:.2f}x (compile + warm-up {comp['warmup_seconds']:.0f} s)",
                 ]
             )
-        f32 = inf.get("brainseg_fp32")
-        if f32:
-            rows.append(
-                [
-                    f"  same, brainseg in float32 (infer.amp=none; the default ran in {b.get('precision', '?')})",
-                    _f(f32["mvox_per_s"]),
-                    "",
-                    f"{f32['ratio_vs_monai']:.2f}x; voxels equal {f32['agreement'] * 100:.2f}%; Dice default - float32 "
-                    + " / ".join(f"{v:+.4f}" for v in f32["dice_diff"].values()),
-                ]
-            )
-        nm = inf.get("brainseg_margin_0")
-        if nm:
-            rows.append(
-                [
-                    "  same, brainseg with infer.margin=0 (fewest windows)",
-                    _f(nm["mvox_per_s"]),
-                    "",
-                    f"{nm['ratio_vs_monai']:.2f}x; voxels equal {nm['agreement'] * 100:.2f}%; Dice diff "
-                    + " / ".join(f"{v:+.4f}" for v in nm["dice_diff"].values()),
-                ]
-            )
-        nc = inf.get("brainseg_no_crop")
-        if nc:
-            rows.append(
-                [
-                    "  same, brainseg without the crop box, margin 0 (windows over the whole volume, like MONAI)",
-                    _f(nc["mvox_per_s"]),
-                    "",
-                    f"{nc['ratio_vs_monai']:.2f}x; voxels equal {nc['agreement'] * 100:.2f}%; Dice diff "
-                    + " / ".join(f"{v:+.4f}" for v in nc["dice_diff"].values()),
-                ]
-            )
+        variants = (
+            (
+                "brainseg_fp32",
+                f"in float32 (infer.amp=none; the default ran in {b.get('precision', '?')})",
+                "default - float32",
+            ),
+            ("brainseg_margin_0", "with infer.margin=0 (fewest windows)", "diff"),
+            ("brainseg_no_crop", "without the crop box, margin 0 (windows over the whole volume, like MONAI)", "diff"),
+        )
+        for key, what, diff in variants:
+            v = inf.get(key)
+            if v:
+                rows.append(
+                    [
+                        f"  same, brainseg {what}",
+                        _f(v["mvox_per_s"]),
+                        "",
+                        f"{v['ratio_vs_monai']:.2f}x; voxels equal {v['agreement'] * 100:.2f}%; Dice {diff} "
+                        + " / ".join(f"{d:+.4f}" for d in v["dice_diff"].values()),
+                    ]
+                )
         rows.append(
             [
                 "inference peak RSS (MB, whole process)",
