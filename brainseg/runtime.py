@@ -98,12 +98,14 @@ def cpu_has_native_bf16() -> bool:
     return supported and any(flag in flags for flag in CPU_BF16_FLAGS)
 
 
-def effective_amp(device: torch.device, amp: Amp) -> Amp:
+def effective_amp(device: torch.device, amp: Amp, world_size: int = 1) -> Amp:
     """The precision ``amp`` (``train.amp``, ``infer.amp``) gives on ``device``: as asked on a GPU;
-    on the CPU bf16 where the CPU computes it natively, else float32 (``none``; fp16 never)."""
+    on the CPU bf16 where the CPU computes it natively, else float32 (``none``; fp16 never).
+    ``world_size``: a training's processes; CPU training under torchrun (gloo) stays float32, as
+    bf16 autocast there gave non-finite gradients that one process on the same data did not."""
     if device.type == "cuda":
         return amp
-    return "bf16" if amp == "bf16" and cpu_has_native_bf16() else "none"
+    return "bf16" if amp == "bf16" and cpu_has_native_bf16() and world_size == 1 else "none"
 
 
 def autocast(device: torch.device, amp: Amp):

@@ -29,6 +29,9 @@ def test_the_cpu_takes_bf16_only_where_it_computes_it_natively_and_never_fp16():
     assert native == (bool(cpu_flags() & set(CPU_BF16_FLAGS)) and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     assert effective_amp(CPU, "bf16") == ("bf16" if native else "none")
     assert effective_amp(CPU, "fp16") == effective_amp(CPU, "none") == "none"
+    # CPU training under torchrun stays float32 (gloo DDP with bf16 autocast gave non-finite gradients);
+    # a GPU's processes keep the precision asked for
+    assert effective_amp(CPU, "bf16", world_size=2) == "none" and effective_amp(GPU, "bf16", world_size=2) == "bf16"
 
 
 def test_autocast_runs_a_convolution_in_the_effective_precision():

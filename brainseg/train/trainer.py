@@ -199,7 +199,7 @@ class Trainer:
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
         self.optimizer = make_optimizer(self.model, cfg.train)
-        self.amp = effective_amp(self.device, cfg.train.amp)
+        self.amp = effective_amp(self.device, cfg.train.amp, self.dist.world_size)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == "fp16")
         self.loss_fn = SegLoss(table)
 
