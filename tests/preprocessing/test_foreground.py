@@ -77,11 +77,15 @@ def shell(shape=(20, 22, 18)) -> np.ndarray:
 @pytest.mark.parametrize("seed", range(4))
 def test_fill_holes_is_scipys_binary_fill_holes(subjects, seed):
     """One labelling pass gives scipy's mask: random masks (many small holes, diagonal walls that do
-    not close a hole), a cavity closed inside the volume, one open to the border, a real head's mask."""
+    not close a hole), a cavity closed inside the volume, one open to the border, a real head's mask,
+    a subject in a large empty frame and cut by the border."""
     rng = np.random.default_rng(seed)
     masks = [rng.random((17, 23, 19)) < p for p in (0.3, 0.55, 0.7)]
     masks += [shell(), np.zeros((5, 6, 7), bool), np.ones((5, 6, 7), bool), rng.random((40, 30)) < 0.6]
     masks.append(threshold_mask(subjects[1 + seed % 2][0][None]))
+    framed = np.zeros((40, 44, 36), bool)  # a small subject in a large empty frame: only its box is labelled
+    framed[5 + seed : 25 + seed, 9:31, 3:21] = shell()
+    masks += [framed, framed[5 + seed :]]  # and the same cut open by the border
     for mask in masks:
         got = fill_holes(mask)
         assert got.dtype == bool and np.array_equal(got, ndimage.binary_fill_holes(mask))
