@@ -43,6 +43,7 @@ from brainseg.model.card import ModelCard
 from brainseg.model.fast_paths import inference_network
 from brainseg.postprocess.components import postprocess_labels
 from brainseg.postprocess.decision import (
+    background_outside_input_,
     innermost_rule,
     labels_within_input,
     regions_within_input,
@@ -93,8 +94,7 @@ class Segmentation:
 
 
 class Predictor:
-    """A trained model (or an ensemble of compatible ones) ready to segment cases: inference copies
-    of the models, one :class:`SlidingWindow`.
+    """A trained model (or an ensemble of compatible ones) ready to segment cases: inference copies.
 
     ``ensemble_with``: more (model, card) members, compatible with the first
     (:func:`~brainseg.infer.ensemble.check_compatible`); their probabilities are averaged per window
@@ -216,23 +216,22 @@ class Predictor:
         return PreparedCase(image, record, geometry, subject, ood, distance)
 
     def segment(self, case: PreparedCase, return_probabilities: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-        """``(labels, probabilities or None)`` of a prepared case, in its original grid.
-
-        Labels are the card's label values (uint8/int16) after postprocessing;
-        probabilities (float32, (C, X, Y, Z)) only if asked for."""
+        """``(labels, probabilities or None)`` of a prepared case, in its original grid: the card's label
+        values (uint8/int16) after postprocessing; probabilities (float32, (C, X, Y, Z)) only if asked for."""
         result = self.segment_maps(case, return_probabilities)
         return result.labels, result.probabilities
 
     def segment_maps(self, case: PreparedCase, probabilities: bool = False, uncertainty: bool = False) -> Segmentation:
         """:meth:`segment`, and with ``uncertainty`` the uncertainty map (:mod:`brainseg.infer.ensemble`).
 
-        The uncertainty is computed on the inverted (original-grid) probabilities, as the
-        probabilities are: a model's entropy, or the disagreement channel the windows returned."""
+        Both are computed in the original grid, background where the input-mask rule says so: a model's
+        entropy, or the disagreement channel the windows returned."""
         input_mask, record = self.input_mask_rule(case.record), case.record
         unc = None
         if probabilities or uncertainty:
             extra = uncertainty and self.uncertainty_windows is not None
             full = self._infer(case.image, record, lambda p: invert_to_original(p, record).cpu().numpy(), False, extra)
+            full = background_outside_input_(full, case.nonzero, input_mask, self.regions is not None)
             scores = full[: self.num_classes]
             if uncertainty:
                 unc = full[self.num_classes] if extra else entropy_map(scores, self.regions is not None)

@@ -69,6 +69,25 @@ def labels_within_input(
     return labels
 
 
+def background_outside_input_(maps: np.ndarray, nonzero: np.ndarray, mode: InputMask, regions: bool) -> np.ndarray:
+    """In place, on (C, X, Y, Z) maps in the scan's grid: where the input-mask rule makes a voxel
+    background (``mode`` not "none": every input channel 0, ``nonzero`` False), the maps say so: the
+    background one-hot (with ``regions``, every region 0), and 0 in any channel after the scores (an
+    ensemble's disagreement). Returns ``maps``.
+
+    So the probabilities written beside a mask agree with it, and the quality score's sums over the
+    scan measure the subject: a region network's whole-tumour sigmoid is near 1 in the zero frame
+    around a skull-stripped brain, which the training patches never held."""
+    if mode == "none":
+        return maps
+    outside = ~np.asarray(nonzero, dtype=bool)
+    if outside.any():
+        maps[:, outside] = 0.0
+        if not regions:
+            maps[0, outside] = 1.0
+    return maps
+
+
 def regions_within_input(
     probs: np.ndarray, nonzero: np.ndarray, mode: InputMask, regions: Regions, thresholds: Sequence[float]
 ) -> np.ndarray:

@@ -230,6 +230,10 @@ def test_predict_writes_brats_labels_in_the_scans_geometry_and_region_probabilit
     assert p.min() >= 0 and p.max() <= 1 and not np.allclose(p.sum(-1), 1.0)  # sigmoids, not a softmax
     sidecar = json.loads((out / "BraTS2021_00001_probabilities.json").read_text())
     assert sidecar == {"kind": "regions", "channels": ["WT", "TC", "ET"]}
+    # the zero frame around the skull-stripped brain is background in the mask, and every region is 0 there
+    channels = [np.asarray(nib.load(str(f)).dataobj) for f in sorted(case.glob("*.nii.gz"))]
+    outside = ~subject_mask(np.stack(channels))
+    assert outside.any() and not p[outside].any()
     # the mask is the probabilities thresholded at the card's thresholds and written by the class order (then the ET rule)
     card = ModelCard.from_dict(load_checkpoint(region_run / "checkpoint_final.pt")["card"])
     brain = np.asarray(scan.dataobj) != 0
@@ -262,6 +266,34 @@ def test_region_thresholds_come_from_the_card_unless_configured(region_run):
     with pytest.raises(BrainsegError, match="region_thresholds"):
         bad = load_config(overrides=["postprocess.region_thresholds=[0.5, 0.5]"])
         Predictor(model, stored, bad.infer, bad.postprocess)
+
+
+def test_probabilities_and_uncertainty_say_background_where_the_input_mask_rule_does(tiny_checkpoint_factory, tmp_path):
+    """With ``postprocess.input_mask`` restrict, a skull-stripped scan's zero frame is background in the
+    mask, and the probabilities and the uncertainty written beside it say so; inside the subject they are
+    what the network gives, the same as with the rule off."""
+    path = tiny_checkpoint_factory()
+    scan = tmp_path / "scans" / "head_0000.nii.gz"
+    scan.parent.mkdir()
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in (22, 20, 24)], indexing="ij"))
+    head = sum(((g - s / 2) / (s / 2.5)) ** 2 for g, s in zip(grid, (22, 20, 24))) <= 1
+    nib.save(nib.Nifti1Image((head * (100 + 40 * np.sin(grid[0] / 3.0))).astype(np.float32), np.eye(4)), str(scan))
+    maps = {}
+    for mode in ("none", "restrict"):
+        out = tmp_path / mode
+        args = ["--save-probabilities", "--save-uncertainty", "--set", f"postprocess.input_mask={mode}"]
+        result = run_cli("predict", "--model", str(path), "--input", str(scan.parent), "--output", str(out), *args)
+        assert result.returncode == 0, result.stderr
+        maps[mode] = [
+            np.asarray(nib.load(str(out / f"head{s}.nii.gz")).dataobj) for s in ("", "_probabilities", "_uncertainty")
+        ]
+    (mask, probs, unc), (mask_off, probs_off, unc_off) = maps["restrict"], maps["none"]
+    outside = ~head
+    assert (probs_off[outside].argmax(-1) > 0).any() and (unc_off[outside] > 0).any()  # the network's own say
+    assert not mask[outside].any()
+    assert np.all(probs[outside][:, 0] == 1) and not probs[outside][:, 1:].any() and not unc[outside].any()
+    assert np.array_equal(probs[head], probs_off[head]) and np.array_equal(unc[head], unc_off[head])
+    assert np.array_equal(mask[head], mask_off[head])
 
 
 def test_old_label_card_without_region_keys_still_predicts_the_same(tiny_checkpoint_factory, tmp_path):
